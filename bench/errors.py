@@ -1,0 +1,14 @@
+"""Errors that the command line reports as one line and exit code 2."""
+
+
+class UsageError(Exception):
+    """Bad input from the user: a name, a number, a file or a directory.
+
+    The message is one line that names the bad value and, where there are
+    any, the valid choices. The CLI prints it without a traceback and exits
+    with status 2.
+    """
+
+
+class DataError(UsageError):
+    """A dataset that cannot be found, read or trusted."""

@@ -1,0 +1,171 @@
+"""Per-run statistics derived from the long-form tables.
+
+Reports and the regression comparer both read these, so a number in a figure,
+a summary and a CI comparison is computed once, here, from stored results.
+Each function takes long-form DataFrames and returns a DataFrame, holding no
+state (the way seaborn's statistics are written).
+
+Definitions (hidden layers only; index 0 is nearest the input):
+
+- ``grad_ratio``: first-to-last hidden layer ratio of kernel gradient norms,
+  ``‖∂L/∂W_0‖ / ‖∂L/∂W_{D-1}‖``. Below 1 the gradient shrinks on its way to
+  the input (vanishing), above 1 it grows (exploding).
+- ``grad_factor``: the geometric-mean per-layer factor,
+  ``grad_ratio ** (1 / (D - 1))``: by how much the gradient is multiplied at
+  each layer it crosses on its way back.
+- ``*_init`` is measured at step 0 (before any update, on a fixed batch);
+  ``*_final`` is the geometric mean over the last ``FINAL_WINDOW`` logged steps.
+- ``dead_fraction`` / ``saturated_fraction``: mean over hidden layers at
+  step 0 (``_init``) and at the last step where activations were measured
+  (``_final``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+FINAL_WINDOW = 10
+
+# Thresholds of the written findings and flags.
+VANISHING_FACTOR = 0.5
+EXPLODING_FACTOR = 2.0
+VANISHING_RATIO = 1e-3
+EXPLODING_RATIO = 1e3
+DEAD_THRESHOLD = 0.5
+
+METRIC_COLUMNS = [
+    "grad_ratio_init",
+    "grad_factor_init",
+    "grad_ratio_final",
+    "grad_factor_final",
+    "bias_grad_ratio_init",
+    "bias_grad_ratio_final",
+    "dead_fraction_init",
+    "dead_fraction_final",
+    "saturated_fraction_init",
+    "saturated_fraction_final",
+]
+
+
+def hidden(layers: pd.DataFrame) -> pd.DataFrame:
+    """Rows of hidden layers only (drops the output layer)."""
+    return layers[layers["layer_name"] != "output"]
+
+
+def _ratio_and_factor(per_layer: pd.Series) -> tuple[float, float]:
+    """(first/last ratio, per-layer factor) from norms indexed by layer_index."""
+    per_layer = per_layer.dropna().sort_index()
+    if len(per_layer) < 2:
+        return np.nan, np.nan
+    first, last = float(per_layer.iloc[0]), float(per_layer.iloc[-1])
+    n = int(per_layer.index[-1] - per_layer.index[0])
+    if not np.isfinite(first) or not np.isfinite(last) or last <= 0 or n <= 0:
+        return np.nan, np.nan
+    if first <= 0:
+        return 0.0, 0.0
+    ratio = first / last
+    return ratio, ratio ** (1.0 / n)
+
+
+def _geo_mean(x: pd.Series) -> float:
+    x = x.dropna()
+    x = x[x > 0]
+    if x.empty:
+        return np.nan
+    return float(np.exp(np.mean(np.log(x))))
+
+
+def gradient_profile(layers: pd.DataFrame, which: str = "init", column: str = "kernel_grad_norm") -> pd.DataFrame:
+    """Per (run, layer) gradient norm at init (step 0) or at the end of training.
+
+    Args:
+        layers: the ``layers`` table.
+        which: ``"init"`` for step 0, ``"final"`` for the geometric mean over
+            the last ``FINAL_WINDOW`` steps where ``column`` was measured.
+        column: ``"kernel_grad_norm"`` or ``"bias_grad_norm"``.
+
+    Returns:
+        DataFrame with columns ``run_id, layer_index, layer_name, value``.
+    """
+    if which not in ("init", "final"):
+        raise ValueError(f"Argument `which` must be 'init' or 'final'. Received: which={which!r}")
+    df = layers[["run_id", "step", "layer_index", "layer_name", column]].dropna(subset=[column])
+    if which == "init":
+        df = df[df["step"] == 0]
+        out = df.rename(columns={column: "value"})
+    else:
+        df = df[df["step"] > 0]
+        steps = df[["run_id", "step"]].drop_duplicates().sort_values(["run_id", "step"])
+        last = steps.groupby("run_id").tail(FINAL_WINDOW)
+        df = df.merge(last, on=["run_id", "step"])
+        out = (
+            df.groupby(["run_id", "layer_index", "layer_name"], as_index=False)[column]
+            .agg(_geo_mean)
+            .rename(columns={column: "value"})
+        )
+    return out[["run_id", "layer_index", "layer_name", "value"]].reset_index(drop=True)
+
+
+def _act_fraction(layers: pd.DataFrame, column: str, which: str) -> pd.Series:
+    df = hidden(layers)[["run_id", "step", column]].dropna(subset=[column])
+    if df.empty:
+        return pd.Series(dtype="float64")
+    if which == "init":
+        df = df[df["step"] == 0]
+    else:
+        last = df.groupby("run_id")["step"].transform("max")
+        df = df[(df["step"] == last) & (df["step"] > 0)]
+    return df.groupby("run_id")[column].mean()
+
+
+def run_metrics(runs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: the ``runs`` table plus the METRIC_COLUMNS."""
+    h = hidden(layers)
+    stats = {}
+    for which in ("init", "final"):
+        for column, prefix in (("kernel_grad_norm", "grad"), ("bias_grad_norm", "bias_grad")):
+            prof = gradient_profile(h, which, column)
+            for run_id, g in prof.groupby("run_id"):
+                ratio, factor = _ratio_and_factor(g.set_index("layer_index")["value"])
+                stats.setdefault(run_id, {})[f"{prefix}_ratio_{which}"] = ratio
+                if prefix == "grad":
+                    stats[run_id][f"grad_factor_{which}"] = factor
+        for column in ("dead_fraction", "saturated_fraction"):
+            for run_id, v in _act_fraction(layers, column, which).items():
+                stats.setdefault(run_id, {})[f"{column}_{which}"] = v
+    m = pd.DataFrame.from_dict(stats, orient="index")
+    m.index.name = "run_id"
+    for c in METRIC_COLUMNS:
+        if c not in m.columns:
+            m[c] = np.nan
+    out = runs.merge(m[METRIC_COLUMNS].reset_index(), on="run_id", how="left")
+    return out
+
+
+def flags(row) -> list[str]:
+    """Plain-word flags of one run_metrics row: vanishing, exploding, dead units, diverged."""
+    out = []
+    if row.get("status") == "diverged":
+        out.append("diverged")
+    if row.get("status") == "failed":
+        out.append("failed")
+    for which in ("init", "final"):
+        f, r = row.get(f"grad_factor_{which}"), row.get(f"grad_ratio_{which}")
+        if _finite(f) and f < VANISHING_FACTOR or _finite(r) and r < VANISHING_RATIO:
+            out.append(f"vanishing@{which}")
+        elif _finite(f) and f > EXPLODING_FACTOR or _finite(r) and r > EXPLODING_RATIO:
+            out.append(f"exploding@{which}")
+    d = row.get("dead_fraction_final")
+    if not _finite(d):
+        d = row.get("dead_fraction_init")
+    if _finite(d) and d > DEAD_THRESHOLD:
+        out.append("dead units")
+    return out
+
+
+def _finite(x) -> bool:
+    try:
+        return x is not None and bool(np.isfinite(x))
+    except TypeError:
+        return False
