@@ -1,0 +1,236 @@
+"""`RunConfig`: everything that defines one benchmark run.
+
+A config is frozen and validated on construction; names of activations,
+initializers and fixes are stored in their canonical form, so two spellings
+of the same run (``"Xavier_Uniform"`` and ``"glorot_uniform"``) get the same
+``run_id``. The ``run_id`` is a readable slug plus a short hash of the whole
+config: identical across processes and machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+
+import models
+from models.registry import parse_spec
+
+ARCHS = ("mlp", "cnn")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+PREPROCESSINGS = ("scale", "standardize")
+
+# Fixes: name → (parameter name, default value, type). "none" is the baseline.
+FIXES = {
+    "batchnorm": None,
+    "batchnorm_after": None,
+    "layernorm": None,
+    "residual": ("every", 2, int),
+    "clipnorm": ("norm", 1.0, float),
+    "dropout": ("rate", 0.1, float),
+}
+_NORM_FIXES = ("batchnorm", "batchnorm_after", "layernorm")
+
+
+def _closest(name, choices):
+    import difflib
+
+    match = difflib.get_close_matches(name, choices, n=1)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def canonical_fix(text: str) -> str:
+    """Canonical form of a fix set: ``"residual(every=2)+batchnorm"`` → sorted, '+'-joined."""
+    text = (text or "none").strip().lower()
+    if text in ("", "none", "baseline"):
+        return "none"
+    parts = []
+    for token in text.split("+"):
+        token = token.strip()
+        try:
+            name, kwargs = parse_spec(token)
+        except ValueError:
+            raise ValueError(f"Invalid fix {token!r}. Valid fixes: none, {', '.join(FIXES)}") from None
+        if name not in FIXES:
+            raise ValueError(
+                f"Unknown fix {name!r}.{_closest(name, list(FIXES))} Valid fixes: none, {', '.join(FIXES)}"
+            )
+        param = FIXES[name]
+        if param is None:
+            if kwargs:
+                raise ValueError(f"Fix {name!r} takes no parameters. Received: {token!r}")
+            parts.append(name)
+            continue
+        pname, default, ptype = param
+        unknown = set(kwargs) - {pname}
+        if unknown:
+            raise ValueError(f"Invalid parameter {sorted(unknown)[0]!r} for fix {name!r}; valid parameters: {pname}")
+        value = ptype(kwargs.get(pname, default))
+        if name == "residual" and value < 1:
+            raise ValueError(f"Fix 'residual' needs every >= 1. Received: every={value}")
+        if name == "clipnorm" and not value > 0:
+            raise ValueError(f"Fix 'clipnorm' needs norm > 0. Received: norm={value}")
+        if name == "dropout" and not 0 < value < 1:
+            raise ValueError(f"Fix 'dropout' needs 0 < rate < 1. Received: rate={value}")
+        parts.append(f"{name}({pname}={value!r})")
+    names = [p.split("(")[0] for p in parts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"A fix appears twice in {text!r}.")
+    norms = [n for n in names if n in _NORM_FIXES]
+    if len(norms) > 1:
+        raise ValueError(f"At most one normalization fix per run. Received: {'+'.join(norms)}")
+    order = list(FIXES)
+    return "+".join(sorted(parts, key=lambda p: order.index(p.split("(")[0])))
+
+
+def fix_params(fix: str) -> dict:
+    """{fix name: parameter value or None} of a canonical fix string."""
+    if fix == "none":
+        return {}
+    out = {}
+    for part in fix.split("+"):
+        name, kwargs = parse_spec(part)
+        out[name] = next(iter(kwargs.values())) if kwargs else None
+    return out
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One benchmark run: architecture, training recipe, data and seed.
+
+    With ``max_steps`` set, training takes exactly ``max_steps`` optimizer
+    steps split into ``epochs`` evaluation periods (the data stream continues
+    across periods); ``max_steps=0`` only measures at initialization.
+    ``train_samples``/``test_samples`` take the first N examples.
+    """
+
+    arch: str = "mlp"
+    depth: int = 20
+    width: int = 128
+    activation: str = "relu"
+    initializer: str = "he_normal"
+    fix: str = "none"
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    batch_size: int = 128
+    epochs: int = 1
+    max_steps: int | None = None
+    dataset: str = "mnist"
+    preprocessing: str = "scale"
+    train_samples: int | None = None
+    test_samples: int | None = None
+    seed: int = 0
+    log_every: int = 1
+    act_every: int = 10
+
+    def __post_init__(self):
+        def positive_int(name, allow_none=False, allow_zero=False):
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            ok = isinstance(v, int) and not isinstance(v, bool) and (v > 0 or (allow_zero and v == 0))
+            if not ok:
+                kind = "a non-negative integer" if allow_zero else "a positive integer"
+                raise ValueError(f"Argument `{name}` must be {kind}. Received: {name}={v!r}")
+
+        def choice(name, choices):
+            v = getattr(self, name)
+            if v not in choices:
+                raise ValueError(
+                    f"Argument `{name}` must be one of {', '.join(choices)}. Received: {name}={v!r}"
+                    + _closest(str(v), list(choices))
+                )
+
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
+        set_("arch", str(self.arch).lower())
+        choice("arch", ARCHS)
+        for name in ("depth", "width", "batch_size", "epochs", "log_every", "act_every"):
+            positive_int(name)
+        positive_int("max_steps", allow_none=True, allow_zero=True)
+        positive_int("train_samples", allow_none=True)
+        positive_int("test_samples", allow_none=True)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"Argument `seed` must be a non-negative integer. Received: seed={self.seed!r}")
+        lr = self.learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or lr != lr:
+            raise ValueError(f"Argument `learning_rate` must be a positive number. Received: learning_rate={lr!r}")
+        set_("learning_rate", float(lr))
+        set_("optimizer", str(self.optimizer).lower())
+        choice("optimizer", OPTIMIZERS)
+        set_("preprocessing", str(self.preprocessing).lower())
+        choice("preprocessing", PREPROCESSINGS)
+        set_("activation", models.activations.get(self.activation).name)
+        set_("initializer", models.initializers.get(self.initializer).name)
+        set_("fix", canonical_fix(self.fix))
+        ds = str(self.dataset)
+        set_("dataset", ds if ds.startswith("tfds:") else ds.lower().replace("-", "_"))
+        if not (self.dataset in ("mnist", "fashion_mnist") or re.fullmatch(r"tfds:[\w/.:-]+", self.dataset)):
+            raise ValueError(
+                f"Argument `dataset` must be one of mnist, fashion_mnist, tfds:NAME. Received: dataset={ds!r}"
+            )
+
+    # ----------------------------------------------------------- conversions
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(
+                f"Unknown RunConfig field {unknown[0]!r}.{_closest(unknown[0], sorted(names))} "
+                f"Valid fields: {', '.join(sorted(names))}"
+            )
+        return cls(**d)
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def fixes(self) -> dict:
+        return fix_params(self.fix)
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+        slug = "-".join(
+            _slug(s)
+            for s in (
+                self.arch,
+                f"d{self.depth}",
+                f"w{self.width}",
+                self.activation,
+                self.initializer,
+                self.fix,
+                f"s{self.seed}",
+            )
+        )
+        return f"{slug}-{digest}"
+
+    def model_kwargs(self) -> dict:
+        """Keyword arguments of `models.build_model` for this config."""
+        fixes = self.fixes
+        norm = next((n for n in _NORM_FIXES if n in fixes), None)
+        return dict(
+            arch=self.arch,
+            depth=self.depth,
+            width=self.width,
+            activation=self.activation,
+            initializer=self.initializer,
+            norm=norm,
+            residual_every=int(fixes.get("residual") or 0),
+            dropout=float(fixes.get("dropout") or 0.0),
+            seed=self.seed,
+        )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "_", text.lower()).strip("_")
+
+
+CONFIG_FIELDS = [f.name for f in dataclasses.fields(RunConfig)]

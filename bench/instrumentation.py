@@ -1,0 +1,403 @@
+"""Per-layer gradient norms and activation statistics, recorded during `model.fit`.
+
+`GradientNormLogger` is a Keras callback. For the duration of a `fit` it swaps
+the model's `train_step` for one that computes the very gradients the
+optimizer applies with a `tf.GradientTape`, and, inside the same compiled
+step, reduces them to per-layer norms. Forward activations come from the same
+forward pass (a functional view of the model that also returns every hidden
+layer's output), so nothing is computed twice. The numbers go into
+preallocated buffers (`tf.Variable`s) and reach Python once per epoch: the
+per-step Python work is one scalar read for the divergence check.
+
+What is recorded, per hidden layer (index 0 = nearest the input) and the
+output layer (index = depth, name ``output``):
+
+- every ``log_every`` steps: ``kernel_grad_norm``, ``bias_grad_norm``
+  (L2 norms of the gradients of the layer's kernel and bias);
+- every ``act_every`` steps: ``kernel_norm``, ``update_ratio``
+  (‖ΔW‖/‖W‖ of that step's update), and ``act_mean``, ``act_std``,
+  ``act_rms``, ``saturated_fraction`` (saturating activations: share of
+  unit outputs whose derivative is below 1% of its maximum) and
+  ``dead_fraction`` (ReLU family: share of units that are not positive for
+  any example of the batch) of the layer's output;
+- step 0: all of the above except ``update_ratio``, at initialization, on a
+  fixed probe batch, before any update.
+
+Step ``s >= 1`` is the ``s``-th optimizer update; the gradients recorded at
+step ``s`` are the ones that update applied.
+
+A non-finite loss or gradient marks the run diverged at that step; training
+stops after that step and everything recorded before it is kept.
+
+Reference:
+    Glorot & Bengio, "Understanding the difficulty of training deep
+    feedforward neural networks", AISTATS 2010 (per-layer gradient and
+    activation statistics as the diagnosis of vanishing gradients).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+import models
+from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS
+
+# A derivative below this share of its maximum counts as saturated.
+SATURATION_THRESHOLD = 0.01
+
+_GRAD_FIELDS = ("kernel_grad_norm", "bias_grad_norm")
+_ACT_FIELDS = (
+    "kernel_norm",
+    "update_ratio",
+    "act_mean",
+    "act_std",
+    "act_rms",
+    "saturated_fraction",
+    "dead_fraction",
+)
+
+
+class _Layer:
+    """One instrumented layer: its variables and how to read its activation."""
+
+    def __init__(self, index, name, weight_layer, activation_layer):
+        self.index = index
+        self.name = name
+        self.kernel = weight_layer.kernel
+        self.bias = getattr(weight_layer, "bias", None)
+        self.output_layer = activation_layer if activation_layer is not None else weight_layer
+        self.activation = _activation_of(activation_layer) if activation_layer is not None else None
+
+
+def _activation_of(layer):
+    """The registry entry of a Keras activation layer (for its family/derivative)."""
+    cls = type(layer).__name__
+    if cls == "Activation":
+        fn = layer.activation
+        name = getattr(fn, "__name__", str(fn))
+    else:
+        name = {
+            "LeakyReLU": "leaky_relu",
+            "PReLU": "prelu",
+            "ELU": "elu",
+            "ReLU": "relu",
+        }.get(cls, cls.lower())
+        if cls == "ReLU" and getattr(layer, "max_value", None) == 6:
+            name = "relu6"
+    name = {"silu": "swish", "hard_silu": "hard_swish"}.get(name, name)
+    try:
+        return models.activations.get(name)
+    except ValueError:
+        return None
+
+
+class GradientNormLogger(keras.callbacks.Callback):
+    """Records per-layer gradient norms and activation statistics during `fit`.
+
+    Args:
+        probe_data: ``(x, y)`` of a fixed batch, used for the step-0
+            measurement at initialization. Without it, no step-0 record.
+        test_data: optional ``(x, y)`` evaluated at step 0 for the history
+            table (later evaluations come from `fit`'s ``validation_data``).
+        log_every: record gradient norms every this many steps.
+        act_every: record activation statistics, kernel norms and update
+            ratios every this many steps.
+        run_id: the value of the ``run_id`` column of the tables.
+
+    Attributes (after `fit`):
+        layers: DataFrame in the ``layers.parquet`` layout.
+        history: DataFrame in the ``history.parquet`` layout.
+        diverged_step: first step with a non-finite loss or gradient, or None.
+    """
+
+    def __init__(self, probe_data=None, test_data=None, log_every=1, act_every=10, run_id=""):
+        super().__init__()
+        for arg, value in (("log_every", log_every), ("act_every", act_every)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Argument `{arg}` must be a positive integer. Received: {arg}={value!r}")
+        self.probe_data = probe_data
+        self.test_data = test_data
+        self.log_every = log_every
+        self.act_every = act_every
+        self.run_id = run_id
+        self._reset()
+
+    # ------------------------------------------------------------------ state
+
+    def _reset(self):
+        self._layer_rows = []
+        self._history_rows = []
+        self._flushed_grad = 0
+        self._flushed_act = 0
+        self._epoch = 0
+        self.diverged_step = None
+        self.layers = pd.DataFrame(columns=LAYER_COLUMNS)
+        self.history = pd.DataFrame(columns=HISTORY_COLUMNS)
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+        model = self.model
+        hidden = models.hidden_layers(model)
+        out = models.output_layer(model)
+        self._layers = [_Layer(h.index, h.name, h.weight_layer, h.activation_layer) for h in hidden]
+        self._layers.append(_Layer(len(hidden), "output", out, None))
+        n = len(self._layers)
+
+        # The forward pass that also returns each instrumented layer's output.
+        self._tap = keras.Model(model.inputs, [model.outputs[0]] + [l.output_layer.output for l in self._layers])
+
+        index = {v.path: i for i, v in enumerate(model.trainable_weights)}
+        self._kernel_idx = [index[l.kernel.path] for l in self._layers]
+        self._bias_idx = [index[l.bias.path] if l.bias is not None else None for l in self._layers]
+
+        steps = self.params.get("steps") if self.params else None
+        epochs = self.params.get("epochs", 1) if self.params else 1
+        per_epoch = steps if steps else 10_000
+        self._grad_cap = max(1, math.ceil(per_epoch / self.log_every)) + 1
+        self._act_cap = max(1, math.ceil(per_epoch / self.act_every)) + 1
+        nan = float("nan")
+        with tf.init_scope():
+            self._grad_buf = tf.Variable(tf.fill([self._grad_cap, n, 2], nan), trainable=False)
+            self._grad_step = tf.Variable(tf.zeros([self._grad_cap], tf.int64), trainable=False)
+            self._grad_count = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self._act_buf = tf.Variable(tf.fill([self._act_cap, n, len(_ACT_FIELDS)], nan), trainable=False)
+            self._act_step = tf.Variable(tf.zeros([self._act_cap], tf.int64), trainable=False)
+            self._act_count = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self._diverged = tf.Variable(-1, dtype=tf.int64, trainable=False)
+            self._shadow = [tf.Variable(tf.zeros_like(l.kernel.value), trainable=False) for l in self._layers]
+        del epochs
+
+        self._t0 = time.perf_counter()
+        if self.probe_data is not None:
+            self._measure_init()
+
+        # Swap in the instrumented step for this fit; restored in on_train_end.
+        model.train_step = self._train_step
+        model.make_train_function(force=True)
+
+    def on_train_end(self, logs=None):
+        self.finalize()
+
+    def finalize(self):
+        """Restores the model's own train step and builds the tables.
+
+        Called by `on_train_end`; call it yourself when `fit` raised, to keep
+        what was recorded until then.
+        """
+        self._flush()
+        model = self.model
+        if "train_step" in model.__dict__:
+            del model.train_step
+        model.train_function = None
+        self.layers = _layer_frame(self._layer_rows, self.run_id)
+        self.history = pd.DataFrame(self._history_rows, columns=HISTORY_COLUMNS[1:])
+        self.history.insert(0, "run_id", self.run_id)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        # One scalar read per step: stop at the first non-finite value.
+        if self._diverged.numpy() >= 0:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._flush()
+        logs = logs or {}
+        step = int(self.model.optimizer.iterations.numpy())
+        self._history_rows.append(
+            (
+                step,
+                epoch + 1,
+                _float(logs.get("loss")),
+                _float(logs.get("accuracy")),
+                _float(logs.get("val_loss")),
+                _float(logs.get("val_accuracy")),
+            )
+        )
+
+    # ------------------------------------------------------- step 0 (at init)
+
+    def _measure_init(self):
+        model = self.model
+        x, y = self.probe_data
+        x = tf.convert_to_tensor(x)
+        y = tf.convert_to_tensor(y)
+        # Training-mode forward pass (as in the first update), but leave the
+        # model untouched: batch-norm moving statistics are restored after.
+        saved = [v.numpy() for v in model.non_trainable_weights]
+        with tf.GradientTape() as tape:
+            outs = self._tap(x, training=True)
+            y_pred, acts = outs[0], outs[1:]
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+        grads = tape.gradient(loss, model.trainable_weights)
+        for v, value in zip(model.non_trainable_weights, saved):
+            v.assign(value)
+        g = self._grad_norms(grads).numpy()
+        a = self._act_stats(acts, update_ratio=False).numpy()
+        for i, layer in enumerate(self._layers):
+            self._layer_rows.append((0, 0, layer.index, layer.name, *g[i], *a[i]))
+        acc = float(np.mean(np.argmax(y_pred.numpy(), axis=-1) == np.asarray(y)))
+        test_loss = test_acc = np.nan
+        if self.test_data is not None:
+            res = model.evaluate(*self.test_data, batch_size=512, verbose=0, return_dict=True)
+            test_loss, test_acc = res.get("loss", np.nan), res.get("accuracy", np.nan)
+        self._history_rows.append((0, 0, float(loss), acc, float(test_loss), float(test_acc)))
+        if not np.isfinite(g).all() or not np.isfinite(float(loss)):
+            self._diverged.assign(0)
+            self.diverged_step = 0
+
+    # --------------------------------------------------------- compiled step
+
+    def _grad_norms(self, grads):
+        """(n_layers, 2) kernel and bias gradient norms; NaN where no bias."""
+        nan = tf.constant(float("nan"))
+        rows = []
+        for k, b in zip(self._kernel_idx, self._bias_idx):
+            gk = tf.norm(tf.reshape(grads[k], [-1]))
+            gb = tf.norm(tf.reshape(grads[b], [-1])) if b is not None else nan
+            rows.append(tf.stack([gk, gb]))
+        return tf.stack(rows)
+
+    def _act_stats(self, acts, update_ratio=True):
+        """(n_layers, len(_ACT_FIELDS)) statistics of kernels and activations."""
+        nan = tf.constant(float("nan"))
+        rows = []
+        for layer, a, shadow in zip(self._layers, acts, self._shadow):
+            a = tf.cast(tf.reshape(a, [tf.shape(a)[0], -1]), tf.float32)
+            mean = tf.reduce_mean(a)
+            rms = tf.sqrt(tf.reduce_mean(tf.square(a)))
+            std = tf.math.reduce_std(a)
+            spec = layer.activation
+            if spec is not None and spec.family == "saturating":
+                d = spec.derivative_from_output(a)
+                sat = tf.reduce_mean(tf.cast(d < SATURATION_THRESHOLD * spec.max_derivative, tf.float32))
+            else:
+                sat = nan
+            if spec is not None and spec.family == "relu":
+                dead = tf.reduce_mean(tf.cast(tf.reduce_max(a, axis=0) <= 0.0, tf.float32))
+            else:
+                dead = nan
+            w = layer.kernel.value
+            knorm = tf.norm(tf.reshape(w, [-1]))
+            if update_ratio:
+                old = shadow.read_value()
+                ratio = tf.norm(tf.reshape(w - old, [-1])) / tf.norm(tf.reshape(old, [-1]))
+            else:
+                ratio = nan
+            rows.append(tf.stack([knorm, ratio, mean, std, rms, sat, dead]))
+        return tf.stack(rows)
+
+    def _train_step(self, data):
+        """Keras' TensorFlow `train_step`, with the recording added."""
+        model = self.model
+        opt = model.optimizer
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            outs = self._tap(x, training=True)
+            y_pred, acts = outs[0], outs[1:]
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            tracker = getattr(model, "_loss_tracker", None)
+            if tracker is not None:
+                tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+            scaled = opt.scale_loss(loss)
+        weights = model.trainable_weights
+        grads = tape.gradient(scaled, weights)
+
+        step = opt.iterations + 1  # this update's 1-based step number
+        log_grad = tf.equal(step % self.log_every, 0)
+        log_act = tf.equal(step % self.act_every, 0)
+        finite = tf.math.is_finite(loss)
+
+        def record_grads():
+            norms = self._grad_norms(grads)
+            row = self._grad_count % self._grad_cap
+            self._grad_buf[row].assign(norms)
+            self._grad_step[row].assign(step)
+            self._grad_count.assign_add(1)
+            return tf.reduce_all(tf.math.is_finite(norms[:, 0]))
+
+        grads_finite = tf.cond(log_grad, record_grads, lambda: tf.constant(True))
+        tf.cond(
+            tf.logical_and(tf.logical_not(tf.logical_and(finite, grads_finite)), self._diverged < 0),
+            lambda: self._diverged.assign(step).op,
+            tf.no_op,
+        )
+
+        def snapshot():
+            for layer, shadow in zip(self._layers, self._shadow):
+                shadow.assign(layer.kernel.value)
+            return tf.constant(0)
+
+        tf.cond(log_act, snapshot, lambda: tf.constant(0))
+        opt.apply_gradients(zip(grads, weights))
+
+        def record_acts():
+            stats = self._act_stats(acts)
+            row = self._act_count % self._act_cap
+            self._act_buf[row].assign(stats)
+            self._act_step[row].assign(step)
+            self._act_count.assign_add(1)
+            return tf.constant(0)
+
+        tf.cond(log_act, record_acts, lambda: tf.constant(0))
+        return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    # ----------------------------------------------------------- to Python
+
+    def _flush(self):
+        """Moves buffered records into Python lists (once per epoch)."""
+        if not hasattr(self, "_grad_count"):
+            return
+        diverged = int(self._diverged.numpy())
+        if diverged >= 0:
+            self.diverged_step = diverged
+            self.model.stop_training = True
+        grad = _drain(self._grad_buf, self._grad_step, self._grad_count, self._flushed_grad, self._grad_cap)
+        act = _drain(self._act_buf, self._act_step, self._act_count, self._flushed_act, self._act_cap)
+        self._flushed_grad = int(self._grad_count.numpy())
+        self._flushed_act = int(self._act_count.numpy())
+        steps = sorted(set(grad) | set(act))
+        n = len(self._layers)
+        nan_g = np.full((n, 2), np.nan)
+        nan_a = np.full((n, len(_ACT_FIELDS)), np.nan)
+        for s in steps:
+            if diverged >= 0 and s > diverged:
+                continue
+            g = grad.get(s, nan_g)
+            a = act.get(s, nan_a)
+            for i, layer in enumerate(self._layers):
+                self._layer_rows.append((s, self._epoch, layer.index, layer.name, *g[i], *a[i]))
+
+
+def _drain(buf, step_buf, count_var, flushed, cap):
+    """{step: values} for the records written since the last flush."""
+    count = int(count_var.numpy())
+    if count == flushed:
+        return {}
+    values, steps = buf.numpy(), step_buf.numpy()
+    first = max(flushed, count - cap)  # older rows were overwritten
+    return {int(steps[k % cap]): values[k % cap] for k in range(first, count)}
+
+
+def _layer_frame(rows, run_id):
+    cols = ["step", "epoch", "layer_index", "layer_name", *_GRAD_FIELDS, *_ACT_FIELDS]
+    df = pd.DataFrame(rows, columns=cols)
+    df.insert(0, "run_id", run_id)
+    df = df.astype({"step": "int64", "epoch": "int64", "layer_index": "int64"})
+    for c in (*_GRAD_FIELDS, *_ACT_FIELDS):
+        df[c] = df[c].astype("float64")
+    return df[LAYER_COLUMNS].sort_values(["step", "layer_index"], kind="stable").reset_index(drop=True)
+
+
+def _float(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")

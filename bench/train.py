@@ -1,0 +1,180 @@
+"""One run: config → model → `model.fit` with instrumentation → `RunRecord`."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+
+from bench.config import RunConfig
+from bench.results import RunRecord
+
+_configured = False
+
+
+def configure_tensorflow(threads: int | None = None) -> None:
+    """Deterministic ops and a fixed thread budget, once per process.
+
+    Must run before TensorFlow executes its first op. Worker processes get
+    ``threads`` intra-op threads each, so parallel workers don't
+    oversubscribe the cores.
+    """
+    global _configured
+    if _configured:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, threads))
+        except RuntimeError:
+            pass  # already initialized: keep its settings
+    tf.config.experimental.enable_op_determinism()
+    _configured = True
+
+
+def build(config: RunConfig, input_shape):
+    """The compiled Keras model of a config (the model factory + training recipe)."""
+    import keras
+
+    import models
+
+    model = models.build_model(input_shape=input_shape, **config.model_kwargs())
+    clip = config.fixes.get("clipnorm")
+    kw = {"learning_rate": config.learning_rate}
+    if clip:
+        kw["clipnorm"] = float(clip)
+    if config.optimizer == "sgd":
+        opt = keras.optimizers.SGD(**kw)
+    elif config.optimizer == "momentum":
+        opt = keras.optimizers.SGD(momentum=0.9, **kw)
+    else:
+        opt = keras.optimizers.Adam(**kw)
+    model.compile(
+        optimizer=opt,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def schedule(config: RunConfig, n_train: int) -> tuple[int, int]:
+    """(epochs, steps per epoch) of a run; see `RunConfig` for ``max_steps``."""
+    per_epoch = math.ceil(n_train / config.batch_size)
+    if config.max_steps is None:
+        return config.epochs, per_epoch
+    if config.max_steps == 0:
+        return 0, 0
+    epochs = min(config.epochs, config.max_steps)
+    return epochs, math.ceil(config.max_steps / epochs)
+
+
+def train_run(config: RunConfig, data=None, data_path=None) -> RunRecord:
+    """Trains one config and returns its results; failures become a record too.
+
+    Args:
+        config: the run.
+        data: optional `bench.data.Dataset` already loaded (saves reloading
+            in a worker that runs many configs on one dataset).
+        data_path: where to read the dataset when ``data`` is None.
+
+    Returns:
+        A `RunRecord`. A non-finite loss or gradient gives status
+        ``"diverged"``; an exception inside training gives ``"failed"`` with
+        its message (the suite goes on).
+    """
+    configure_tensorflow()
+    import keras
+    import numpy as np
+
+    from bench import data as data_mod
+    from bench.instrumentation import GradientNormLogger
+
+    t0 = time.perf_counter()
+    if data is None:
+        data = data_mod.load_dataset(config.dataset, data_path)
+    arrays = data_mod.prepare(
+        data,
+        preprocessing=config.preprocessing,
+        flatten=config.arch == "mlp",
+        train_samples=config.train_samples,
+        test_samples=config.test_samples,
+    )
+    result = {
+        "status": "ok",
+        "error": "",
+        "diverged_step": -1,
+        "steps": 0,
+        "test_accuracy": float("nan"),
+        "test_loss": float("nan"),
+        "train_loss": float("nan"),
+        "train_accuracy": float("nan"),
+        "wall_time_s": float("nan"),
+        "data_checksum": data.checksum,
+    }
+    logger = None
+    try:
+        keras.utils.set_random_seed(config.seed)
+        model = build(config, arrays.x_train.shape[1:])
+        n = min(config.batch_size, len(arrays.x_train))
+        logger = GradientNormLogger(
+            probe_data=(arrays.x_train[:n], arrays.y_train[:n]),
+            test_data=(arrays.x_test, arrays.y_test),
+            log_every=config.log_every,
+            act_every=config.act_every,
+            run_id=config.run_id,
+        )
+        epochs, per_epoch = schedule(config, len(arrays.x_train))
+        if epochs == 0:
+            # Initialization only: the step-0 measurement, no update.
+            _init_only(model, logger)
+        else:
+            train_ds = data_mod.make_tf_dataset(
+                arrays.x_train, arrays.y_train, batch_size=config.batch_size, seed=config.seed
+            ).repeat()
+            model.fit(
+                train_ds,
+                epochs=epochs,
+                steps_per_epoch=per_epoch,
+                validation_data=(arrays.x_test, arrays.y_test),
+                validation_batch_size=512,
+                callbacks=[logger],
+                shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
+                verbose=0,
+            )
+        result["steps"] = int(model.optimizer.iterations.numpy())
+        hist = logger.history
+        last = hist.iloc[-1] if len(hist) else None
+        if last is not None:
+            for k in ("test_accuracy", "test_loss", "train_loss", "train_accuracy"):
+                result[k] = float(last[k])
+        if logger.diverged_step is not None:
+            result["status"] = "diverged"
+            result["diverged_step"] = int(logger.diverged_step)
+    except Exception as e:  # a failed run is a result, not the end of the suite
+        result["status"] = "failed"
+        result["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        result["traceback"] = traceback.format_exc()[-4000:]
+        if logger is not None and logger.model is not None:
+            try:
+                logger.finalize()  # keep what was recorded before the failure
+            except Exception:
+                pass
+    result["wall_time_s"] = time.perf_counter() - t0
+    import pandas as pd
+
+    layers = logger.layers if logger is not None else pd.DataFrame()
+    history = logger.history if logger is not None else pd.DataFrame()
+    np.seterr(all="ignore")
+    return RunRecord(config.run_id, config.to_dict(), result, layers, history)
+
+
+def _init_only(model, logger):
+    """Runs the logger's step-0 measurement without any training step."""
+    logger.set_model(model)
+    logger.set_params({"epochs": 0, "steps": 1, "verbose": 0})
+    logger.on_train_begin()
+    logger.on_train_end()
