@@ -8,7 +8,11 @@ bench.instrumentation) → results on disk (bench.results) → report
 
 import os as _os
 
-# TensorFlow's C++ start-up chatter would drown the one-line messages of the CLI.
+# TensorFlow's C++ start-up chatter would drown the one-line messages of the
+# CLI. oneDNN's CPU kernels also change float rounding with the processor
+# they run on; the portable kernels keep results comparable across machines
+# (set TF_ENABLE_ONEDNN_OPTS=1 to use them anyway).
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 __version__ = "0.1.0"

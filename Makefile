@@ -1,0 +1,55 @@
+# vgbench — the two commands are `make bench` and `make test`; both set up .venv first.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Offline MNIST: ../shared/data/mnist.npz when present (else $VGBENCH_MNIST, the Keras cache, download).
+MNIST_FILE := $(abspath $(wildcard ../shared/data/mnist.npz))
+ifneq ($(MNIST_FILE),)
+export VGBENCH_MNIST ?= $(MNIST_FILE)
+endif
+DATA_ARG := $(if $(VGBENCH_MNIST),--data $(VGBENCH_MNIST),)
+
+JOBS ?= 2
+OUT  ?= reports/latest
+
+.PHONY: install bench test perf ci-report update-baseline fashion-mnist clean
+
+install: $(STAMP)
+
+# Reinstall only when the declared or locked dependencies change.
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[ray,test]'
+	@touch $(STAMP)
+
+bench: install
+	$(BIN)/vgbench run --suite default --out $(OUT) --jobs $(JOBS) $(DATA_ARG)
+	$(BIN)/vgbench report $(OUT)
+
+test: install
+	$(BIN)/python -m pytest
+
+perf: install
+	$(BIN)/python -m bench.perf --out reports/perf $(DATA_ARG)
+
+ci-report: install
+	$(BIN)/vgbench run --suite ci --out reports/ci-current --jobs $(JOBS) $(DATA_ARG)
+	$(BIN)/vgbench compare reports/baseline reports/ci-current \
+		--markdown reports/ci-current/compare.md --json reports/ci-current/compare.json \
+		--junit reports/ci-current/compare.xml
+
+# Deliberately refresh the committed baseline of the `ci` suite.
+update-baseline: install
+	rm -rf reports/baseline.new
+	$(BIN)/vgbench run --suite ci --out reports/baseline.new --jobs $(JOBS) $(DATA_ARG)
+	rm -rf reports/baseline && mv reports/baseline.new reports/baseline
+
+# Fashion-MNIST's original IDX files, from Debian (needs root and apt).
+fashion-mnist:
+	apt-get install -y dataset-fashion-mnist
+
+clean:
+	rm -rf $(VENV) reports/latest reports/ci-current .pytest_cache

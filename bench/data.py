@@ -1,0 +1,659 @@
+"""Datasets: finding, reading, verifying and preparing MNIST-like data.
+
+A benchmark result is only comparable with another if both were computed on
+the same data, so every loaded dataset carries a checksum of its arrays and a
+``standard`` flag saying whether they are the published ones. Loading never
+silently substitutes data: a file that cannot be found, read or trusted raises
+:class:`bench.errors.DataError` with a one-line message.
+
+Sources, in the order they are tried:
+
+- ``"mnist"``: the ``path`` argument; ``$VGBENCH_MNIST``; the Keras cache
+  (``$KERAS_HOME/datasets/mnist.npz``, ``~/.keras`` when ``KERAS_HOME`` is
+  unset); ``keras.datasets.mnist.load_data()``, which downloads.
+- ``"fashion_mnist"`` (or ``"fashion-mnist"``): the ``path`` argument;
+  ``$VGBENCH_FASHION_MNIST``; the Debian package ``dataset-fashion-mnist``
+  (``/usr/share/datasets/fashion-mnist/``); the Keras cache
+  (``$KERAS_HOME/datasets/fashion-mnist/``); ``tfds.load("fashion_mnist")``
+  from the local TFDS data directory.
+- ``"tfds:NAME"``: any image-classification dataset already prepared in the
+  local TFDS data directory (``path``, when given, is that directory).
+
+A path is either an ``.npz`` file in the Keras layout (``x_train``,
+``y_train``, ``x_test``, ``y_test``) or a directory of the four original IDX
+files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally
+gzipped).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import numbers
+import os
+import warnings
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.errors import DataError
+
+ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+DATASET_NAMES = ("mnist", "fashion_mnist", "tfds:NAME")
+_ALIASES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "fashion-mnist": "fashion_mnist"}
+_DISPLAY_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+
+PREPROCESSINGS = ("scale", "standardize")
+
+MNIST_ENV = "VGBENCH_MNIST"
+FASHION_MNIST_ENV = "VGBENCH_FASHION_MNIST"
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+MNIST_HINT = (
+    "MNIST not found: set VGBENCH_MNIST=/path/to/mnist.npz or pass --data PATH "
+    "(the Keras layout: x_train, y_train, x_test, y_test)"
+)
+FASHION_MNIST_HINT = (
+    "Fashion-MNIST not found: install it with `apt-get install dataset-fashion-mnist`, "
+    "or set VGBENCH_FASHION_MNIST=/path/to/dir or pass --data PATH "
+    "(a directory of the IDX files, or an .npz in the Keras layout)"
+)
+
+# SHA-256 of each array's raw bytes, as `array_checksum` computes them. MNIST:
+# the published files (see shared/data/MNIST.md). Fashion-MNIST: the original
+# IDX files shipped by Debian's dataset-fashion-mnist (0.0~git20200523).
+KNOWN_CHECKSUMS: dict[str, dict[str, str]] = {
+    "mnist": {
+        "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+        "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+        "x_test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+        "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+    },
+    "fashion_mnist": {
+        "x_train": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
+        "y_train": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
+        "x_test": "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
+        "y_test": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
+    },
+}
+
+_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10}
+
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+# IDX type codes (third byte of the magic number); multi-byte types are big-endian.
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class NonStandardDataWarning(UserWarning):
+    """The loaded arrays differ from the published dataset's."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A train/test split of labelled images, with its provenance.
+
+    ``eq=False`` keeps identity comparison and hashing: comparing the arrays
+    elementwise has no single truth value; compare ``checksum`` instead.
+
+    Attributes:
+        name: Canonical dataset name: ``"mnist"``, ``"fashion_mnist"`` or
+            ``"tfds:NAME"``.
+        x_train: Training images, read-only ``uint8`` of shape ``(N, H, W)``
+            (grayscale) or ``(N, H, W, C)``.
+        y_train: Training labels, read-only integers in ``[0, num_classes)``
+            (``uint8`` when there are at most 256 classes, whatever the file
+            stored, so the checksum identifies the values, not the container).
+        x_test: Test images, like ``x_train``.
+        y_test: Test labels, like ``y_train``.
+        num_classes: Number of label classes.
+        source: Where the arrays came from: a file or directory path,
+            ``"keras-cache:<path>"``, ``"keras-download"`` or ``"tfds:<name>"``.
+        checksums: SHA-256 of each array's raw bytes, keyed by ``ARRAY_KEYS``.
+        checksum: One SHA-256 over the four array checksums.
+        standard: Whether every array matches ``KNOWN_CHECKSUMS`` for this
+            dataset (always ``False`` for datasets with no known checksums).
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    source: str
+    checksums: Mapping[str, str]
+    checksum: str
+    standard: bool
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one image: ``(H, W)`` or ``(H, W, C)``."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+    @property
+    def n_train(self) -> int:
+        """Number of training examples."""
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        """Number of test examples."""
+        return int(self.x_test.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Arrays:
+    """Model-ready arrays produced by :func:`prepare`.
+
+    Attributes:
+        x_train: ``float32`` inputs, ``(N, H*W*C)`` or ``(N, H, W, C)``.
+        y_train: ``int32`` labels of shape ``(N,)``.
+        x_test: ``float32`` inputs shaped like ``x_train``.
+        y_test: ``int32`` labels of shape ``(M,)``.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one model input."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+
+def array_checksum(a: np.ndarray) -> str:
+    """Returns the SHA-256 hex digest of an array's raw (C-order) bytes."""
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def data_checksum(checksums: Mapping[str, str]) -> str:
+    """Combines the four per-array checksums into one.
+
+    Args:
+        checksums: SHA-256 hex digests keyed by ``x_train``, ``y_train``,
+            ``x_test`` and ``y_test``.
+
+    Returns:
+        The SHA-256 hex digest of ``"key=digest\\n"`` lines in ``ARRAY_KEYS``
+        order, so it does not depend on the mapping's order.
+    """
+    text = "".join(f"{key}={checksums[key]}\n" for key in ARRAY_KEYS)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def describe(ds: Dataset) -> dict:
+    """Returns the dataset's provenance as a JSON-serialisable dict."""
+    return {
+        "name": ds.name,
+        "source": ds.source,
+        "checksum": ds.checksum,
+        "standard": ds.standard,
+        "n_train": ds.n_train,
+        "n_test": ds.n_test,
+        "image_shape": list(ds.image_shape),
+        "num_classes": ds.num_classes,
+    }
+
+
+def load_dataset(name: str = "mnist", path: str | os.PathLike | None = None) -> Dataset:
+    """Finds, reads and verifies a dataset.
+
+    Args:
+        name: ``"mnist"``, ``"fashion_mnist"`` (or ``"fashion-mnist"``), or
+            ``"tfds:NAME"`` for a dataset prepared in the local TFDS data
+            directory.
+        path: For MNIST and Fashion-MNIST, an ``.npz`` file in the Keras layout
+            or a directory of IDX files, used instead of searching. For
+            ``tfds:NAME``, the TFDS data directory.
+
+    Returns:
+        The verified :class:`Dataset`. Arrays that differ from the published
+        ones are accepted (a subset, say) with a
+        :class:`NonStandardDataWarning` and ``standard=False``.
+
+    Raises:
+        DataError: The name is unknown, or the data cannot be found, read or
+            trusted.
+    """
+    if not isinstance(name, str):
+        raise DataError(f"Invalid dataset name {name!r}; expected one of: {', '.join(DATASET_NAMES)}")
+    key = name.strip()
+    if key.lower().startswith("tfds:"):
+        tfds_name = key[len("tfds:"):].strip()
+        if not tfds_name:
+            raise DataError(f"Invalid dataset name {name!r}: missing the TFDS name after 'tfds:' (e.g. tfds:mnist)")
+        return _load_tfds(tfds_name, data_dir=path)
+    canonical = _ALIASES.get(key.lower())
+    if canonical is None:
+        raise DataError(
+            f"Unknown dataset name {name!r}; expected one of: mnist, fashion_mnist (or fashion-mnist), tfds:NAME"
+        )
+    if canonical == "mnist":
+        return _load_mnist(path)
+    return _load_fashion_mnist(path)
+
+
+def prepare(
+    ds: Dataset,
+    *,
+    preprocessing: str = "scale",
+    flatten: bool = True,
+    train_samples: int | None = None,
+    test_samples: int | None = None,
+) -> Arrays:
+    """Turns a dataset into model-ready float32 inputs and int32 labels.
+
+    Subsets are the first ``train_samples`` / ``test_samples`` examples, not a
+    random draw, so a subset is the same on every machine and its provenance is
+    just a count. MNIST and Fashion-MNIST are stored in their original order,
+    which is not sorted by label, so a prefix keeps every class.
+
+    Args:
+        ds: The dataset from :func:`load_dataset`.
+        preprocessing: ``"scale"`` maps pixels to ``[0, 1]`` (``x / 255``);
+            ``"standardize"`` then subtracts the mean and divides by the
+            standard deviation, two scalars computed over the (subset)
+            training images and applied to both splits.
+        flatten: Whether to reshape each image to a vector ``(H*W*C,)``;
+            otherwise images are ``(H, W, C)``, with ``C=1`` for grayscale.
+        train_samples: Number of training examples to keep (all when None).
+        test_samples: Number of test examples to keep (all when None).
+
+    Returns:
+        The prepared :class:`Arrays`.
+
+    Raises:
+        DataError: An unknown preprocessing, a sample count that is not a
+            positive integer or exceeds what the dataset has, or constant
+            training images with ``"standardize"``.
+    """
+    if preprocessing not in PREPROCESSINGS:
+        raise DataError(f"Unknown preprocessing {preprocessing!r}; expected one of: {', '.join(PREPROCESSINGS)}")
+    n_train = _check_samples("train_samples", train_samples, ds.n_train, ds.name)
+    n_test = _check_samples("test_samples", test_samples, ds.n_test, ds.name)
+
+    x_train = ds.x_train[:n_train].astype(np.float32) / np.float32(255)
+    x_test = ds.x_test[:n_test].astype(np.float32) / np.float32(255)
+    if preprocessing == "standardize":
+        # Accumulating in float64 keeps the mean exact over 47M pixels.
+        mean = float(x_train.mean(dtype=np.float64))
+        std = float(x_train.std(dtype=np.float64))
+        if std == 0.0:
+            raise DataError(
+                f"Cannot standardize {ds.name}: the {n_train} training images are constant (std 0); "
+                "use preprocessing='scale'"
+            )
+        x_train = ((x_train - mean) / std).astype(np.float32)
+        x_test = ((x_test - mean) / std).astype(np.float32)
+
+    if flatten:
+        x_train = x_train.reshape(len(x_train), -1)
+        x_test = x_test.reshape(len(x_test), -1)
+    elif x_train.ndim == 3:
+        x_train = x_train[..., np.newaxis]
+        x_test = x_test[..., np.newaxis]
+
+    return Arrays(
+        x_train=x_train,
+        y_train=ds.y_train[:n_train].astype(np.int32),
+        x_test=x_test,
+        y_test=ds.y_test[:n_test].astype(np.int32),
+    )
+
+
+def make_tf_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    cache: bool = True,
+    drop_remainder: bool = False,
+):
+    """Builds the input pipeline for one split.
+
+    With ``shuffle=True`` the order changes every epoch, yet two pipelines
+    built with the same ``seed`` produce the same sequence of batches, epoch
+    after epoch, so runs are reproducible.
+
+    Args:
+        x: Inputs, first axis the examples.
+        y: Labels, one per example.
+        batch_size: Examples per batch.
+        shuffle: Whether to shuffle (over the whole split) every epoch.
+        seed: Shuffle seed.
+        cache: Whether to cache the examples in memory after the first epoch.
+        drop_remainder: Whether to drop the last, smaller batch.
+
+    Returns:
+        A ``tf.data.Dataset`` of ``(x, y)`` batches.
+
+    Raises:
+        DataError: ``batch_size`` is not a positive integer, or ``x`` and
+            ``y`` differ in length.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise DataError(f"Invalid batch_size={batch_size!r}; expected a positive integer")
+    if len(x) != len(y):
+        raise DataError(f"Inputs and labels differ in length: {len(x)} inputs, {len(y)} labels")
+
+    import tensorflow as tf  # Deferred: loading and verifying data needs no TensorFlow.
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Reads one IDX file (gzipped or plain) into a native-endian array.
+
+    Args:
+        path: The file; gzip is recognised by its content, not its name.
+
+    Returns:
+        The array, with the shape the header declares.
+
+    Raises:
+        DataError: The file cannot be read, is not valid gzip, has a bad magic
+            number, or its size does not match its header.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == _GZIP_MAGIC:
+            raw = gzip.decompress(raw)
+    except FileNotFoundError as exc:
+        raise DataError(f"IDX file not found: {path}") from exc
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"Cannot read IDX file {path}: corrupt or truncated gzip ({_one_line(exc)})") from exc
+
+    if len(raw) < 4:
+        raise DataError(f"Corrupt IDX file {path}: {len(raw)} bytes, shorter than the 4-byte magic number")
+    zeros, type_code, ndim = raw[0:2], raw[2], raw[3]
+    if zeros != b"\x00\x00" or type_code not in _IDX_DTYPES or ndim == 0:
+        raise DataError(
+            f"Corrupt IDX file {path}: bad magic number 0x{raw[:4].hex()} (expected 0x0000TTDD with a known type TT)"
+        )
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"Truncated IDX file {path}: {len(raw)} bytes, shorter than its {header}-byte header")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[type_code]
+    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        what = "Truncated" if len(raw) < expected else "Corrupt"
+        raise DataError(
+            f"{what} IDX file {path}: {len(raw)} bytes, but its header {dims} of {dtype.name} needs {expected}"
+        )
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return data.astype(dtype.newbyteorder("="), copy=False)
+
+
+# --- Sources -----------------------------------------------------------------
+
+
+def _keras_home() -> Path:
+    # Mirrors keras.utils.get_file, so a file Keras downloaded is found here.
+    home = os.environ.get("KERAS_HOME")
+    return Path(home) if home else Path.home() / ".keras"
+
+
+def _env_path(var: str) -> Path | None:
+    value = os.environ.get(var, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def _load_mnist(path) -> Dataset:
+    if path is not None:
+        return _from_path("mnist", Path(path).expanduser(), what=None, hint=MNIST_HINT)
+    env = _env_path(MNIST_ENV)
+    if env is not None:
+        return _from_path("mnist", env, what=f"${MNIST_ENV}", hint=MNIST_HINT)
+    cached = _keras_home() / "datasets" / "mnist.npz"
+    if cached.is_file():
+        # Read directly: keras' load_data would check the zip container's hash
+        # and re-download a valid file that was written by another tool.
+        arrays = _read_npz(cached)
+        return _build("mnist", arrays, source=f"keras-cache:{cached}", where=str(cached))
+    try:
+        import keras
+
+        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+    except Exception as exc:  # Any download failure means the same thing to the user.
+        raise DataError(MNIST_HINT) from exc
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    return _build("mnist", arrays, source="keras-download", where="the Keras download")
+
+
+def _load_fashion_mnist(path) -> Dataset:
+    if path is not None:
+        return _from_path("fashion_mnist", Path(path).expanduser(), what=None, hint=FASHION_MNIST_HINT)
+    env = _env_path(FASHION_MNIST_ENV)
+    if env is not None:
+        return _from_path("fashion_mnist", env, what=f"${FASHION_MNIST_ENV}", hint=FASHION_MNIST_HINT)
+    for directory in (FASHION_MNIST_DEBIAN_DIR, _keras_home() / "datasets" / "fashion-mnist"):
+        if directory.is_dir() and all(_find_idx(directory, stem) for stem in IDX_FILES.values()):
+            return _build("fashion_mnist", _read_idx_dir(directory), source=str(directory), where=str(directory))
+    try:
+        arrays, _ = _read_tfds("fashion_mnist", data_dir=None)
+    except DataError as exc:
+        raise DataError(FASHION_MNIST_HINT) from exc
+    return _build("fashion_mnist", arrays, source="tfds:fashion_mnist", where="tfds:fashion_mnist")
+
+
+def _from_path(name: str, path: Path, *, what: str | None, hint: str) -> Dataset:
+    path = Path(os.path.abspath(path))  # Normalises "..", keeps symlinks as given.
+    if path.is_dir():
+        arrays = _read_idx_dir(path)
+    elif path.is_file():
+        arrays = _read_npz(path)
+    else:
+        # The hint's first words say what was not found; name the path instead.
+        advice = hint.split(": ", 1)[1]
+        origin = f" (from {what})" if what else ""
+        raise DataError(f"{_DISPLAY_NAMES[name]} not found at {path}{origin}: {advice}")
+    return _build(name, arrays, source=str(path), where=str(path))
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    # Truncation and corruption surface as any of these, on opening the zip or
+    # only when a member is read, so both are guarded.
+    errors = (zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error)
+    try:
+        f = np.load(path, allow_pickle=False)
+    except errors as exc:
+        raise DataError(f"Cannot read {path}: not a valid .npz, or truncated/corrupt ({_one_line(exc)})") from exc
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} holds a single array, not an .npz with the keys {', '.join(ARRAY_KEYS)}")
+    with f:
+        missing = [k for k in ARRAY_KEYS if k not in f.files]
+        if missing:
+            raise DataError(f"{path} is missing {', '.join(missing)}; an .npz needs the keys {', '.join(ARRAY_KEYS)}")
+        try:
+            return {k: f[k] for k in ARRAY_KEYS}
+        except errors as exc:
+            raise DataError(f"Cannot read {path}: truncated or corrupt .npz ({_one_line(exc)})") from exc
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_idx_dir(directory: Path) -> dict[str, np.ndarray]:
+    found = {key: _find_idx(directory, stem) for key, stem in IDX_FILES.items()}
+    missing = [IDX_FILES[key] for key, p in found.items() if p is None]
+    if missing:
+        raise DataError(
+            f"{directory} is missing the IDX file(s) {', '.join(missing)} (plain or .gz); "
+            f"expected {', '.join(IDX_FILES.values())}"
+        )
+    return {key: read_idx(p) for key, p in found.items()}
+
+
+def _load_tfds(name: str, data_dir) -> Dataset:
+    arrays, num_classes = _read_tfds(name, data_dir)
+    return _build(f"tfds:{name}", arrays, source=f"tfds:{name}", where=f"tfds:{name}", num_classes=num_classes)
+
+
+def _read_tfds(name: str, data_dir) -> tuple[dict[str, np.ndarray], int]:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as exc:
+        raise DataError(f"Cannot load tfds:{name}: tensorflow-datasets is not installed") from exc
+    try:
+        (train, test), info = tfds.load(
+            name,
+            split=["train", "test"],
+            as_supervised=True,
+            batch_size=-1,
+            download=False,
+            with_info=True,
+            data_dir=None if data_dir is None else os.fspath(data_dir),
+        )
+        x_train, y_train = tfds.as_numpy(train)
+        x_test, y_test = tfds.as_numpy(test)
+        label_key = info.supervised_keys[1]
+        num_classes = int(info.features[label_key].num_classes)
+    except Exception as exc:  # TFDS raises many unrelated types for "not here".
+        raise DataError(
+            f"TFDS dataset {name!r} is not available locally with train and test splits "
+            f"({_one_line(exc)}); prepare it with tfds.builder({name!r}).download_and_prepare() where there is network"
+        ) from exc
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}, num_classes
+
+
+# --- Verification --------------------------------------------------------------
+
+
+def _build(
+    name: str,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    source: str,
+    where: str,
+    num_classes: int | None = None,
+) -> Dataset:
+    base = name[len("tfds:"):] if name.startswith("tfds:") else name
+    if num_classes is None:
+        num_classes = _NUM_CLASSES[base]
+    arrays = _validate(arrays, where=where, num_classes=num_classes)
+    checksums = {key: array_checksum(a) for key, a in arrays.items()}
+    checksum = data_checksum(checksums)
+    known = KNOWN_CHECKSUMS.get(base)
+    standard = known is not None and all(checksums[k] == known[k] for k in ARRAY_KEYS)
+    if known is not None and not standard:
+        warnings.warn(
+            f"{where} is not the standard {_DISPLAY_NAMES[base]} (checksums differ); "
+            f"results will record checksum {checksum}",
+            NonStandardDataWarning,
+            stacklevel=3,
+        )
+    return Dataset(
+        name=name,
+        num_classes=num_classes,
+        source=source,
+        checksums=checksums,
+        checksum=checksum,
+        standard=standard,
+        **arrays,
+    )
+
+
+def _validate(arrays: Mapping[str, np.ndarray], *, where: str, num_classes: int) -> dict[str, np.ndarray]:
+    """Checks shapes, dtypes and label ranges; returns canonical read-only arrays."""
+    out = {}
+    for split in ("train", "test"):
+        x = np.asarray(arrays[f"x_{split}"])
+        y = np.asarray(arrays[f"y_{split}"])
+        if x.ndim == 4 and x.shape[-1] == 1:
+            # One layout for grayscale whatever the source, so TFDS' (N, H, W, 1)
+            # and the Keras (N, H, W) files give the same image_shape.
+            x = x[..., 0]
+        if x.ndim not in (3, 4):
+            raise DataError(f"x_{split} in {where} has shape {x.shape}; expected (N, H, W) or (N, H, W, C)")
+        if x.dtype != np.uint8:
+            raise DataError(f"x_{split} in {where} has dtype {x.dtype}; expected uint8 pixels in [0, 255]")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise DataError(f"y_{split} in {where} has shape {y.shape}; expected (N,) integer labels")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"y_{split} in {where} has dtype {y.dtype}; expected integer labels")
+        if len(x) == 0:
+            raise DataError(f"x_{split} in {where} is empty; expected at least one example")
+        if len(x) != len(y):
+            raise DataError(
+                f"{where} has {len(x)} x_{split} images but {len(y)} y_{split} labels; expected equal counts"
+            )
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
+            raise DataError(
+                f"y_{split} in {where} has label {bad} outside [0, {num_classes}); "
+                f"expected class indices 0..{num_classes - 1}"
+            )
+        label_dtype = np.uint8 if num_classes <= 256 else np.int32
+        out[f"x_{split}"] = _frozen(x)
+        out[f"y_{split}"] = _frozen(y.astype(label_dtype, copy=False))
+    if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
+        raise DataError(
+            f"{where} has train images of shape {out['x_train'].shape[1:]} but test images of shape "
+            f"{out['x_test'].shape[1:]}; expected the same image shape"
+        )
+    return {key: out[key] for key in ARRAY_KEYS}
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    # Read-only, so the arrays cannot drift from the checksum recorded with them.
+    a = np.ascontiguousarray(a)
+    a.flags.writeable = False
+    return a
+
+
+def _check_samples(arg: str, value, available: int, name: str) -> int:
+    if value is None:
+        return available
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise DataError(f"Invalid {arg}={value!r}; expected a positive integer (at most {available} for {name})")
+    if value > available:
+        split = "training" if arg.startswith("train") else "test"
+        raise DataError(f"{arg}={value} exceeds the {available} {split} examples in {name}; expected 1..{available}")
+    return int(value)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    first = first if len(first) <= 200 else first[:197] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
