@@ -249,7 +249,7 @@ class GradientNormLogger(keras.callbacks.Callback):
             res = model.evaluate(*self.test_data, batch_size=512, verbose=0, return_dict=True)
             test_loss, test_acc = res.get("loss", np.nan), res.get("accuracy", np.nan)
         self._history_rows.append((0, 0, float(loss), acc, float(test_loss), float(test_acc)))
-        if not np.isfinite(g).all() or not np.isfinite(float(loss)):
+        if not np.isfinite(g[:, 0]).all() or not np.isfinite(float(loss)):
             self._diverged.assign(0)
             self.diverged_step = 0
 

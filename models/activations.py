@@ -1,0 +1,257 @@
+"""Registry of hidden-layer activation functions.
+
+Usage:
+
+>>> act = get("LeakyReLU(negative_slope=0.1)")
+>>> act.name, act.base, act.family
+('leaky_relu(negative_slope=0.1)', 'leaky_relu', 'relu')
+>>> layer = act.layer("hidden_0_act")
+
+Families group the activations by how they can make gradients vanish:
+
+- `"saturating"`: bounded, with a derivative that goes to 0 on both sides
+  (sigmoid, hard_sigmoid, tanh, softsign). Their derivative can be computed
+  from the layer's output alone (`derivative_from_output`), which is how
+  saturation is measured without recording pre-activations.
+- `"relu"`: piecewise linear, derivative 0 or 1 (or the leak) on the
+  positive side (relu, relu6, leaky_relu, prelu).
+- `"smooth"`: smooth, unbounded above (elu, selu, gelu, swish, mish,
+  softplus).
+- `"linear"`: the identity, a baseline without any nonlinearity.
+
+Keras is imported only when a layer is built or a function is applied, so
+listing and validating names stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from models import registry
+
+__all__ = ["ALIASES", "Activation", "FAMILIES", "PRELU_INITIAL_SLOPE", "get", "names"]
+
+FAMILIES = ("saturating", "relu", "smooth", "linear")
+
+# He et al. (2015) start every PReLU slope at 0.25. Keras' own default (0)
+# would make a fresh PReLU network identical to a ReLU one, which defeats
+# comparing the two at initialization.
+PRELU_INITIAL_SLOPE = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    family: str
+    params: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+    max_derivative: float | None = None
+
+
+def _params(**defaults: Any) -> Mapping[str, Any]:
+    return types.MappingProxyType(defaults)
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "sigmoid": _Entry("saturating", max_derivative=0.25),
+    # Keras 3: relu6(x + 3) / 6, i.e. slope 1/6 on (-3, 3) and flat outside.
+    "hard_sigmoid": _Entry("saturating", max_derivative=1.0 / 6.0),
+    "tanh": _Entry("saturating", max_derivative=1.0),
+    "softsign": _Entry("saturating", max_derivative=1.0),
+    "relu": _Entry("relu"),
+    "relu6": _Entry("relu"),
+    # 0.2 is the default of keras.activations.leaky_relu (the LeakyReLU layer
+    # defaults to 0.3); the layer is always given the value explicitly.
+    "leaky_relu": _Entry("relu", _params(negative_slope=0.2)),
+    "prelu": _Entry("relu"),
+    "elu": _Entry("smooth", _params(alpha=1.0)),
+    "selu": _Entry("smooth"),
+    "gelu": _Entry("smooth"),
+    "swish": _Entry("smooth"),
+    "mish": _Entry("smooth"),
+    "softplus": _Entry("smooth"),
+    "linear": _Entry("linear"),
+}
+
+ALIASES: dict[str, str] = {
+    "silu": "swish",
+    "leakyrelu": "leaky_relu",
+    "hardsigmoid": "hard_sigmoid",
+    "identity": "linear",
+}
+
+
+def names() -> list[str]:
+    """Returns the canonical base names of all activations, sorted."""
+    return sorted(_REGISTRY)
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """A resolved activation: a registry entry with bound parameters.
+
+    Build instances with `get()`.
+
+    Attributes:
+        name: Canonical spec, e.g. `"leaky_relu(negative_slope=0.1)"`;
+            `get(name)` returns an equal instance.
+        base: Registry name without parameters, e.g. `"leaky_relu"`.
+        kwargs: Parameters that differ from their defaults (read-only).
+        family: One of `FAMILIES`.
+    """
+
+    name: str
+    base: str
+    kwargs: Mapping[str, Any] = dataclasses.field(hash=False)
+    family: str
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """All parameters, defaults included."""
+        return {**_REGISTRY[self.base].params, **self.kwargs}
+
+    def layer(self, name: str):
+        """Creates a new, unbuilt activation layer.
+
+        Args:
+            name: The layer name, e.g. `"hidden_3_act"`.
+
+        Returns:
+            A `keras.layers.Layer`. For `prelu` it is a `keras.layers.PReLU`
+            with one learned slope per unit, each starting at
+            `PRELU_INITIAL_SLOPE`.
+        """
+        import keras
+
+        params = self.params
+        if self.base == "leaky_relu":
+            return keras.layers.LeakyReLU(
+                negative_slope=params["negative_slope"], name=name
+            )
+        if self.base == "elu":
+            return keras.layers.ELU(alpha=params["alpha"], name=name)
+        if self.base == "prelu":
+            return keras.layers.PReLU(
+                alpha_initializer=keras.initializers.Constant(PRELU_INITIAL_SLOPE),
+                name=name,
+            )
+        return keras.layers.Activation(self.base, name=name)
+
+    def __call__(self, x):
+        """Applies the function to a tensor or array.
+
+        Meant for plotting the function and, through `tf.GradientTape`, its
+        derivative. `prelu` has no fixed function, so its initial one is used:
+        slope `PRELU_INITIAL_SLOPE` for negative inputs.
+
+        Args:
+            x: A tensor or array; integers are converted to floats.
+
+        Returns:
+            A backend tensor of the same shape.
+        """
+        import keras
+        from keras import ops
+
+        x = ops.convert_to_tensor(x)
+        if not keras.backend.is_float_dtype(x.dtype):
+            x = ops.cast(x, keras.backend.floatx())
+        params = self.params
+        if self.base == "leaky_relu":
+            return keras.activations.leaky_relu(x, negative_slope=params["negative_slope"])
+        if self.base == "elu":
+            return keras.activations.elu(x, alpha=params["alpha"])
+        if self.base == "prelu":
+            return ops.where(x >= 0, x, PRELU_INITIAL_SLOPE * x)
+        return keras.activations.get(self.base)(x)
+
+    @property
+    def max_derivative(self) -> float | None:
+        """The largest value of the derivative for the saturating family.
+
+        At most this factor per layer multiplies a gradient flowing back
+        through the activation: 0.25 for sigmoid, 1/6 for hard_sigmoid, 1 for
+        tanh and softsign. `None` for the other families.
+        """
+        return _REGISTRY[self.base].max_derivative
+
+    @property
+    def derivative_from_output(self) -> Callable[[Any], Any] | None:
+        """The derivative as a function of the output, for saturating ones.
+
+        Returns a function `y -> f'(x)` where `y = f(x)`, built from backend
+        (TensorFlow) ops so it can run inside a compiled step on a recorded
+        activation, or `None` outside the saturating family:
+
+        - sigmoid: `y * (1 - y)`
+        - tanh: `1 - y**2`
+        - softsign: `(1 - |y|)**2`
+        - hard_sigmoid: `1/6` where `0 < y < 1`, else `0` (the clipped parts
+          are flat, as in the gradient TensorFlow computes).
+        """
+        return _DERIVATIVES_FROM_OUTPUT.get(self.base)
+
+
+def _sigmoid_derivative(y):
+    return y * (1.0 - y)
+
+
+def _tanh_derivative(y):
+    return 1.0 - y * y
+
+
+def _softsign_derivative(y):
+    from keras import ops
+
+    return ops.square(1.0 - ops.abs(y))
+
+
+def _hard_sigmoid_derivative(y):
+    from keras import ops
+
+    y = ops.convert_to_tensor(y)
+    inside = ops.logical_and(y > 0.0, y < 1.0)
+    return ops.where(inside, ops.cast(1.0 / 6.0, y.dtype), ops.zeros_like(y))
+
+
+_DERIVATIVES_FROM_OUTPUT: dict[str, Callable[[Any], Any]] = {
+    "sigmoid": _sigmoid_derivative,
+    "hard_sigmoid": _hard_sigmoid_derivative,
+    "tanh": _tanh_derivative,
+    "softsign": _softsign_derivative,
+}
+
+
+def get(spec: str | Activation) -> Activation:
+    """Looks up an activation by spec.
+
+    Args:
+        spec: A name, alias or spec with parameters, e.g. `"silu"` or
+            `"elu(alpha=0.5)"` (case-insensitive); an `Activation` is
+            returned unchanged.
+
+    Returns:
+        The `Activation`.
+
+    Raises:
+        UnknownNameError: For an unknown name or parameter name.
+        ValueError: For a malformed spec or a parameter of the wrong type.
+    """
+    if isinstance(spec, Activation):
+        return spec
+    name, kwargs = registry.parse_spec(spec)
+    base = registry.resolve_name("activation", name, _REGISTRY, ALIASES)
+    entry = _REGISTRY[base]
+    bound = registry.bind_params("activation", base, kwargs, entry.params)
+    return Activation(
+        name=registry.canonical(base, bound),
+        base=base,
+        kwargs=types.MappingProxyType(bound),
+        family=entry.family,
+    )

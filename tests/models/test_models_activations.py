@@ -1,0 +1,211 @@
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import UnknownNameError, activations
+
+REQUIRED = {
+    "sigmoid": "saturating",
+    "hard_sigmoid": "saturating",
+    "tanh": "saturating",
+    "softsign": "saturating",
+    "relu": "relu",
+    "relu6": "relu",
+    "leaky_relu": "relu",
+    "prelu": "relu",
+    "elu": "smooth",
+    "selu": "smooth",
+    "gelu": "smooth",
+    "swish": "smooth",
+    "mish": "smooth",
+    "softplus": "smooth",
+    "linear": "linear",
+}
+# Avoids the kinks of relu-like and hard_sigmoid exactly, where a derivative
+# has two reasonable values.
+GRID = np.linspace(-8.0, 8.0, 1601, dtype="float32") + np.float32(0.0013)
+
+
+def test_registry_has_every_required_activation_in_its_family():
+    assert set(REQUIRED) <= set(activations.names())
+    assert activations.names() == sorted(activations.names())
+    for name in activations.names():
+        act = activations.get(name)
+        assert act.name == act.base == name
+        assert act.family in activations.FAMILIES
+        if name in REQUIRED:
+            assert act.family == REQUIRED[name], name
+
+
+@pytest.mark.parametrize("alias, base", sorted(activations.ALIASES.items()))
+def test_aliases_resolve_to_the_canonical_entry(alias, base):
+    assert base in activations.names()
+    assert activations.get(alias) == activations.get(base)
+    assert activations.get(alias).name == base
+
+
+def test_silu_is_swish():
+    assert activations.get("silu").name == "swish"
+
+
+def test_names_are_case_and_whitespace_insensitive():
+    assert activations.get("  TanH ") == activations.get("tanh")
+    assert activations.get("LeakyReLU(Negative_Slope=0.1)").name == "leaky_relu(negative_slope=0.1)"
+
+
+def test_parameters_are_normalized_in_the_canonical_name():
+    act = activations.get("elu( alpha = 2 )")
+    assert act.name == "elu(alpha=2.0)"
+    assert act.kwargs == {"alpha": 2.0}
+    assert activations.get("leaky_relu(negative_slope=0.2)").name == "leaky_relu"
+    assert activations.get("leaky_relu").params == {"negative_slope": 0.2}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [*activations.names(), "leaky_relu(negative_slope=0.01)", "elu(alpha=0.5)", "silu"],
+)
+def test_canonical_names_round_trip(spec):
+    act = activations.get(spec)
+    assert activations.get(act.name) == act
+    assert activations.get(act) is act
+    assert hash(activations.get(act.name)) == hash(act)
+
+
+def test_a_typo_names_the_closest_activation_and_lists_the_valid_ones():
+    with pytest.raises(UnknownNameError) as info:
+        activations.get("sigmod")
+    message = str(info.value)
+    assert message.startswith("Unknown activation 'sigmod'. Did you mean 'sigmoid'? Valid activations: ")
+    assert message.endswith(", ".join(activations.names()))
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("leaky_relu(slope=0.1)", "Invalid parameter 'slope' for activation 'leaky_relu'; valid parameters: negative_slope"),
+        ("relu(alpha=1.0)", "Invalid parameter 'alpha' for activation 'relu'; valid parameters: (none)"),
+        ("elu(beta=1.0)", "Invalid parameter 'beta' for activation 'elu'; valid parameters: alpha"),
+    ],
+)
+def test_an_unknown_parameter_lists_the_valid_ones(spec, message):
+    with pytest.raises(UnknownNameError) as info:
+        activations.get(spec)
+    assert str(info.value) == message
+
+
+def test_a_parameter_of_the_wrong_type_is_a_value_error():
+    with pytest.raises(ValueError, match="must be a number. Received: negative_slope='0.1'"):
+        activations.get("leaky_relu(negative_slope='0.1')")
+
+
+@pytest.mark.parametrize("spec", [*activations.names(), "leaky_relu(negative_slope=0.1)", "elu(alpha=0.5)"])
+def test_layer_computes_the_same_function_as_call(spec):
+    act = activations.get(spec)
+    layer = act.layer("hidden_3_act")
+    assert isinstance(layer, keras.layers.Layer)
+    assert layer.name == "hidden_3_act"
+    x = GRID.reshape(1, -1)
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(act(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_layers_are_fresh_and_of_the_dedicated_keras_class():
+    act = activations.get("relu")
+    assert act.layer("a") is not act.layer("a")
+    assert isinstance(activations.get("prelu").layer("p"), keras.layers.PReLU)
+    leaky = activations.get("leaky_relu").layer("l")
+    assert isinstance(leaky, keras.layers.LeakyReLU)
+    # Keras' LeakyReLU layer defaults to 0.3; the registry promises 0.2.
+    assert leaky.negative_slope == pytest.approx(0.2)
+    assert isinstance(activations.get("elu(alpha=0.5)").layer("e"), keras.layers.ELU)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("relu", lambda x: np.maximum(x, 0)),
+        ("relu6", lambda x: np.clip(x, 0, 6)),
+        ("leaky_relu", lambda x: np.where(x > 0, x, 0.2 * x)),
+        ("leaky_relu(negative_slope=0.01)", lambda x: np.where(x > 0, x, 0.01 * x)),
+        ("prelu", lambda x: np.where(x > 0, x, activations.PRELU_INITIAL_SLOPE * x)),
+        ("elu(alpha=0.5)", lambda x: np.where(x > 0, x, 0.5 * np.expm1(x))),
+        ("sigmoid", lambda x: 1 / (1 + np.exp(-x))),
+        ("hard_sigmoid", lambda x: np.clip(x + 3, 0, 6) / 6),
+        ("softsign", lambda x: x / (1 + np.abs(x))),
+        ("swish", lambda x: x / (1 + np.exp(-x))),
+        ("linear", lambda x: x),
+    ],
+)
+def test_call_matches_the_textbook_formula(spec, expected):
+    got = np.asarray(activations.get(spec)(GRID))
+    np.testing.assert_allclose(got, expected(GRID.astype("float64")), rtol=1e-5, atol=1e-6)
+
+
+def test_call_accepts_integer_arrays():
+    assert np.asarray(activations.get("tanh")(np.array([0, 1]))).dtype == np.float32
+
+
+def _autodiff_derivative(act, x):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = act(x)
+    return y, tape.gradient(y, x)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "hard_sigmoid", "tanh", "softsign"])
+def test_derivative_from_output_matches_autodiff(name):
+    act = activations.get(name)
+    y, derivative = _autodiff_derivative(act, GRID)
+    from_output = act.derivative_from_output(y)
+    np.testing.assert_allclose(np.asarray(from_output), np.asarray(derivative), atol=1e-6)
+    # The saturated tails are part of the grid: the derivative does vanish.
+    assert np.asarray(derivative).min() < 0.05 * act.max_derivative
+
+
+@pytest.mark.parametrize(
+    "name, maximum", [("sigmoid", 0.25), ("hard_sigmoid", 1 / 6), ("tanh", 1.0), ("softsign", 1.0)]
+)
+def test_max_derivative_is_the_maximum_of_the_derivative(name, maximum):
+    act = activations.get(name)
+    assert act.max_derivative == pytest.approx(maximum)
+    # Every one of them peaks at 0.
+    _, derivative = _autodiff_derivative(act, np.append(GRID, np.float32(0.0)))
+    assert np.asarray(derivative).max() == pytest.approx(maximum, rel=1e-6)
+
+
+def test_derivative_from_output_runs_in_a_graph():
+    act = activations.get("tanh")
+    fn = tf.function(lambda x: act.derivative_from_output(act(x)))
+    np.testing.assert_allclose(np.asarray(fn(tf.constant([0.0, 100.0]))), [1.0, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(set(REQUIRED) - {"sigmoid", "hard_sigmoid", "tanh", "softsign"}))
+def test_non_saturating_activations_have_no_output_derivative(name):
+    act = activations.get(name)
+    assert act.family != "saturating"
+    assert act.derivative_from_output is None
+    assert act.max_derivative is None
+
+
+def test_importing_the_package_does_not_import_keras():
+    code = (
+        "import sys, models; "
+        "models.activations.get('leaky_relu(negative_slope=0.1)'); models.initializers.names(); "
+        "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, 'heavy import'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", activations.names())
+def test_a_layer_can_be_traced_back_to_its_entry(name):
+    # Instrumentation identifies a generic Activation layer by its function's
+    # name (Keras calls swish "silu"), so that name must resolve.
+    layer = activations.get(name).layer("a")
+    if isinstance(layer, keras.layers.Activation):
+        assert activations.get(layer.activation.__name__).base == name
