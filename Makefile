@@ -33,7 +33,7 @@ test: install
 	$(BIN)/python -m pytest
 
 perf: install
-	$(BIN)/python -m bench.perf --out reports/perf $(DATA_ARG)
+	$(BIN)/python -m bench.perf --out reports $(DATA_ARG)
 
 ci-report: install
 	$(BIN)/vgbench run --suite ci --out reports/ci-current --jobs $(JOBS) $(DATA_ARG)
