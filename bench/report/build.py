@@ -1,0 +1,259 @@
+"""`build_report`: results directory → statistics → figures → summary files.
+
+The report is computed in one direction: `bench.report.stats` turns the
+stored tables into long-form statistics, `bench.report.figures` draws them,
+and `bench.report.document` writes the same statistics as Markdown, JSON and
+a self-contained HTML page. A figure whose data is missing is skipped with
+its reason, which the summary lists; it never stops the report.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from bench.errors import UsageError
+from bench.report import document, figures, stats
+from bench.results import load_results
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("png", "svg", "pdf")
+
+
+@dataclass
+class Tables:
+    """Every statistic of one report, computed once from the stored results."""
+
+    runs: pd.DataFrame  # run_metrics + flags, one row per run
+    pairs: pd.DataFrame  # ranked, one row per pair
+    main: dict  # the fixed keys of the activation × initializer slice
+    main_text: str  # the same, in words
+    profiles: pd.DataFrame
+    heatmap: pd.DataFrame
+    grid: pd.DataFrame
+    sweep: pd.DataFrame
+    curves: pd.DataFrame
+    activations: pd.DataFrame
+    fixes: pd.DataFrame
+    functions: pd.DataFrame
+    chance: float
+    palette: dict = field(default_factory=dict)  # activation → colour
+    init_palette: dict = field(default_factory=dict)  # initializer → colour
+    fix_palette: dict = field(default_factory=dict)  # fix → colour
+
+
+def compute_tables(results) -> Tables:
+    """All statistics of a report from a loaded `bench.results.Results`."""
+    runs_m = stats.run_table(results.runs, results.layers)
+    pairs = stats.pair_table(runs_m)
+    main_runs, main = stats.main_slice(runs_m)
+    slice_text = stats.describe_slice(main, stats.varying_keys(runs_m))
+    profiles = stats.gradient_profiles(main_runs, results.layers)
+    curves = stats.learning_curves(main_runs, results.history)
+    activations = stats.activation_profiles(main_runs, results.layers)
+    for t in (profiles, curves, activations):
+        t.attrs.setdefault("slice", slice_text)
+    return Tables(
+        runs=runs_m,
+        pairs=pairs,
+        main=main,
+        main_text=slice_text,
+        profiles=profiles,
+        heatmap=stats.heatmap_runs(pairs, results.layers),
+        grid=stats.pair_grid(pairs),
+        sweep=stats.depth_sweep(runs_m),
+        curves=curves,
+        activations=activations,
+        fixes=stats.fix_effects(runs_m),
+        functions=stats.activation_curves(results.runs["activation"].unique()),
+        chance=stats.chance_accuracy(results.manifest),
+        palette=figures.category_palette(results.runs["activation"]),
+        init_palette=figures.category_palette(results.runs["initializer"], "Dark2"),
+        fix_palette=figures.fix_palette(results.runs["fix"]),
+    )
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One figure of the report: its file stem, title, caption and how to draw it."""
+
+    name: str
+    title: str
+    caption: str
+    draw: object  # Callable[[Tables], Figure | None]
+
+
+def _figure_specs(t: Tables) -> list[FigureSpec]:
+    where = t.main_text
+    chance = stats.pct(t.chance)
+    chance_loss = -math.log(t.chance)
+    return [
+        FigureSpec(
+            "gradient_depth",
+            "Gradient norm by layer",
+            f"Gradient norm of each hidden layer's kernel and bias against its index (0 = next to the input), "
+            f"at step 0 and averaged over the last logged steps ({where}). Look for lines that fall towards "
+            "layer 0: every decade of drop is ten times less gradient reaching the input side (vanishing); "
+            "rising lines are exploding gradients; flat lines are healthy. Bands: 95% interval over seeds.",
+            lambda: figures.gradient_depth(t.profiles, t.palette),
+        ),
+        FigureSpec(
+            "gradient_heatmap",
+            "Gradient norm per layer and step",
+            "log10 kernel gradient norm of every layer (rows, input side at the bottom) at every logged step "
+            "(columns), for the best pair (highest accuracy) and the worst (most unequal gradient across layers), "
+            "on one colour scale. Dark rows near layer 0 that stay dark through training are layers that barely learn.",
+            lambda: figures.gradient_heatmap(t.heatmap, t.palette),
+        ),
+        FigureSpec(
+            "pair_heatmaps",
+            "Activation × initializer",
+            f"Each activation × initializer pair ({t.grid.attrs.get('slice', where)}), mean over seeds. "
+            f"Accuracy near chance ({chance}) together with a log10 first/last ratio far below 0 "
+            "(the first layer gets 10^value of the last layer's gradient) or a per-layer factor well under 1 "
+            "marks a vanishing pair; dead or saturated fractions near 1 say why.",
+            lambda: figures.pair_heatmaps(t.grid, t.palette),
+        ),
+        FigureSpec(
+            "depth_sweep",
+            "Depth sweep",
+            "Test accuracy and first/last gradient ratio at step 0 against depth. On the log axis a straight "
+            "falling line is a constant per-layer factor: the gradient at the first layer shrinks exponentially "
+            "with depth, and accuracy drops once it is too small to learn from. Error bars: 95% interval over seeds.",
+            lambda: figures.depth_sweep(t.sweep, t.palette),
+        ),
+        FigureSpec(
+            "learning_curves",
+            "Learning curves",
+            f"Loss and accuracy against step ({where}); colour is the initializer, solid test and dashed train. "
+            f"A loss stuck near ln(classes) = {chance_loss:.2f} with accuracy at chance ({chance}) is a network "
+            "that does not learn, the end result of a vanishing gradient.",
+            lambda: figures.learning_curves(t.curves, t.palette, t.init_palette),
+        ),
+        FigureSpec(
+            "activation_stats",
+            "Activation statistics by layer",
+            f"Mean and standard deviation of each hidden layer's output, and the share of dead "
+            f"(ReLU family) and saturated (sigmoid family) units, at step 0 (solid) and at the end (dashed) "
+            f"({where}). A standard deviation that collapses with depth, or fractions near 1, explain "
+            "where the gradient is lost.",
+            lambda: figures.activation_stats(t.activations, t.palette),
+        ),
+        FigureSpec(
+            "fixes",
+            "Fixes",
+            "Each fix next to its no-fix baseline (grey) for the same activation, initializer and depth. "
+            "A fix works when it lifts accuracy and moves the log10 first/last ratio towards 0 "
+            "(equal gradient at the first and last layer). Error bars: 95% interval over seeds.",
+            lambda: figures.fixes(t.fixes, t.fix_palette),
+        ),
+        FigureSpec(
+            "activation_functions",
+            "Activations and their derivatives",
+            "Each benchmarked activation (solid) and its derivative (dashed) on [-5, 5]. Backpropagation "
+            "multiplies the gradient by the derivative at every layer: sigmoid's is at most 0.25, so depth alone "
+            "shrinks the gradient; ReLU's is 1 where a unit is active and 0 where it is not.",
+            lambda: figures.activation_functions(t.functions, t.palette),
+        ),
+    ]
+
+
+def _draw(spec: FigureSpec):
+    """(figure or None, reason for skipping or None)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", figures.MissingDataWarning)
+        try:
+            fig = spec.draw()
+        except Exception as e:  # one broken figure must not cost the rest of the report
+            logger.exception("figure %s failed", spec.name)
+            return None, f"drawing failed: {type(e).__name__}: {e}"
+    notes = [str(w.message) for w in caught if issubclass(w.category, figures.MissingDataWarning)]
+    for w in caught:
+        if not issubclass(w.category, figures.MissingDataWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if fig is None:
+        reason = notes[0].split(": skipped, ", 1)[-1] if notes else "no data"
+        return None, reason
+    return fig, None
+
+
+def _check_formats(formats) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = [f for f in formats.split(",")]
+    out = []
+    for f in formats:
+        f = str(f).strip().lower().lstrip(".")
+        if f not in FORMATS:
+            raise UsageError(f"Unknown figure format {f!r}. Valid formats: {', '.join(FORMATS)}")
+        if f not in out:
+            out.append(f)
+    if not out:
+        raise UsageError(f"No figure format given. Valid formats: {', '.join(FORMATS)}")
+    return tuple(out)
+
+
+def build_report(results_dir, out_dir=None, formats=("png",)) -> Path:
+    """Builds the report of a results directory.
+
+    Writes one file per figure and format, ``summary.md``, ``summary.json``
+    and a self-contained ``index.html`` (figures embedded as PNG) into
+    ``out_dir``. Figures whose data is missing are skipped; their reasons
+    are in the summaries, and files of theirs left by an earlier report are
+    removed so the directory matches the summary.
+
+    Args:
+        results_dir: a directory written by `vgbench run`.
+        out_dir: where to write; default ``results_dir/report``.
+        formats: figure file formats among ``png``, ``svg``, ``pdf`` (a
+            sequence or a comma-separated string).
+
+    Returns:
+        The path of ``index.html``.
+
+    Raises:
+        UsageError: ``results_dir`` is missing, empty or not vgbench
+            results, or a format is unknown.
+    """
+    formats = _check_formats(formats)
+    results = load_results(results_dir)
+    out = Path(out_dir) if out_dir is not None else results.path / "report"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"Report directory {str(out)!r} is a file.")
+    out.mkdir(parents=True, exist_ok=True)
+
+    tables = compute_tables(results)
+    drawn, skipped, images = [], [], {}
+    for spec in _figure_specs(tables):
+        fig, reason = _draw(spec)
+        if fig is None:
+            logger.info("figure %s skipped: %s", spec.name, reason)
+            skipped.append({"name": spec.name, "title": spec.title, "reason": reason})
+            for ext in FORMATS:
+                (out / f"{spec.name}.{ext}").unlink(missing_ok=True)
+            continue
+        try:
+            files = []
+            for ext in formats:
+                fig.savefig(out / f"{spec.name}.{ext}", format=ext, dpi=figures.DPI)
+                files.append(f"{spec.name}.{ext}")
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=figures.DPI)
+            images[spec.name] = buf.getvalue()
+        finally:
+            plt.close(fig)
+        drawn.append({"name": spec.name, "title": spec.title, "caption": spec.caption, "files": files})
+
+    summary = document.summary_dict(results, tables, drawn, skipped)
+    document.write_json(out / "summary.json", summary)
+    (out / "summary.md").write_text(document.render_markdown(summary), encoding="utf-8")
+    index = out / "index.html"
+    index.write_text(document.render_html(summary, images), encoding="utf-8")
+    return index

@@ -1,0 +1,604 @@
+"""Figures of a report: each draws one long-form table of `bench.report.stats`.
+
+A figure function takes the table it plots (and the colour mappings) and
+returns a `matplotlib.figure.Figure`, or ``None`` after a
+`MissingDataWarning` when the table lacks what the figure needs. Nothing here
+computes a statistic: means, intervals and ratios arrive ready in the tables,
+so a figure and the written summary can never disagree.
+
+Every activation keeps one colour in every figure (`category_palette`,
+built once per report from the sorted activation names).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import textwrap
+import warnings
+
+import matplotlib
+
+# Reports are written to files, often on machines without a display.
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib import patches, ticker  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+DPI = 110
+
+_RC = {
+    **sns.axes_style("whitegrid"),
+    **sns.plotting_context("paper", font_scale=1.05),
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8.5,
+    "xtick.labelsize": 7.5,
+    "ytick.labelsize": 7.5,
+    "legend.fontsize": 7.5,
+    "legend.title_fontsize": 8,
+    "figure.titlesize": 11,
+}
+
+# Line styles of the two moments that several figures compare.
+WHEN_STYLES = {"step 0": "-", "end of training": "--"}
+SPLIT_STYLES = {"test": "-", "train": "--"}
+
+
+class MissingDataWarning(UserWarning):
+    """A figure was skipped because the data it needs is not in the results."""
+
+
+def skip(figure: str, reason: str) -> None:
+    """Warns that ``figure`` was skipped and why; returns None for the caller to return."""
+    warnings.warn(f"{figure}: skipped, {reason}", MissingDataWarning, stacklevel=3)
+
+
+def requires(*columns):
+    """Declares the columns a figure reads from its table.
+
+    The decorated function is called only when its table has every column
+    and at least one row; otherwise it warns (`MissingDataWarning`, with the
+    table's ``attrs["note"]`` as the reason when there is one) and returns
+    None. The figure is drawn with the report's style.
+    """
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(table, *args, **kwargs):
+            if table is None:
+                return skip(fn.__name__, "no table")
+            missing = [c for c in columns if c not in table.columns]
+            if missing:
+                return skip(fn.__name__, f"the table lacks column(s) {', '.join(missing)}")
+            if table.empty:
+                return skip(fn.__name__, table.attrs.get("note", "no data"))
+            with plt.rc_context(_RC):
+                return fn(table, *args, **kwargs)
+
+        wrapper.required_columns = tuple(columns)
+        return wrapper
+
+    return decorate
+
+
+def category_palette(names, palette: str = "tab10") -> dict:
+    """A fixed {name: colour} mapping over the sorted distinct names.
+
+    Args:
+        names: the category values (duplicates and order do not matter).
+        palette: a seaborn palette for up to 10 names; more names use "husl".
+    """
+    names = sorted({str(n) for n in names})
+    colours = sns.color_palette(palette if len(names) <= 10 else "husl", len(names))
+    return dict(zip(names, colours))
+
+
+def fix_palette(fixes) -> dict:
+    """Grey for the no-fix baseline, distinct colours for the fixes."""
+    others = sorted({str(f) for f in fixes} - {"none"})
+    return {"none": (0.55, 0.55, 0.55), **category_palette(others, "Set2")}
+
+
+def _legend(fig, handles, title=None, loc="outside right upper", ncols=1):
+    if handles:
+        fig.legend(handles=handles, title=title, loc=loc, frameon=False, ncols=ncols)
+
+
+def _line(colour, label, style="-", marker=None):
+    return Line2D([0], [0], color=colour, ls=style, marker=marker, lw=1.6, ms=4, label=label)
+
+
+def _band(ax, x, lo, hi, colour, alpha=0.15):
+    """The 95% interval as a band (only where it has width)."""
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    if np.any(hi > lo):
+        ax.fill_between(x, lo, hi, color=colour, alpha=alpha, lw=0)
+
+
+def _log_if_wide(ax, values, axis="y", decades=2.0):
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if len(v) and v.max() / v.min() > 10**decades:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+def _wrap(text, width=48):
+    return "\n".join(textwrap.wrap(str(text), width))
+
+
+# --------------------------------------------------------------------------- #
+# 1. Gradient norm against depth
+# --------------------------------------------------------------------------- #
+
+_PROFILE_ROWS = (
+    ("kernel", "step 0"),
+    ("kernel", "end of training"),
+    ("bias", "step 0"),
+    ("bias", "end of training"),
+)
+
+
+@requires("activation", "initializer", "parameter", "when", "layer_index", "mean", "lo", "hi")
+def gradient_depth(profiles: pd.DataFrame, palette: dict):
+    """Per-layer gradient norm against layer index: one line per activation.
+
+    Rows: kernel/bias × step 0/end of training (those with data); columns:
+    initializers. A line falling towards layer 0 (the input) is a vanishing
+    gradient. Log y.
+    """
+    rows = [r for r in _PROFILE_ROWS if ((profiles["parameter"] == r[0]) & (profiles["when"] == r[1])).any()]
+    inits = sorted(profiles["initializer"].unique())
+    fig, axes = plt.subplots(
+        len(rows),
+        len(inits),
+        figsize=(2.7 * len(inits) + 1.9, 2.0 * len(rows) + 0.7),
+        sharex=True,
+        sharey="row",
+        squeeze=False,
+        layout="constrained",
+    )
+    for i, (parameter, when) in enumerate(rows):
+        for j, init in enumerate(inits):
+            ax = axes[i, j]
+            d = profiles[(profiles["parameter"] == parameter) & (profiles["when"] == when) & (profiles["initializer"] == init)]
+            for act, g in d.groupby("activation", sort=True):
+                g = g.sort_values("layer_index")
+                ax.plot(g["layer_index"], g["mean"], color=palette[act], marker="o", ms=2.5, lw=1.4)
+                _band(ax, g["layer_index"], g["lo"], g["hi"], palette[act])
+            ax.set_yscale("log")
+            if i == 0:
+                ax.set_title(init)
+            if j == 0:
+                sym = "W" if parameter == "kernel" else "b"
+                ax.set_ylabel(f"‖∂L/∂{sym}‖, {when}")
+            if i == len(rows) - 1:
+                ax.set_xlabel("layer index (0 = input side)")
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    shown = sorted(profiles["activation"].unique())
+    _legend(fig, [_line(palette[a], a, marker="o") for a in shown], "activation")
+    where = profiles.attrs.get("slice", "")
+    fig.suptitle("Gradient norm by layer" + (f" ({where})" if where else ""))
+    return fig
+
+
+# --------------------------------------------------------------------------- #
+# 2. Layer × step heatmaps
+# --------------------------------------------------------------------------- #
+
+
+def _edges(v):
+    v = np.asarray(sorted(v), float)
+    if len(v) == 1:
+        return np.array([v[0] - 0.5, v[0] + 0.5])
+    mid = (v[1:] + v[:-1]) / 2
+    return np.concatenate([[v[0] - (mid[0] - v[0])], mid, [v[-1] + (v[-1] - mid[-1])]])
+
+
+@requires("role", "label", "step", "layer_index", "layer_name", "log10_norm")
+def gradient_heatmap(table: pd.DataFrame, palette: dict | None = None):
+    """log10 kernel gradient norm per layer (rows) and step (columns).
+
+    One panel per chosen run (best and worst pair), on one shared colour
+    scale, so a dark band near layer 0 reads as a vanishing gradient in
+    either panel.
+    """
+    roles = [r for r in ("best", "worst") if (table["role"] == r).any()]
+    finite = table["log10_norm"].dropna()
+    if finite.empty:
+        return skip("gradient_heatmap", "every recorded gradient norm is zero or not finite")
+    vmin, vmax = float(finite.min()), float(finite.max())
+    fig, axes = plt.subplots(
+        1, len(roles), figsize=(4.4 * len(roles) + 1.0, 3.6), squeeze=False, layout="constrained"
+    )
+    mesh = None
+    for ax, role in zip(axes[0], roles):
+        d = table[table["role"] == role]
+        z = d.pivot_table(index="layer_index", columns="step", values="log10_norm", aggfunc="first", dropna=False)
+        z = z.sort_index().sort_index(axis=1)
+        mesh = ax.pcolormesh(
+            _edges(z.columns), _edges(z.index), z.to_numpy(), cmap="magma", vmin=vmin, vmax=vmax, shading="flat"
+        )
+        names = d.drop_duplicates("layer_index").set_index("layer_index")["layer_name"]
+        ticks = list(z.index)
+        if len(ticks) > 12:
+            every = math.ceil(len(ticks) / 12)
+            ticks = ticks[::every] + ([ticks[-1]] if ticks[-1] not in ticks[::every] else [])
+        ax.set_yticks(ticks)
+        ax.set_yticklabels(["out" if names.get(t) == "output" else str(t) for t in ticks])
+        if len(z.columns) <= 12:
+            ax.set_xticks(list(z.columns))
+        else:
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("step")
+        ax.set_ylabel("layer index (0 = input side)")
+        why = "highest accuracy" if role == "best" else "most unequal gradient"
+        ax.set_title(_wrap(f"{role} ({why}): {d['label'].iloc[0]}", 56))
+        ax.grid(False)
+    fig.colorbar(mesh, ax=axes[0].tolist(), label="log10 ‖∂L/∂W‖", shrink=0.9)
+    fig.suptitle("Kernel gradient norm per layer and step")
+    return fig
+
+
+# --------------------------------------------------------------------------- #
+# 3. Activation × initializer heatmaps
+# --------------------------------------------------------------------------- #
+
+
+def _grid_style(quantity, values):
+    """(cmap, norm kwargs, annotation formatter, colour values) of a grid panel."""
+    if quantity == "test_accuracy":
+        return "viridis", {"vmin": 0.0, "vmax": 1.0}, lambda v: f"{100 * v:.0f}%", values
+    if quantity == "grad_ratio_init":
+        lim = max(1.0, float(np.nanmax(np.abs(values))))
+        return "RdBu", {"vmin": -lim, "vmax": lim}, lambda v: f"{v:.1f}", values
+    if quantity == "grad_factor_init":
+        # Coloured by log10 so that ×0.5 and ×2 look equally far from 1.
+        logs = np.log10(np.where(values > 0, values, np.nan))
+        lim = max(0.3, float(np.nanmax(np.abs(logs))) if np.isfinite(logs).any() else 0.3)
+        return "RdBu", {"vmin": -lim, "vmax": lim}, lambda v: f"{v:.2f}", logs
+    return "Reds", {"vmin": 0.0, "vmax": 1.0}, lambda v: f"{v:.2f}", values
+
+
+@requires("activation", "initializer", "quantity", "label", "value")
+def pair_heatmaps(grid: pd.DataFrame, palette: dict):
+    """Annotated activation × initializer heatmaps, one per quantity.
+
+    Quantities without any value (e.g. dead fraction when no ReLU-family
+    activation ran) are left out. Activation labels carry their colour.
+    """
+    quantities = [q for q in grid["quantity"].unique() if grid.loc[grid["quantity"] == q, "value"].notna().any()]
+    if not quantities:
+        return skip("pair_heatmaps", "no quantity has a value")
+    acts = sorted(grid["activation"].unique())
+    inits = sorted(grid["initializer"].unique())
+    ncols = min(3, len(quantities))
+    nrows = math.ceil(len(quantities) / ncols)
+    w = 0.85 * len(inits) + 2.3
+    h = 0.34 * len(acts) + 1.6
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, layout="constrained")
+    for ax, q in zip(axes.flat, quantities):
+        d = grid[grid["quantity"] == q]
+        table = d.pivot_table(index="activation", columns="initializer", values="value", aggfunc="first", dropna=False)
+        table = table.reindex(index=acts, columns=inits)
+        values = table.to_numpy(dtype=float)
+        cmap, norm, fmt, colour = _grid_style(q, values)
+        annot = np.vectorize(lambda v: "" if not np.isfinite(v) else fmt(v), otypes=[object])(values)
+        sns.heatmap(
+            pd.DataFrame(colour, index=acts, columns=inits),
+            ax=ax,
+            cmap=cmap,
+            annot=annot,
+            fmt="",
+            annot_kws={"fontsize": 7},
+            linewidths=0.5,
+            linecolor="white",
+            cbar_kws={"shrink": 0.8},
+            **norm,
+        )
+        ax.set_title(_wrap(d["label"].iloc[0], 40))
+        ax.grid(False)
+        ax.set_facecolor("0.94")  # cells without a value (e.g. dead fraction of sigmoid)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(axis="x", rotation=30)
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+        for label in ax.get_yticklabels():
+            label.set_color(palette.get(label.get_text(), "black"))
+            label.set_rotation(0)
+    for ax in list(axes.flat)[len(quantities):]:
+        ax.set_visible(False)
+    where = grid.attrs.get("slice", "")
+    fig.suptitle("Activation × initializer" + (f" ({where})" if where else ""))
+    return fig
+
+
+# --------------------------------------------------------------------------- #
+# 4. Depth sweep
+# --------------------------------------------------------------------------- #
+
+_SWEEP_ROWS = (
+    ("test_accuracy", "test accuracy"),
+    ("grad_ratio_init", "first/last gradient ratio\n(step 0)"),
+)
+
+
+@requires("activation", "initializer", "depth", "quantity", "mean", "lo", "hi")
+def depth_sweep(sweep: pd.DataFrame, palette: dict):
+    """Test accuracy and first/last gradient ratio against depth.
+
+    One line per activation, one column per initializer; the ratio on a log
+    axis, where a straight falling line is a constant per-layer factor.
+    """
+    inits = sorted(sweep["initializer"].unique())
+    rows = [r for r in _SWEEP_ROWS if (sweep["quantity"] == r[0]).any()]
+    fig, axes = plt.subplots(
+        len(rows),
+        len(inits),
+        figsize=(2.7 * len(inits) + 1.9, 2.2 * len(rows) + 0.6),
+        sharex=True,
+        sharey="row",
+        squeeze=False,
+        layout="constrained",
+    )
+    for i, (quantity, label) in enumerate(rows):
+        for j, init in enumerate(inits):
+            ax = axes[i, j]
+            d = sweep[(sweep["quantity"] == quantity) & (sweep["initializer"] == init)]
+            for act, g in d.groupby("activation", sort=True):
+                g = g.sort_values("depth")
+                if quantity == "grad_ratio_init":
+                    g = g[g["mean"] > 0]
+                yerr = np.vstack([g["mean"] - g["lo"], g["hi"] - g["mean"]])
+                ax.errorbar(
+                    g["depth"], g["mean"], yerr=np.clip(yerr, 0, None), color=palette[act], marker="o", ms=3.5, lw=1.4, capsize=2
+                )
+            if quantity == "grad_ratio_init":
+                ax.set_yscale("log")
+                ax.axhline(1.0, color="0.4", lw=0.8, ls=":")
+            else:
+                ax.set_ylim(-0.02, 1.02)
+            if i == 0:
+                ax.set_title(init)
+            if j == 0:
+                ax.set_ylabel(label)
+            if i == len(rows) - 1:
+                ax.set_xlabel("depth (hidden layers)")
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    shown = sorted(sweep["activation"].unique())
+    _legend(fig, [_line(palette[a], a, marker="o") for a in shown], "activation")
+    where = sweep.attrs.get("slice", "")
+    fig.suptitle("Depth sweep" + (f" ({where})" if where else ""))
+    return fig
+
+
+# --------------------------------------------------------------------------- #
+# 5. Learning curves
+# --------------------------------------------------------------------------- #
+
+
+@requires("activation", "initializer", "step", "quantity", "split", "mean", "lo", "hi")
+def learning_curves(curves: pd.DataFrame, palette: dict, init_palette: dict):
+    """Loss and accuracy against step, one block of two panels per activation.
+
+    Colour: initializer; solid test, dashed train. The panel titles carry
+    the activation's colour.
+    """
+    acts = sorted(curves["activation"].unique())
+    ncols = min(4, len(acts))
+    blocks = math.ceil(len(acts) / ncols)
+    fig, axes = plt.subplots(
+        2 * blocks,
+        ncols,
+        figsize=(2.6 * ncols + 1.9, 3.6 * blocks + 0.5),
+        sharex=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    for k, act in enumerate(acts):
+        b, j = divmod(k, ncols)
+        for r, quantity in enumerate(("loss", "accuracy")):
+            ax = axes[2 * b + r, j]
+            d = curves[(curves["activation"] == act) & (curves["quantity"] == quantity)]
+            for (init, split), g in d.groupby(["initializer", "split"], sort=True):
+                g = g.sort_values("step")
+                ax.plot(g["step"], g["mean"], color=init_palette[init], ls=SPLIT_STYLES.get(split, "-"), lw=1.3)
+                if split == "test":  # one band per initializer keeps the panel readable
+                    _band(ax, g["step"], g["lo"], g["hi"], init_palette[init], alpha=0.1)
+            if quantity == "loss":
+                ax.set_title(act, color=palette[act], fontweight="bold")
+                _log_if_wide(ax, d["mean"], decades=1.0)
+                ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+                if ax.get_yscale() == "linear":
+                    ax.set_ylim(bottom=max(0.0, ax.get_ylim()[0]))
+            else:
+                ax.set_ylim(-0.02, 1.02)
+                ax.set_xlabel("step")
+                ax.tick_params(labelbottom=True)  # every block gets its step axis
+            if j == 0:
+                ax.set_ylabel(quantity)
+    for k in range(len(acts), blocks * ncols):
+        b, j = divmod(k, ncols)
+        axes[2 * b, j].set_visible(False)
+        axes[2 * b + 1, j].set_visible(False)
+    inits = sorted(curves["initializer"].unique())
+    handles = [_line(init_palette[i], i) for i in inits]
+    handles += [_line("0.3", f"{s} split", style) for s, style in SPLIT_STYLES.items()]
+    _legend(fig, handles, "initializer")
+    where = curves.attrs.get("slice", "")
+    fig.suptitle("Learning curves, mean over seeds" + (f" ({where})" if where else ""))
+    return fig
+
+
+# --------------------------------------------------------------------------- #
+# 6. Activation statistics by layer
+# --------------------------------------------------------------------------- #
+
+_STAT_LABELS = {
+    "act_mean": "activation mean",
+    "act_std": "activation std",
+    "dead_fraction": "dead fraction",
+    "saturated_fraction": "saturated fraction",
+}
+
+
+@requires("activation", "initializer", "statistic", "when", "layer_index", "mean", "lo", "hi")
+def activation_stats(profiles: pd.DataFrame, palette: dict):
+    """Activation mean/std and dead/saturated fractions per layer.
+
+    Rows: statistics with data; columns: initializers; solid at step 0,
+    dashed at the end of training. A std collapsing towards the output, or
+    fractions near 1, explain a vanishing gradient.
+    """
+    stats = [s for s in _STAT_LABELS if (profiles["statistic"] == s).any()]
+    inits = sorted(profiles["initializer"].unique())
+    fig, axes = plt.subplots(
+        len(stats),
+        len(inits),
+        figsize=(2.7 * len(inits) + 1.9, 1.9 * len(stats) + 0.7),
+        sharex=True,
+        sharey="row",
+        squeeze=False,
+        layout="constrained",
+    )
+    for i, stat in enumerate(stats):
+        rows = profiles[profiles["statistic"] == stat]
+        for j, init in enumerate(inits):
+            ax = axes[i, j]
+            d = rows[rows["initializer"] == init]
+            for (act, when), g in d.groupby(["activation", "when"], sort=True):
+                g = g.sort_values("layer_index")
+                ax.plot(g["layer_index"], g["mean"], color=palette[act], ls=WHEN_STYLES.get(when, "-"), marker="o", ms=2, lw=1.3)
+            if stat == "act_std":
+                _log_if_wide(ax, rows["mean"])
+            if stat in ("dead_fraction", "saturated_fraction"):
+                ax.set_ylim(-0.03, 1.03)
+            if i == 0:
+                ax.set_title(init)
+            if j == 0:
+                ax.set_ylabel(_STAT_LABELS[stat])
+            if i == len(stats) - 1:
+                ax.set_xlabel("layer index (0 = input side)")
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    acts = sorted(profiles["activation"].unique())
+    handles = [_line(palette[a], a) for a in acts]
+    handles += [_line("0.3", w, s) for w, s in WHEN_STYLES.items()]
+    _legend(fig, handles, "activation")
+    where = profiles.attrs.get("slice", "")
+    fig.suptitle("Activation statistics by layer" + (f" ({where})" if where else ""))
+    return fig
+
+
+# --------------------------------------------------------------------------- #
+# 7. Fixes against the baseline
+# --------------------------------------------------------------------------- #
+
+_FIX_PANELS = (
+    ("test_accuracy", "test accuracy"),
+    ("grad_ratio_init", "log10 first/last ratio, step 0"),
+    ("grad_ratio_final", "log10 first/last ratio, end"),
+)
+
+
+@requires("case", "fix", "quantity", "mean", "lo", "hi")
+def fixes(effects: pd.DataFrame, fix_colours: dict):
+    """Each fix next to its no-fix baseline, per hard case (grouped bars).
+
+    Ratios are shown as log10 of the geometric mean: a fix that moves the
+    bar towards 0 restores the gradient reaching the first layer.
+    """
+    panels = [p for p in _FIX_PANELS if effects.loc[effects["quantity"] == p[0], "mean"].notna().any()]
+    if not panels:
+        return skip("fixes", "no fix case has a measured value")
+    cases = sorted(effects["case"].unique())
+    fix_names = ["none"] + sorted(set(effects["fix"]) - {"none"})
+    height = 0.8 / len(fix_names)
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(3.0 * len(panels) + 3.4, 0.32 * len(cases) * len(fix_names) + 1.4),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, (quantity, label) in zip(axes[0], panels):
+        d = effects[effects["quantity"] == quantity].set_index(["case", "fix"])
+        for k, fix in enumerate(fix_names):
+            y, v, lo, hi = [], [], [], []
+            for c_i, case in enumerate(cases):
+                if (case, fix) not in d.index:
+                    continue
+                row = d.loc[(case, fix)]
+                m, a, b = float(row["mean"]), float(row["lo"]), float(row["hi"])
+                if quantity != "test_accuracy":
+                    if not m > 0:
+                        continue
+                    m, a, b = np.log10(m), np.log10(max(a, 1e-300)), np.log10(max(b, 1e-300))
+                if not np.isfinite(m):
+                    continue
+                y.append(c_i - 0.4 + height * (k + 0.5))
+                v.append(m)
+                lo.append(max(m - a, 0) if np.isfinite(a) else 0)
+                hi.append(max(b - m, 0) if np.isfinite(b) else 0)
+            if y:
+                ax.barh(y, v, height=height * 0.92, color=fix_colours[fix], xerr=[lo, hi], capsize=2, error_kw={"lw": 0.8})
+        if quantity == "test_accuracy":
+            ax.set_xlim(0, 1)
+        else:
+            ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_xlabel(label)
+        ax.grid(axis="y", visible=False)
+    axes[0, 0].set_yticks(range(len(cases)))
+    axes[0, 0].set_yticklabels([_wrap(c, 30) for c in cases])
+    axes[0, 0].invert_yaxis()
+    handles = [patches.Patch(color=fix_colours[f], label=f) for f in fix_names]
+    _legend(fig, handles, "fix")
+    fig.suptitle("Fixes against the no-fix baseline")
+    return fig
+
+
+# --------------------------------------------------------------------------- #
+# 8. The activations and their derivatives
+# --------------------------------------------------------------------------- #
+
+
+@requires("activation", "x", "f", "df")
+def activation_functions(curves: pd.DataFrame, palette: dict):
+    """Each benchmarked activation (solid) and its derivative (dashed).
+
+    The largest value of the derivative bounds how much one layer can pass
+    back: 0.25 for sigmoid, 1 for ReLU on its positive side.
+    """
+    acts = sorted(curves["activation"].unique())
+    ncols = min(4, len(acts))
+    nrows = math.ceil(len(acts) / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(2.5 * ncols + 0.2, 2.1 * nrows + 0.7), sharex=True, squeeze=False, layout="constrained"
+    )
+    for ax, act in zip(axes.flat, acts):
+        d = curves[curves["activation"] == act].sort_values("x")
+        colour = palette.get(act, "black")
+        ax.axhline(0, color="0.6", lw=0.6)
+        ax.axhline(1, color="0.6", lw=0.6, ls=":")
+        ax.plot(d["x"], d["f"], color=colour, lw=1.6)
+        ax.plot(d["x"], d["df"], color="black", lw=1.2, ls="--")
+        peak = float(np.nanmax(d["df"]))
+        ax.text(
+            0.03, 0.95, f"max f′ = {peak:.3g}", transform=ax.transAxes, va="top", fontsize=7,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+        )
+        lo, hi = float(np.nanmin(d[["f", "df"]].to_numpy())), float(np.nanmax(d[["f", "df"]].to_numpy()))
+        ax.set_ylim(max(lo, -3.0) - 0.15, min(hi, 5.0) + 0.15)
+        ax.set_title(act, color=colour, fontweight="bold")
+    for ax in list(axes.flat)[len(acts):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("x")
+    _legend(fig, [_line("0.3", "f(x)"), _line("black", "f′(x)", "--")], None, loc="outside lower center", ncols=2)
+    fig.suptitle("Activations and their derivatives")
+    return fig

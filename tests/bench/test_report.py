@@ -1,0 +1,450 @@
+"""Tests for bench.report: statistics, figures and the written summaries.
+
+The results come from the real runner (`bench.runner.run_suite`) training
+tiny networks on a tiny synthetic dataset, so the report is built from
+tables exactly as `vgbench run` writes them. Every number the report states
+is recomputed here from those tables with plain numpy, independently of
+`bench.report.stats`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import metrics
+from bench.errors import UsageError
+from bench.report import figures, stats
+from bench.report.build import build_report
+from bench.results import load_results, write_json_atomic, write_parquet_atomic
+
+pytestmark = pytest.mark.filterwarnings("ignore::bench.data.NonStandardDataWarning")
+
+ALL_FIGURES = {
+    "gradient_depth",
+    "gradient_heatmap",
+    "pair_heatmaps",
+    "depth_sweep",
+    "learning_curves",
+    "activation_stats",
+    "fixes",
+    "activation_functions",
+}
+
+MAIN_DEPTH = 6
+
+
+def _tiny_dataset(path: Path) -> Path:
+    """A learnable 8×8 'MNIST': each class lights up its own row of pixels."""
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = (np.arange(n) % 10).astype(np.uint8)
+        x = rng.integers(0, 40, size=(n, 8, 8)).astype(np.uint8)
+        for i, label in enumerate(y):
+            x[i, label % 8, :] += 150
+            if label >= 8:  # classes 8 and 9 share rows with 0 and 1: mark a column too
+                x[i, :, label % 8] += 60
+        return x, y
+
+    x_train, y_train = split(160)
+    x_test, y_test = split(40)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report_results(tmp_path_factory) -> Path:
+    """A results directory from the real runner: 2 seeds, 2 depths, 1 fix, 1 diverged run."""
+    from bench.config import RunConfig
+    from bench.runner import run_suite
+
+    root = tmp_path_factory.mktemp("report")
+    data = _tiny_dataset(root / "tiny.npz")
+    common = dict(width=8, max_steps=12, epochs=2, batch_size=32, act_every=4, learning_rate=0.1)
+    configs = [
+        RunConfig(depth=MAIN_DEPTH, activation=a, initializer="glorot_uniform", seed=s, **common)
+        for a in ("relu", "sigmoid")
+        for s in (0, 1)
+    ]
+    configs += [RunConfig(depth=3, activation=a, initializer="glorot_uniform", **common) for a in ("relu", "sigmoid")]
+    configs += [
+        RunConfig(depth=MAIN_DEPTH, activation="relu", initializer="he_normal", **common),
+        RunConfig(depth=MAIN_DEPTH, activation="sigmoid", initializer="glorot_uniform", fix="batchnorm", **common),
+        # A learning rate this large overflows within a few steps: a diverged run.
+        RunConfig(depth=MAIN_DEPTH, activation="relu", initializer="he_normal", **{**common, "learning_rate": 1e6}),
+    ]
+    out = root / "results"
+    run_suite(configs, out, data_path=data, jobs=1, suite="report-test", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report_built(report_results) -> Path:
+    return build_report(report_results)
+
+
+@pytest.fixture(scope="module")
+def report_summary(report_built) -> dict:
+    return json.loads((report_built.parent / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def report_tables(report_results):
+    """(results, run_metrics) recomputed from the stored tables."""
+    r = load_results(report_results)
+    return r, metrics.run_metrics(r.runs, r.layers)
+
+
+def _decode_png(data: bytes):
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def _pair_key(d: dict) -> tuple:
+    return (d["activation"], d["initializer"], int(d["depth"]), d["fix"], float(d["learning_rate"]))
+
+
+def _geo_mean(values) -> float:
+    v = np.asarray([x for x in values if np.isfinite(x)], float)
+    return float(np.exp(np.mean(np.log(v)))) if len(v) else float("nan")
+
+
+def _mean_or_none(values: pd.Series):
+    return float(np.nanmean(values)) if values.notna().any() else None
+
+
+def _expected_pairs(runs_m: pd.DataFrame) -> dict:
+    """Per pair: the means the summary must state, computed with plain numpy."""
+    out = {}
+    for key, g in runs_m.groupby(["activation", "initializer", "depth", "fix", "learning_rate"]):
+        flags = []
+        for row in g.to_dict("records"):
+            flags += [f for f in metrics.flags(row) if f not in flags]
+        out[(key[0], key[1], int(key[2]), key[3], float(key[4]))] = {
+            "n_seeds": len(g),
+            "test_accuracy": float(np.nanmean(g["test_accuracy"])),
+            "grad_factor_init": _geo_mean(g["grad_factor_init"]),
+            "grad_factor_final": _geo_mean(g["grad_factor_final"]),
+            "grad_ratio_init": _geo_mean(g["grad_ratio_init"]),
+            "grad_ratio_final": _geo_mean(g["grad_ratio_final"]),
+            "dead_fraction_final": _mean_or_none(g["dead_fraction_final"]),
+            "saturated_fraction_final": _mean_or_none(g["saturated_fraction_final"]),
+            "wall_time_s": float(np.mean(g["wall_time_s"])),
+            "flags": "; ".join(flags),
+            "status": g["status"].iloc[0] if g["status"].nunique() == 1 else None,
+            "diverged_step": int(g["diverged_step"].max()) if (g["diverged_step"] >= 0).any() else None,
+        }
+    return out
+
+
+def _close(actual, expected, rel=1e-9):
+    if expected is None or (isinstance(expected, float) and not np.isfinite(expected)):
+        return actual is None
+    return actual == pytest.approx(expected, rel=rel, abs=1e-12)
+
+
+# --------------------------------------------------------------------------- #
+# The whole report
+# --------------------------------------------------------------------------- #
+
+
+def test_every_file_exists_and_every_image_decodes(report_built, report_summary):
+    out = report_built.parent
+    assert report_built.name == "index.html" and out.name == "report"
+    for name in ("index.html", "summary.md", "summary.json"):
+        assert (out / name).stat().st_size > 0
+    assert report_summary["skipped_figures"] == []
+    assert {f["name"] for f in report_summary["figures"]} == ALL_FIGURES
+    for fig in report_summary["figures"]:
+        assert fig["files"] == [f"{fig['name']}.png"]
+        img = _decode_png((out / fig["files"][0]).read_bytes())
+        assert img.format == "PNG" and min(img.size) > 150
+        assert fig["caption"]
+
+
+def test_index_html_is_self_contained_with_provenance(report_built, report_summary, report_tables):
+    text = report_built.read_text()
+    sources = re.findall(r'src="([^"]*)"', text)
+    assert len(sources) == len(ALL_FIGURES)
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        _decode_png(base64.b64decode(src.split(",", 1)[1]))
+    assert "<link" not in text and "http://" not in text and "https://" not in text
+    results, _ = report_tables
+    m = results.manifest
+    for value in (m["git_sha"], m["data"]["checksum"], m["data"]["source"], m["suite"], m["packages"]["keras"]):
+        assert value in text
+    for fig in report_summary["figures"]:
+        assert html.escape(fig["caption"]) in text
+
+
+def test_summary_pairs_equal_numbers_computed_from_the_tables(report_summary, report_tables):
+    _, runs_m = report_tables
+    expected = _expected_pairs(runs_m)
+    pairs = report_summary["pairs"]
+    assert {_pair_key(p) for p in pairs} == set(expected)
+    for p in pairs:
+        e = expected[_pair_key(p)]
+        assert p["n_seeds"] == e["n_seeds"]
+        assert p["flags"] == e["flags"]
+        if e["status"]:
+            assert p["status"] == e["status"]
+        assert p["diverged_step"] == e["diverged_step"]
+        for q in (
+            "test_accuracy",
+            "grad_factor_init",
+            "grad_factor_final",
+            "grad_ratio_init",
+            "grad_ratio_final",
+            "dead_fraction_final",
+            "saturated_fraction_final",
+            "wall_time_s",
+        ):
+            assert _close(p[q], e[q]), (p, q, e[q])
+    # Ranked by mean test accuracy, best first.
+    acc = [p["test_accuracy"] for p in pairs]
+    assert acc == sorted(acc, reverse=True)
+    assert [p["rank"] for p in pairs] == list(range(1, len(pairs) + 1))
+
+
+def test_two_seed_interval_is_the_student_t_interval(report_summary, report_tables):
+    from scipy import stats as st
+
+    _, runs_m = report_tables
+    g = runs_m[(runs_m["activation"] == "relu") & (runs_m["depth"] == MAIN_DEPTH) & (runs_m["initializer"] == "glorot_uniform")]
+    g = g[(g["fix"] == "none") & (g["learning_rate"] == 0.1)]
+    assert len(g) == 2
+    acc = g["test_accuracy"].to_numpy()
+    lo, hi = st.t.interval(0.95, len(acc) - 1, loc=acc.mean(), scale=st.sem(acc))
+    p = next(p for p in report_summary["pairs"] if _pair_key(p) == ("relu", "glorot_uniform", MAIN_DEPTH, "none", 0.1))
+    if acc[0] == acc[1]:
+        assert p["test_accuracy_lo"] == p["test_accuracy_hi"] == pytest.approx(acc.mean())
+    else:
+        assert p["test_accuracy_lo"] == pytest.approx(max(lo, 0.0))
+        assert p["test_accuracy_hi"] == pytest.approx(min(hi, 1.0))
+
+
+def _md_table(text: str) -> list[dict]:
+    lines = text.split("## Pairs, best first", 1)[1].strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, [c.strip() for c in line.strip("|").split("|")])))
+    return rows
+
+
+def _cell(text: str):
+    """A number of the Markdown table; '–' is a missing value."""
+    return None if text.strip() == "–" else float(text)
+
+
+def test_markdown_table_states_the_same_numbers(report_built, report_summary):
+    rows = _md_table((report_built.parent / "summary.md").read_text())
+    pairs = report_summary["pairs"]
+    assert len(rows) == len(pairs)
+    for row, p in zip(rows, pairs):
+        assert (row["activation"], row["initializer"], int(row["depth"]), row["fix"], float(row["learning_rate"])) == _pair_key(p)
+        assert int(row["seeds"]) == p["n_seeds"]
+        accuracy = _cell(row["test accuracy"].split("%")[0])
+        assert accuracy == (None if p["test_accuracy"] is None else pytest.approx(100 * p["test_accuracy"], abs=0.051))
+        for header, key in (
+            ("grad factor (step 0)", "grad_factor_init"),
+            ("grad factor (end)", "grad_factor_final"),
+            ("first/last (step 0)", "grad_ratio_init"),
+            ("first/last (end)", "grad_ratio_final"),
+        ):
+            want = p[key]
+            assert _cell(row[header]) == (None if want is None else pytest.approx(want, rel=5e-3)), header
+        assert row["flags"] == p["flags"].replace("|", "\\|")
+
+
+def test_findings_state_the_numbers_of_their_pairs(report_summary, report_tables):
+    _, runs_m = report_tables
+    expected = _expected_pairs(runs_m)
+    findings = report_summary["findings"]
+    kinds = [f["kind"] for f in findings]
+    assert kinds[:2] == ["best", "worst"]
+    best = report_summary["pairs"][0]
+    assert findings[0]["text"].startswith("Best: ")
+    assert stats.pct(best["test_accuracy"]) in findings[0]["text"]
+    assert f"×{best['grad_factor_init']:.2f} per layer" in findings[0]["text"]
+    for f in findings:
+        if f["kind"] in ("best", "worst", "flagged"):
+            e = expected[_pair_key(f["pair"])]
+            assert f["values"]["test_accuracy"] == pytest.approx(e["test_accuracy"])
+            assert stats.power_of_ten(e["grad_ratio_init"]) in f["text"]
+    # Every pair flagged for its gradients, besides the best and the worst, gets a sentence.
+    ends = {_pair_key(f["pair"]) for f in findings if f["kind"] in ("best", "worst")}
+    gradient_flags = lambda p: [x for x in p["flags"].split("; ") if x and x not in ("diverged", "failed")]  # noqa: E731
+    flagged = {_pair_key(p) for p in report_summary["pairs"] if gradient_flags(p) and _pair_key(p) not in ends}
+    assert flagged == {_pair_key(f["pair"]) for f in findings if f["kind"] == "flagged"}
+    # The diverged run has its own sentence, with the step it diverged at.
+    runs = runs_m[runs_m["status"] == "diverged"]
+    assert len(runs) == 1
+    problem = [f for f in findings if f["kind"] == "problem"]
+    assert [_pair_key(f["pair"]) for f in problem] == [_pair_key(runs.iloc[0])]
+    assert f"diverged in 1 of 1 seed(s), first at step {int(runs['diverged_step'].iloc[0])}" in problem[0]["text"]
+    assert "diverged" in problem[0]["flags"]
+
+
+def test_fix_and_depth_findings_match_the_tables(report_summary, report_tables):
+    _, runs_m = report_tables
+    base = runs_m[(runs_m["activation"] == "sigmoid") & (runs_m["depth"] == MAIN_DEPTH) & (runs_m["initializer"] == "glorot_uniform")]
+    fixed = base[base["fix"] == "batchnorm"]
+    plain = base[base["fix"] == "none"]
+    fix = next(f for f in report_summary["findings"] if f["kind"] == "fix")
+    assert fix["fix"] == "batchnorm"
+    assert fix["values"]["baseline_test_accuracy"] == pytest.approx(plain["test_accuracy"].mean())
+    assert fix["values"]["test_accuracy"] == pytest.approx(fixed["test_accuracy"].mean())
+    assert fix["values"]["baseline_grad_ratio_init"] == pytest.approx(_geo_mean(plain["grad_ratio_init"]))
+    assert fix["values"]["grad_ratio_init"] == pytest.approx(_geo_mean(fixed["grad_ratio_init"]))
+
+    depth = {f["activation"]: f for f in report_summary["findings"] if f["kind"] == "depth"}
+    assert set(depth) == {"relu", "sigmoid"}
+    for act, f in depth.items():
+        g = runs_m[(runs_m["activation"] == act) & (runs_m["initializer"] == "glorot_uniform") & (runs_m["fix"] == "none")]
+        assert f["depths"] == [3, MAIN_DEPTH]
+        want = [_geo_mean(g.loc[g["depth"] == d, "grad_ratio_init"]) for d in (3, MAIN_DEPTH)]
+        assert f["values"]["grad_ratio_init"] == pytest.approx(want)
+
+
+def test_budget_is_read_from_the_runs(report_built, report_summary, report_tables):
+    results, _ = report_tables
+    runs = results.runs
+    b = report_summary["budget"]
+    assert b["runs"] == len(runs) == 9
+    assert b["steps"] == [int(runs["steps"].min()), int(runs["steps"].max())]
+    assert b["max_steps"] == [12] and b["epochs"] == [2] and b["seeds"] == [0, 1]
+    assert b["seeds_per_pair"] == [1, 2]
+    assert b["n_train"] == 160 and b["n_test"] == 40
+    assert b["text"] in (report_built.parent / "summary.md").read_text()
+    assert "at most 12 steps" in b["text"]
+
+
+# --------------------------------------------------------------------------- #
+# Missing data, bad directories, the command line
+# --------------------------------------------------------------------------- #
+
+
+def _subset(src: Path, dst: Path, keep, history=True) -> Path:
+    """A results directory holding only the runs for which ``keep(row)`` is true."""
+    r = load_results(src)
+    runs = r.runs[[bool(keep(row)) for row in r.runs.to_dict("records")]]
+    dst.mkdir(parents=True)
+    write_json_atomic(dst / "manifest.json", r.manifest)
+    write_parquet_atomic(dst / "runs.parquet", runs)
+    write_parquet_atomic(dst / "layers.parquet", r.layers[r.layers["run_id"].isin(runs["run_id"])])
+    h = r.history[r.history["run_id"].isin(runs["run_id"])] if history else r.history.iloc[0:0]
+    write_parquet_atomic(dst / "history.parquet", h)
+    return dst
+
+
+def test_missing_data_skips_figures_with_reasons(report_results, tmp_path, capsys):
+    from bench.cli import main
+
+    src = _subset(
+        report_results,
+        tmp_path / "one-depth",
+        lambda r: r["depth"] == MAIN_DEPTH and r["fix"] == "none",
+        history=False,
+    )
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "fixes.png").write_bytes(b"left by an earlier report")
+    assert main(["report", str(src), "--out-dir", str(out), "--format", "png,svg"]) == 0
+    assert str(out / "index.html") in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    skipped = {s["name"]: s["reason"] for s in summary["skipped_figures"]}
+    assert set(skipped) == {"depth_sweep", "fixes", "learning_curves"}
+    assert "two or more depths" in skipped["depth_sweep"]
+    assert "no run used a fix" in skipped["fixes"]
+    assert "history" in skipped["learning_curves"]
+    assert not (out / "fixes.png").exists()
+    for fig in summary["figures"]:
+        assert fig["files"] == [f"{fig['name']}.png", f"{fig['name']}.svg"]
+        assert (out / f"{fig['name']}.svg").read_text().lstrip().startswith("<?xml")
+    md = (out / "summary.md").read_text()
+    assert "## Skipped figures" in md and skipped["fixes"] in md
+
+
+def test_figure_function_warns_and_returns_none_without_its_data(report_tables):
+    _, runs_m = report_tables
+    one_depth = runs_m[runs_m["depth"] == MAIN_DEPTH]
+    palette = figures.category_palette(runs_m["activation"])
+    with pytest.warns(figures.MissingDataWarning, match="two or more depths"):
+        assert figures.depth_sweep(stats.depth_sweep(one_depth), palette) is None
+    with pytest.warns(figures.MissingDataWarning, match="lacks column"):
+        assert figures.gradient_depth(pd.DataFrame({"activation": ["relu"]}), palette) is None
+    assert "layer_index" in figures.gradient_depth.required_columns
+
+
+def test_bad_directories_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        build_report(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="not a vgbench results directory"):
+        build_report(empty)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("hello")
+    with pytest.raises(UsageError, match="not a vgbench results directory"):
+        build_report(foreign)
+    no_runs = tmp_path / "no-runs"
+    no_runs.mkdir()
+    write_json_atomic(no_runs / "manifest.json", {"schema_version": 1})
+    with pytest.raises(UsageError, match="no finished runs"):
+        build_report(no_runs)
+    with pytest.raises(UsageError, match="Unknown figure format 'gif'"):
+        build_report(no_runs, formats="png,gif")
+    assert not (empty / "report").exists()
+
+
+# --------------------------------------------------------------------------- #
+# Statistics against plain references
+# --------------------------------------------------------------------------- #
+
+
+def test_summarize_is_mean_and_t_interval_and_geometric_in_log_space():
+    from scipy import stats as st
+
+    df = pd.DataFrame({"g": ["a", "a", "a", "b", "c", "c"], "v": [1.0, 2.0, 4.0, 5.0, 1e-2, 1e-4]})
+    s = stats.summarize(df, ["g"], "v").set_index("g")
+    lo, hi = st.t.interval(0.95, 2, loc=7 / 3, scale=st.sem([1.0, 2.0, 4.0]))
+    assert (s.loc["a", "n"], s.loc["a", "mean"]) == (3, pytest.approx(7 / 3))
+    assert (s.loc["a", "lo"], s.loc["a", "hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert s.loc["b", "lo"] == s.loc["b", "hi"] == 5.0
+    g = stats.summarize(df, ["g"], "v", log=True).set_index("g")
+    assert g.loc["c", "mean"] == pytest.approx(1e-3)
+    assert g.loc["a", "mean"] == pytest.approx(2.0)
+
+
+def test_activation_curves_show_the_known_derivatives():
+    curves = stats.activation_curves(["sigmoid", "relu"])
+    sig = curves[curves["activation"] == "sigmoid"]
+    relu = curves[curves["activation"] == "relu"]
+    assert sig["df"].max() == pytest.approx(0.25, abs=1e-4)
+    assert sig.loc[sig["x"].abs().idxmin(), "f"] == pytest.approx(0.5, abs=1e-3)
+    assert set(np.round(relu.loc[relu["x"].abs() > 0.01, "df"], 6)) == {0.0, 1.0}
+    assert "note" not in curves.attrs
+
+
+def test_every_activation_keeps_its_colour():
+    a = figures.category_palette(["tanh", "relu", "sigmoid", "relu"])
+    b = figures.category_palette(["sigmoid", "tanh", "relu"])
+    assert a == b and list(a) == ["relu", "sigmoid", "tanh"]
+    assert len(set(a.values())) == 3
