@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from bench.errors import UsageError
+from bench.errors import SuiteInterrupted, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -252,6 +252,9 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"vgbench: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
+    except SuiteInterrupted as e:
+        print(f"vgbench: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("vgbench: interrupted; finished runs are saved, rerun the same command to resume", file=sys.stderr)
         return 130

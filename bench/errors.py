@@ -12,3 +12,10 @@ class UsageError(Exception):
 
 class DataError(UsageError):
     """A dataset that cannot be found, read or trusted."""
+
+
+class SuiteInterrupted(Exception):
+    """A suite stopped before its end; what finished is on disk, a rerun resumes.
+
+    The CLI prints the message as one line and exits with status 1.
+    """

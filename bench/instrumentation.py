@@ -51,16 +51,10 @@ from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS
 # A derivative below this share of its maximum counts as saturated.
 SATURATION_THRESHOLD = 0.01
 
+# The measured columns of layers.parquet, in the buffers' order.
 _GRAD_FIELDS = ("kernel_grad_norm", "bias_grad_norm")
-_ACT_FIELDS = (
-    "kernel_norm",
-    "update_ratio",
-    "act_mean",
-    "act_std",
-    "act_rms",
-    "saturated_fraction",
-    "dead_fraction",
-)
+_ACT_FIELDS = tuple(LAYER_COLUMNS[LAYER_COLUMNS.index("kernel_norm") :])
+assert LAYER_COLUMNS[LAYER_COLUMNS.index("layer_name") + 1 :] == [*_GRAD_FIELDS, *_ACT_FIELDS]
 
 
 class _Layer:
@@ -103,8 +97,8 @@ class GradientNormLogger(keras.callbacks.Callback):
     Args:
         probe_data: ``(x, y)`` of a fixed batch, used for the step-0
             measurement at initialization. Without it, no step-0 record.
-        test_data: optional ``(x, y)`` evaluated at step 0 for the history
-            table (later evaluations come from `fit`'s ``validation_data``).
+        test_data: optional ``(x, y)`` or `tf.data.Dataset` of batches,
+            evaluated at step 0 for the history table (later evaluations come from `fit`'s ``validation_data``).
         log_every: record gradient norms every this many steps.
         act_every: record activation statistics, kernel norms and update
             ratios every this many steps.
@@ -246,7 +240,10 @@ class GradientNormLogger(keras.callbacks.Callback):
         acc = float(np.mean(np.argmax(y_pred.numpy(), axis=-1) == np.asarray(y)))
         test_loss = test_acc = np.nan
         if self.test_data is not None:
-            res = model.evaluate(*self.test_data, batch_size=512, verbose=0, return_dict=True)
+            test = self.test_data
+            if isinstance(test, (tuple, list)):
+                test = tf.data.Dataset.from_tensor_slices(tuple(test)).batch(512)
+            res = model.evaluate(test, verbose=0, return_dict=True)
             test_loss, test_acc = res.get("loss", np.nan), res.get("accuracy", np.nan)
         self._history_rows.append((0, 0, float(loss), acc, float(test_loss), float(test_acc)))
         if not np.isfinite(g[:, 0]).all() or not np.isfinite(float(loss)):

@@ -76,6 +76,25 @@ RUN_OUTCOME_COLUMNS = [
 STATUSES = ("ok", "diverged", "failed")
 
 
+def empty_result(**values) -> dict:
+    """A run's outcome before (or without) training: the RUN_OUTCOME_COLUMNS."""
+    nan = float("nan")
+    result = dict(
+        status="ok",
+        error="",
+        diverged_step=-1,
+        steps=0,
+        test_accuracy=nan,
+        test_loss=nan,
+        train_loss=nan,
+        train_accuracy=nan,
+        wall_time_s=nan,
+        data_checksum="",
+    )
+    result.update(values)
+    return result
+
+
 # --------------------------------------------------------------------------- #
 # Atomic writes
 # --------------------------------------------------------------------------- #

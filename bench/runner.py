@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bench import results as results_mod
 from bench.config import RunConfig
-from bench.errors import UsageError
+from bench.errors import SuiteInterrupted, UsageError
 
 PACKAGES = ("vgbench", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "pyarrow", "tensorflow-datasets", "seaborn", "ray")
 
@@ -178,17 +178,34 @@ def _worker_init(threads: int):
     configure_tensorflow(threads)
 
 
-def execute_run(config_dict: dict, out: str, data_path, data=None) -> dict:
+def _live_step_callback(sink, run_id):
+    """A Keras callback that reports the run's step to ``sink[run_id]`` each epoch."""
+    import keras
+
+    class LiveStep(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            try:
+                sink[run_id] = int(self.model.optimizer.iterations.numpy())
+            except Exception:  # progress display must never break a run
+                pass
+
+    return LiveStep()
+
+
+def execute_run(config_dict: dict, out: str, data_path, data=None, live=None) -> dict:
     """Trains one run and writes its directory; returns its result row.
 
-    Runs in a worker process (local executor) or a Ray task.
+    Runs in a worker process (local executor) or a Ray task. ``live`` is an
+    optional mapping (e.g. a multiprocessing manager's dict) that receives
+    ``run_id → step`` at each epoch end, for the progress bar.
     """
     from bench.train import train_run
 
     config = RunConfig.from_dict(config_dict)
     if data is None:
         data = _load_data_cached(config.dataset, data_path)
-    record = train_run(config, data=data)
+    callbacks = [_live_step_callback(live, config.run_id)] if live is not None else []
+    record = train_run(config, data=data, callbacks=callbacks)
     results_mod.write_run(out, record)
     return {"run_id": config.run_id, **record.result}
 
@@ -248,13 +265,14 @@ def run_suite(
         else:
             todo.append(c)
     summary = SuiteSummary(out=out, total=len(configs), skipped=skipped)
+    requested_jobs = jobs  # unset: Ray sizes it from the cluster, not from this machine
     jobs = max(1, int(jobs or os.cpu_count() or 1))
     try:
         if todo:
             if executor == "ray":
                 from bench.ray_executor import run_on_ray
 
-                run_on_ray(todo, out, data_path=data_path, datasets=datasets, address=address, jobs=jobs, summary=summary, progress=progress)
+                run_on_ray(todo, out, data_path=data_path, datasets=datasets, address=address, jobs=requested_jobs, summary=summary, progress=progress)
             elif jobs == 1 or len(todo) == 1:
                 _run_inline(todo, out, datasets, summary, progress)
             else:
@@ -298,54 +316,71 @@ def _run_inline(todo, out, datasets, summary, progress):
 
     configure_tensorflow()
     with _progress_bar(summary.total, summary.skipped, progress) as bar:
+        live = _BarSink(bar) if progress else None
         for c in todo:
-            bar.set_postfix_str(f"{c.run_id[:48]} running")
-            row = execute_run(c.to_dict(), str(out), None, data=datasets[c.dataset])
+            bar.set_postfix_str(f"{c.run_id[:48]} step 0")
+            row = execute_run(c.to_dict(), str(out), None, data=datasets[c.dataset], live=live)
             _record(summary, row, bar)
+
+
+class _BarSink:
+    """``sink[run_id] = step`` shows the running run's step on the bar."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __setitem__(self, run_id, step):
+        self.bar.set_postfix_str(f"{run_id[:48]} step {step}")
 
 
 def _run_pool(todo, out, data_path, jobs, summary, progress):
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = mp.get_context("spawn")  # TensorFlow does not survive fork
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-        with _progress_bar(summary.total, summary.skipped, progress) as bar:
-            pending = {pool.submit(execute_run, c.to_dict(), str(out), data_path): c for c in todo}
-            try:
-                while pending:
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        c = pending.pop(fut)
-                        try:
-                            row = fut.result()
-                        except BrokenProcessPool:
-                            # A killed worker takes the pool down: nothing of the
-                            # unfinished runs was written, so a rerun resumes.
-                            raise
-                        except Exception as e:
-                            row = _record_crash(out, c, e)
-                        _record(summary, row, bar)
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
+    manager = ctx.Manager() if progress else None
+    live = manager.dict() if manager is not None else None
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+            with _progress_bar(summary.total, summary.skipped, progress) as bar:
+                pending = {pool.submit(execute_run, c.to_dict(), str(out), data_path, None, live): c for c in todo}
+                try:
+                    while pending:
+                        finished, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            c = pending.pop(fut)
+                            try:
+                                row = fut.result()
+                            except BrokenProcessPool:
+                                # A killed worker takes the pool down: nothing of the
+                                # unfinished runs was written, so a rerun resumes.
+                                raise SuiteInterrupted(
+                                    "a worker process died (killed or out of memory); finished runs are saved, "
+                                    "rerun the same command to resume"
+                                ) from None
+                            except Exception as e:
+                                row = _record_crash(out, c, e)
+                            if live is not None:
+                                live.pop(c.run_id, None)
+                            _record(summary, row, bar)
+                        if live is not None and not finished:
+                            running = ", ".join(f"{rid[:40]} step {step}" for rid, step in sorted(live.items()))
+                            if running:
+                                bar.set_postfix_str(running)
+                except BaseException:
+                    for fut in pending:
+                        fut.cancel()
+                    raise
+    finally:
+        if manager is not None:
+            manager.shutdown()
 
 
 def _record_crash(out, config: RunConfig, exc) -> dict:
     """Records a run whose task raised outside `train_run` as failed; the suite goes on."""
     import pandas as pd
 
-    result = {
-        "status": "failed",
-        "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
-        "diverged_step": -1,
-        "steps": 0,
-        "test_accuracy": float("nan"),
-        "test_loss": float("nan"),
-        "train_loss": float("nan"),
-        "train_accuracy": float("nan"),
-        "wall_time_s": float("nan"),
-        "data_checksum": "",
-    }
+    result = results_mod.empty_result(
+        status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+    )
     record = results_mod.RunRecord(config.run_id, config.to_dict(), result, pd.DataFrame(), pd.DataFrame())
     results_mod.write_run(out, record)
     return {"run_id": config.run_id, **result}

@@ -8,7 +8,7 @@ import time
 import traceback
 
 from bench.config import RunConfig
-from bench.results import RunRecord
+from bench.results import RunRecord, empty_result
 
 _configured = False
 
@@ -72,7 +72,7 @@ def schedule(config: RunConfig, n_train: int) -> tuple[int, int]:
     return epochs, math.ceil(config.max_steps / epochs)
 
 
-def train_run(config: RunConfig, data=None, data_path=None) -> RunRecord:
+def train_run(config: RunConfig, data=None, data_path=None, callbacks=()) -> RunRecord:
     """Trains one config and returns its results; failures become a record too.
 
     Args:
@@ -80,6 +80,7 @@ def train_run(config: RunConfig, data=None, data_path=None) -> RunRecord:
         data: optional `bench.data.Dataset` already loaded (saves reloading
             in a worker that runs many configs on one dataset).
         data_path: where to read the dataset when ``data`` is None.
+        callbacks: more Keras callbacks for `fit` (e.g. progress reporting).
 
     Returns:
         A `RunRecord`. A non-finite loss or gradient gives status
@@ -103,18 +104,7 @@ def train_run(config: RunConfig, data=None, data_path=None) -> RunRecord:
         train_samples=config.train_samples,
         test_samples=config.test_samples,
     )
-    result = {
-        "status": "ok",
-        "error": "",
-        "diverged_step": -1,
-        "steps": 0,
-        "test_accuracy": float("nan"),
-        "test_loss": float("nan"),
-        "train_loss": float("nan"),
-        "train_accuracy": float("nan"),
-        "wall_time_s": float("nan"),
-        "data_checksum": data.checksum,
-    }
+    result = empty_result(data_checksum=data.checksum)
     logger = None
     try:
         keras.utils.set_random_seed(config.seed)
@@ -139,9 +129,10 @@ def train_run(config: RunConfig, data=None, data_path=None) -> RunRecord:
                 train_ds,
                 epochs=epochs,
                 steps_per_epoch=per_epoch,
-                validation_data=(arrays.x_test, arrays.y_test),
-                validation_batch_size=512,
-                callbacks=[logger],
+                validation_data=data_mod.make_tf_dataset(
+                    arrays.x_test, arrays.y_test, batch_size=512, shuffle=False
+                ),
+                callbacks=[logger, *callbacks],
                 shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
                 verbose=0,
             )

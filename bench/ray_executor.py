@@ -1,0 +1,360 @@
+"""The Ray executor: runs a suite's runs as Ray tasks, on a laptop or a cluster.
+
+`bench.runner.run_suite` calls `run_on_ray` for ``executor="ray"``. Each run
+is one Ray task that trains the run and *returns* its `RunRecord`; the driver
+(the process running ``vgbench run``) writes every run directory itself,
+atomically, as each task finishes. So:
+
+- Results land in ``--out`` on the driver's machine. Worker nodes need no
+  shared filesystem and never write results.
+- A worker that dies mid-run (killed, out of memory, node lost) has written
+  nothing; Ray retries the task (``max_retries``) and the run is written
+  once, when an attempt returns. A run is never lost half-written nor
+  recorded twice, and an interrupted suite resumes like the local one.
+
+How the dataset reaches the workers:
+
+- Default (``share_data=True``): the driver puts the arrays it loaded (and
+  checksummed) into the Ray object store once; every task reads them from
+  there. Workers need no dataset file.
+- ``share_data=False``: each worker loads the dataset itself, from
+  ``data_path`` or its own ``$VGBENCH_MNIST`` / Keras cache, and the task
+  refuses data whose checksum differs from the driver's. Use it when the
+  arrays are too big to ship through the object store and every node has
+  them.
+
+The workers must be able to import vgbench (install it on every node, or
+submit the driver as a Ray job with ``--working-dir``); see the README.
+
+Ray is optional: it is imported only here, when the executor is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import time
+import warnings
+from pathlib import Path
+
+from bench.errors import DataError, UsageError
+
+# Ray retries a task whose worker process died this many times; an exception
+# raised by the run itself is a result (status "failed") and is not retried.
+MAX_RETRIES = 3
+
+# Seconds to wait for a TCP answer from the cluster address before giving up.
+CONNECT_TIMEOUT_S = 5.0
+
+# Ray Client's default port, used when a ray:// address has none.
+_RAY_CLIENT_PORT = 10001
+
+# Fault injection for the tests: when this variable names a directory in a
+# worker's environment, a task that finds ``<dir>/<run_id>.kill`` renames it
+# to ``<run_id>.killed`` and kills its own worker process. The rename is
+# atomic, so exactly one attempt dies and Ray's retry then runs normally.
+FAULT_DIR_ENV = "VGBENCH_RAY_FAULT_DIR"
+
+_INSTALL_HINT = "Ray is not installed: pip install 'vgbench[ray]'"
+
+
+def run_on_ray(
+    todo,
+    out,
+    *,
+    data_path=None,
+    datasets=None,
+    address=None,
+    jobs=None,
+    summary,
+    progress=True,
+    cpus_per_task=1,
+    gpus_per_task=0,
+    share_data=True,
+    runtime_env=None,
+):
+    """Runs configs as Ray tasks; writes each finished run into ``out``.
+
+    Connects to the cluster at ``address``, or starts a local Ray instance
+    (``address=None`` and no ``$RAY_ADDRESS``) sized to ``jobs`` runs at a
+    time. A Ray connection this process already holds (`ray.init` called
+    before) is used as is and left open. A Ray instance or connection this
+    function opened is closed when it returns.
+
+    Args:
+        todo: the `RunConfig`s to run.
+        out: the results directory (already prepared by `run_suite`).
+        data_path: explicit dataset file, for loading on the driver when
+            ``datasets`` lacks one, and on the workers with
+            ``share_data=False``.
+        datasets: dataset name → `bench.data.Dataset` loaded by the driver.
+        address: Ray cluster address: ``"HOST:PORT"`` (the head's GCS port,
+            usually 6379), ``"ray://HOST:PORT"`` (Ray Client, usually 10001),
+            ``"auto"`` (the cluster ``ray start`` began on this machine), or
+            None: ``$RAY_ADDRESS`` when set, else a new local instance.
+        jobs: runs in flight at once. None: as many as the cluster's CPUs
+            (or GPUs, with ``gpus_per_task``) allow, or this machine's cores
+            for a local instance.
+        summary: the `bench.runner.SuiteSummary` updated as runs finish.
+        progress: show a progress bar on stderr.
+        cpus_per_task: CPUs Ray reserves for each run; also its TensorFlow
+            thread count.
+        gpus_per_task: GPUs Ray reserves for each run (0: CPU only).
+        share_data: ship the driver's arrays to the workers through the
+            object store (True), or let each worker load them itself.
+        runtime_env: Ray runtime environment for the tasks (e.g.
+            ``{"working_dir": "."}`` to ship this checkout to the workers).
+
+    Raises:
+        UsageError: Ray is not installed, the cluster cannot be reached, a
+            task option is invalid, or the workers cannot import vgbench or
+            read the dataset.
+        KeyboardInterrupt: after cancelling the runs in flight; finished
+            runs are on disk and a rerun resumes.
+    """
+    ray = _import_ray()
+    jobs = jobs or None  # 0 means "the default", as in run_suite
+    _check_resources(cpus_per_task, gpus_per_task, jobs)
+    from bench import runner
+
+    if datasets is None:
+        from bench.data import load_dataset
+
+        datasets = {name: load_dataset(name, data_path) for name in sorted({c.dataset for c in todo})}
+    started = _connect(ray, address, jobs, cpus_per_task, gpus_per_task, runtime_env)
+    try:
+        if jobs is None:
+            jobs = _cluster_slots(ray, cpus_per_task, gpus_per_task)
+        task = ray.remote(_train_task).options(
+            num_cpus=cpus_per_task,
+            num_gpus=gpus_per_task,
+            max_retries=MAX_RETRIES,
+            retry_exceptions=False,
+        )
+        threads = max(1, int(cpus_per_task))
+        if share_data:
+            # One copy per dataset in the object store, shared by every task
+            # (zero-copy reads on each node), instead of one per task.
+            data_args = {name: ray.put(ds) for name, ds in datasets.items()}
+        else:
+            data_args = {name: None for name in datasets}
+        checksums = {name: ds.checksum for name, ds in datasets.items()}
+        path_arg = str(data_path) if data_path else None
+
+        def submit(c):
+            return task.remote(c.to_dict(), data_args[c.dataset], checksums[c.dataset], path_arg, threads)
+
+        queue = list(reversed(todo))
+        pending = {}
+        with runner._progress_bar(summary.total, summary.skipped, progress) as bar:
+            try:
+                while queue or pending:
+                    while queue and len(pending) < jobs:
+                        c = queue.pop()
+                        pending[submit(c)] = c
+                    # A bounded wait keeps Ctrl-C responsive while tasks run.
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                    for ref in ready:
+                        c = pending.pop(ref)
+                        row = _collect(ray, ref, c, out, runner)
+                        runner._record(summary, row, bar)
+            except BaseException:
+                for ref in pending:
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
+                raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _collect(ray, ref, config, out, runner) -> dict:
+    """Writes the run a finished task returned; a task that failed becomes a failed run."""
+    from bench import results as results_mod
+
+    try:
+        record = ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        # The same cause would fail every run: stop the suite instead of
+        # recording each run as failed.
+        if isinstance(cause, ImportError):
+            raise UsageError(
+                f"Ray workers cannot import vgbench ({type(cause).__name__}: {_first_line(cause)}); "
+                "install it on every node, or submit the driver with `ray job submit --working-dir .`"
+            ) from None
+        if isinstance(cause, UsageError):
+            raise UsageError(_first_line(cause)) from None
+        return runner._record_crash(out, config, cause if cause is not None else e)
+    except ray.exceptions.TaskCancelledError:
+        raise
+    except ray.exceptions.RayError as e:
+        # The worker died on every attempt (e.g. out of memory): record the
+        # run as failed so that the suite goes on; --retry-failed reruns it.
+        return runner._record_crash(out, config, e)
+    results_mod.write_run(out, record)
+    return {"run_id": record.run_id, **record.result}
+
+
+def _train_task(config_dict: dict, data, checksum: str, data_path, threads: int):
+    """The Ray task of one run: trains it in the worker and returns its `RunRecord`.
+
+    Args:
+        config_dict: the run's `RunConfig` as a dict.
+        data: the driver's `bench.data.Dataset` (resolved from the object
+            store by Ray), or None to load it in the worker.
+        checksum: the driver's dataset checksum; worker-loaded data must
+            match it.
+        data_path: where the worker loads the dataset from when ``data`` is
+            None.
+        threads: TensorFlow threads (the CPUs Ray reserved for the task).
+    """
+    from bench import runner
+    from bench.config import RunConfig
+    from bench.train import configure_tensorflow, train_run
+
+    configure_tensorflow(threads)
+    config = RunConfig.from_dict(config_dict)
+    _maybe_die(config.run_id)
+    if data is None:
+        data = runner._load_data_cached(config.dataset, data_path)
+        if data.checksum != checksum:
+            raise DataError(
+                f"Ray worker on {socket.gethostname()} read {config.dataset} from {data.source} with checksum "
+                f"{data.checksum[:12]}, not the driver's {checksum[:12]}; give every node the same file."
+            )
+    return train_run(config, data=data)
+
+
+def _maybe_die(run_id: str) -> None:
+    fault_dir = os.environ.get(FAULT_DIR_ENV)
+    if not fault_dir:
+        return
+    armed = Path(fault_dir) / f"{run_id}.kill"
+    try:
+        os.rename(armed, armed.with_suffix(".killed"))
+    except FileNotFoundError:
+        return
+    # A real process death, as the OOM killer or a lost node would cause.
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+    time.sleep(60)  # never reached on POSIX; the signal ends the process first
+
+
+# --------------------------------------------------------------------------- #
+# Connecting
+# --------------------------------------------------------------------------- #
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(_INSTALL_HINT) from None
+    return ray
+
+
+def _check_resources(cpus_per_task, gpus_per_task, jobs):
+    if isinstance(cpus_per_task, bool) or not isinstance(cpus_per_task, (int, float)) or not cpus_per_task > 0:
+        raise UsageError(
+            f"Argument `cpus_per_task` must be a positive number. Received: cpus_per_task={cpus_per_task!r}"
+        )
+    if isinstance(gpus_per_task, bool) or not isinstance(gpus_per_task, (int, float)) or not gpus_per_task >= 0:
+        raise UsageError(
+            f"Argument `gpus_per_task` must be a non-negative number. Received: gpus_per_task={gpus_per_task!r}"
+        )
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise UsageError(f"Argument `jobs` must be a positive integer. Received: jobs={jobs!r}")
+
+
+def _connect(ray, address, jobs, cpus_per_task, gpus_per_task, runtime_env) -> bool:
+    """Connects to Ray; returns whether this call opened the connection."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = (address or os.environ.get("RAY_ADDRESS") or "").strip() or None
+    quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
+    if address in (None, "local"):
+        slots = jobs or max(1, int((os.cpu_count() or 1) // cpus_per_task))
+        num_cpus = max(1, math.ceil(slots * cpus_per_task))
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            **quiet,
+        )
+        return True
+    if address != "auto":
+        _probe(address)
+    try:
+        # Ray retries an unanswering GCS address for minutes; once the TCP
+        # probe has answered, one attempt is enough to tell.
+        with _env("RAY_gcs_server_port_wait_time_s", "1"), warnings.catch_warnings():
+            # Ray Client warns before raising; the UsageError below says it once.
+            warnings.simplefilter("ignore")
+            ray.init(address=address, runtime_env=runtime_env, **quiet)
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as e:
+        raise UsageError(f"Cannot connect to the Ray cluster at {address!r}: {_first_line(e)}") from None
+    return True
+
+
+def _probe(address: str) -> None:
+    """Fails fast, with a UsageError naming ``address``, when nothing answers there."""
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        if isinstance(e, socket.timeout):
+            reason = f"no answer in {CONNECT_TIMEOUT_S:g}s"
+        else:
+            reason = e.strerror or type(e).__name__
+        raise UsageError(
+            f"Cannot reach the Ray cluster at {address!r}: {reason}. Check --address (HOST:PORT or ray://HOST:PORT)."
+        ) from None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    text = address
+    client = text.startswith("ray://")
+    if client:
+        text = text[len("ray://"):]
+    text = text.split("/", 1)[0]
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:
+        host, port = text, str(_RAY_CLIENT_PORT) if client else ""
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise UsageError(f"Invalid Ray address {address!r}; expected HOST:PORT, ray://HOST:PORT or auto.")
+    return host, int(port)
+
+
+def _cluster_slots(ray, cpus_per_task, gpus_per_task) -> int:
+    """How many runs the cluster can hold at once."""
+    resources = ray.cluster_resources()
+    slots = int(resources.get("CPU", 0) // cpus_per_task)
+    if gpus_per_task:
+        slots = min(slots, int(resources.get("GPU", 0) // gpus_per_task))
+    return max(1, slots)
+
+
+@contextlib.contextmanager
+def _env(name, value):
+    """Sets an environment variable for the block, unless the user set it."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def _first_line(exc) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
