@@ -110,7 +110,7 @@ def _add_run(sub):
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE", help="keep only runs whose field equals one of the values (repeatable; VALUE may be a comma list)")
     p.add_argument("--data", metavar="PATH", help="dataset file (MNIST .npz or IDX directory); default: $VGBENCH_MNIST, the Keras cache, then download")
     p.add_argument("--out", metavar="DIR", default="reports/latest", help="results directory (resumed when it exists; default reports/latest)")
-    p.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel runs (default: number of cores)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel runs (default: number of cores; with --executor ray: the cluster's CPUs)")
     p.add_argument("--executor", default="local", help="local (default) or ray")
     p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://HOST:PORT); with --executor ray")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
