@@ -65,6 +65,8 @@ class _Layer:
         self.name = name
         self.kernel = weight_layer.kernel
         self.bias = getattr(weight_layer, "bias", None)
+        self.kernel_size = int(np.prod(self.kernel.shape))
+        self.bias_size = int(np.prod(self.bias.shape)) if self.bias is not None else 0
         self.output_layer = activation_layer if activation_layer is not None else weight_layer
         self.activation = _activation_of(activation_layer) if activation_layer is not None else None
 
@@ -189,7 +191,7 @@ class GradientNormLogger(keras.callbacks.Callback):
         if "train_step" in model.__dict__:
             del model.train_step
         model.train_function = None
-        self.layers = _layer_frame(self._layer_rows, self.run_id)
+        self.layers = _layer_frame(self._layer_rows, self.run_id, self._layers)
         self.history = pd.DataFrame(self._history_rows, columns=HISTORY_COLUMNS[1:])
         self.history.insert(0, "run_id", self.run_id)
 
@@ -387,14 +389,18 @@ def _drain(buf, step_buf, count_var, flushed, cap):
     return {int(steps[k % cap]): values[k % cap] for k in range(first, count)}
 
 
-def _layer_frame(rows, run_id):
+def _layer_frame(rows, run_id, layers):
     cols = ["step", "epoch", "layer_index", "layer_name", *_GRAD_FIELDS, *_ACT_FIELDS]
     df = pd.DataFrame(rows, columns=cols)
     df.insert(0, "run_id", run_id)
     df = df.astype({"step": "int64", "epoch": "int64", "layer_index": "int64"})
     for c in (*_GRAD_FIELDS, *_ACT_FIELDS):
         df[c] = df[c].astype("float64")
-    return df[LAYER_COLUMNS].sort_values(["step", "layer_index"], kind="stable").reset_index(drop=True)
+    # Parameter counts, so that layers of different sizes compare per weight.
+    sizes = {l.index: (l.kernel_size, l.bias_size) for l in layers}
+    df["kernel_size"] = df["layer_index"].map(lambda i: sizes[i][0]).astype("int64")
+    df["bias_size"] = df["layer_index"].map(lambda i: sizes[i][1]).astype("int64")
+    return df[[*LAYER_COLUMNS, "kernel_size", "bias_size"]].sort_values(["step", "layer_index"], kind="stable").reset_index(drop=True)
 
 
 def _float(v):

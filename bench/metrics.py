@@ -7,9 +7,14 @@ state (the way seaborn's statistics are written).
 
 Definitions (hidden layers only; index 0 is nearest the input):
 
-- ``grad_ratio``: first-to-last hidden layer ratio of kernel gradient norms,
-  ``‖∂L/∂W_0‖ / ‖∂L/∂W_{D-1}‖``. Below 1 the gradient shrinks on its way to
-  the input (vanishing), above 1 it grows (exploding).
+- gradients are compared per weight: the RMS gradient of a layer's kernel,
+  ``‖∂L/∂W‖ / √|W|`` (``kernel_size`` = number of weights, recorded beside the
+  norm). Raw norms grow with a layer's size, so a 784-input first layer would
+  otherwise look ~2.5× "stronger" than a 128-input one for no dynamical
+  reason. Tables without ``kernel_size`` fall back to the raw norms.
+- ``grad_ratio``: first-to-last hidden layer ratio of those per-weight
+  gradients, ``rms(∂L/∂W_0) / rms(∂L/∂W_{D-1})``. Below 1 the gradient
+  shrinks on its way to the input (vanishing), above 1 it grows (exploding).
 - ``grad_factor``: the geometric-mean per-layer factor,
   ``grad_ratio ** (1 / (D - 1))``: by how much the gradient is multiplied at
   each layer it crosses on its way back.
@@ -76,21 +81,38 @@ def _geo_mean(x: pd.Series) -> float:
     return float(np.exp(np.mean(np.log(x))))
 
 
-def gradient_profile(layers: pd.DataFrame, which: str = "init", column: str = "kernel_grad_norm") -> pd.DataFrame:
-    """Per (run, layer) gradient norm at init (step 0) or at the end of training.
+SIZE_COLUMNS = {"kernel_grad_norm": "kernel_size", "bias_grad_norm": "bias_size"}
+
+
+def per_weight(layers: pd.DataFrame, column: str = "kernel_grad_norm") -> pd.Series:
+    """RMS gradient per weight, ``norm / √size``; the raw norm when sizes are absent."""
+    size = SIZE_COLUMNS.get(column)
+    if size is None or size not in layers.columns:
+        return layers[column]
+    return layers[column] / np.sqrt(layers[size].astype("float64"))
+
+
+def gradient_profile(
+    layers: pd.DataFrame, which: str = "init", column: str = "kernel_grad_norm", normalize: bool = True
+) -> pd.DataFrame:
+    """Per (run, layer) gradient at init (step 0) or at the end of training.
 
     Args:
         layers: the ``layers`` table.
         which: ``"init"`` for step 0, ``"final"`` for the geometric mean over
             the last ``FINAL_WINDOW`` steps where ``column`` was measured.
         column: ``"kernel_grad_norm"`` or ``"bias_grad_norm"``.
+        normalize: RMS per weight (`per_weight`) instead of the raw norm.
 
     Returns:
         DataFrame with columns ``run_id, layer_index, layer_name, value``.
     """
     if which not in ("init", "final"):
         raise ValueError(f"Argument `which` must be 'init' or 'final'. Received: which={which!r}")
-    df = layers[["run_id", "step", "layer_index", "layer_name", column]].dropna(subset=[column])
+    df = layers[["run_id", "step", "layer_index", "layer_name"]].assign(
+        **{column: per_weight(layers, column) if normalize else layers[column]}
+    )
+    df = df.dropna(subset=[column])
     if which == "init":
         df = df[df["step"] == 0]
         out = df.rename(columns={column: "value"})

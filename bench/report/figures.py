@@ -176,14 +176,14 @@ def gradient_depth(profiles: pd.DataFrame, palette: dict):
                 ax.set_title(init)
             if j == 0:
                 sym = "W" if parameter == "kernel" else "b"
-                ax.set_ylabel(f"‖∂L/∂{sym}‖, {when}")
+                ax.set_ylabel(f"rms ∂L/∂{sym} per weight, {when}")
             if i == len(rows) - 1:
                 ax.set_xlabel("layer index (0 = input side)")
             ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     shown = sorted(profiles["activation"].unique())
     _legend(fig, [_line(palette[a], a, marker="o") for a in shown], "activation")
     where = profiles.attrs.get("slice", "")
-    fig.suptitle("Gradient norm by layer" + (f" ({where})" if where else ""))
+    fig.suptitle("Gradient per weight by layer" + (f" ({where})" if where else ""))
     return fig
 
 
@@ -240,7 +240,7 @@ def gradient_heatmap(table: pd.DataFrame, palette: dict | None = None):
         why = "highest accuracy" if role == "best" else "most unequal gradient"
         ax.set_title(_wrap(f"{role} ({why}): {d['label'].iloc[0]}", 56))
         ax.grid(False)
-    fig.colorbar(mesh, ax=axes[0].tolist(), label="log10 ‖∂L/∂W‖", shrink=0.9)
+    fig.colorbar(mesh, ax=axes[0].tolist(), label="log10 rms ∂L/∂W per weight", shrink=0.9)
     fig.suptitle("Kernel gradient norm per layer and step")
     return fig
 

@@ -376,7 +376,8 @@ def heatmap_runs(pairs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for role, row in chosen:
         run_id = next(r for r in row["run_ids"] if r in recorded)
-        d = layers.loc[layers["run_id"] == run_id, ["run_id", "step", "layer_index", "layer_name", "kernel_grad_norm"]]
+        d = layers.loc[layers["run_id"] == run_id]
+        d = d[["run_id", "step", "layer_index", "layer_name"]].assign(kernel_grad_norm=metrics.per_weight(d))
         d = d.dropna(subset=["kernel_grad_norm"])
         v = d["kernel_grad_norm"].where(d["kernel_grad_norm"] > 0)
         d = d.assign(role=role, label=pair_label(row, extra), log10_norm=np.log10(v))
@@ -763,7 +764,8 @@ def power_of_ten(x) -> str:
     if x is None or not np.isfinite(x):
         return "n/a"
     if x == 0:
-        return "0"
+        # A gradient below float32's range reaches the first layer as exactly 0.
+        return "0 (underflow)"
     if 0.01 <= abs(x) <= 100:
         return f"{x:.2g}"
     return "10" + str(int(round(math.log10(abs(x))))).translate(_SUPERSCRIPT)
