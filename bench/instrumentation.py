@@ -6,8 +6,9 @@ optimizer applies with a `tf.GradientTape`, and, inside the same compiled
 step, reduces them to per-layer norms. Forward activations come from the same
 forward pass (a functional view of the model that also returns every hidden
 layer's output), so nothing is computed twice. The numbers go into
-preallocated buffers (`tf.Variable`s) and reach Python once per epoch: the
-per-step Python work is one scalar read for the divergence check.
+preallocated buffers (`tf.Variable`s) and reach Python once per epoch. Per
+step, Python only picks which compiled step to run (gradient norms and/or
+activation statistics due?) and looks at the loss `fit` already reports.
 
 What is recorded, per hidden layer (index 0 = nearest the input) and the
 output layer (index = depth, name ``output``):
@@ -38,7 +39,6 @@ Reference:
 from __future__ import annotations
 
 import math
-import time
 
 import keras
 import numpy as np
@@ -132,6 +132,9 @@ class GradientNormLogger(keras.callbacks.Callback):
         self._flushed_grad = 0
         self._flushed_act = 0
         self._epoch = 0
+        self._counter = None
+        self._flushed_at = 0
+        self._flush_every = 1
         self.diverged_step = None
         self.layers = pd.DataFrame(columns=LAYER_COLUMNS)
         self.history = pd.DataFrame(columns=HISTORY_COLUMNS)
@@ -152,8 +155,9 @@ class GradientNormLogger(keras.callbacks.Callback):
         self._kernel_idx = [index[l.kernel.path] for l in self._layers]
         self._bias_idx = [index[l.bias.path] if l.bias is not None else None for l in self._layers]
 
+        # Buffers hold one epoch (or 10,000 steps when the epoch length is
+        # unknown; they are then flushed whenever they fill up).
         steps = self.params.get("steps") if self.params else None
-        epochs = self.params.get("epochs", 1) if self.params else 1
         per_epoch = steps if steps else 10_000
         self._grad_cap = max(1, math.ceil(per_epoch / self.log_every)) + 1
         self._act_cap = max(1, math.ceil(per_epoch / self.act_every)) + 1
@@ -165,17 +169,13 @@ class GradientNormLogger(keras.callbacks.Callback):
             self._act_buf = tf.Variable(tf.fill([self._act_cap, n, len(_ACT_FIELDS)], nan), trainable=False)
             self._act_step = tf.Variable(tf.zeros([self._act_cap], tf.int64), trainable=False)
             self._act_count = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self._diverged = tf.Variable(-1, dtype=tf.int64, trainable=False)
             self._shadow = [tf.Variable(tf.zeros_like(l.kernel.value), trainable=False) for l in self._layers]
-        del epochs
 
-        self._t0 = time.perf_counter()
         if self.probe_data is not None:
             self._measure_init()
 
         # Swap in the instrumented step for this fit; restored in on_train_end.
-        model.train_step = self._train_step
-        model.make_train_function(force=True)
+        self._install(model)
 
     def on_train_end(self, logs=None):
         self.finalize()
@@ -191,6 +191,7 @@ class GradientNormLogger(keras.callbacks.Callback):
         if "train_step" in model.__dict__:
             del model.train_step
         model.train_function = None
+        self._functions = {}
         self.layers = _layer_frame(self._layer_rows, self.run_id, self._layers)
         self.history = pd.DataFrame(self._history_rows, columns=HISTORY_COLUMNS[1:])
         self.history.insert(0, "run_id", self.run_id)
@@ -199,9 +200,25 @@ class GradientNormLogger(keras.callbacks.Callback):
         self._epoch = epoch + 1
 
     def on_train_batch_end(self, batch, logs=None):
-        # One scalar read per step: stop at the first non-finite value.
-        if self._diverged.numpy() >= 0:
-            self.model.stop_training = True
+        # `fit` has already turned the logs into Python floats: checking the
+        # loss here is free. (Keras' running mean stays non-finite once a
+        # step's loss was.) Non-finite gradients under a finite loss are found
+        # in the buffers at the end of the epoch.
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss) and self.diverged_step is None:
+            self._mark_diverged(self._current_step())
+        if self._counter is not None and self._counter[0] - self._flushed_at >= self._flush_every:
+            self._flush()
+
+    def _current_step(self) -> int:
+        if self._counter is not None:
+            return self._counter[0]
+        return int(self.model.optimizer.iterations.numpy())
+
+    def _mark_diverged(self, step: int):
+        if self.diverged_step is None or step < self.diverged_step:
+            self.diverged_step = step
+        self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         self._flush()
@@ -249,24 +266,24 @@ class GradientNormLogger(keras.callbacks.Callback):
             test_loss, test_acc = res.get("loss", np.nan), res.get("accuracy", np.nan)
         self._history_rows.append((0, 0, float(loss), acc, float(test_loss), float(test_acc)))
         if not np.isfinite(g[:, 0]).all() or not np.isfinite(float(loss)):
-            self._diverged.assign(0)
-            self.diverged_step = 0
+            self._mark_diverged(0)
 
     # --------------------------------------------------------- compiled step
 
     def _grad_norms(self, grads):
         """(n_layers, 2) kernel and bias gradient norms; NaN where no bias."""
         # One reduction per variable and a single sqrt: the fewest ops per step.
-        kernels = tf.stack([tf.reduce_sum(tf.square(grads[k])) for k in self._kernel_idx])
+        # l2_loss is one fused kernel (sum of squares / 2) where square+sum are two.
+        kernels = tf.stack([tf.nn.l2_loss(grads[k]) for k in self._kernel_idx])
         with_bias = [i for i, b in enumerate(self._bias_idx) if b is not None]
         if with_bias:
-            sums = tf.stack([tf.reduce_sum(tf.square(grads[self._bias_idx[i]])) for i in with_bias])
+            sums = tf.stack([tf.nn.l2_loss(grads[self._bias_idx[i]]) for i in with_bias])
             biases = tf.tensor_scatter_nd_update(
                 tf.fill([len(self._layers)], float("nan")), [[i] for i in with_bias], sums
             )
         else:
             biases = tf.fill([len(self._layers)], float("nan"))
-        return tf.sqrt(tf.stack([kernels, biases], axis=1))
+        return tf.sqrt(2.0 * tf.stack([kernels, biases], axis=1))
 
     def _act_stats(self, acts, update_ratio=True):
         """(n_layers, len(_ACT_FIELDS)) statistics of kernels and activations."""
@@ -297,8 +314,51 @@ class GradientNormLogger(keras.callbacks.Callback):
             rows.append(tf.stack([knorm, ratio, mean, std, rms, sat, dead]))
         return tf.stack(rows)
 
-    def _train_step(self, data):
-        """Keras' TensorFlow `train_step`, with the recording added."""
+    def _install(self, model):
+        """Replaces `model.train_function` for this fit.
+
+        With one step per call (Keras' default), a Python dispatcher picks one
+        of up to four compiled steps by what is due at this step (gradient
+        norms? activation statistics?), so no step pays for a `tf.cond`:
+        a conditional costs about as much as all the norms together. With
+        ``steps_per_execution > 1`` the decision moves into the graph.
+        """
+        self._functions = {}
+        self._counter = None
+        start = int(model.optimizer.iterations.numpy())
+        if int(getattr(model, "steps_per_execution", 1) or 1) != 1:
+            model.train_step = lambda data: self._train_step(data, None, None)
+            model.make_train_function(force=True)
+            return
+        counter = self._counter = [start]
+        self._flushed_at = start
+        self._flush_every = min((self._grad_cap - 1) * self.log_every, (self._act_cap - 1) * self.act_every)
+
+        def compiled(key):
+            model.train_step = lambda data: self._train_step(data, *key)
+            type(model).make_train_function(model, force=True)
+            fn = model.train_function
+            model.train_function = train_function
+            return fn
+
+        def train_function(iterator):
+            counter[0] += 1
+            key = (counter[0] % self.log_every == 0, counter[0] % self.act_every == 0)
+            fn = self._functions.get(key) or self._functions.setdefault(key, compiled(key))
+            try:
+                return fn(iterator)
+            except BaseException:  # e.g. the end of the data: no step was taken
+                counter[0] -= 1
+                raise
+
+        model.train_function = train_function
+
+    def _train_step(self, data, log_grad, log_act):
+        """Keras' TensorFlow `train_step`, with the recording added.
+
+        ``log_grad``/``log_act``: Python booleans (what this compiled step
+        records), or None to decide in the graph from the step number.
+        """
         model = self.model
         opt = model.optimizer
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -314,9 +374,11 @@ class GradientNormLogger(keras.callbacks.Callback):
         grads = tape.gradient(scaled, weights)
 
         step = opt.iterations + 1  # this update's 1-based step number
-        log_grad = tf.equal(step % self.log_every, 0)
-        log_act = tf.equal(step % self.act_every, 0)
-        finite = tf.math.is_finite(loss)
+
+        def snapshot():
+            for layer, shadow in zip(self._layers, self._shadow):
+                shadow.assign(layer.kernel.value)
+            return tf.constant(0)
 
         def record_grads():
             norms = self._grad_norms(grads)
@@ -324,22 +386,7 @@ class GradientNormLogger(keras.callbacks.Callback):
             self._grad_buf[row].assign(norms)
             self._grad_step[row].assign(step)
             self._grad_count.assign_add(1)
-            return tf.reduce_all(tf.math.is_finite(norms[:, 0]))
-
-        grads_finite = tf.cond(log_grad, record_grads, lambda: tf.constant(True))
-        tf.cond(
-            tf.logical_and(tf.logical_not(tf.logical_and(finite, grads_finite)), self._diverged < 0),
-            lambda: self._diverged.assign(step).op,
-            tf.no_op,
-        )
-
-        def snapshot():
-            for layer, shadow in zip(self._layers, self._shadow):
-                shadow.assign(layer.kernel.value)
             return tf.constant(0)
-
-        tf.cond(log_act, snapshot, lambda: tf.constant(0))
-        opt.apply_gradients(zip(grads, weights))
 
         def record_acts():
             stats = self._act_stats(acts)
@@ -349,7 +396,18 @@ class GradientNormLogger(keras.callbacks.Callback):
             self._act_count.assign_add(1)
             return tf.constant(0)
 
-        tf.cond(log_act, record_acts, lambda: tf.constant(0))
+        def when(flag, every, fn, otherwise):
+            if flag is None:
+                return tf.cond(tf.equal(step % every, 0), fn, otherwise)
+            return fn() if flag else otherwise()
+
+        # Stateful ops run in program order inside a tf.function: recording
+        # after the update lets the norms overlap with it instead of
+        # delaying it. Only the snapshot for the update ratio must come first.
+        when(log_act, self.act_every, snapshot, lambda: tf.constant(0))
+        opt.apply_gradients(zip(grads, weights))
+        when(log_grad, self.log_every, record_grads, lambda: tf.constant(0))
+        when(log_act, self.act_every, record_acts, lambda: tf.constant(0))
         return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     # ----------------------------------------------------------- to Python
@@ -358,14 +416,17 @@ class GradientNormLogger(keras.callbacks.Callback):
         """Moves buffered records into Python lists (once per epoch)."""
         if not hasattr(self, "_grad_count"):
             return
-        diverged = int(self._diverged.numpy())
-        if diverged >= 0:
-            self.diverged_step = diverged
-            self.model.stop_training = True
+        if self._counter is not None:
+            self._flushed_at = self._counter[0]
         grad = _drain(self._grad_buf, self._grad_step, self._grad_count, self._flushed_grad, self._grad_cap)
         act = _drain(self._act_buf, self._act_step, self._act_count, self._flushed_act, self._act_cap)
         self._flushed_grad = int(self._grad_count.numpy())
         self._flushed_act = int(self._act_count.numpy())
+        for s in sorted(grad):
+            if not np.isfinite(grad[s][:, 0]).all():
+                self._mark_diverged(s)
+                break
+        diverged = self.diverged_step if self.diverged_step is not None else -1
         steps = sorted(set(grad) | set(act))
         n = len(self._layers)
         nan_g = np.full((n, 2), np.nan)

@@ -208,3 +208,22 @@ def test_invalid_cadence_is_rejected():
         GradientNormLogger(log_every=0)
     with pytest.raises(ValueError, match="act_every"):
         GradientNormLogger(act_every=-1)
+
+
+def test_several_steps_per_execution_record_every_step():
+    # With steps_per_execution > 1 the cadence is decided inside the graph.
+    keras.utils.set_random_seed(0)
+    model = models.build_model("mlp", depth=3, width=8, activation="tanh", initializer="glorot_uniform", input_shape=(784,))
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=4,
+    )
+    x, y = _data(128)
+    logger = GradientNormLogger(probe_data=(x[:16], y[:16]), log_every=2, act_every=4)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[logger])
+    df = logger.layers
+    assert sorted(df.step.unique()) == [0, 2, 4, 6, 8]
+    assert df[df.step == 4].act_std.notna().all() and df[df.step == 2].act_std.isna().all()
+    assert df[df.step == 2].kernel_grad_norm.notna().all()
+
