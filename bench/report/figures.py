@@ -217,12 +217,16 @@ def gradient_heatmap(table: pd.DataFrame, palette: dict | None = None):
         1, len(roles), figsize=(4.4 * len(roles) + 1.0, 3.6), squeeze=False, layout="constrained"
     )
     mesh = None
+    # Exactly-zero gradients (underflow in float32) have no logarithm: grey.
+    cmap = plt.get_cmap("magma").copy()
+    cmap.set_bad("#c8c8c8")
     for ax, role in zip(axes[0], roles):
         d = table[table["role"] == role]
         z = d.pivot_table(index="layer_index", columns="step", values="log10_norm", aggfunc="first", dropna=False)
         z = z.sort_index().sort_index(axis=1)
         mesh = ax.pcolormesh(
-            _edges(z.columns), _edges(z.index), z.to_numpy(), cmap="magma", vmin=vmin, vmax=vmax, shading="flat"
+            _edges(z.columns), _edges(z.index), np.ma.masked_invalid(z.to_numpy()), cmap=cmap, vmin=vmin, vmax=vmax,
+            shading="flat",
         )
         names = d.drop_duplicates("layer_index").set_index("layer_index")["layer_name"]
         ticks = list(z.index)
@@ -241,7 +245,7 @@ def gradient_heatmap(table: pd.DataFrame, palette: dict | None = None):
         ax.set_title(_wrap(f"{role} ({why}): {d['label'].iloc[0]}", 56))
         ax.grid(False)
     fig.colorbar(mesh, ax=axes[0].tolist(), label="log10 rms ∂L/∂W per weight", shrink=0.9)
-    fig.suptitle("Kernel gradient norm per layer and step")
+    fig.suptitle("Kernel gradient per weight, by layer and step (grey: exactly 0, underflow)")
     return fig
 
 
