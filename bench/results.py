@@ -111,6 +111,7 @@ def write_json_atomic(path, obj):
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        _publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
@@ -125,10 +126,22 @@ def write_parquet_atomic(path, df):
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)
+        _publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path, directory=False):
+    """mkstemp/mkdtemp create private files; results are for everyone (umask)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def _unlink_quietly(path):
@@ -188,6 +201,7 @@ def write_run(out, record: RunRecord):
         # result.json last: its presence marks the run complete.
         with open(tmp / "result.json", "w") as f:
             json.dump(record.result, f, indent=2, sort_keys=True, default=_json_default)
+        _publish_mode(tmp, directory=True)
         if final.exists():
             # A rerun of a finished run (e.g. `--rerun-failed`): replace it whole.
             old = final.with_name(f".{record.run_id}.old")

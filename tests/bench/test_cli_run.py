@@ -71,6 +71,12 @@ def test_smoke_suite_writes_the_contract_tables(smoke):
     assert manifest["data"]["standard"] is True
     assert set(runs.data_checksum) == {manifest["data"]["checksum"]}
     assert "tensorflow-cpu" in manifest["packages"] or "tensorflow" in manifest["packages"]
+    # Atomic writes go through private temporary files; results end up with the usual modes.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (out / "runs.parquet", out / "manifest.json", next((out / "runs").iterdir()) / "result.json"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    assert next((out / "runs").iterdir()).stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_second_invocation_does_no_work(smoke, mnist_path):
