@@ -218,8 +218,7 @@ def gradient_heatmap(table: pd.DataFrame, palette: dict | None = None):
     )
     mesh = None
     # Exactly-zero gradients (underflow in float32) have no logarithm: grey.
-    cmap = plt.get_cmap("magma").copy()
-    cmap.set_bad("#c8c8c8")
+    cmap = plt.get_cmap("magma").with_extremes(bad="#c8c8c8")
     for ax, role in zip(axes[0], roles):
         d = table[table["role"] == role]
         z = d.pivot_table(index="layer_index", columns="step", values="log10_norm", aggfunc="first", dropna=False)
