@@ -22,7 +22,6 @@ Writes ``OUT/perf.md`` and ``OUT/perf.json`` (default OUT: reports/).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -171,14 +170,14 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     from bench.results import write_json_atomic
-    from bench.runner import _cpu_name, platform_info
+    from bench.provenance import cpu_name, platform_info
 
     import datetime as dt
     import os
 
     result = {
         "date": dt.date.today().isoformat(),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "platform": platform_info(),
         "overhead": measure_overhead(args.data, steps=args.steps, repeats=args.repeats),
         "parallel": measure_parallel(args.data, jobs=args.jobs),

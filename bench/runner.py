@@ -21,8 +21,6 @@ import datetime as _dt
 import json
 import multiprocessing as mp
 import os
-import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -31,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import results as results_mod
+from bench.provenance import git_sha, package_versions, platform_info
 from bench.config import RunConfig
 from bench.errors import SuiteInterrupted, UsageError
 
-PACKAGES = ("vgbench", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "pyarrow", "tensorflow-datasets", "seaborn", "ray")
 
 
 @dataclass
@@ -53,66 +51,6 @@ class SuiteSummary:
 # --------------------------------------------------------------------------- #
 # Provenance
 # --------------------------------------------------------------------------- #
-
-
-def git_sha() -> str:
-    """The commit of the vgbench checkout ("+dirty" when modified), or "unknown"."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        if not sha:
-            return "unknown"
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def package_versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def platform_info() -> dict:
-    info = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "system": platform.system(),
-        "cpu_count": os.cpu_count(),
-        "processor": _cpu_name(),
-    }
-    try:
-        import tensorflow as tf
-
-        info["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
-    except Exception:  # provenance must never break a run
-        info["gpus"] = []
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_manifest(out: Path, suite: str, data_info: dict, extra: dict | None = None) -> dict:

@@ -8,6 +8,7 @@ import time
 import traceback
 
 from bench.config import RunConfig
+from bench.provenance import run_provenance
 from bench.results import RunRecord, empty_result
 
 _configured = False
@@ -104,7 +105,7 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=()) -> Run
         train_samples=config.train_samples,
         test_samples=config.test_samples,
     )
-    result = empty_result(data_checksum=data.checksum)
+    result = empty_result(data_checksum=data.checksum, **run_provenance())
     logger = None
     try:
         keras.utils.set_random_seed(config.seed)

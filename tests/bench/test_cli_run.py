@@ -70,6 +70,9 @@ def test_smoke_suite_writes_the_contract_tables(smoke):
     assert manifest["suite"] == "smoke"
     assert manifest["data"]["standard"] is True
     assert set(runs.data_checksum) == {manifest["data"]["checksum"]}
+    # Each run carries the provenance of the process that trained it.
+    assert set(runs.git_sha) == {manifest["git_sha"]}
+    assert set(runs.keras_version) == {manifest["packages"]["keras"]}
     assert "tensorflow-cpu" in manifest["packages"] or "tensorflow" in manifest["packages"]
     # Atomic writes go through private temporary files; results end up with the usual modes.
     umask = os.umask(0)

@@ -1,0 +1,94 @@
+"""Where a number came from: code version, packages and machine.
+
+Each run records the code and package versions of the process that trained
+it (in its result row), and each results directory records the same for the
+latest invocation (in manifest.json). Computed once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+PACKAGES = ("vgbench", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "pyarrow", "tensorflow-datasets", "seaborn", "ray")
+
+
+@functools.lru_cache(maxsize=None)
+def git_sha() -> str:
+    """The commit of the vgbench checkout ("+dirty" when modified), or "unknown"."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        if not sha:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict:
+    """Installed versions of the packages that shape the numbers."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=None)
+def _package_versions() -> tuple:
+    from importlib import metadata
+
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return tuple(out.items())
+
+
+def platform_info() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "cpu_count": os.cpu_count(),
+        "processor": cpu_name(),
+    }
+    try:
+        import tensorflow as tf
+
+        info["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
+    except Exception:  # provenance must never break a run
+        info["gpus"] = []
+    return info
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_provenance() -> dict:
+    """The per-run provenance columns of runs.parquet."""
+    versions = package_versions()
+    return {
+        "git_sha": git_sha(),
+        "vgbench_version": versions.get("vgbench", "unknown"),
+        "tensorflow_version": versions.get("tensorflow-cpu") or versions.get("tensorflow", "unknown"),
+        "keras_version": versions.get("keras", "unknown"),
+    }
