@@ -9,9 +9,12 @@ comparable" instead of turning one benchmark into a missing and an added one).
 
 Each (benchmark, metric) row is compared the way asv's ``compare`` does it:
 with at least ``MIN_SAMPLES`` seeds on both sides it first asks whether the
-two samples differ significantly (Mann-Whitney U, two-sided), and only then
-whether the difference of the medians exceeds the metric's tolerance; with
-fewer seeds the comparison is tolerance-only, and the report says so.
+two samples differ significantly, two-sided, and only then whether the
+difference of the medians exceeds the metric's tolerance. The test is
+Mann-Whitney U, or Welch's t-test where there are too few seeds for Mann-Whitney
+U to reach ``alpha`` (3 per side: its p-value cannot go below 0.1 there). With
+fewer than ``MIN_SAMPLES`` seeds the comparison is tolerance-only, and the
+report says so.
 
 Metrics (per-run values from `bench.metrics.run_metrics`, so a number here is
 the number in the report), with the default tolerances:
@@ -201,7 +204,7 @@ def check_tolerances(tolerances) -> dict:
             )
         try:
             number = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range
             number = float("nan")
         if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
             raise UsageError(f"Tolerance of `{name}` must be a positive number. Received: {name}={value!r}")
@@ -227,7 +230,7 @@ def parse_tolerances(items=(), path=None) -> dict:
         try:
             with open(path) as f:
                 loaded = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise UsageError(f"Cannot read tolerances file {str(path)!r}: {str(e).splitlines()[0]}") from None
         if loaded is None:
             loaded = {}
@@ -410,6 +413,33 @@ def _why(run) -> str:
     return status
 
 
+def _pairing_fields(base: pd.DataFrame, cur: pd.DataFrame) -> tuple[str, ...]:
+    """The fields that pair a baseline run with a current run of one benchmark.
+
+    The seed alone pairs them, also across a change of a measurement setting
+    (which does not change whether a run fails). A suite may run one seed
+    with several measurement settings, though: those runs share the
+    benchmark, and keyed by seed alone one of them would hide the other.
+    """
+    for fields in ((SAMPLE_FIELD,), (SAMPLE_FIELD, *MEASUREMENT_FIELDS)):
+        present = [f for f in fields if f in base.columns and f in cur.columns]
+        if not present or not (base.duplicated(subset=present).any() or cur.duplicated(subset=present).any()):
+            return fields
+    return fields
+
+
+def _pairing_key(run: dict, fields: tuple[str, ...]) -> tuple:
+    seed = run.get(SAMPLE_FIELD)
+    seed = 0 if seed is None or pd.isna(seed) else int(seed)
+    return (seed, *(_plain(run.get(f)) for f in fields[1:]))
+
+
+def _run_label(key: tuple, fields: tuple[str, ...]) -> str:
+    """``seed 1``, or ``seed 1 (act_every=5)`` when the measurement settings are part of the key."""
+    extra = ", ".join(f"{f}={v}" for f, v in zip(fields[1:], key[1:]) if v is not None)
+    return f"seed {key[0]} ({extra})" if extra else f"seed {key[0]}"
+
+
 def _compare_status(base: pd.DataFrame, cur: pd.DataFrame) -> dict:
     """The ``status`` row: seeds that newly fail or got fixed."""
     row = {
@@ -423,18 +453,20 @@ def _compare_status(base: pd.DataFrame, cur: pd.DataFrame) -> dict:
         "change": float("nan"),
         "note": "",
     }
-    b = {int(r.get(SAMPLE_FIELD, 0)): r for r in base.to_dict("records")}
-    c = {int(r.get(SAMPLE_FIELD, 0)): r for r in cur.to_dict("records")}
-    common = sorted(set(b) & set(c))
+    fields = _pairing_fields(base, cur)
+    b = {_pairing_key(r, fields): r for r in base.to_dict("records")}
+    c = {_pairing_key(r, fields): r for r in cur.to_dict("records")}
+    # Unset settings (None) sort last, so that keys of mixed values still sort.
+    common = sorted(set(b) & set(c), key=lambda k: [(v is None, v if v is not None else 0) for v in k])
     if common:
-        broke = [s for s in common if b[s]["status"] == "ok" and c[s]["status"] != "ok"]
-        fixed = [s for s in common if b[s]["status"] != "ok" and c[s]["status"] == "ok"]
+        broke = [k for k in common if b[k]["status"] == "ok" and c[k]["status"] != "ok"]
+        fixed = [k for k in common if b[k]["status"] != "ok" and c[k]["status"] == "ok"]
         if broke:
             row["mark"] = "new failure"
-            row["note"] = "; ".join(f"seed {s}: {_why(c[s])}" for s in broke)
+            row["note"] = "; ".join(f"{_run_label(k, fields)}: {_why(c[k])}" for k in broke)
         elif fixed:
             row["mark"] = "fixed"
-            row["note"] = "; ".join(f"seed {s}: was {_why(b[s])}" for s in fixed)
+            row["note"] = "; ".join(f"{_run_label(k, fields)}: was {_why(b[k])}" for k in fixed)
         else:
             row["mark"] = "unchanged"
         return row
@@ -493,6 +525,21 @@ def _provenance(path, manifest, runs) -> dict:
     }
 
 
+def _load(path):
+    """`load_results`, with an I/O error as a one-line `UsageError`.
+
+    Results without runs.parquet are consolidated on loading, which writes
+    into the directory: a read-only baseline fails there.
+    """
+    try:
+        return load_results(path)
+    except OSError as e:
+        detail = " ".join(str(e).split())
+        if not (Path(path) / "runs.parquet").is_file():
+            detail = f"it has no runs.parquet and writing one failed ({detail})"
+        raise UsageError(f"Cannot load results {str(path)!r}: {detail}") from None
+
+
 def compare(baseline_dir, current_dir, tolerances=None, alpha=DEFAULT_ALPHA, *, fail_on_time=False) -> Comparison:
     """Compares the results in ``current_dir`` against ``baseline_dir``.
 
@@ -514,7 +561,7 @@ def compare(baseline_dir, current_dir, tolerances=None, alpha=DEFAULT_ALPHA, *, 
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise UsageError(f"Argument `alpha` must be a number between 0 and 1. Received: alpha={alpha!r}")
     alpha = float(alpha)
-    current = load_results(current_dir)
+    current = _load(current_dir)
     # The baseline's manifest is read first: results of another schema are a
     # baseline to refresh, not an error (load_results would refuse them).
     base_path = Path(baseline_dir)
@@ -529,7 +576,7 @@ def compare(baseline_dir, current_dir, tolerances=None, alpha=DEFAULT_ALPHA, *, 
     settings = dict(tolerances=tolerances, alpha=alpha, fail_on_time=fail_on_time)
     if base_manifest.get("schema_version") != SCHEMA_VERSION:
         return _incomparable_schema(base_path, base_manifest, current, settings)
-    baseline = load_results(base_path)
+    baseline = _load(base_path)
 
     base = run_metrics(baseline.runs, baseline.layers)
     cur = run_metrics(current.runs, current.layers)
@@ -572,9 +619,15 @@ def compare(baseline_dir, current_dir, tolerances=None, alpha=DEFAULT_ALPHA, *, 
         notes.append(
             f"Config field(s) {', '.join(one_side)} exist on one side only; runs were matched on the others."
         )
-    if any(r["mark"] == "not comparable" and "differs" in r["note"] for r in rows):
+    incomparable = [r["note"] for r in rows if r["mark"] == "not comparable"]
+    if any(f"{f} differs" in note for note in incomparable for f in MEASUREMENT_FIELDS):
         notes.append(
             "Some metrics are not comparable because how they are measured differs between the sides; "
+            f"refresh the baseline with `{UPDATE_BASELINE_HINT}` once the change is intended."
+        )
+    if any("data_checksum differs" in note for note in incomparable):
+        notes.append(
+            "Some benchmarks are not comparable because their data differs between the sides; "
             f"refresh the baseline with `{UPDATE_BASELINE_HINT}` once the change is intended."
         )
     if any(r["metric"] == "wall_time_s" and r["mark"] == "worse" for r in rows) and not fail_on_time:

@@ -392,8 +392,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             raw = gzip.decompress(raw)
     except FileNotFoundError as exc:
         raise DataError(f"IDX file not found: {path}") from exc
-    except (OSError, EOFError, zlib.error) as exc:
+    # BadGzipFile is an OSError: test it before the other OSErrors (permission
+    # denied, a directory), which say nothing about the content.
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataError(f"Cannot read IDX file {path}: corrupt or truncated gzip ({_one_line(exc)})") from exc
+    except OSError as exc:
+        raise DataError(f"Cannot read IDX file '{path}': {_one_line(exc)}") from exc
 
     if len(raw) < 4:
         raise DataError(f"Corrupt IDX file {path}: {len(raw)} bytes, shorter than the 4-byte magic number")

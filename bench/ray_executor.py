@@ -111,8 +111,9 @@ def run_on_ray(
 
     Raises:
         UsageError: Ray is not installed, the cluster cannot be reached, a
-            task option is invalid, or the workers cannot import vgbench or
-            read the dataset.
+            task option is invalid, the cluster has too few CPUs or GPUs for
+            one task, or the workers cannot import vgbench or read the
+            dataset.
         KeyboardInterrupt: after cancelling the runs in flight; finished
             runs are on disk and a rerun resumes.
     """
@@ -121,14 +122,22 @@ def run_on_ray(
     _check_resources(cpus_per_task, gpus_per_task, jobs)
     from bench import runner
 
-    if datasets is None:
+    needed = sorted({c.dataset for c in todo})
+    datasets = dict(datasets or {})
+    missing = [name for name in needed if name not in datasets]
+    if missing:
         from bench.data import load_dataset
 
-        datasets = {name: load_dataset(name, data_path) for name in sorted({c.dataset for c in todo})}
+        datasets.update({name: load_dataset(name, data_path) for name in missing})
+    # Only the datasets the runs use go to the object store.
+    datasets = {name: datasets[name] for name in needed}
     started = _connect(ray, address, jobs, cpus_per_task, gpus_per_task, runtime_env)
     try:
+        # Checked whatever `jobs` says: a task that fits on no node would
+        # wait for resources forever.
+        slots = _task_slots(ray.cluster_resources(), cpus_per_task, gpus_per_task)
         if jobs is None:
-            jobs = _cluster_slots(ray, cpus_per_task, gpus_per_task)
+            jobs = slots
         task = ray.remote(_train_task).options(
             num_cpus=cpus_per_task,
             num_gpus=gpus_per_task,
@@ -143,7 +152,9 @@ def run_on_ray(
         else:
             data_args = {name: None for name in datasets}
         checksums = {name: ds.checksum for name, ds in datasets.items()}
-        path_arg = str(data_path) if data_path else None
+        # Workers run in other directories (and without the user's shell
+        # expanding ~), so they get an absolute path.
+        path_arg = os.path.abspath(os.path.expanduser(data_path)) if data_path else None
 
         def submit(c):
             return task.remote(c.to_dict(), data_args[c.dataset], checksums[c.dataset], path_arg, threads)
@@ -333,13 +344,24 @@ def _host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _cluster_slots(ray, cpus_per_task, gpus_per_task) -> int:
-    """How many runs the cluster can hold at once."""
-    resources = ray.cluster_resources()
-    slots = int(resources.get("CPU", 0) // cpus_per_task)
-    if gpus_per_task:
-        slots = min(slots, int(resources.get("GPU", 0) // gpus_per_task))
-    return max(1, slots)
+def _task_slots(resources, cpus_per_task, gpus_per_task) -> int:
+    """How many runs a cluster with ``resources`` (`ray.cluster_resources()`) can hold at once.
+
+    Raises:
+        UsageError: not even one run fits; the message names what is short.
+    """
+    need = {"CPU": ("cpus_per_task", cpus_per_task), "GPU": ("gpus_per_task", gpus_per_task)}
+    fits, short = [], []
+    for resource, (arg, per_task) in need.items():
+        if not per_task:
+            continue
+        have = resources.get(resource, 0)
+        fits.append(int(have // per_task))
+        if fits[-1] < 1:
+            short.append(f"{arg}={per_task:g} but the cluster has {have:g} {resource}")
+    if short:
+        raise UsageError(f"No Ray task can be scheduled: {'; '.join(short)}.")
+    return min(fits)
 
 
 @contextlib.contextmanager

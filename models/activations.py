@@ -13,8 +13,8 @@ Families group the activations by how they can make gradients vanish:
   (sigmoid, hard_sigmoid, tanh, softsign). Their derivative can be computed
   from the layer's output alone (`derivative_from_output`), which is how
   saturation is measured without recording pre-activations.
-- `"relu"`: piecewise linear, derivative 0 or 1 (or the leak) on the
-  positive side (relu, relu6, leaky_relu, prelu).
+- `"relu"`: piecewise linear, derivative 1 on the positive side and 0 (or
+  the leak) on the negative side (relu, relu6, leaky_relu, prelu).
 - `"smooth"`: smooth, unbounded above (elu, selu, gelu, swish, mish,
   softplus).
 - `"linear"`: the identity, a baseline without any nonlinearity.
@@ -49,6 +49,13 @@ class _Entry:
         default_factory=lambda: types.MappingProxyType({})
     )
     max_derivative: float | None = None
+    # {param: (test, what the value must be)}: the checks the Keras layer's
+    # constructor makes, repeated here so that a bad value is reported when
+    # the spec is read rather than when every run builds its model, without
+    # importing Keras.
+    checks: Mapping[str, tuple[Callable[[Any], bool], str]] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
 
 
 def _params(**defaults: Any) -> Mapping[str, Any]:
@@ -65,7 +72,13 @@ _REGISTRY: dict[str, _Entry] = {
     "relu6": _Entry("relu"),
     # 0.2 is the default of keras.activations.leaky_relu (the LeakyReLU layer
     # defaults to 0.3); the layer is always given the value explicitly.
-    "leaky_relu": _Entry("relu", _params(negative_slope=0.2)),
+    "leaky_relu": _Entry(
+        "relu",
+        _params(negative_slope=0.2),
+        checks=types.MappingProxyType(
+            {"negative_slope": (lambda v: v >= 0, "non-negative")}
+        ),
+    ),
     "prelu": _Entry("relu"),
     "elu": _Entry("smooth", _params(alpha=1.0)),
     "selu": _Entry("smooth"),
@@ -241,7 +254,8 @@ def get(spec: str | Activation) -> Activation:
 
     Raises:
         UnknownNameError: For an unknown name or parameter name.
-        ValueError: For a malformed spec or a parameter of the wrong type.
+        ValueError: For a malformed spec, a parameter of the wrong type or a
+            value the Keras layer rejects.
     """
     if isinstance(spec, Activation):
         return spec
@@ -249,6 +263,13 @@ def get(spec: str | Activation) -> Activation:
     base = registry.resolve_name("activation", name, _REGISTRY, ALIASES)
     entry = _REGISTRY[base]
     bound = registry.bind_params("activation", base, kwargs, entry.params)
+    for key, value in bound.items():
+        test, expected = entry.checks.get(key, (None, None))
+        if test is not None and not test(value):
+            raise ValueError(
+                f"Parameter '{key}' of activation '{base}' must be {expected}. "
+                f"Received: {key}={value!r}"
+            )
     return Activation(
         name=registry.canonical(base, bound),
         base=base,

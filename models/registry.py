@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -244,7 +245,8 @@ def bind_params(
 
     Raises:
         UnknownNameError: If a parameter is not one of `defaults`.
-        ValueError: If a value has the wrong type.
+        ValueError: If a value has the wrong type, or is a float that is
+            not finite.
     """
     bound: dict[str, Any] = {}
     for key, value in kwargs.items():
@@ -258,6 +260,7 @@ def bind_params(
 
 def _coerce(kind: str, base: str, key: str, value: Any, default: Any) -> Any:
     expected = None
+    coerced = value
     # bool is a subclass of int: test it first, and never accept True as 1.
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -266,7 +269,14 @@ def _coerce(kind: str, base: str, key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             expected = "a number"
         elif isinstance(default, float):
-            value = float(value)
+            try:
+                coerced = float(value)
+            except OverflowError:  # an integer beyond the float range
+                coerced = math.inf
+            # inf and nan would make canonical names ("inf", "nan") that do
+            # not parse back as literals.
+            if not math.isfinite(coerced):
+                expected = "a finite number"
         elif not isinstance(value, int):
             expected = "an integer"
     elif isinstance(default, str) and not isinstance(value, str):
@@ -276,4 +286,4 @@ def _coerce(kind: str, base: str, key: str, value: Any, default: Any) -> Any:
             f"Parameter '{key}' of {kind} '{base}' must be {expected}. "
             f"Received: {key}={value!r}"
         )
-    return value
+    return coerced

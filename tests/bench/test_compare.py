@@ -86,7 +86,7 @@ def _tables(s):
     the run's grad_factor is ``factor`` and its grad_ratio factor ** (D - 1).
     """
     c = s["config"]
-    run_id = _run_id(c)
+    run_id = s.get("run_id") or _run_id(c)
     depth, steps = c["depth"], c["max_steps"]
     diverged = s["status"] == "diverged"
     last = steps // 2 if diverged else steps
@@ -305,6 +305,12 @@ def test_measurement_settings_that_differ_make_their_metrics_not_comparable(tmp_
     assert any("make update-baseline" in n for n in c.notes)
 
 
+def test_other_data_alone_is_not_called_a_measurement_change(tmp_path):
+    c = compare_specs(tmp_path, [spec(), spec("tanh")], [spec(checksum="beef"), spec("tanh")])
+    assert any("data differs" in n for n in c.notes)
+    assert not any("how they are measured differs" in n for n in c.notes)
+
+
 def test_nothing_comparable_fails_and_asks_for_a_new_baseline(tmp_path):
     # Every run on other data: no number can be compared, which must not pass silently.
     c = compare_specs(tmp_path, [spec(), spec("tanh")], [spec(checksum="beef"), spec("tanh", checksum="beef")])
@@ -394,6 +400,22 @@ def test_a_newly_failing_seed_is_a_new_failure(tmp_path):
     assert row(c, "relu-he_normal", "test_accuracy")["n_current"] == 2
 
 
+def test_one_seed_under_two_measurement_settings_pairs_each_run(tmp_path):
+    # Both runs are one benchmark with seed 0; paired by seed alone, the ok
+    # run at act_every=10 would hide the new failure at act_every=5.
+    def runs(status_5):
+        return [
+            {**spec(seed=0, act_every=5, status=status_5), "run_id": "a5"},
+            {**spec(seed=0, act_every=10), "run_id": "a10"},
+        ]
+
+    c = compare_specs(tmp_path, runs("ok"), runs("diverged"))
+    assert len(c.benchmarks) == 1
+    status = row(c, "relu-he_normal", "status")
+    assert status["mark"] == "new failure"
+    assert "seed 0 (log_every=" in status["note"] and "act_every=5)" in status["note"]
+
+
 # --------------------------------------------------------------------------- #
 # Tolerances and the command line
 # --------------------------------------------------------------------------- #
@@ -427,6 +449,40 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, extra, message):
     assert cli.main(["compare", str(tmp_path / "baseline"), str(tmp_path / "current"), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"test_accuracy: 0.1 # \xff\xfe\n", b"test_accuracy: " + b"9" * 400 + b"\n"],
+    ids=["not-utf8", "huge-integer"],
+)
+def test_a_bad_tolerances_file_is_one_line_and_exit_2(tmp_path, capsys, content):
+    write_results(tmp_path / "baseline", [spec()])
+    write_results(tmp_path / "current", [spec()])
+    (tmp_path / "tol.yaml").write_bytes(content)
+    tolerances = ["--tolerances", str(tmp_path / "tol.yaml")]
+    assert cli.main(["compare", str(tmp_path / "baseline"), str(tmp_path / "current"), *tolerances]) == 2
+    err = capsys.readouterr().err
+    assert "test_accuracy" in err or "tol.yaml" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_baseline_that_cannot_be_consolidated_is_a_usage_error(tmp_path, monkeypatch):
+    # A baseline without runs.parquet is consolidated on loading, which
+    # writes into it; a read-only one (simulated: root ignores file modes) fails.
+    from bench import results
+
+    baseline = write_results(tmp_path / "baseline", [spec()])
+    (baseline / "runs.parquet").unlink()
+    current = write_results(tmp_path / "current", [spec()])
+
+    def read_only(path, df):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(results, "write_parquet_atomic", read_only)
+    with pytest.raises(UsageError, match="no runs.parquet and writing one failed .*Permission denied") as info:
+        cmp.compare(baseline, current)
+    assert len(str(info.value).splitlines()) == 1
 
 
 def test_a_directory_that_is_not_results_is_a_usage_error(tmp_path):

@@ -289,6 +289,15 @@ def test_truncated_idx_message_gives_the_sizes(tmp_path, arrays):
         read_idx(path)
 
 
+def test_unreadable_idx_is_not_called_corrupt_gzip(tmp_path):
+    path = tmp_path / "a_directory"
+    path.mkdir()
+    with data_error(re.escape(f"Cannot read IDX file '{path}': ")) as excinfo:
+        read_idx(path)
+    assert "gzip" not in str(excinfo.value)
+    assert_one_line(excinfo)
+
+
 def test_idx_bad_magic(tmp_path):
     path = tmp_path / "bad"
     path.write_bytes(b"\x00\x00\x42\x01" + b"\x00" * 8)

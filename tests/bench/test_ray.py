@@ -150,6 +150,44 @@ def test_missing_ray_is_a_usage_error(monkeypatch, tmp_path):
         ray_executor.run_on_ray(_smoke(), tmp_path, datasets={}, summary=None)
 
 
+def test_datasets_the_driver_did_not_pass_are_loaded(monkeypatch, tmp_path):
+    _ray()
+    from bench import data
+
+    loaded = []
+    monkeypatch.setattr(data, "load_dataset", lambda name, path: loaded.append((name, path)))
+
+    class Connected(Exception):
+        pass
+
+    def connect(*args):
+        raise Connected  # the data is ready by then; stop before starting Ray
+
+    monkeypatch.setattr(ray_executor, "_connect", connect)
+    todo = _smoke()
+    with pytest.raises(Connected):
+        ray_executor.run_on_ray(todo, tmp_path, datasets={"other": None}, data_path="x", summary=None)
+    assert loaded == [(name, "x") for name in sorted({c.dataset for c in todo})]
+
+
+def test_task_slots_fit_the_cluster():
+    assert ray_executor._task_slots({"CPU": 8.0}, 2, 0) == 4
+    assert ray_executor._task_slots({"CPU": 8.0, "GPU": 1.0}, 1, 0.5) == 2
+
+
+@pytest.mark.parametrize(
+    "resources, cpus, gpus, message",
+    [
+        ({"CPU": 2.0}, 4, 0, "cpus_per_task=4 but the cluster has 2 CPU"),
+        ({"CPU": 8.0}, 1, 1, "gpus_per_task=1 but the cluster has 0 GPU"),
+    ],
+)
+def test_a_task_that_fits_nowhere_is_a_usage_error(resources, cpus, gpus, message):
+    # Ray would wait for the resources forever.
+    with pytest.raises(UsageError, match=message):
+        ray_executor._task_slots(resources, cpus, gpus)
+
+
 @pytest.mark.parametrize(
     "address",
     ["127.0.0.1", "ray://", "host:port"],

@@ -104,6 +104,19 @@ def test_a_parameter_of_the_wrong_type_is_a_value_error():
         activations.get("leaky_relu(negative_slope='0.1')")
 
 
+def test_a_value_the_keras_layer_rejects_is_a_value_error_when_read():
+    with pytest.raises(ValueError) as info:
+        activations.get("leaky_relu(negative_slope=-0.1)")
+    assert str(info.value) == (
+        "Parameter 'negative_slope' of activation 'leaky_relu' must be non-negative. "
+        "Received: negative_slope=-0.1"
+    )
+    # The check mirrors Keras: it refuses the same value and accepts the boundary.
+    with pytest.raises(ValueError):
+        keras.layers.LeakyReLU(negative_slope=-0.1)
+    assert isinstance(activations.get("leaky_relu(negative_slope=0)").layer("l"), keras.layers.LeakyReLU)
+
+
 @pytest.mark.parametrize("spec", [*activations.names(), "leaky_relu(negative_slope=0.1)", "elu(alpha=0.5)"])
 def test_layer_computes_the_same_function_as_call(spec):
     act = activations.get(spec)

@@ -123,3 +123,18 @@ def test_bind_params_rejects_wrong_types(kwargs):
         registry.bind_params("x", "y", kwargs, defaults)
     assert not isinstance(info.value, UnknownNameError)
     assert str(info.value).endswith(f"Received: {key}={value!r}")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 10**400])
+def test_bind_params_rejects_non_finite_numbers(value):
+    # A canonical name holding inf or nan would not parse back.
+    with pytest.raises(ValueError, match="Parameter 'gain' of x 'y' must be a finite number") as info:
+        registry.bind_params("x", "y", {"gain": value}, {"gain": 1.0})
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_spec_with_an_overflowing_literal_is_rejected():
+    # 1e999 is read as inf.
+    name, kwargs = registry.parse_spec("leaky_relu(negative_slope=1e999)")
+    with pytest.raises(ValueError, match="must be a finite number"):
+        registry.bind_params("activation", name, kwargs, {"negative_slope": 0.2})
