@@ -100,14 +100,20 @@ def empty_result(**values) -> dict:
 # --------------------------------------------------------------------------- #
 
 
-def write_json_atomic(path, obj):
-    """Writes ``obj`` as JSON to ``path`` so that readers never see half a file."""
+def write_json_atomic(path, obj, **dump_kwargs):
+    """Writes ``obj`` as JSON to ``path`` so that readers never see half a file.
+
+    ``dump_kwargs`` override the `json.dump` options (indent 2, sorted keys,
+    numpy scalars and paths converted).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    options = {"indent": 2, "sort_keys": True, "default": _json_default, **dump_kwargs}
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        # UTF-8 whatever the locale, for callers that pass ensure_ascii=False.
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, **options)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

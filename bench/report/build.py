@@ -68,7 +68,7 @@ def compute_tables(results) -> Tables:
         main_text=slice_text,
         profiles=profiles,
         heatmap=stats.heatmap_runs(pairs, results.layers),
-        grid=stats.pair_grid(pairs),
+        grid=stats.pair_grid(pairs, main),
         sweep=stats.depth_sweep(runs_m),
         curves=curves,
         activations=activations,
@@ -98,19 +98,21 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
     return [
         FigureSpec(
             "gradient_depth",
-            "Gradient norm by layer",
-            f"Gradient norm of each hidden layer's kernel and bias against its index (0 = next to the input), "
-            f"at step 0 and averaged over the last logged steps ({where}). Look for lines that fall towards "
-            "layer 0: every decade of drop is ten times less gradient reaching the input side (vanishing); "
-            "rising lines are exploding gradients; flat lines are healthy. Bands: 95% interval over seeds.",
+            "Gradient per weight by layer",
+            "RMS gradient per weight (‖∂L/∂W‖/√|W|) of each hidden layer's kernel and bias against its index "
+            f"(0 = next to the input), at step 0 and averaged over the last logged steps ({where}). Look for "
+            "lines that fall towards layer 0: every decade of drop is ten times less gradient reaching the input "
+            "side (vanishing); rising lines are exploding gradients; flat lines are healthy; a line that drops "
+            "off the bottom reaches a gradient that underflowed to exactly 0. Bands: 95% interval over seeds.",
             lambda: figures.gradient_depth(t.profiles, t.palette),
         ),
         FigureSpec(
             "gradient_heatmap",
-            "Gradient norm per layer and step",
-            "log10 kernel gradient norm of every layer (rows, input side at the bottom) at every logged step "
-            "(columns), for the best pair (highest accuracy) and the worst (most unequal gradient across layers), "
-            "on one colour scale. Dark rows near layer 0 that stay dark through training are layers that barely learn.",
+            "Gradient per weight by layer and step",
+            "log10 RMS kernel gradient per weight (‖∂L/∂W‖/√|W|) of every layer (rows, input side at the "
+            "bottom) at every logged step (columns), for the best pair (highest accuracy) and the worst (most "
+            "unequal gradient across layers), on one colour scale. Dark rows near layer 0 that stay dark through "
+            "training are layers that barely learn.",
             lambda: figures.gradient_heatmap(t.heatmap, t.palette),
         ),
         FigureSpec(
@@ -119,7 +121,8 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             f"Each activation × initializer pair ({t.grid.attrs.get('slice', where)}), mean over seeds. "
             f"Accuracy near chance ({chance}) together with a log10 first/last ratio far below 0 "
             "(the first layer gets 10^value of the last layer's gradient) or a per-layer factor well under 1 "
-            "marks a vanishing pair; dead or saturated fractions near 1 say why.",
+            "marks a vanishing pair; dead or saturated fractions near 1 say why. \"underflow\": the first "
+            "layer's gradient is exactly 0 in float32, coloured below every measured ratio.",
             lambda: figures.pair_heatmaps(t.grid, t.palette),
         ),
         FigureSpec(
@@ -187,10 +190,12 @@ def _draw(spec: FigureSpec):
 
 def _check_formats(formats) -> tuple[str, ...]:
     if isinstance(formats, str):
-        formats = [f for f in formats.split(",")]
+        formats = formats.split(",")
     out = []
     for f in formats:
         f = str(f).strip().lower().lstrip(".")
+        if not f:  # "png," or "png,,svg": a stray comma is not a format
+            continue
         if f not in FORMATS:
             raise UsageError(f"Unknown figure format {f!r}. Valid formats: {', '.join(FORMATS)}")
         if f not in out:
@@ -207,7 +212,8 @@ def build_report(results_dir, out_dir=None, formats=("png",)) -> Path:
     and a self-contained ``index.html`` (figures embedded as PNG) into
     ``out_dir``. Figures whose data is missing are skipped; their reasons
     are in the summaries, and files of theirs left by an earlier report are
-    removed so the directory matches the summary.
+    removed, as are a drawn figure's files in formats not asked for this
+    time, so the directory matches the summary.
 
     Args:
         results_dir: a directory written by `vgbench run`.
@@ -239,6 +245,9 @@ def build_report(results_dir, out_dir=None, formats=("png",)) -> Path:
             for ext in FORMATS:
                 (out / f"{spec.name}.{ext}").unlink(missing_ok=True)
             continue
+        # Files of formats not asked for this time would outlive the summary that lists them.
+        for ext in set(FORMATS) - set(formats):
+            (out / f"{spec.name}.{ext}").unlink(missing_ok=True)
         try:
             files = []
             for ext in formats:

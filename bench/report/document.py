@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bench.report import stats
+from bench.results import write_json_atomic
 
 REPORT_VERSION = 1
 
 # The per-pair quantities written to the summary, in table order.
 PAIR_FIELDS = list(stats.PAIR_QUANTITIES)
+
+# What the gradient columns of the ranked table mean (Markdown and HTML).
+TABLE_NOTE = (
+    "Means over seeds (± half of the 95% interval); gradient factors and ratios are geometric means. "
+    "grad factor: by how much the gradient is multiplied per hidden layer on its way to the input; "
+    "first/last: first hidden layer's RMS kernel gradient per weight (‖∂L/∂W‖/√|W|) over the last one's."
+)
 
 
 def _jsonable(v):
@@ -79,18 +83,12 @@ def summary_dict(results, tables, drawn: list[dict], skipped: list[dict]) -> dic
 
 
 def write_json(path, summary: dict) -> None:
-    """Writes the summary atomically (no half-written file on interruption)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, ensure_ascii=False, allow_nan=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes the summary atomically (no half-written file on interruption).
+
+    Keys keep the summary's order; NaN is refused because `summary_dict`
+    already turned missing values into null.
+    """
+    write_json_atomic(path, summary, sort_keys=False, ensure_ascii=False, allow_nan=False)
 
 
 # --------------------------------------------------------------------------- #
@@ -205,9 +203,7 @@ def render_markdown(summary: dict) -> str:
         lines.append("| " + " | ".join(_md_cell(f(p)) for _, f in cols) + " |")
     lines += [
         "",
-        "Means over seeds (± half of the 95% interval); gradient factors and ratios are geometric means. "
-        "grad factor: by how much the gradient is multiplied per hidden layer on its way to the input; "
-        "first/last: first hidden layer's kernel gradient norm over the last one's.",
+        TABLE_NOTE,
         "",
         "## Figures",
         "",
@@ -286,9 +282,7 @@ def render_html(summary: dict, images: dict) -> str:
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts += [
         "</tbody></table></div>",
-        "<p class=\"muted\">Means over seeds (± half of the 95% interval); gradient factors and ratios are "
-        "geometric means. grad factor: by how much the gradient is multiplied per hidden layer on its way to "
-        "the input; first/last: first hidden layer's kernel gradient norm over the last one's.</p>",
+        f"<p class=\"muted\">{e(TABLE_NOTE)}</p>",
         "<h2>Figures</h2>",
     ]
     for fig in summary["figures"]:

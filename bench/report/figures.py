@@ -146,7 +146,7 @@ _PROFILE_ROWS = (
 
 @requires("activation", "initializer", "parameter", "when", "layer_index", "mean", "lo", "hi")
 def gradient_depth(profiles: pd.DataFrame, palette: dict):
-    """Per-layer gradient norm against layer index: one line per activation.
+    """Per-layer RMS gradient per weight against layer index: one line per activation.
 
     Rows: kernel/bias × step 0/end of training (those with data); columns:
     initializers. A line falling towards layer 0 (the input) is a vanishing
@@ -202,7 +202,7 @@ def _edges(v):
 
 @requires("role", "label", "step", "layer_index", "layer_name", "log10_norm")
 def gradient_heatmap(table: pd.DataFrame, palette: dict | None = None):
-    """log10 kernel gradient norm per layer (rows) and step (columns).
+    """log10 RMS kernel gradient per weight per layer (rows) and step (columns).
 
     One panel per chosen run (best and worst pair), on one shared colour
     scale, so a dark band near layer 0 reads as a vanishing gradient in
@@ -253,16 +253,28 @@ def gradient_heatmap(table: pd.DataFrame, palette: dict | None = None):
 # --------------------------------------------------------------------------- #
 
 
+def _floor_underflow(logs, margin):
+    """log10 values with -inf (a gradient that underflowed to exactly 0) put
+    ``margin`` below the smallest finite value, so the cell is coloured as
+    the most vanishing one instead of left blank like a missing value."""
+    logs = np.asarray(logs, float)
+    finite = logs[np.isfinite(logs)]
+    floor = min(float(finite.min()) if finite.size else 0.0, 0.0) - margin
+    return np.where(np.isneginf(logs), floor, logs)
+
+
 def _grid_style(quantity, values):
     """(cmap, norm kwargs, annotation formatter, colour values) of a grid panel."""
     if quantity == "test_accuracy":
         return "viridis", {"vmin": 0.0, "vmax": 1.0}, lambda v: f"{100 * v:.0f}%", values
     if quantity == "grad_ratio_init":
-        lim = max(1.0, float(np.nanmax(np.abs(values))))
-        return "RdBu", {"vmin": -lim, "vmax": lim}, lambda v: f"{v:.1f}", values
+        colour = _floor_underflow(values, 1.0)
+        lim = max(1.0, float(np.nanmax(np.abs(colour))))
+        return "RdBu", {"vmin": -lim, "vmax": lim}, lambda v: "underflow" if np.isneginf(v) else f"{v:.1f}", colour
     if quantity == "grad_factor_init":
         # Coloured by log10 so that ×0.5 and ×2 look equally far from 1.
-        logs = np.log10(np.where(values > 0, values, np.nan))
+        with np.errstate(divide="ignore"):
+            logs = _floor_underflow(np.log10(np.where(values >= 0, values, np.nan)), 0.1)
         lim = max(0.3, float(np.nanmax(np.abs(logs))) if np.isfinite(logs).any() else 0.3)
         return "RdBu", {"vmin": -lim, "vmax": lim}, lambda v: f"{v:.2f}", logs
     return "Reds", {"vmin": 0.0, "vmax": 1.0}, lambda v: f"{v:.2f}", values
@@ -291,7 +303,8 @@ def pair_heatmaps(grid: pd.DataFrame, palette: dict):
         table = table.reindex(index=acts, columns=inits)
         values = table.to_numpy(dtype=float)
         cmap, norm, fmt, colour = _grid_style(q, values)
-        annot = np.vectorize(lambda v: "" if not np.isfinite(v) else fmt(v), otypes=[object])(values)
+        # -inf is log10 of an underflowed ratio: a value with its own label, not a blank.
+        annot = np.vectorize(lambda v: fmt(v) if np.isfinite(v) or np.isneginf(v) else "", otypes=[object])(values)
         sns.heatmap(
             pd.DataFrame(colour, index=acts, columns=inits),
             ax=ax,

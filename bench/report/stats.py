@@ -217,13 +217,18 @@ def pair_table(runs_m: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         DataFrame with the pair keys, ``rank, seeds, n_seeds, status,
-        flags, run_ids``, and the quantities.
+        flags, run_ids``, and the quantities; ``seeds`` ascending and
+        ``run_ids`` in the same order (``run_ids[i]`` ran ``seeds[i]``).
     """
     keys = pair_keys(runs_m)
+    # Numeric seed order within each pair, so that seeds and run_ids line up
+    # (sorting either as text would put seed 10 before seed 2).
+    runs_m = runs_m.assign(_seed=pd.to_numeric(runs_m["seed"], errors="coerce"))
+    runs_m = runs_m.sort_values("_seed", kind="stable").drop(columns="_seed")
     base = runs_m.groupby(keys, dropna=False, sort=True)
     out = base.size().rename("n_seeds").reset_index()
-    out["seeds"] = list(base["seed"].apply(lambda s: sorted(int(x) for x in s)))
-    out["run_ids"] = list(base["run_id"].apply(lambda s: sorted(s)))
+    out["seeds"] = list(base["seed"].apply(lambda s: [int(x) for x in s]))
+    out["run_ids"] = list(base["run_id"].apply(list))
     out["status"] = base["status"].agg(_status_text).to_numpy()
     diverged = runs_m["diverged_step"].where(runs_m["diverged_step"] >= 0)
     out["diverged_step"] = diverged.groupby([runs_m[k] for k in keys], dropna=False, sort=True).min().to_numpy()
@@ -318,10 +323,12 @@ def describe_slice(chosen: dict, extra_keys=()) -> str:
 
 
 def gradient_profiles(runs_m: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
-    """Per-layer gradient norms at step 0 and at the end, averaged over seeds.
+    """Per-layer RMS gradient per weight at step 0 and at the end, averaged over seeds.
 
-    Uses `metrics.gradient_profile` for both the kernel and the bias norms of
-    the hidden layers of ``runs_m``.
+    Uses `metrics.gradient_profile` (``‖∂L/∂W‖/√|W|``) for both the kernel
+    and the bias of the hidden layers of ``runs_m``. A gradient that
+    underflowed to exactly 0 in some seed makes that layer's geometric
+    mean 0.
 
     Returns:
         DataFrame ``activation, initializer, parameter ('kernel'/'bias'),
@@ -332,7 +339,8 @@ def gradient_profiles(runs_m: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFram
     for column, parameter in (("kernel_grad_norm", "kernel"), ("bias_grad_norm", "bias")):
         for which, when in (("init", "step 0"), ("final", "end of training")):
             p = metrics.gradient_profile(h, which, column)
-            p = p[np.isfinite(p["value"]) & (p["value"] > 0)]
+            # Zeros stay: an underflowed gradient is the most vanishing value, not a missing one.
+            p = p[np.isfinite(p["value"])]
             if p.empty:
                 continue
             p = p.assign(parameter=parameter, when=when)
@@ -346,13 +354,15 @@ def gradient_profiles(runs_m: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFram
 
 
 def heatmap_runs(pairs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
-    """Layer × step kernel gradient norms of the best and the worst pair.
+    """Layer × step RMS kernel gradient per weight of the best and the worst pair.
 
     Best is the top of the ranking of `pair_table` (test accuracy, then the
     gradient factor); worst is the pair whose gradient is most unequal
     across layers at the end of training (largest ``|log10 grad_ratio_final|``,
-    at step 0 where there is no end). Only pairs with recorded gradient
-    norms count. For each, the run of its lowest seed is shown.
+    at step 0 where there is no end; a ratio of exactly 0, an underflowed
+    first-layer gradient, counts as infinitely unequal). Only pairs with
+    recorded gradient norms count. For each, the run of its lowest seed
+    with recorded norms is shown.
 
     Returns:
         DataFrame ``role, label, run_id, step, layer_index, layer_name,
@@ -369,12 +379,15 @@ def heatmap_runs(pairs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     others = candidates.iloc[1:]
     if len(others):
         ratio = others["grad_ratio_final"].where(others["grad_ratio_final"].notna(), others["grad_ratio_init"])
-        imbalance = np.abs(np.log10(ratio.where(ratio > 0).astype("float64")))
+        ratio = ratio.astype("float64")
+        imbalance = np.abs(np.log10(ratio.where(ratio > 0)))
+        imbalance[ratio == 0] = np.inf
         # Without any ratio, the lowest-ranked pair is the worst.
         worst = others.loc[imbalance.idxmax()] if imbalance.notna().any() else others.iloc[-1]
         chosen.append(("worst", worst))
     frames = []
     for role, row in chosen:
+        # run_ids are in seed order (pair_table): the first recorded is the lowest seed.
         run_id = next(r for r in row["run_ids"] if r in recorded)
         d = layers.loc[layers["run_id"] == run_id]
         d = d[["run_id", "step", "layer_index", "layer_name"]].assign(kernel_grad_norm=metrics.per_weight(d))
@@ -397,18 +410,29 @@ GRID_QUANTITIES = (
 )
 
 
-def pair_grid(pairs: pd.DataFrame) -> pd.DataFrame:
+def pair_grid(pairs: pd.DataFrame, main: dict | None = None) -> pd.DataFrame:
     """Activation × initializer values of the main slice, for annotated heatmaps.
 
     Dead and saturated fractions are taken at the end of training when any
     pair has them there, else at step 0; the quantity's label says which.
 
+    Args:
+        pairs: the ranked table of `pair_table`.
+        main: the fixed keys of the report's slice (`main_slice` of the
+            runs), so that this figure shows the same setting as the
+            others; by default the most common setting of ``pairs``.
+
     Returns:
         DataFrame ``activation, initializer, quantity, label, value``; for
-        the ratio, ``value`` is log10 of the geometric mean.
+        the ratio, ``value`` is log10 of the geometric mean, ``-inf`` where
+        the ratio is exactly 0 (the first layer's gradient underflowed).
     """
     columns = ["activation", "initializer", "quantity", "label", "value"]
-    sliced, chosen = main_slice(pairs)
+    if main is None:
+        sliced, chosen = main_slice(pairs)
+    else:
+        chosen = {k: v for k, v in main.items() if k in pairs.columns}
+        sliced = pairs[_match(pairs, chosen)]
     if sliced.empty:
         return with_note(pd.DataFrame(columns=columns), "no runs")
     frames = []
@@ -420,7 +444,9 @@ def pair_grid(pairs: pd.DataFrame) -> pd.DataFrame:
             label = f"{label} ({'end' if column == final else 'step 0'})"
         v = sliced[column].astype("float64")
         if log:
-            v = np.log10(v.where(v > 0))
+            # log10(0) = -inf is kept: it is the most vanishing pair, not a missing one.
+            with np.errstate(divide="ignore"):
+                v = np.log10(v.where(v >= 0))
         frames.append(
             pd.DataFrame(
                 {
@@ -848,8 +874,10 @@ def findings(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, chan
 
     Returns:
         A list of ``{"kind", "text", ...numbers}`` dicts: the best and the
-        worst pair, every flagged pair (up to MAX_PAIR_FINDINGS), each
-        fix against its baseline, and each depth trend.
+        worst pair among those whose runs all finished ok (diverged and
+        failed pairs have their own sentence), every flagged pair (up to
+        MAX_PAIR_FINDINGS, most severe first), each fix against its
+        baseline, and each depth trend.
     """
     out = []
     extra = varying_keys(pairs)
@@ -869,7 +897,7 @@ def findings(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, chan
         }
 
     rows = pairs.to_dict("records")
-    measured = [r for r in rows if _finite(r["test_accuracy"])]
+    measured = [r for r in rows if r["status"] == "ok" and _finite(r["test_accuracy"])]
     ends = []
     if measured:
         ends.append(("best", "Best", measured[0]))
@@ -882,6 +910,8 @@ def findings(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, chan
             out.append(pair_finding("problem", r) | {"text": describe_problem(r, extra)})
     shown = {id(r) for _, _, r in ends}
     flagged = [r for r in rows if id(r) not in shown and _gradient_flags(r["flags"])]
+    # Most severe first, so that the cap cuts off the mildest cases.
+    flagged.sort(key=_severity, reverse=True)
     for r in flagged[:MAX_PAIR_FINDINGS]:
         f = pair_finding("flagged", r)
         f["text"] = f"Flagged {', '.join(_gradient_flags(r['flags']))}: {f['text']}"
@@ -893,6 +923,17 @@ def findings(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, chan
     out.extend(_fix_findings(fixes))
     out.extend(_depth_findings(sweep))
     return out
+
+
+def _severity(row) -> tuple:
+    """Sort key of a flagged pair: diverged or failed runs first, then the
+    per-layer gradient factor farthest from 1 (0, an underflow, is farthest)."""
+    logs = []
+    for q in ("grad_factor_init", "grad_factor_final"):
+        f = row.get(q)
+        if _finite(f):
+            logs.append(math.inf if f <= 0 else abs(math.log10(f)))
+    return (row["status"] != "ok", max(logs, default=-1.0))
 
 
 def _gradient_flags(flags: str) -> list[str]:
@@ -953,8 +994,9 @@ def _depth_findings(sweep: pd.DataFrame) -> list[dict]:
             f"{act} + {init}: the first/last gradient ratio at step 0 {verb} "
             f"from {power_of_ten(r0)} at depth {d0} to {power_of_ten(r1)} at depth {d1}"
         )
-        a0 = acc["mean"].iloc[0] if len(acc) else np.nan
-        a1 = acc["mean"].iloc[-1] if len(acc) else np.nan
+        # At the ratio's own depths, so both halves of the sentence compare the same networks.
+        acc_at = acc.set_index("depth")["mean"]
+        a0, a1 = acc_at.get(d0, np.nan), acc_at.get(d1, np.nan)
         if _finite(a0) and _finite(a1):
             text += f"; test accuracy {pct(a0)} → {pct(a1)}"
         out.append(

@@ -365,6 +365,7 @@ def test_missing_data_skips_figures_with_reasons(report_results, tmp_path, capsy
     out = tmp_path / "report"
     out.mkdir()
     (out / "fixes.png").write_bytes(b"left by an earlier report")
+    (out / "gradient_depth.pdf").write_bytes(b"left by an earlier report in another format")
     assert main(["report", str(src), "--out-dir", str(out), "--format", "png,svg"]) == 0
     assert str(out / "index.html") in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -374,6 +375,7 @@ def test_missing_data_skips_figures_with_reasons(report_results, tmp_path, capsy
     assert "no run used a fix" in skipped["fixes"]
     assert "history" in skipped["learning_curves"]
     assert not (out / "fixes.png").exists()
+    assert not (out / "gradient_depth.pdf").exists()
     for fig in summary["figures"]:
         assert fig["files"] == [f"{fig['name']}.png", f"{fig['name']}.svg"]
         assert (out / f"{fig['name']}.svg").read_text().lstrip().startswith("<?xml")
@@ -411,6 +413,8 @@ def test_bad_directories_are_usage_errors(tmp_path):
         build_report(no_runs)
     with pytest.raises(UsageError, match="Unknown figure format 'gif'"):
         build_report(no_runs, formats="png,gif")
+    with pytest.raises(UsageError, match="No figure format given"):
+        build_report(no_runs, formats=",")
     assert not (empty / "report").exists()
 
 
@@ -448,3 +452,161 @@ def test_every_activation_keeps_its_colour():
     b = figures.category_palette(["sigmoid", "tanh", "relu"])
     assert a == b and list(a) == ["relu", "sigmoid", "tanh"]
     assert len(set(a.values())) == 3
+
+
+def test_stray_commas_in_the_format_list_are_ignored():
+    from bench.report.build import _check_formats
+
+    assert _check_formats("png,") == ("png",)
+    assert _check_formats(" png,,SVG ") == ("png", "svg")
+
+
+def test_summary_json_keeps_its_order_and_unicode_and_the_notes_name_the_measure(report_built):
+    out = report_built.parent
+    text = (out / "summary.json").read_text(encoding="utf-8")
+    assert next(iter(json.loads(text))) == "report_version"
+    assert "×" in text and "\\u00d7" not in text
+    for name in ("summary.md", "index.html"):
+        page = (out / name).read_text(encoding="utf-8")
+        assert "RMS kernel gradient per weight (‖∂L/∂W‖/√|W|)" in page
+        assert "gradient norm" not in page
+
+
+# --------------------------------------------------------------------------- #
+# Tables and findings on edited inputs
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="module")
+def report_pairs(report_tables):
+    """(results, run table with flags, pair table) of the test results."""
+    r, _ = report_tables
+    runs_m = stats.run_table(r.runs, r.layers)
+    return r, runs_m, stats.pair_table(runs_m)
+
+
+def test_seeds_and_run_ids_line_up_in_numeric_seed_order(report_pairs):
+    _, runs_m, _ = report_pairs
+    m = runs_m.copy()
+    pair = (m["activation"] == "relu") & (m["initializer"] == "glorot_uniform") & (m["depth"] == MAIN_DEPTH)
+    pair &= (m["fix"] == "none") & (m["learning_rate"] == 0.1)
+    assert sorted(m.loc[pair, "seed"]) == [0, 1]
+    # As text, "s10" sorts before "s2": the order must come from the seeds.
+    m.loc[pair, "seed"] = m.loc[pair, "seed"].map({0: 10, 1: 2})
+    m.loc[pair, "run_id"] = "run-s" + m.loc[pair, "seed"].astype(str)
+    row = stats.pair_table(m).set_index(["activation", "initializer", "depth", "fix", "learning_rate"])
+    row = row.loc[("relu", "glorot_uniform", MAIN_DEPTH, "none", 0.1)]
+    assert row["seeds"] == [2, 10]
+    assert row["run_ids"] == ["run-s2", "run-s10"]
+
+
+def test_an_underflowed_gradient_is_the_most_vanishing_value(report_pairs):
+    r, runs_m, pairs = report_pairs
+    # Gradient profile: a zero in one seed makes the geometric mean 0.
+    layers = r.layers.copy()
+    run = runs_m[(runs_m["activation"] == "relu") & (runs_m["initializer"] == "glorot_uniform")]
+    run = run[(run["depth"] == MAIN_DEPTH) & (run["fix"] == "none") & (run["learning_rate"] == 0.1)]
+    first = (layers["run_id"] == run["run_id"].iloc[0]) & (layers["step"] == 0) & (layers["layer_index"] == 0)
+    layers.loc[first, "kernel_grad_norm"] = 0.0
+    main_runs, _ = stats.main_slice(runs_m)
+    p = stats.gradient_profiles(main_runs, layers)
+    cell = p.set_index(["activation", "initializer", "parameter", "when", "layer_index"]).loc[
+        ("relu", "glorot_uniform", "kernel", "step 0", 0)
+    ]
+    assert (cell["n"], cell["mean"]) == (2, 0.0)
+
+    # Layer × step heatmap: a ratio of 0 is the most unequal gradient.
+    others = pairs.iloc[1:]
+    ratio = others["grad_ratio_final"].fillna(others["grad_ratio_init"])
+    mildest = (np.abs(np.log10(ratio))).idxmin()
+    edited = pairs.copy()
+    edited.loc[mildest, "grad_ratio_final"] = 0.0
+    worst = stats.heatmap_runs(edited, r.layers)
+    assert set(worst.loc[worst["role"] == "worst", "run_id"]) <= set(pairs.loc[mildest, "run_ids"])
+
+    # Activation × initializer grid: log10(0) is -inf, drawn at the low end and labelled.
+    sig = (edited["activation"] == "sigmoid") & (edited["initializer"] == "glorot_uniform")
+    sig &= (edited["depth"] == MAIN_DEPTH) & (edited["fix"] == "none")
+    edited.loc[sig, ["grad_ratio_init", "grad_factor_init"]] = 0.0
+    _, main = stats.main_slice(runs_m)
+    grid = stats.pair_grid(edited, main)
+    ratios = grid[grid["quantity"] == "grad_ratio_init"].set_index(["activation", "initializer"])["value"]
+    assert ratios[("sigmoid", "glorot_uniform")] == -np.inf
+    assert np.isfinite(ratios[("relu", "glorot_uniform")])
+    fig = figures.pair_heatmaps(grid, figures.category_palette(edited["activation"]))
+    try:
+        texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    finally:
+        figures.plt.close(fig)
+    assert "underflow" in texts and "0.00" in texts
+
+
+def test_pair_grid_shows_the_slice_it_is_given(report_pairs):
+    _, runs_m, pairs = report_pairs
+    _, main = stats.main_slice(runs_m)
+    assert main["depth"] == MAIN_DEPTH
+    grid = stats.pair_grid(pairs, {**main, "depth": 3})
+    acc = grid[grid["quantity"] == "test_accuracy"].set_index("activation")["value"]
+    at3 = pairs[(pairs["depth"] == 3) & (pairs["fix"] == "none") & (pairs["learning_rate"] == 0.1)]
+    assert acc.sort_index().to_dict() == at3.set_index("activation")["test_accuracy"].sort_index().to_dict()
+    assert "depth 3" in grid.attrs["slice"]
+
+
+def test_depth_finding_takes_accuracies_at_the_depths_of_its_ratios():
+    rows = []
+    for act, ratio, acc in (
+        ("sigmoid", {3: 1e-2, 6: 1e-5}, {2: 0.9, 3: 0.8, 6: 0.3, 9: 0.1}),
+        ("relu", {3: 0.5, 6: 0.4}, {3: 0.9, 9: 0.8}),
+    ):
+        rows += [("grad_ratio_init", act, d, v) for d, v in ratio.items()]
+        rows += [("test_accuracy", act, d, v) for d, v in acc.items()]
+    sweep = pd.DataFrame(rows, columns=["quantity", "activation", "depth", "mean"]).assign(initializer="glorot_uniform")
+    found = {f["activation"]: f for f in stats._depth_findings(sweep)}
+    assert found["sigmoid"]["values"]["test_accuracy"] == [0.8, 0.3]
+    assert "test accuracy 80% → 30%" in found["sigmoid"]["text"]
+    # No accuracy at depth 6: the sentence says nothing about accuracy.
+    assert found["relu"]["values"]["test_accuracy"] == [0.9, None]
+    assert "accuracy" not in found["relu"]["text"]
+
+
+def _pairs_frame(rows: list[dict]) -> pd.DataFrame:
+    """A ranked pair table from a few fields per pair (the rest missing)."""
+    base = {"initializer": "glorot_uniform", "depth": 20, "fix": "none", "n_seeds": 1, "status": "ok"}
+    base |= {"flags": "", "diverged_step": np.nan, "error": ""}
+    base |= {q: np.nan for q in stats.PAIR_QUANTITIES}
+    df = pd.DataFrame([base | r for r in rows])
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    return df
+
+
+def test_best_and_worst_are_chosen_among_pairs_that_finished_ok():
+    pairs = _pairs_frame(
+        [
+            {"activation": "relu", "test_accuracy": 0.95, "status": "1 ok, 1 diverged", "n_seeds": 2},
+            {"activation": "tanh", "test_accuracy": 0.9},
+            {"activation": "sigmoid", "test_accuracy": 0.2},
+            {"activation": "elu", "test_accuracy": 0.1, "status": "diverged", "flags": "diverged"},
+        ]
+    )
+    found = stats.findings(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
+    ends = {f["kind"]: f["pair"]["activation"] for f in found if f["kind"] in ("best", "worst")}
+    assert ends == {"best": "tanh", "worst": "sigmoid"}
+    assert [f["pair"]["activation"] for f in found if f["kind"] == "problem"] == ["relu", "elu"]
+
+
+def test_flagged_pairs_are_listed_most_severe_first(monkeypatch):
+    vanishing = "vanishing@init"
+    pairs = _pairs_frame(
+        [
+            {"activation": "relu", "test_accuracy": 0.9},
+            {"activation": "elu", "test_accuracy": 0.5, "grad_factor_init": 0.45, "flags": vanishing},
+            {"activation": "tanh", "test_accuracy": 0.4, "grad_factor_init": 0.2, "flags": vanishing},
+            {"activation": "sigmoid", "test_accuracy": 0.3, "grad_factor_init": 0.0, "flags": vanishing},
+            {"activation": "gelu", "test_accuracy": 0.2},
+            {"activation": "selu", "status": "diverged", "grad_factor_init": 0.4, "flags": f"diverged; {vanishing}"},
+        ]
+    )
+    monkeypatch.setattr(stats, "MAX_PAIR_FINDINGS", 2)
+    found = stats.findings(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
+    assert [f["pair"]["activation"] for f in found if f["kind"] == "flagged"] == ["selu", "sigmoid"]
+    assert next(f["text"] for f in found if f["kind"] == "more").startswith("2 more flagged")
