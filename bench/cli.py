@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from bench.errors import SuiteInterrupted, UsageError
@@ -35,44 +36,27 @@ def _split(text: str) -> list[str]:
     return [x for x in out if x]
 
 
-def _ints(name):
+def _numbers(name, kind=int, none_ok=False):
+    """Parser of a comma list of numbers for option ``--name``.
+
+    Integers also take ranges (``0-2`` → 0, 1, 2); with ``none_ok``, ``none``
+    or ``all`` stands for "no limit".
+    """
+    what = "integers" if kind is int else "numbers"
+
     def parse(text):
         vals = []
         for tok in _split(text):
-            if "-" in tok and tok.replace("-", "").isdigit() and not tok.startswith("-"):
-                lo, hi = tok.split("-")
-                vals.extend(range(int(lo), int(hi) + 1))
-                continue
-            try:
-                vals.append(int(tok))
-            except ValueError:
-                raise UsageError(f"Argument `--{name}` takes integers (comma list). Received: {tok!r}") from None
-        return vals
-
-    return parse
-
-
-def _floats(name):
-    def parse(text):
-        vals = []
-        for tok in _split(text):
-            try:
-                vals.append(float(tok))
-            except ValueError:
-                raise UsageError(f"Argument `--{name}` takes numbers (comma list). Received: {tok!r}") from None
-        return vals
-
-    return parse
-
-
-def _optional_ints(name):
-    def parse(text):
-        vals = []
-        for tok in _split(text):
-            if tok.lower() in ("none", "all"):
+            if none_ok and tok.lower() in ("none", "all"):
                 vals.append(None)
-                continue
-            vals.extend(_ints(name)(tok))
+            elif kind is int and re.fullmatch(r"\d+-\d+", tok):
+                lo, hi = map(int, tok.split("-"))
+                vals.extend(range(lo, hi + 1))
+            else:
+                try:
+                    vals.append(kind(tok))
+                except ValueError:
+                    raise UsageError(f"Argument `--{name}` takes {what} (comma list). Received: {tok!r}") from None
         return vals
 
     return parse
@@ -83,21 +67,21 @@ _GRID_OPTIONS = {
     "arch": ("--arch", _split),
     "activation": ("--activation", _split),
     "initializer": ("--initializer", _split),
-    "depth": ("--depth", _ints("depth")),
-    "width": ("--width", _ints("width")),
+    "depth": ("--depth", _numbers("depth")),
+    "width": ("--width", _numbers("width")),
     "fix": ("--fix", _split),
     "optimizer": ("--optimizer", _split),
-    "learning_rate": ("--learning-rate", _floats("learning-rate")),
-    "batch_size": ("--batch-size", _ints("batch-size")),
-    "epochs": ("--epochs", _ints("epochs")),
-    "max_steps": ("--max-steps", _optional_ints("max-steps")),
+    "learning_rate": ("--learning-rate", _numbers("learning-rate", float)),
+    "batch_size": ("--batch-size", _numbers("batch-size")),
+    "epochs": ("--epochs", _numbers("epochs")),
+    "max_steps": ("--max-steps", _numbers("max-steps", none_ok=True)),
     "dataset": ("--dataset", _split),
     "preprocessing": ("--preprocessing", _split),
-    "train_samples": ("--train-samples", _optional_ints("train-samples")),
-    "test_samples": ("--test-samples", _optional_ints("test-samples")),
-    "seed": ("--seed", _ints("seed")),
-    "log_every": ("--log-every", _ints("log-every")),
-    "act_every": ("--act-every", _ints("act-every")),
+    "train_samples": ("--train-samples", _numbers("train-samples", none_ok=True)),
+    "test_samples": ("--test-samples", _numbers("test-samples", none_ok=True)),
+    "seed": ("--seed", _numbers("seed")),
+    "log_every": ("--log-every", _numbers("log-every")),
+    "act_every": ("--act-every", _numbers("act-every")),
 }
 
 
@@ -130,7 +114,7 @@ def cmd_run(args) -> int:
         if value is not None:
             overrides[field] = parse(value)
     if args.seeds is not None:
-        overrides["seed"] = _ints("seeds")(args.seeds)
+        overrides["seed"] = _numbers("seeds")(args.seeds)
     only = {}
     for item in args.only:
         if "=" not in item:
