@@ -70,7 +70,7 @@ import pandas as pd
 from bench.config import CONFIG_FIELDS
 from bench.errors import UsageError
 from bench.metrics import run_metrics
-from bench.results import SCHEMA_VERSION, load_results, read_manifest
+from bench.results import SCHEMA_VERSION, load_results, require_manifest
 
 MIN_SAMPLES = 3
 DEFAULT_ALPHA = 0.05
@@ -565,14 +565,7 @@ def compare(baseline_dir, current_dir, tolerances=None, alpha=DEFAULT_ALPHA, *, 
     # The baseline's manifest is read first: results of another schema are a
     # baseline to refresh, not an error (load_results would refuse them).
     base_path = Path(baseline_dir)
-    if not base_path.is_dir():
-        raise UsageError(f"Baseline directory {str(base_path)!r} does not exist.")
-    base_manifest = read_manifest(base_path)
-    if base_manifest is None:
-        raise UsageError(
-            f"Baseline {str(base_path)!r} is not a vgbench results directory (no manifest.json); "
-            f"create one with `{UPDATE_BASELINE_HINT}`."
-        )
+    base_manifest = require_manifest(base_path, "Baseline directory", f"create one with `{UPDATE_BASELINE_HINT}`")
     settings = dict(tolerances=tolerances, alpha=alpha, fail_on_time=fail_on_time)
     if base_manifest.get("schema_version") != SCHEMA_VERSION:
         return _incomparable_schema(base_path, base_manifest, current, settings)

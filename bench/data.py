@@ -435,12 +435,20 @@ def _env_path(var: str) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def _load_mnist(path) -> Dataset:
+def _from_user(name: str, path, env_var: str, hint: str) -> Dataset | None:
+    """The dataset at the path the user gave (argument, else environment), or None."""
     if path is not None:
-        return _from_path("mnist", Path(path).expanduser(), what=None, hint=MNIST_HINT)
-    env = _env_path(MNIST_ENV)
+        return _from_path(name, Path(path).expanduser(), what=None, hint=hint)
+    env = _env_path(env_var)
     if env is not None:
-        return _from_path("mnist", env, what=f"${MNIST_ENV}", hint=MNIST_HINT)
+        return _from_path(name, env, what=f"${env_var}", hint=hint)
+    return None
+
+
+def _load_mnist(path) -> Dataset:
+    given = _from_user("mnist", path, MNIST_ENV, MNIST_HINT)
+    if given is not None:
+        return given
     cached = _keras_home() / "datasets" / "mnist.npz"
     if cached.is_file():
         # Read directly: keras' load_data would check the zip container's hash
@@ -458,11 +466,9 @@ def _load_mnist(path) -> Dataset:
 
 
 def _load_fashion_mnist(path) -> Dataset:
-    if path is not None:
-        return _from_path("fashion_mnist", Path(path).expanduser(), what=None, hint=FASHION_MNIST_HINT)
-    env = _env_path(FASHION_MNIST_ENV)
-    if env is not None:
-        return _from_path("fashion_mnist", env, what=f"${FASHION_MNIST_ENV}", hint=FASHION_MNIST_HINT)
+    given = _from_user("fashion_mnist", path, FASHION_MNIST_ENV, FASHION_MNIST_HINT)
+    if given is not None:
+        return given
     for directory in (FASHION_MNIST_DEBIAN_DIR, _keras_home() / "datasets" / "fashion-mnist"):
         if directory.is_dir() and all(_find_idx(directory, stem) for stem in IDX_FILES.values()):
             return _build("fashion_mnist", _read_idx_dir(directory), source=str(directory), where=str(directory))

@@ -339,6 +339,21 @@ def consolidate(out) -> Results:
     return Results(out, read_manifest(out) or {}, runs, layers, history)
 
 
+def require_manifest(out, what="Results directory", hint="create one with `vgbench run --out DIR`") -> dict:
+    """The manifest of a results directory, of any schema version.
+
+    Raises:
+        UsageError: when ``out`` is missing or holds no manifest.json.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        raise UsageError(f"{what} {str(out)!r} does not exist.")
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise UsageError(f"{str(out)!r} is not a vgbench results directory (no manifest.json); {hint}.")
+    return manifest
+
+
 def load_results(out) -> Results:
     """Loads a results directory written by `vgbench run`.
 
@@ -347,14 +362,7 @@ def load_results(out) -> Results:
             directory, or of another schema version.
     """
     out = Path(out)
-    if not out.is_dir():
-        raise UsageError(f"Results directory {str(out)!r} does not exist.")
-    manifest = read_manifest(out)
-    if manifest is None:
-        raise UsageError(
-            f"{str(out)!r} is not a vgbench results directory (no manifest.json); "
-            "create one with `vgbench run --out DIR`."
-        )
+    manifest = require_manifest(out)
     check_schema(manifest, repr(str(out)))
     if not (out / "runs.parquet").is_file():
         consolidate(out)
