@@ -182,7 +182,7 @@ def run_suite(
     Raises:
         UsageError: bad ``out``, unknown executor, unreadable dataset.
     """
-    from bench.data import load_dataset
+    from bench.data import describe, load_dataset
 
     if executor not in ("local", "ray"):
         raise UsageError(f"Unknown executor {executor!r}. Valid executors: local, ray")
@@ -193,7 +193,7 @@ def run_suite(
     datasets = {}
     for name in sorted({c.dataset for c in configs}):
         datasets[name] = load_dataset(name, data_path)
-    data_info = {name: _describe(ds) for name, ds in datasets.items()}
+    data_info = {name: describe(ds) for name, ds in datasets.items()}
     write_manifest(out, suite, data_info if len(data_info) != 1 else next(iter(data_info.values())))
 
     todo, skipped = [], 0
@@ -219,12 +219,6 @@ def run_suite(
         results_mod.consolidate(out)
         summary.wall_time_s = time.perf_counter() - t0
     return summary
-
-
-def _describe(ds) -> dict:
-    from bench.data import describe
-
-    return describe(ds)
 
 
 def _status(out, run_id) -> str:

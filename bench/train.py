@@ -90,7 +90,7 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=()) -> Run
     """
     configure_tensorflow()
     import keras
-    import numpy as np
+    import pandas as pd
 
     from bench import data as data_mod
     from bench.instrumentation import GradientNormLogger
@@ -106,6 +106,8 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=()) -> Run
         test_samples=config.test_samples,
     )
     result = empty_result(data_checksum=data.checksum, **run_provenance())
+    # One pipeline for the test set: the step-0 evaluation and fit's validation.
+    test_ds = data_mod.make_tf_dataset(arrays.x_test, arrays.y_test, batch_size=512, shuffle=False)
     logger = None
     try:
         keras.utils.set_random_seed(config.seed)
@@ -113,7 +115,7 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=()) -> Run
         n = min(config.batch_size, len(arrays.x_train))
         logger = GradientNormLogger(
             probe_data=(arrays.x_train[:n], arrays.y_train[:n]),
-            test_data=(arrays.x_test, arrays.y_test),
+            test_data=test_ds,
             log_every=config.log_every,
             act_every=config.act_every,
             run_id=config.run_id,
@@ -130,9 +132,7 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=()) -> Run
                 train_ds,
                 epochs=epochs,
                 steps_per_epoch=per_epoch,
-                validation_data=data_mod.make_tf_dataset(
-                    arrays.x_test, arrays.y_test, batch_size=512, shuffle=False
-                ),
+                validation_data=test_ds,
                 callbacks=[logger, *callbacks],
                 shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
                 verbose=0,
@@ -156,11 +156,8 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=()) -> Run
             except Exception:
                 pass
     result["wall_time_s"] = time.perf_counter() - t0
-    import pandas as pd
-
     layers = logger.layers if logger is not None else pd.DataFrame()
     history = logger.history if logger is not None else pd.DataFrame()
-    np.seterr(all="ignore")
     return RunRecord(config.run_id, config.to_dict(), result, layers, history)
 
 
