@@ -69,6 +69,7 @@ import pandas as pd
 
 from bench.config import CONFIG_FIELDS
 from bench.errors import UsageError
+from bench.metrics import METRICS as REGISTERED_METRICS
 from bench.metrics import run_metrics
 from bench.results import SCHEMA_VERSION, load_results, require_manifest
 
@@ -130,17 +131,16 @@ class Metric:
         return math.log(tolerance) if self.kind == "factor" else tolerance
 
 
+# Every registered metric that has a default tolerance, in the registry's order.
 METRICS = {
     m.name: m
     for m in (
         Metric("status", "status", None),
-        Metric("test_accuracy", "drop", 0.02),
-        Metric("grad_factor_final", "decades", 0.1, definition=("log_every",)),
-        Metric("grad_ratio_final", "decades", 0.5, definition=("log_every",)),
-        Metric("grad_ratio_init", "decades", 0.5),
-        Metric("dead_fraction_final", "increase", 0.1, definition=("act_every",)),
-        Metric("saturated_fraction_final", "increase", 0.1, definition=("act_every",)),
-        Metric("wall_time_s", "factor", 2.0, gating=False),
+        *(
+            Metric(q.name, q.change_kind, q.tolerance, gating=q.gating, definition=q.definition)
+            for q in REGISTERED_METRICS.values()
+            if q.tolerance is not None
+        ),
     )
 }
 DEFAULT_TOLERANCES = {name: m.tolerance for name, m in METRICS.items() if m.tolerance is not None}

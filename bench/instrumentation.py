@@ -46,15 +46,17 @@ import pandas as pd
 import tensorflow as tf
 
 import models
+from bench import quantities
+from bench.quantities import SATURATION_THRESHOLD  # noqa: F401  (public name)
 from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS
 
-# A derivative below this share of its maximum counts as saturated.
-SATURATION_THRESHOLD = 0.01
-
 # The measured columns of layers.parquet, in the buffers' order.
-_GRAD_FIELDS = ("kernel_grad_norm", "bias_grad_norm")
-_ACT_FIELDS = tuple(LAYER_COLUMNS[LAYER_COLUMNS.index("kernel_norm") :])
-assert LAYER_COLUMNS[LAYER_COLUMNS.index("layer_name") + 1 :] == [*_GRAD_FIELDS, *_ACT_FIELDS]
+_GRAD_FIELDS = quantities.cadence_fields("grad")
+_ACT_FIELDS = quantities.cadence_fields("act")
+_GRAD_QUANTITIES = [quantities.LAYER_QUANTITIES[name] for name in _GRAD_FIELDS]
+_ACT_QUANTITIES = [quantities.LAYER_QUANTITIES[name] for name in _ACT_FIELDS]
+# A non-finite kernel gradient marks divergence (every layer has a kernel).
+_DIVERGENCE_FIELD = _GRAD_FIELDS.index("kernel_grad_norm")
 
 
 class _Layer:
@@ -65,6 +67,7 @@ class _Layer:
         self.name = name
         self.kernel = weight_layer.kernel
         self.bias = getattr(weight_layer, "bias", None)
+        self.kernel_idx = self.bias_idx = None  # positions in model.trainable_weights
         self.kernel_size = int(np.prod(self.kernel.shape))
         self.bias_size = int(np.prod(self.bias.shape)) if self.bias is not None else 0
         self.output_layer = activation_layer if activation_layer is not None else weight_layer
@@ -152,8 +155,9 @@ class GradientNormLogger(keras.callbacks.Callback):
         self._tap = keras.Model(model.inputs, [model.outputs[0]] + [l.output_layer.output for l in self._layers])
 
         index = {v.path: i for i, v in enumerate(model.trainable_weights)}
-        self._kernel_idx = [index[l.kernel.path] for l in self._layers]
-        self._bias_idx = [index[l.bias.path] if l.bias is not None else None for l in self._layers]
+        for layer in self._layers:
+            layer.kernel_idx = index[layer.kernel.path]
+            layer.bias_idx = index[layer.bias.path] if layer.bias is not None else None
 
         # Buffers hold one epoch (or 10,000 steps when the epoch length is
         # unknown; they are then flushed whenever they fill up).
@@ -163,7 +167,7 @@ class GradientNormLogger(keras.callbacks.Callback):
         self._act_cap = max(1, math.ceil(per_epoch / self.act_every)) + 1
         nan = float("nan")
         with tf.init_scope():
-            self._grad_buf = tf.Variable(tf.fill([self._grad_cap, n, 2], nan), trainable=False)
+            self._grad_buf = tf.Variable(tf.fill([self._grad_cap, n, len(_GRAD_FIELDS)], nan), trainable=False)
             self._grad_step = tf.Variable(tf.zeros([self._grad_cap], tf.int64), trainable=False)
             self._grad_count = tf.Variable(0, dtype=tf.int64, trainable=False)
             self._act_buf = tf.Variable(tf.fill([self._act_cap, n, len(_ACT_FIELDS)], nan), trainable=False)
@@ -265,53 +269,37 @@ class GradientNormLogger(keras.callbacks.Callback):
             res = model.evaluate(test, verbose=0, return_dict=True)
             test_loss, test_acc = res.get("loss", np.nan), res.get("accuracy", np.nan)
         self._history_rows.append((0, 0, float(loss), acc, float(test_loss), float(test_acc)))
-        if not np.isfinite(g[:, 0]).all() or not np.isfinite(float(loss)):
+        if not np.isfinite(g[:, _DIVERGENCE_FIELD]).all() or not np.isfinite(float(loss)):
             self._mark_diverged(0)
 
     # --------------------------------------------------------- compiled step
 
+    def _values(self, layer, grads=None, output=None, previous=None):
+        """The `quantities.LayerValues` of one layer."""
+        return quantities.LayerValues(
+            kernel_grad=grads[layer.kernel_idx] if grads is not None else None,
+            bias_grad=grads[layer.bias_idx] if grads is not None and layer.bias_idx is not None else None,
+            kernel=layer.kernel.value,
+            previous_kernel=previous,
+            output=output,
+            activation=layer.activation,
+        )
+
     def _grad_norms(self, grads):
-        """(n_layers, 2) kernel and bias gradient norms; NaN where no bias."""
-        # One reduction per variable and a single sqrt: the fewest ops per step.
-        # l2_loss is one fused kernel (sum of squares / 2) where square+sum are two.
-        kernels = tf.stack([tf.nn.l2_loss(grads[k]) for k in self._kernel_idx])
-        with_bias = [i for i, b in enumerate(self._bias_idx) if b is not None]
-        if with_bias:
-            sums = tf.stack([tf.nn.l2_loss(grads[self._bias_idx[i]]) for i in with_bias])
-            biases = tf.tensor_scatter_nd_update(
-                tf.fill([len(self._layers)], float("nan")), [[i] for i in with_bias], sums
-            )
-        else:
-            biases = tf.fill([len(self._layers)], float("nan"))
-        return tf.sqrt(2.0 * tf.stack([kernels, biases], axis=1))
+        """(n_layers, len(_GRAD_FIELDS)) gradient quantities of every layer."""
+        rows = []
+        for layer in self._layers:
+            v = self._values(layer, grads=grads)
+            rows.append(tf.stack([q.compute(v) for q in _GRAD_QUANTITIES]))
+        return tf.stack(rows)
 
     def _act_stats(self, acts, update_ratio=True):
         """(n_layers, len(_ACT_FIELDS)) statistics of kernels and activations."""
-        nan = tf.constant(float("nan"))
         rows = []
         for layer, a, shadow in zip(self._layers, acts, self._shadow):
             a = tf.cast(tf.reshape(a, [tf.shape(a)[0], -1]), tf.float32)
-            mean = tf.reduce_mean(a)
-            rms = tf.sqrt(tf.reduce_mean(tf.square(a)))
-            std = tf.math.reduce_std(a)
-            spec = layer.activation
-            if spec is not None and spec.family == "saturating":
-                d = spec.derivative_from_output(a)
-                sat = tf.reduce_mean(tf.cast(d < SATURATION_THRESHOLD * spec.max_derivative, tf.float32))
-            else:
-                sat = nan
-            if spec is not None and spec.family == "relu":
-                dead = tf.reduce_mean(tf.cast(tf.reduce_max(a, axis=0) <= 0.0, tf.float32))
-            else:
-                dead = nan
-            w = layer.kernel.value
-            knorm = tf.norm(tf.reshape(w, [-1]))
-            if update_ratio:
-                old = shadow.read_value()
-                ratio = tf.norm(tf.reshape(w - old, [-1])) / tf.norm(tf.reshape(old, [-1]))
-            else:
-                ratio = nan
-            rows.append(tf.stack([knorm, ratio, mean, std, rms, sat, dead]))
+            v = self._values(layer, output=a, previous=shadow.read_value() if update_ratio else None)
+            rows.append(tf.stack([q.compute(v) for q in _ACT_QUANTITIES]))
         return tf.stack(rows)
 
     def _install(self, model):
@@ -423,13 +411,13 @@ class GradientNormLogger(keras.callbacks.Callback):
         self._flushed_grad = int(self._grad_count.numpy())
         self._flushed_act = int(self._act_count.numpy())
         for s in sorted(grad):
-            if not np.isfinite(grad[s][:, 0]).all():
+            if not np.isfinite(grad[s][:, _DIVERGENCE_FIELD]).all():
                 self._mark_diverged(s)
                 break
         diverged = self.diverged_step if self.diverged_step is not None else -1
         steps = sorted(set(grad) | set(act))
         n = len(self._layers)
-        nan_g = np.full((n, 2), np.nan)
+        nan_g = np.full((n, len(_GRAD_FIELDS)), np.nan)
         nan_a = np.full((n, len(_ACT_FIELDS)), np.nan)
         for s in steps:
             if diverged >= 0 and s > diverged:

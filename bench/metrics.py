@@ -30,6 +30,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bench.quantities import LAYER_QUANTITIES, Quantity
+
 FINAL_WINDOW = 10
 
 # Thresholds of the written findings and flags.
@@ -39,18 +41,6 @@ VANISHING_RATIO = 1e-3
 EXPLODING_RATIO = 1e3
 DEAD_THRESHOLD = 0.5
 
-METRIC_COLUMNS = [
-    "grad_ratio_init",
-    "grad_factor_init",
-    "grad_ratio_final",
-    "grad_factor_final",
-    "bias_grad_ratio_init",
-    "bias_grad_ratio_final",
-    "dead_fraction_init",
-    "dead_fraction_final",
-    "saturated_fraction_init",
-    "saturated_fraction_final",
-]
 
 
 def hidden(layers: pd.DataFrame) -> pd.DataFrame:
@@ -81,7 +71,7 @@ def _geo_mean(x: pd.Series) -> float:
     return float(np.exp(np.mean(np.log(x))))
 
 
-SIZE_COLUMNS = {"kernel_grad_norm": "kernel_size", "bias_grad_norm": "bias_size"}
+SIZE_COLUMNS = {name: q.size_column for name, q in LAYER_QUANTITIES.items() if q.size_column}
 
 
 def per_weight(layers: pd.DataFrame, column: str = "kernel_grad_norm") -> pd.Series:
@@ -141,28 +131,96 @@ def _act_fraction(layers: pd.DataFrame, column: str, which: str) -> pd.Series:
     return df.groupby("run_id")[column].mean()
 
 
+class MetricContext:
+    """What a run metric's compute function reads: the hidden layers' rows, with cached profiles."""
+
+    def __init__(self, layers: pd.DataFrame):
+        self.layers = hidden(layers)
+        self._profiles = {}
+
+    def profile(self, which: str, column: str) -> pd.DataFrame:
+        """`gradient_profile` of the hidden layers, computed once per (which, column)."""
+        key = (which, column)
+        if key not in self._profiles:
+            self._profiles[key] = gradient_profile(self.layers, which, column)
+        return self._profiles[key]
+
+
+def _profile_stat(column: str, which: str, stat: int):
+    """Compute function of a first/last ratio (stat 0) or per-layer factor (stat 1) of a profile."""
+
+    def compute(ctx: MetricContext) -> pd.Series:
+        prof = ctx.profile(which, column)
+        return pd.Series(
+            {
+                run_id: _ratio_and_factor(g.set_index("layer_index")["value"])[stat]
+                for run_id, g in prof.groupby("run_id")
+            },
+            dtype="float64",
+        )
+
+    return compute
+
+
+def _fraction(column: str, which: str):
+    """Compute function of a dead/saturated fraction, averaged over the hidden layers."""
+    return lambda ctx: _act_fraction(ctx.layers, column, which)
+
+
+_WHEN = {"init": "at step 0", "final": "at the end of training"}
+_FRACTION = (0.0, 1.0)
+
+
+def _metrics():  # fmt: skip
+    grad = ("log_every",)
+    act = ("act_every",)
+    out = [
+        # An outcome column that training writes itself.
+        Quantity("test_accuracy", "run", "test accuracy", direction="higher", unit="accuracy",
+                 bounds=_FRACTION, tolerance=0.02),
+    ]
+    for which in ("final", "init"):
+        measured = grad if which == "final" else ()
+        out += [
+            Quantity(f"grad_factor_{which}", "run", f"per-layer gradient factor {_WHEN[which]}",
+                     _profile_stat("kernel_grad_norm", which, 1), direction="one", scale="log", unit="factor",
+                     tolerance=0.1 if which == "final" else None, definition=measured),
+            Quantity(f"grad_ratio_{which}", "run", f"first/last gradient ratio {_WHEN[which]}",
+                     _profile_stat("kernel_grad_norm", which, 0), direction="one", scale="log", unit="ratio",
+                     tolerance=0.5, definition=measured),
+        ]
+    for which in ("init", "final"):
+        out.append(
+            Quantity(f"bias_grad_ratio_{which}", "run", f"first/last bias-gradient ratio {_WHEN[which]}",
+                     _profile_stat("bias_grad_norm", which, 0), direction="one", scale="log", unit="ratio",
+                     definition=grad if which == "final" else ())
+        )
+    for column in ("dead_fraction", "saturated_fraction"):
+        label = LAYER_QUANTITIES[column].label
+        for which in ("final", "init"):
+            out.append(
+                Quantity(f"{column}_{which}", "run", f"{label} {_WHEN[which]}", _fraction(column, which),
+                         direction="lower", unit="fraction", bounds=_FRACTION,
+                         tolerance=0.1 if which == "final" else None, definition=act if which == "final" else ())
+            )
+    # Another outcome column: reported, but too noisy to fail a comparison by default.
+    out.append(Quantity("wall_time_s", "run", "wall time", direction="lower", unit="seconds",
+                        bounds=(0.0, np.inf), tolerance=2.0, gating=False))
+    return {q.name: q for q in out}
+
+
+METRICS: dict[str, Quantity] = _metrics()
+
+# The per-run metrics computed from the layers table (the outcome columns come with the runs table).
+METRIC_COLUMNS = [name for name, q in METRICS.items() if q.compute is not None]
+
+
 def run_metrics(runs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     """One row per run: the ``runs`` table plus the METRIC_COLUMNS."""
-    h = hidden(layers)
-    stats = {}
-    for which in ("init", "final"):
-        for column, prefix in (("kernel_grad_norm", "grad"), ("bias_grad_norm", "bias_grad")):
-            prof = gradient_profile(h, which, column)
-            for run_id, g in prof.groupby("run_id"):
-                ratio, factor = _ratio_and_factor(g.set_index("layer_index")["value"])
-                stats.setdefault(run_id, {})[f"{prefix}_ratio_{which}"] = ratio
-                if prefix == "grad":
-                    stats[run_id][f"grad_factor_{which}"] = factor
-        for column in ("dead_fraction", "saturated_fraction"):
-            for run_id, v in _act_fraction(layers, column, which).items():
-                stats.setdefault(run_id, {})[f"{column}_{which}"] = v
-    m = pd.DataFrame.from_dict(stats, orient="index")
+    ctx = MetricContext(layers)
+    m = pd.DataFrame({name: METRICS[name].compute(ctx) for name in METRIC_COLUMNS}, columns=METRIC_COLUMNS)
     m.index.name = "run_id"
-    for c in METRIC_COLUMNS:
-        if c not in m.columns:
-            m[c] = np.nan
-    out = runs.merge(m[METRIC_COLUMNS].reset_index(), on="run_id", how="left")
-    return out
+    return runs.merge(m.reset_index(), on="run_id", how="left")
 
 
 def flags(row) -> list[str]:

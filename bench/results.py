@@ -28,26 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import quantities
 from bench.errors import UsageError
 
 SCHEMA_VERSION = 1
 
-LAYER_COLUMNS = [
-    "run_id",
-    "step",
-    "epoch",
-    "layer_index",
-    "layer_name",
-    "kernel_grad_norm",
-    "bias_grad_norm",
-    "kernel_norm",
-    "update_ratio",
-    "act_mean",
-    "act_std",
-    "act_rms",
-    "saturated_fraction",
-    "dead_fraction",
-]
+# One row per (run, step, layer): the keys, then every per-layer quantity of the registry.
+LAYER_COLUMNS = quantities.layer_columns()
 
 HISTORY_COLUMNS = [
     "run_id",

@@ -1,0 +1,332 @@
+"""The registry of measured quantities: each per-layer column and per-run metric, defined once.
+
+A `Quantity` is one entry: its name (the column it fills), the level it is
+measured at (``"layer"``: one value per run, step and layer, a column of
+``layers.parquet``; ``"run"``: one value per run, a column of
+`bench.metrics.run_metrics`), how it is computed (a function reference),
+whether higher values are better or worse, its scale, unit and label, how
+its values and changes are written, and its default tolerance in `vgbench
+compare`. Everything else is derived from the entries: the columns of
+``layers.parquet``, the order of the instrumentation's buffers, the metric
+columns, compare's metric table and tolerances, the report's labels.
+
+Adding a per-layer quantity is one `Quantity(level="layer", ...)` in
+`LAYER_QUANTITIES` below plus its compute function, which receives a
+`LayerValues` inside the compiled train step and returns a scalar tensor.
+Adding a per-run metric is one `Quantity(level="run", ...)` in
+`bench.metrics.METRICS` plus its compute function there.
+
+TensorFlow is imported only inside the compute functions (which run while
+the instrumented step is traced), so reading the registry stays cheap for the
+report and the comparer.
+
+Reference:
+    Schneider, Dangel & Hennig, "Cockpit: A Practical Debugging Tool for the
+    Training of Deep Neural Networks", NeurIPS 2021 (quantities computed
+    during training, instruments drawn from them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "CADENCES",
+    "DIRECTIONS",
+    "LAYER_QUANTITIES",
+    "LAYER_KEY_COLUMNS",
+    "LayerValues",
+    "Quantity",
+    "SATURATION_THRESHOLD",
+    "UNITS",
+    "cadence_fields",
+    "layer_columns",
+]
+
+# What a direction says about a value: "higher" (higher is better), "lower"
+# (lower is better), "one" (1 is best: ratios and per-layer factors of a
+# signal, whose distance from 1 in decades is how badly it vanishes or
+# explodes), "neutral" (no better or worse).
+DIRECTIONS = ("higher", "lower", "one", "neutral")
+
+# Units and how a value of each is written.
+UNITS = ("", "accuracy", "fraction", "factor", "ratio", "norm", "seconds", "count")
+
+# When a per-layer quantity is recorded: every `log_every` steps ("grad") or
+# every `act_every` steps ("act"); both at step 0.
+CADENCES = ("grad", "act")
+
+# A derivative below this share of its maximum counts as saturated.
+SATURATION_THRESHOLD = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantity:
+    """One measured quantity.
+
+    Attributes:
+        name: the column it fills.
+        level: ``"layer"`` (per run, step and layer) or ``"run"`` (per run).
+        label: short words for axes, tables and sentences.
+        compute: how it is computed. Layer quantities: ``fn(LayerValues) ->
+            scalar tensor``. Run metrics: ``fn(MetricContext) -> pd.Series``
+            indexed by run_id (see `bench.metrics`); None for the outcome
+            columns that training writes itself (``test_accuracy``, ...).
+        cadence: layer quantities: ``"grad"`` or ``"act"`` (see CADENCES).
+        direction: one of DIRECTIONS.
+        scale: ``"log"`` (spans decades: averaged in log space, log axes) or
+            ``"linear"``.
+        unit: one of UNITS; decides how values and changes are written.
+        bounds: the range a value can take, e.g. ``(0, 1)`` for fractions
+            (intervals are clipped to it); None when unbounded.
+        tolerance: default tolerance of `vgbench compare`, in the units of
+            the change (absolute change, decades for direction ``"one"``, a
+            factor for seconds); None: not compared.
+        gating: whether a worse row fails a comparison by default.
+        definition: the config fields whose values define how the quantity
+            is measured; runs that differ in them are not comparable on it.
+        size_column: for gradient norms, the column holding the number of
+            weights, so that layers of different sizes compare per weight.
+    """
+
+    name: str
+    level: str
+    label: str
+    compute: Callable[..., Any] | None = None
+    cadence: str | None = None
+    direction: str = "neutral"
+    scale: str = "linear"
+    unit: str = ""
+    bounds: tuple[float, float] | None = None
+    tolerance: float | None = None
+    gating: bool = True
+    definition: tuple[str, ...] = ()
+    size_column: str | None = None
+
+    def __post_init__(self):
+        if self.level not in ("layer", "run"):
+            raise ValueError(f"Argument `level` must be 'layer' or 'run'. Received: level={self.level!r}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"Argument `direction` must be one of {DIRECTIONS}. Received: {self.direction!r}")
+        if self.scale not in ("log", "linear"):
+            raise ValueError(f"Argument `scale` must be 'log' or 'linear'. Received: scale={self.scale!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"Argument `unit` must be one of {UNITS}. Received: unit={self.unit!r}")
+        if self.level == "layer" and self.cadence not in CADENCES:
+            raise ValueError(f"Layer quantity {self.name!r} needs a cadence in {CADENCES}. Received: {self.cadence!r}")
+
+    @property
+    def log(self) -> bool:
+        """Whether values span decades (geometric means, log axes)."""
+        return self.scale == "log"
+
+    def format(self, x) -> str:
+        """One value, written for a table ("" when missing)."""
+        if x is None or (_is_number(x) and math.isnan(x)):
+            return ""
+        if not _is_number(x):
+            return str(x)
+        if self.unit == "seconds":
+            return f"{x:.2f} s"
+        if self.unit == "accuracy":
+            return f"{x:.4f}"
+        if self.unit == "count":
+            return f"{x:,.0f}"
+        if self.direction == "one" or self.scale == "log":
+            return f"{x:.3g}" if x == 0 or 1e-3 <= abs(x) < 1e4 else f"{x:.2e}"
+        return f"{x:.3f}"
+
+    def format_change(self, x) -> str:
+        """A change between two values, in the units its tolerance is stated in."""
+        if not _is_number(x) or math.isnan(x):
+            return ""
+        if self.direction == "one":
+            return f"{x:+.2f} dec"
+        if self.unit == "seconds":
+            return f"x{x:.2f}"
+        if self.unit == "accuracy":
+            return f"{x:+.4f}"
+        return f"{x:+.3f}"
+
+    def format_tolerance(self, x) -> str:
+        """A tolerance, in the units of `format_change`."""
+        if not _is_number(x) or math.isnan(x):
+            return ""
+        if self.direction == "one":
+            return f"{x:g} dec"
+        if self.unit == "seconds":
+            return f"x{x:g}"
+        return f"{x:g}"
+
+    @property
+    def change_kind(self) -> str:
+        """How `vgbench compare` measures a change: ``"drop"``, ``"increase"``, ``"decades"`` or ``"factor"``."""
+        if self.direction == "one":
+            return "decades"
+        if self.unit == "seconds":
+            return "factor"
+        return "drop" if self.direction == "higher" else "increase"
+
+
+def _is_number(x) -> bool:
+    import numbers
+
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+# --------------------------------------------------------------------------- #
+# Per-layer quantities, computed inside the instrumented train step
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass
+class LayerValues:
+    """What a per-layer compute function may read, for one layer at one step.
+
+    Attributes:
+        kernel_grad: gradient of the layer's main weight (the optimizer's).
+        bias_grad: gradient of its bias, or None when it has none.
+        kernel: the main weight's current value (after the update).
+        previous_kernel: its value before this step's update, or None at
+            step 0 (no update yet).
+        output: the layer's output (after its activation), ``(batch, units)``.
+        activation: the `models.activations.Activation` of the layer, or None.
+    """
+
+    kernel_grad: Any = None
+    bias_grad: Any = None
+    kernel: Any = None
+    previous_kernel: Any = None
+    output: Any = None
+    activation: Any = None
+
+
+def _nan():
+    import tensorflow as tf
+
+    return tf.constant(float("nan"))
+
+
+def _l2(x):
+    # l2_loss is one fused kernel (sum of squares / 2) where square+sum are two;
+    # the norm of the gradient is the quantity's hot path (every step).
+    import tensorflow as tf
+
+    return tf.sqrt(2.0 * tf.nn.l2_loss(x))
+
+
+def kernel_grad_norm(v: LayerValues):
+    """L2 norm of the gradient of the layer's main weight."""
+    return _l2(v.kernel_grad)
+
+
+def bias_grad_norm(v: LayerValues):
+    """L2 norm of the gradient of the layer's bias (NaN without one)."""
+    return _nan() if v.bias_grad is None else _l2(v.bias_grad)
+
+
+def kernel_norm(v: LayerValues):
+    """L2 norm of the layer's main weight."""
+    import tensorflow as tf
+
+    return tf.norm(tf.reshape(v.kernel, [-1]))
+
+
+def update_ratio(v: LayerValues):
+    """‖ΔW‖/‖W‖ of this step's update (NaN at step 0)."""
+    import tensorflow as tf
+
+    if v.previous_kernel is None:
+        return _nan()
+    old = v.previous_kernel
+    return tf.norm(tf.reshape(v.kernel - old, [-1])) / tf.norm(tf.reshape(old, [-1]))
+
+
+def act_mean(v: LayerValues):
+    """Mean of the layer's outputs over the batch and units."""
+    import tensorflow as tf
+
+    return tf.reduce_mean(v.output)
+
+
+def act_std(v: LayerValues):
+    """Standard deviation of the layer's outputs over the batch and units."""
+    import tensorflow as tf
+
+    return tf.math.reduce_std(v.output)
+
+
+def act_rms(v: LayerValues):
+    """Root mean square of the layer's outputs."""
+    import tensorflow as tf
+
+    return tf.sqrt(tf.reduce_mean(tf.square(v.output)))
+
+
+def saturated_fraction(v: LayerValues):
+    """Saturating activations: share of outputs whose derivative is below 1% of its maximum."""
+    import tensorflow as tf
+
+    spec = v.activation
+    if spec is None or spec.family != "saturating":
+        return _nan()
+    d = spec.derivative_from_output(v.output)
+    return tf.reduce_mean(tf.cast(d < SATURATION_THRESHOLD * spec.max_derivative, tf.float32))
+
+
+def dead_fraction(v: LayerValues):
+    """ReLU family: share of units that are not positive for any example of the batch."""
+    import tensorflow as tf
+
+    spec = v.activation
+    if spec is None or spec.family != "relu":
+        return _nan()
+    return tf.reduce_mean(tf.cast(tf.reduce_max(v.output, axis=0) <= 0.0, tf.float32))
+
+
+_FRACTION = (0.0, 1.0)
+
+# fmt: off
+LAYER_QUANTITIES: dict[str, Quantity] = {
+    q.name: q
+    for q in (
+        Quantity(
+            "kernel_grad_norm", "layer", "kernel gradient norm", kernel_grad_norm, "grad",
+            scale="log", unit="norm", size_column="kernel_size",
+        ),
+        Quantity(
+            "bias_grad_norm", "layer", "bias gradient norm", bias_grad_norm, "grad",
+            scale="log", unit="norm", size_column="bias_size",
+        ),
+        Quantity("kernel_norm", "layer", "kernel norm", kernel_norm, "act", unit="norm"),
+        Quantity("update_ratio", "layer", "update ratio ‖ΔW‖/‖W‖", update_ratio, "act", scale="log", unit="ratio"),
+        Quantity("act_mean", "layer", "activation mean", act_mean, "act"),
+        Quantity("act_std", "layer", "activation std", act_std, "act", scale="log"),
+        Quantity("act_rms", "layer", "activation RMS", act_rms, "act", scale="log"),
+        Quantity(
+            "saturated_fraction", "layer", "saturated fraction", saturated_fraction, "act",
+            direction="lower", unit="fraction", bounds=_FRACTION,
+        ),
+        Quantity(
+            "dead_fraction", "layer", "dead fraction", dead_fraction, "act",
+            direction="lower", unit="fraction", bounds=_FRACTION,
+        ),
+    )
+}
+# fmt: on
+
+# The columns of layers.parquet that say where a value was measured.
+LAYER_KEY_COLUMNS = ["run_id", "step", "epoch", "layer_index", "layer_name"]
+
+
+def cadence_fields(cadence: str) -> tuple[str, ...]:
+    """Names of the per-layer quantities recorded at a cadence, in the buffers' order."""
+    return tuple(name for name, q in LAYER_QUANTITIES.items() if q.cadence == cadence)
+
+
+def layer_columns() -> list[str]:
+    """The columns of layers.parquet: the keys, then every per-layer quantity by cadence."""
+    return [*LAYER_KEY_COLUMNS, *(name for c in CADENCES for name in cadence_fields(c))]
