@@ -234,3 +234,18 @@ def _slug(text: str) -> str:
 
 
 CONFIG_FIELDS = [f.name for f in dataclasses.fields(RunConfig)]
+
+# Config fields that tell repetitions of one benchmark apart (their samples).
+SAMPLE_FIELDS = ("seed",)
+# Config fields that say how a run is measured rather than what is trained.
+MEASUREMENT_FIELDS = ("log_every", "act_every")
+
+
+def benchmark_fields(columns) -> list[str]:
+    """The config fields among `columns` that identify a benchmark: what is trained, not seed or cadence.
+
+    Runs that agree on these are repetitions of one benchmark (the report's
+    "pair", the comparer's "benchmark").
+    """
+    excluded = set(SAMPLE_FIELDS) | set(MEASUREMENT_FIELDS)
+    return [c for c in CONFIG_FIELDS if c in set(columns) and c not in excluded]
