@@ -1,8 +1,9 @@
 """`vgbench compare BASELINE CURRENT`: regression check of one results directory against another.
 
-Runs are matched by configuration, not by directory or run id. Runs whose
-configs differ only in ``seed`` form one *benchmark* and their seeds are its
-samples; ``log_every`` and ``act_every`` are not part of a benchmark's
+Runs are matched by configuration, not by directory or run id: by
+`bench.config.benchmark_fields`, the identity the report uses too. Runs
+whose configs differ only in ``seed`` form one *benchmark* and their seeds
+are its samples; ``log_every`` and ``act_every`` are not part of a benchmark's
 identity either, because they change how a metric is measured rather than
 what is trained (a difference in them makes the affected metrics "not
 comparable" instead of turning one benchmark into a missing and an added one).

@@ -27,7 +27,7 @@ NAN = float("nan")
 
 def is_gating(metric: str, fail_on_time: bool) -> bool:
     """Whether a worse row of ``metric`` fails the comparison (every metric does with ``fail_on_time``)."""
-    return metric not in METRICS or METRICS[metric].gating or fail_on_time
+    return bool(metric not in METRICS or METRICS[metric].gating or fail_on_time)
 
 
 def metric_row(quantity: Quantity, base: np.ndarray, cur: np.ndarray, tolerance: float, alpha: float, **common) -> Row:

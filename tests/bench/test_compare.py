@@ -572,6 +572,125 @@ def test_output_order_does_not_depend_on_input_order(tmp_path):
 
 
 # --------------------------------------------------------------------------- #
+# The package's parts: records, matching, reasons as data, reports on disk
+# --------------------------------------------------------------------------- #
+
+
+def test_a_row_fails_only_with_a_failing_mark_that_gates():
+    from bench.compare.records import Row
+
+    assert Row("b", "test_accuracy", "worse").fails
+    assert not Row("b", "wall_time_s", "worse", gating=False).fails
+    assert not Row("b", "test_accuracy", "not comparable").fails
+    assert not Row("b", "status", "fixed").fails
+    # A baseline that cannot be read at all fails whatever the mark.
+    assert Row("b", "all", "not comparable", blocking=True).fails
+
+
+def test_benchmark_identity_ignores_dtypes_seeds_and_measurement_settings():
+    from bench.compare import matching
+    from bench.config import benchmark_fields
+
+    config = {**BASE_CONFIG, "depth": 20, "width": 128}
+    base = pd.DataFrame([{**config, "run_id": "a", "seed": 0}, {**config, "run_id": "b", "seed": 1}])
+    # A column with a missing value reads as float; other measurement settings; one field on this side only.
+    cur = pd.DataFrame(
+        [
+            {**config, "run_id": "c", "seed": 0, "act_every": 5, "depth": 20.0, "extra": 1},
+            {**config, "run_id": "d", "seed": 0, "width": 64, "max_steps": np.nan},
+        ]
+    )
+    cur["extra"] = cur["extra"].astype("object")
+    keys, one_side = matching.key_fields(base, cur)
+    assert keys == benchmark_fields(base.columns)
+    assert "seed" not in keys and "act_every" not in keys and one_side == []
+    names_b, _ = matching.name_benchmarks(base, keys)
+    names_c, configs = matching.name_benchmarks(cur, keys)
+    assert names_b.nunique() == 1 and names_c.iloc[0] == names_b.iloc[0]
+    assert names_c.iloc[1] != names_b.iloc[0]
+    assert names_b.iloc[0].startswith("mlp-d20-w128-relu-he_normal-none-")
+    assert configs[names_c.iloc[1]]["max_steps"] is None
+    assert matching.key_fields(base, base.drop(columns=["preprocessing"]))[1] == ["preprocessing"]
+
+
+def test_remarks_are_decided_by_reasons_not_by_their_words(tmp_path, monkeypatch):
+    from bench.compare import render
+    from bench.compare.records import Reason
+
+    # Reworded notes: the remarks that depend on them must not change.
+    monkeypatch.setitem(render._REASON_TEXT, Reason.MEASUREMENT, lambda d: f"{d['field']} was set otherwise")
+    monkeypatch.setitem(render._REASON_TEXT, Reason.DATA_CHECKSUM, lambda d: "other images")
+    baseline = [spec("relu", "he_normal"), spec("tanh", "glorot_uniform")]
+    current = [spec("relu", "he_normal", act_every=5), spec("tanh", "glorot_uniform", checksum="beef")]
+    c = compare_specs(tmp_path, baseline, current)
+    assert row(c, "relu-he_normal", "dead_fraction_final")["note"] == "act_every was set otherwise"
+    assert row(c, "tanh-glorot_uniform", "test_accuracy")["note"] == "other images"
+    assert any("how they are measured differs" in n for n in c.notes)
+    assert any("their data differs" in n for n in c.notes)
+
+
+def test_a_failed_run_is_named_with_the_first_line_of_its_error(tmp_path):
+    baseline = write_results(tmp_path / "baseline", [spec()])
+    current = write_results(tmp_path / "current", [spec(status="failed")])
+    runs = pd.read_parquet(current / "runs.parquet")
+    first = "ValueError: " + "x" * 120
+    runs["error"] = f"  {first}\nTraceback line\n"
+    runs.to_parquet(current / "runs.parquet", index=False)
+    c = cmp.compare(baseline, current)
+    status = row(c, "relu-he_normal", "status")
+    assert status["mark"] == "new failure"
+    assert status["note"] == "seed 0: failed: " + first[:100]
+    assert c.benchmarks["note"].iloc[0] == "status: seed 0: failed: " + first[:100]
+    # The other way round it is a fix, and says what the run was.
+    assert row(cmp.compare(current, baseline), "relu-he_normal", "status")["note"].startswith("seed 0: was failed: ")
+
+
+def test_a_metric_without_a_value_on_one_side_is_not_comparable(tmp_path):
+    # Factor 0: every hidden layer but the last gets no gradient at all, so no final factor can be measured.
+    c = compare_specs(tmp_path, [spec("tanh")], [spec("tanh", factor=0.0)])
+    r = row(c, "tanh-he_normal", "grad_factor_final")
+    assert r["mark"] == "not comparable" and r["note"] == "no finite value in the current"
+    assert r["n_baseline"] == 1 and r["n_current"] == 0
+    assert "grad_factor_final: no finite value in the current" in c.benchmarks["note"].iloc[0]
+
+
+def test_seeds_that_differ_are_noted_on_the_benchmark(tmp_path):
+    c = compare_specs(tmp_path, _seeded([0.9, 0.9]), _seeded([0.9]))
+    (bench,) = c.benchmarks.to_dict("records")
+    assert (bench["seeds_baseline"], bench["seeds_current"]) == ([0, 1], [0])
+    assert bench["note"] == "seeds differ: baseline [0, 1], current [0]"
+
+
+def test_a_report_that_cannot_be_written_does_not_cost_the_others(tmp_path, capsys):
+    write_results(tmp_path / "baseline", [spec(acc=0.9)])
+    write_results(tmp_path / "current", [spec(acc=0.5)])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c.md").write_text("an older report")
+    (out / "blocker").write_text("a file where a directory would go")
+    code = cli.main(
+        [
+            "compare",
+            str(tmp_path / "baseline"),
+            str(tmp_path / "current"),
+            "--json",
+            str(out / "blocker" / "c.json"),
+            "--junit",
+            str(out / "c.xml"),
+            "--markdown",
+            str(out / "c.md"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Cannot write" in err and "c.json" in err and len(err.strip().splitlines()) == 1
+    # The other reports are complete, replaced whole, with no temporary file left beside them.
+    assert (out / "c.md").read_text().startswith("<!-- vgbench-compare -->\n## vgbench compare: regression")
+    assert ET.parse(out / "c.xml").getroot().find("testsuite").get("failures") == "1"
+    assert sorted(p.name for p in out.iterdir()) == ["blocker", "c.md", "c.xml"]
+
+
+# --------------------------------------------------------------------------- #
 # Real runs
 # --------------------------------------------------------------------------- #
 
