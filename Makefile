@@ -15,7 +15,7 @@ DATA_ARG := $(if $(VGBENCH_MNIST),--data $(VGBENCH_MNIST),)
 JOBS ?= 2
 OUT  ?= reports/latest
 
-.PHONY: install bench test perf ci-report update-baseline fashion-mnist clean
+.PHONY: install bench test lint format lock perf ci-report update-baseline fashion-mnist clean
 
 install: $(STAMP)
 
@@ -29,8 +29,25 @@ bench: install
 	$(BIN)/vgbench run --suite default --out $(OUT) --jobs $(JOBS) $(DATA_ARG)
 	$(BIN)/vgbench report $(OUT)
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest
+
+# Lint and format check (ruff, configured in pyproject.toml); `make format` applies the formatter.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Re-resolve the newest allowed versions of every dependency into requirements.lock.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --disable-pip-version-check '.[ray,test]'
+	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -iv '^vgbench' > requirements.lock
+	rm -rf .lock-venv build
 
 perf: install
 	$(BIN)/python -m bench.perf --out reports $(DATA_ARG)
