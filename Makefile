@@ -29,7 +29,7 @@ bench: install
 	$(BIN)/vgbench run --suite default --out $(OUT) --jobs $(JOBS) $(DATA_ARG)
 	$(BIN)/vgbench report $(OUT)
 
-test: install lint
+test: install
 	$(BIN)/python -m pytest
 
 # Lint and format check (ruff, configured in pyproject.toml); `make format` applies the formatter.
