@@ -56,8 +56,12 @@ def estimate_memory(config: RunConfig) -> int:
     # backward pass (weight layer, activation, normalization/add/dropout).
     floats_per_block = block_sizes(config.arch, depth=config.depth, width=config.width)
     activations = 4 * 4 * config.batch_size * sum(floats_per_block)
-    n_train = config.train_samples or _DEFAULT_SAMPLES[0]
-    n_test = config.test_samples or _DEFAULT_SAMPLES[1]
+    # The standard datasets have no more than these; a larger count is the
+    # data check's to refuse, with its own message.
+    n_train, n_test = (
+        min(n or default, default) if config.dataset in ("mnist", "fashion_mnist") else (n or default)
+        for n, default in zip((config.train_samples, config.test_samples), _DEFAULT_SAMPLES)
+    )
     # float32 inputs, held by the prepared arrays and by the tf.data cache.
     data = 2 * 4 * math.prod(shape) * (n_train + n_test)
     return BASE_BYTES + BYTES_PER_BLOCK * config.depth + weights + activations + data
@@ -107,6 +111,6 @@ def check_fits(configs: list[RunConfig], limit: int | None = None) -> None:
         c = configs[worst]
         raise UsageError(
             f"Run {c.run_id[:80]!r} (arch={c.arch}, depth={c.depth}, width={c.width}, batch_size={c.batch_size}) "
-            f"needs an estimated {qualifier}{need / GIB:,.1f} GiB of memory, more than this machine's "
+            f"needs {qualifier}an estimated {need / GIB:,.1f} GiB of memory, more than this machine's "
             f"{limit / GIB:,.1f} GiB; use a smaller --depth, --width or --batch-size."
         )
