@@ -62,7 +62,7 @@ def load_suite(name_or_path: str) -> Suite:
                 f"Unknown suite {shorten(repr(name_or_path))}. Valid suites: {', '.join(names())} "
                 "(or a path to a YAML file)"
             )
-    where = f"Suite file {shorten(repr(str(path)))}"
+    where = f"Suite file {shorten(repr(str(path)), 200)}"
     try:
         # Decoded here, not by the YAML reader, so that a file in another
         # encoding is reported as such rather than as a UnicodeDecodeError.
@@ -76,7 +76,7 @@ def load_suite(name_or_path: str) -> Suite:
         ) from None
     except (OSError, yaml.YAMLError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"Cannot read suite file {shorten(repr(str(path)))}: {shorten(first, 200)}") from None
+        raise UsageError(f"Cannot read suite file {shorten(repr(str(path)), 200)}: {shorten(first, 200)}") from None
     if not isinstance(doc, dict):
         raise UsageError(f"{where} must hold a mapping with `defaults` and `grids`.")
     unknown = set(doc) - {"name", "description", "defaults", "grids"}
