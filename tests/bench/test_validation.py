@@ -74,7 +74,8 @@ def test_a_depth_that_cannot_fit_names_estimate_and_limit(capsys, tmp_path):
 
 
 def test_memory_estimate_grows_with_the_model():
-    small, deep, wide = (sizing.estimate_memory(RunConfig(depth=d, width=w)) for d, w in [(5, 64), (500, 64), (5, 4096)])
+    sizes = [(5, 64), (500, 64), (5, 4096)]
+    small, deep, wide = (sizing.estimate_memory(RunConfig(depth=d, width=w)) for d, w in sizes)
     assert small < deep and small < wide
     # Weights, gradients and optimizer slots: Adam holds two more copies than SGD.
     sgd, adam = (sizing.estimate_memory(RunConfig(width=2048, optimizer=o)) for o in ("sgd", "adam"))
