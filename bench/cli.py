@@ -12,13 +12,21 @@ import re
 import sys
 
 from bench.errors import SuiteInterrupted, UsageError
+from models.registry import ECHO_LIMIT, shorten
+
+# A comma list expands to at most this many values (a range like 0-999999999
+# would otherwise fill the memory before anything is checked).
+MAX_LIST_VALUES = 100_000
+# Above this many runs, `vgbench run` asks before starting (or wants --yes).
+CONFIRM_RUNS = 10_000
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors as one line and exit status 2."""
 
     def error(self, message):
-        raise UsageError(message)
+        # argparse echoes what it received in quotes; a 100 kB word stays short.
+        raise UsageError(re.sub(r"'([^'\n]{%d,})'" % (ECHO_LIMIT + 1), lambda m: shorten(m.group(0)), message))
 
 
 def _split(text: str) -> list[str]:
@@ -51,12 +59,27 @@ def _numbers(name, kind=int, none_ok=False):
                 vals.append(None)
             elif kind is int and re.fullmatch(r"\d+-\d+", tok):
                 lo, hi = map(int, tok.split("-"))
+                if lo > hi:
+                    raise UsageError(
+                        f"Argument `--{name}` has the empty range {shorten(repr(tok))} ({lo} > {hi}); "
+                        "write LOW-HIGH with LOW <= HIGH."
+                    )
+                # Counted before expanding: range(0, 10**9) in a list would not fit.
+                if len(vals) + hi - lo + 1 > MAX_LIST_VALUES:
+                    raise UsageError(
+                        f"Argument `--{name}` expands to {len(vals) + hi - lo + 1:,} values, more than "
+                        f"{MAX_LIST_VALUES:,}. Received: {shorten(repr(tok))}"
+                    )
                 vals.extend(range(lo, hi + 1))
             else:
                 try:
                     vals.append(kind(tok))
                 except ValueError:
-                    raise UsageError(f"Argument `--{name}` takes {what} (comma list). Received: {tok!r}") from None
+                    raise UsageError(
+                        f"Argument `--{name}` takes {what} (comma list). Received: {shorten(repr(tok))}"
+                    ) from None
+            if len(vals) > MAX_LIST_VALUES:
+                raise UsageError(f"Argument `--{name}` has more than {MAX_LIST_VALUES:,} values.")
         return vals
 
     return parse
@@ -99,12 +122,19 @@ def _add_run(sub):
     p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://HOST:PORT); with --executor ray")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.add_argument("--yes", action="store_true", help=f"run more than {CONFIRM_RUNS:,} runs without asking")
+    p.add_argument(
+        "--allow-nonstandard-data",
+        action="store_true",
+        help="use a data file that holds another dataset (or the standard layout with other contents); "
+        "recorded in the manifest",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args) -> int:
-    from bench import suites
+    from bench import data, sizing, suites
     from bench.runner import run_suite
 
     suite = suites.load_suite(args.suite) if args.suite else suites.Suite(name="custom")
@@ -118,30 +148,59 @@ def cmd_run(args) -> int:
     only = {}
     for item in args.only:
         if "=" not in item:
-            raise UsageError(f"Argument `--only` takes KEY=VALUE. Received: {item!r}")
+            raise UsageError(f"Argument `--only` takes KEY=VALUE. Received: {shorten(repr(item))}")
         key, value = item.split("=", 1)
         only.setdefault(key.strip().replace("-", "_"), []).extend(_split(value))
+    if args.executor not in ("local", "ray"):
+        raise UsageError(f"Unknown executor {shorten(repr(args.executor))}. Valid executors: local, ray")
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"Argument `--jobs` must be a positive integer. Received: jobs={args.jobs}")
+    # Without --only the grid's size is the number of runs, known before the
+    # (slow, for a large grid) expansion; with it, only the expansion tells.
+    ask = not (args.yes or args.dry_run)
+    if ask and not only and suites.grid_size(suite, overrides) > CONFIRM_RUNS:
+        _confirm(suites.grid_size(suite, overrides))
+        ask = False
     configs = suites.expand(suite, overrides, only)
     if not configs:
         raise UsageError("No runs selected (check --only and the suite).")
+    sizing.check_fits(configs)
     if args.dry_run:
         for c in configs:
             print(c.run_id)
         print(f"{len(configs)} runs", file=sys.stderr)
         return 0
-    summary = run_suite(
-        configs,
-        args.out,
-        jobs=args.jobs,
-        data_path=args.data,
-        suite=suite.name,
-        executor=args.executor,
-        address=args.address,
-        retry_failed=args.retry_failed,
-        progress=not args.no_progress and sys.stderr.isatty(),
-    )
+    if ask and len(configs) > CONFIRM_RUNS:
+        _confirm(len(configs))
+    # Everything about the data is checked here, in this process, before any
+    # executor starts: the same refusal whatever --jobs and --executor say.
+    datasets = {}
+    for name in sorted({c.dataset for c in configs}):
+        datasets[name] = data.load_dataset(name, args.data, allow_nonstandard=args.allow_nonstandard_data)
+    for key in sorted({(c.dataset, c.train_samples, c.test_samples) for c in configs}, key=str):
+        data.check_samples(datasets[key[0]], key[1], key[2])
+    # Worker processes load the data themselves and inherit the environment.
+    saved = os.environ.get(data.ALLOW_NONSTANDARD_ENV)
+    if args.allow_nonstandard_data:
+        os.environ[data.ALLOW_NONSTANDARD_ENV] = "1"
+    try:
+        with data.reusing({(name, args.data): ds for name, ds in datasets.items()}):
+            summary = run_suite(
+                configs,
+                args.out,
+                jobs=args.jobs,
+                data_path=args.data,
+                suite=suite.name,
+                executor=args.executor,
+                address=args.address,
+                retry_failed=args.retry_failed,
+                progress=not args.no_progress and sys.stderr.isatty(),
+            )
+    finally:
+        if saved is None:
+            os.environ.pop(data.ALLOW_NONSTANDARD_ENV, None)
+        else:
+            os.environ[data.ALLOW_NONSTANDARD_ENV] = saved
     counts = {}
     for s in summary.statuses.values():
         counts[s] = counts.get(s, 0) + 1
@@ -151,6 +210,18 @@ def cmd_run(args) -> int:
         f"{summary.wall_time_s:.1f}s"
     )
     return 0
+
+
+def _confirm(n: int) -> None:
+    """Asks on a terminal whether to start `n` runs; refuses elsewhere."""
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"The selection makes {n:,} runs, more than {CONFIRM_RUNS:,}; pass --yes to run them all, "
+            "or narrow it with --only or fewer values."
+        )
+    answer = input(f"vgbench: start {n:,} runs? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise UsageError(f"{n:,} runs not confirmed; nothing was started.")
 
 
 def _add_list(sub):

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 
 import models
-from models.registry import parse_spec
+from models.registry import bind_params, parse_spec, shorten
 
 ARCHS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -33,16 +34,31 @@ FIXES = {
 }
 _NORM_FIXES = ("batchnorm", "batchnorm_after", "layernorm")
 
+# Learning rates above this diverge at once in every model here; a typo such
+# as 1e308 or inf would only fill a suite with diverged runs.
+MAX_LEARNING_RATE = 10.0
+# TensorFlow's initializers and dropout take 32-bit seeds, and the model
+# builder derives per-layer seeds up to `seed + 2 * depth`
+# (`models.architectures`), so a run's seed must leave room for those.
+SEED_LIMIT = 2**31
+
 
 def _closest(name, choices):
     import difflib
 
+    if len(name) > 100:  # far from every choice, and slow to compare
+        return ""
     match = difflib.get_close_matches(name, choices, n=1)
     return f" Did you mean {match[0]!r}?" if match else ""
 
 
 def canonical_fix(text: str) -> str:
     """Canonical form of a fix set: ``"residual(every=2)+batchnorm"`` → sorted, '+'-joined."""
+    if text is not None and not isinstance(text, str):
+        raise ValueError(
+            f"Argument `fix` must be a string such as 'batchnorm+residual(every=2)'. "
+            f"Received: fix={shorten(repr(text))} (of type {type(text).__name__})"
+        )
     text = (text or "none").strip().lower()
     if text in ("", "none", "baseline"):
         return "none"
@@ -52,22 +68,23 @@ def canonical_fix(text: str) -> str:
         try:
             name, kwargs = parse_spec(token)
         except ValueError:
-            raise ValueError(f"Invalid fix {token!r}. Valid fixes: none, {', '.join(FIXES)}") from None
+            raise ValueError(f"Invalid fix {shorten(repr(token))}. Valid fixes: none, {', '.join(FIXES)}") from None
         if name not in FIXES:
             raise ValueError(
-                f"Unknown fix {name!r}.{_closest(name, list(FIXES))} Valid fixes: none, {', '.join(FIXES)}"
+                f"Unknown fix {shorten(repr(name))}.{_closest(name, list(FIXES))} "
+                f"Valid fixes: none, {', '.join(FIXES)}"
             )
         param = FIXES[name]
         if param is None:
             if kwargs:
-                raise ValueError(f"Fix {name!r} takes no parameters. Received: {token!r}")
+                raise ValueError(f"Fix {name!r} takes no parameters. Received: {shorten(repr(token))}")
             parts.append(name)
             continue
-        pname, default, ptype = param
-        unknown = set(kwargs) - {pname}
-        if unknown:
-            raise ValueError(f"Invalid parameter {sorted(unknown)[0]!r} for fix {name!r}; valid parameters: {pname}")
-        value = ptype(kwargs.get(pname, default))
+        pname, default, _ = param
+        # The registries' binding: an integer stays an integer (every=2.7 is
+        # refused, not truncated), a float must be finite (norm=1e999 would be
+        # stored as inf, which no canonical name can hold).
+        value = {pname: default, **bind_params("fix", name, kwargs, {pname: default})}[pname]
         if name == "residual" and value < 1:
             raise ValueError(f"Fix 'residual' needs every >= 1. Received: every={value}")
         if name == "clipnorm" and not value > 0:
@@ -77,7 +94,7 @@ def canonical_fix(text: str) -> str:
         parts.append(f"{name}({pname}={value!r})")
     names = [p.split("(")[0] for p in parts]
     if len(set(names)) != len(names):
-        raise ValueError(f"A fix appears twice in {text!r}.")
+        raise ValueError(f"A fix appears twice in {shorten(repr(text))}.")
     norms = [n for n in names if n in _NORM_FIXES]
     if len(norms) > 1:
         raise ValueError(f"At most one normalization fix per run. Received: {'+'.join(norms)}")
@@ -133,42 +150,64 @@ class RunConfig:
             ok = isinstance(v, int) and not isinstance(v, bool) and (v > 0 or (allow_zero and v == 0))
             if not ok:
                 kind = "a non-negative integer" if allow_zero else "a positive integer"
-                raise ValueError(f"Argument `{name}` must be {kind}. Received: {name}={v!r}")
+                raise ValueError(f"Argument `{name}` must be {kind}. Received: {name}={shorten(repr(v))}")
 
         def choice(name, choices):
             v = getattr(self, name)
             if v not in choices:
                 raise ValueError(
-                    f"Argument `{name}` must be one of {', '.join(choices)}. Received: {name}={v!r}"
+                    f"Argument `{name}` must be one of {', '.join(choices)}. Received: {name}={shorten(repr(v))}"
                     + _closest(str(v), list(choices))
                 )
 
+        # Names must be strings: a suite's `fix: [[batchnorm]]` is a list of
+        # lists, and str() of it would be looked up as a name.
+        for name in ("arch", "activation", "initializer", "optimizer", "dataset", "preprocessing"):
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                raise ValueError(
+                    f"Argument `{name}` must be a string. Received: {name}={shorten(repr(v))} "
+                    f"(of type {type(v).__name__})"
+                )
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
-        set_("arch", str(self.arch).lower())
+        set_("arch", self.arch.lower())
         choice("arch", ARCHS)
         for name in ("depth", "width", "batch_size", "epochs", "log_every", "act_every"):
             positive_int(name)
         positive_int("max_steps", allow_none=True, allow_zero=True)
         positive_int("train_samples", allow_none=True)
         positive_int("test_samples", allow_none=True)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"Argument `seed` must be a non-negative integer. Received: seed={self.seed!r}")
+        max_seed = SEED_LIMIT - 1 - 2 * self.depth
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= max_seed:
+            raise ValueError(
+                f"Argument `seed` must be an integer in [0, {max_seed}] (2**31 - 1 minus the per-layer offsets "
+                f"of depth {self.depth}). Received: seed={shorten(repr(self.seed))}"
+            )
         lr = self.learning_rate
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or lr != lr:
-            raise ValueError(f"Argument `learning_rate` must be a positive number. Received: learning_rate={lr!r}")
+        if (
+            isinstance(lr, bool)
+            or not isinstance(lr, (int, float))
+            or not math.isfinite(lr)
+            or not 0 < lr <= MAX_LEARNING_RATE
+        ):
+            raise ValueError(
+                f"Argument `learning_rate` must be a finite number in (0, {MAX_LEARNING_RATE:g}]. "
+                f"Received: learning_rate={shorten(repr(lr))}"
+            )
         set_("learning_rate", float(lr))
-        set_("optimizer", str(self.optimizer).lower())
+        set_("optimizer", self.optimizer.lower())
         choice("optimizer", OPTIMIZERS)
-        set_("preprocessing", str(self.preprocessing).lower())
+        set_("preprocessing", self.preprocessing.lower())
         choice("preprocessing", PREPROCESSINGS)
         set_("activation", models.activations.get(self.activation).name)
         set_("initializer", models.initializers.get(self.initializer).name)
         set_("fix", canonical_fix(self.fix))
-        ds = str(self.dataset)
+        ds = self.dataset
         set_("dataset", ds if ds.startswith("tfds:") else ds.lower().replace("-", "_"))
         if not (self.dataset in ("mnist", "fashion_mnist") or re.fullmatch(r"tfds:[\w/.:-]+", self.dataset)):
             raise ValueError(
-                f"Argument `dataset` must be one of mnist, fashion_mnist, tfds:NAME. Received: dataset={ds!r}"
+                "Argument `dataset` must be one of mnist, fashion_mnist, tfds:NAME. "
+                f"Received: dataset={shorten(repr(ds))}"
             )
 
     # ----------------------------------------------------------- conversions
@@ -182,7 +221,7 @@ class RunConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(
-                f"Unknown RunConfig field {unknown[0]!r}.{_closest(unknown[0], sorted(names))} "
+                f"Unknown RunConfig field {shorten(repr(unknown[0]))}.{_closest(unknown[0], sorted(names))} "
                 f"Valid fields: {', '.join(sorted(names))}"
             )
         return cls(**d)

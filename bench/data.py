@@ -28,8 +28,10 @@ gzipped).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import math
 import numbers
 import os
 import warnings
@@ -84,6 +86,13 @@ KNOWN_CHECKSUMS: dict[str, dict[str, str]] = {
 }
 
 _NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10}
+# x_train's then x_test's shape in the published files.
+_STANDARD_SHAPES = {
+    "mnist": (60_000, 28, 28, 10_000, 28, 28),
+    "fashion_mnist": (60_000, 28, 28, 10_000, 28, 28),
+}
+# Set to 1 to use a file that is refused as another dataset (`--allow-nonstandard-data`).
+ALLOW_NONSTANDARD_ENV = "VGBENCH_ALLOW_NONSTANDARD_DATA"
 
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -133,6 +142,8 @@ class Dataset:
         checksum: One SHA-256 over the four array checksums.
         standard: Whether every array matches ``KNOWN_CHECKSUMS`` for this
             dataset (always ``False`` for datasets with no known checksums).
+        nonstandard_allowed: Whether the file would have been refused as
+            another dataset and was used because the user asked for it.
     """
 
     name: str
@@ -145,6 +156,7 @@ class Dataset:
     checksums: Mapping[str, str]
     checksum: str
     standard: bool
+    nonstandard_allowed: bool = False
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -205,8 +217,12 @@ def data_checksum(checksums: Mapping[str, str]) -> str:
 
 
 def describe(ds: Dataset) -> dict:
-    """Returns the dataset's provenance as a JSON-serialisable dict."""
-    return {
+    """Returns the dataset's provenance as a JSON-serialisable dict.
+
+    ``nonstandard_allowed: true`` is added when the data was used only because
+    the user asked for it (``--allow-nonstandard-data``).
+    """
+    info = {
         "name": ds.name,
         "source": ds.source,
         "checksum": ds.checksum,
@@ -216,9 +232,14 @@ def describe(ds: Dataset) -> dict:
         "image_shape": list(ds.image_shape),
         "num_classes": ds.num_classes,
     }
+    if ds.nonstandard_allowed:
+        info["nonstandard_allowed"] = True
+    return info
 
 
-def load_dataset(name: str = "mnist", path: str | os.PathLike | None = None) -> Dataset:
+def load_dataset(
+    name: str = "mnist", path: str | os.PathLike | None = None, *, allow_nonstandard: bool | None = None
+) -> Dataset:
     """Finds, reads and verifies a dataset.
 
     Args:
@@ -228,18 +249,29 @@ def load_dataset(name: str = "mnist", path: str | os.PathLike | None = None) -> 
         path: For MNIST and Fashion-MNIST, an ``.npz`` file in the Keras layout
             or a directory of IDX files, used instead of searching. For
             ``tfds:NAME``, the TFDS data directory.
+        allow_nonstandard: Use a file that holds another published dataset,
+            or one of the published layout with other contents, instead of
+            refusing it. None reads ``$VGBENCH_ALLOW_NONSTANDARD_DATA``
+            (``1`` allows), so that worker processes follow the command line.
 
     Returns:
         The verified :class:`Dataset`. Arrays that differ from the published
-        ones are accepted (a subset, say) with a
-        :class:`NonStandardDataWarning` and ``standard=False``.
+        ones in size (a subset, say) are accepted with a
+        :class:`NonStandardDataWarning` and ``standard=False``. Inside
+        :func:`reusing`, a dataset given there is returned as is.
 
     Raises:
         DataError: The name is unknown, or the data cannot be found, read or
             trusted.
     """
+    if allow_nonstandard is None:
+        allow_nonstandard = os.environ.get(ALLOW_NONSTANDARD_ENV, "").strip().lower() in ("1", "true", "yes")
+    allow = bool(allow_nonstandard)
     if not isinstance(name, str):
         raise DataError(f"Invalid dataset name {name!r}; expected one of: {', '.join(DATASET_NAMES)}")
+    reused = _REUSED.get((name, None if path is None else os.fspath(path)))
+    if reused is not None:
+        return reused
     key = name.strip()
     if key.lower().startswith("tfds:"):
         tfds_name = key[len("tfds:"):].strip()
@@ -252,8 +284,46 @@ def load_dataset(name: str = "mnist", path: str | os.PathLike | None = None) -> 
             f"Unknown dataset name {name!r}; expected one of: mnist, fashion_mnist (or fashion-mnist), tfds:NAME"
         )
     if canonical == "mnist":
-        return _load_mnist(path)
-    return _load_fashion_mnist(path)
+        return _load_mnist(path, allow)
+    return _load_fashion_mnist(path, allow)
+
+
+# (name, path) -> Dataset, filled only inside `reusing`.
+_REUSED: dict = {}
+
+
+@contextlib.contextmanager
+def reusing(datasets: Mapping[tuple[str, str | None], Dataset]):
+    """Makes `load_dataset` return already loaded datasets within the block.
+
+    A command loads and checks its data before it starts any work; code it
+    then calls that loads the same ``(name, path)`` again gets those arrays
+    instead of reading and checksumming the file a second time.
+
+    Args:
+        datasets: ``(name, path) -> Dataset``, ``path`` as given to
+            `load_dataset` (``None`` for the default sources).
+    """
+    saved = dict(_REUSED)
+    _REUSED.update({(n, None if p is None else os.fspath(p)): ds for (n, p), ds in datasets.items()})
+    try:
+        yield
+    finally:
+        _REUSED.clear()
+        _REUSED.update(saved)
+
+
+def check_samples(ds: Dataset, train_samples: int | None, test_samples: int | None) -> tuple[int, int]:
+    """Checks subset sizes against a dataset; returns the numbers of examples used.
+
+    Raises:
+        DataError: A count that is not a positive integer or exceeds what the
+            dataset has; the message names the count and the valid range.
+    """
+    return (
+        _check_samples("train_samples", train_samples, ds.n_train, ds.name),
+        _check_samples("test_samples", test_samples, ds.n_test, ds.name),
+    )
 
 
 def prepare(
@@ -292,8 +362,7 @@ def prepare(
     """
     if preprocessing not in PREPROCESSINGS:
         raise DataError(f"Unknown preprocessing {preprocessing!r}; expected one of: {', '.join(PREPROCESSINGS)}")
-    n_train = _check_samples("train_samples", train_samples, ds.n_train, ds.name)
-    n_test = _check_samples("test_samples", test_samples, ds.n_test, ds.name)
+    n_train, n_test = check_samples(ds, train_samples, test_samples)
 
     x_train = ds.x_train[:n_train].astype(np.float32) / np.float32(255)
     x_test = ds.x_test[:n_test].astype(np.float32) / np.float32(255)
@@ -435,18 +504,18 @@ def _env_path(var: str) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def _from_user(name: str, path, env_var: str, hint: str) -> Dataset | None:
+def _from_user(name: str, path, env_var: str, hint: str, allow: bool) -> Dataset | None:
     """The dataset at the path the user gave (argument, else environment), or None."""
     if path is not None:
-        return _from_path(name, Path(path).expanduser(), what=None, hint=hint)
+        return _from_path(name, Path(path).expanduser(), what=None, hint=hint, allow=allow)
     env = _env_path(env_var)
     if env is not None:
-        return _from_path(name, env, what=f"${env_var}", hint=hint)
+        return _from_path(name, env, what=f"${env_var}", hint=hint, allow=allow)
     return None
 
 
-def _load_mnist(path) -> Dataset:
-    given = _from_user("mnist", path, MNIST_ENV, MNIST_HINT)
+def _load_mnist(path, allow: bool) -> Dataset:
+    given = _from_user("mnist", path, MNIST_ENV, MNIST_HINT, allow)
     if given is not None:
         return given
     cached = _keras_home() / "datasets" / "mnist.npz"
@@ -454,7 +523,7 @@ def _load_mnist(path) -> Dataset:
         # Read directly: keras' load_data would check the zip container's hash
         # and re-download a valid file that was written by another tool.
         arrays = _read_npz(cached)
-        return _build("mnist", arrays, source=f"keras-cache:{cached}", where=str(cached))
+        return _build("mnist", arrays, source=f"keras-cache:{cached}", where=str(cached), allow=allow)
     try:
         import keras
 
@@ -462,24 +531,25 @@ def _load_mnist(path) -> Dataset:
     except Exception as exc:  # Any download failure means the same thing to the user.
         raise DataError(MNIST_HINT) from exc
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-    return _build("mnist", arrays, source="keras-download", where="the Keras download")
+    return _build("mnist", arrays, source="keras-download", where="the Keras download", allow=allow)
 
 
-def _load_fashion_mnist(path) -> Dataset:
-    given = _from_user("fashion_mnist", path, FASHION_MNIST_ENV, FASHION_MNIST_HINT)
+def _load_fashion_mnist(path, allow: bool) -> Dataset:
+    given = _from_user("fashion_mnist", path, FASHION_MNIST_ENV, FASHION_MNIST_HINT, allow)
     if given is not None:
         return given
     for directory in (FASHION_MNIST_DEBIAN_DIR, _keras_home() / "datasets" / "fashion-mnist"):
         if directory.is_dir() and all(_find_idx(directory, stem) for stem in IDX_FILES.values()):
-            return _build("fashion_mnist", _read_idx_dir(directory), source=str(directory), where=str(directory))
+            arrays = _read_idx_dir(directory)
+            return _build("fashion_mnist", arrays, source=str(directory), where=str(directory), allow=allow)
     try:
         arrays, _ = _read_tfds("fashion_mnist", data_dir=None)
     except DataError as exc:
         raise DataError(FASHION_MNIST_HINT) from exc
-    return _build("fashion_mnist", arrays, source="tfds:fashion_mnist", where="tfds:fashion_mnist")
+    return _build("fashion_mnist", arrays, source="tfds:fashion_mnist", where="tfds:fashion_mnist", allow=allow)
 
 
-def _from_path(name: str, path: Path, *, what: str | None, hint: str) -> Dataset:
+def _from_path(name: str, path: Path, *, what: str | None, hint: str, allow: bool) -> Dataset:
     path = Path(os.path.abspath(path))  # Normalises "..", keeps symlinks as given.
     if path.is_dir():
         arrays = _read_idx_dir(path)
@@ -490,7 +560,7 @@ def _from_path(name: str, path: Path, *, what: str | None, hint: str) -> Dataset
         advice = hint.split(": ", 1)[1]
         origin = f" (from {what})" if what else ""
         raise DataError(f"{_DISPLAY_NAMES[name]} not found at {path}{origin}: {advice}")
-    return _build(name, arrays, source=str(path), where=str(path))
+    return _build(name, arrays, source=str(path), where=str(path), allow=allow)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -507,10 +577,65 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         missing = [k for k in ARRAY_KEYS if k not in f.files]
         if missing:
             raise DataError(f"{path} is missing {', '.join(missing)}; an .npz needs the keys {', '.join(ARRAY_KEYS)}")
+        for key in ARRAY_KEYS:
+            _check_npy_header(path, f.zip, key)
         try:
             return {k: f[k] for k in ARRAY_KEYS}
         except errors as exc:
             raise DataError(f"Cannot read {path}: truncated or corrupt .npz ({_one_line(exc)})") from exc
+
+
+def _check_npy_header(path: Path, archive: zipfile.ZipFile, key: str) -> None:
+    """Checks one member's declared shape, dtype and size before it is read.
+
+    NumPy allocates what a header declares before reading the data, so a
+    small file that declares a 730 GiB array would end in a MemoryError;
+    the header alone tells that it is not an image or label array, or that
+    the file does not hold the bytes it declares.
+    """
+    name = f"{key}.npy"
+    try:
+        info = archive.getinfo(name)
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(member)
+            header_bytes = member.tell()
+    except KeyError:  # stored without the .npy suffix: np.load reads it as is, and _validate checks it
+        return
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"Cannot read {path}: {key} has a corrupt array header ({_one_line(exc)})") from exc
+    _check_layout(key, shape, dtype, where=str(path))
+    declared = math.prod(shape) * dtype.itemsize
+    stored = info.file_size - header_bytes
+    if declared != stored:
+        raise DataError(
+            f"Corrupt {path}: {key} declares shape {shape} of {dtype} ({_human_bytes(declared)}) "
+            f"but holds {_human_bytes(stored)}"
+        )
+
+
+def _check_layout(key: str, shape: tuple[int, ...], dtype: np.dtype, *, where: str) -> None:
+    """Checks the rank and dtype of an image (``x_*``) or label (``y_*``) array."""
+    if key.startswith("x_"):
+        if len(shape) not in (3, 4):
+            raise DataError(f"{key} in {where} has shape {shape}; expected (N, H, W) or (N, H, W, C)")
+        if dtype != np.uint8:
+            raise DataError(f"{key} in {where} has dtype {dtype}; expected uint8 pixels in [0, 255]")
+    else:
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            raise DataError(f"{key} in {where} has shape {shape}; expected (N,) integer labels")
+        if not np.issubdtype(dtype, np.integer):
+            raise DataError(f"{key} in {where} has dtype {dtype}; expected integer labels")
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -573,6 +698,7 @@ def _build(
     source: str,
     where: str,
     num_classes: int | None = None,
+    allow: bool = False,
 ) -> Dataset:
     base = name[len("tfds:"):] if name.startswith("tfds:") else name
     if num_classes is None:
@@ -582,6 +708,8 @@ def _build(
     checksum = data_checksum(checksums)
     known = KNOWN_CHECKSUMS.get(base)
     standard = known is not None and all(checksums[k] == known[k] for k in ARRAY_KEYS)
+    if known is not None and not standard and not allow:
+        _refuse_impostor(base, arrays, checksums, checksum, where)
     if known is not None and not standard:
         warnings.warn(
             f"{where} is not the standard {_DISPLAY_NAMES[base]} (checksums differ); "
@@ -596,7 +724,41 @@ def _build(
         checksums=checksums,
         checksum=checksum,
         standard=standard,
+        nonstandard_allowed=bool(allow and known is not None and not standard),
         **arrays,
+    )
+
+
+def _refuse_impostor(base: str, arrays, checksums, checksum: str, where: str) -> None:
+    """Refuses a file that is another standard dataset, or a same-sized stand-in for this one.
+
+    A subset (fewer examples, or other image sizes) is a deliberate choice and
+    is only warned about. But a file that holds another published dataset, or
+    one with exactly the published layout and other contents, would be
+    benchmarked under the wrong name: that takes an explicit request.
+    """
+    display = _DISPLAY_NAMES[base]
+    expected = data_checksum(KNOWN_CHECKSUMS[base])
+    found = f"found {checksum[:16]}…"
+    other = next(
+        (
+            name
+            for name, known in KNOWN_CHECKSUMS.items()
+            if name != base and any(checksums[k] == known[k] for k in ARRAY_KEYS)
+        ),
+        None,
+    )
+    if other is not None:
+        what = f"{where} holds {_DISPLAY_NAMES[other]}, not {display}"
+        if checksum == data_checksum(KNOWN_CHECKSUMS[other]):
+            found += f" ({_DISPLAY_NAMES[other]}'s)"
+    elif tuple(arrays["x_train"].shape) + tuple(arrays["x_test"].shape) == _STANDARD_SHAPES[base]:
+        what = f"{where} has the layout of {display} but other contents"
+    else:
+        return
+    raise DataError(
+        f"{what}: expected checksum {expected[:16]}…, {found}; pass --allow-nonstandard-data "
+        f"(or set {ALLOW_NONSTANDARD_ENV}=1) to use it as {base} anyway"
     )
 
 
@@ -606,20 +768,14 @@ def _validate(arrays: Mapping[str, np.ndarray], *, where: str, num_classes: int)
     for split in ("train", "test"):
         x = np.asarray(arrays[f"x_{split}"])
         y = np.asarray(arrays[f"y_{split}"])
+        _check_layout(f"x_{split}", x.shape, x.dtype, where=where)
+        _check_layout(f"y_{split}", y.shape, y.dtype, where=where)
         if x.ndim == 4 and x.shape[-1] == 1:
             # One layout for grayscale whatever the source, so TFDS' (N, H, W, 1)
             # and the Keras (N, H, W) files give the same image_shape.
             x = x[..., 0]
-        if x.ndim not in (3, 4):
-            raise DataError(f"x_{split} in {where} has shape {x.shape}; expected (N, H, W) or (N, H, W, C)")
-        if x.dtype != np.uint8:
-            raise DataError(f"x_{split} in {where} has dtype {x.dtype}; expected uint8 pixels in [0, 255]")
-        if y.ndim == 2 and y.shape[1] == 1:
+        if y.ndim == 2:
             y = y[:, 0]
-        if y.ndim != 1:
-            raise DataError(f"y_{split} in {where} has shape {y.shape}; expected (N,) integer labels")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"y_{split} in {where} has dtype {y.dtype}; expected integer labels")
         if len(x) == 0:
             raise DataError(f"x_{split} in {where} is empty; expected at least one example")
         if len(x) != len(y):

@@ -20,6 +20,7 @@ replaces that field in every grid.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +28,19 @@ import yaml
 
 from bench.config import CONFIG_FIELDS, RunConfig
 from bench.errors import UsageError
+from models.registry import shorten
 
 SUITE_DIR = Path(__file__).parent / "suites"
+
+# Grids that make more runs than this are refused before a single RunConfig is
+# built: expanding them alone would take minutes and gigabytes.
+MAX_RUNS = 1_000_000
 
 
 @dataclass
 class Suite:
+    """A named list of grids of runs: `defaults` shared by all, `grids` each a product of its lists."""
+
     name: str
     description: str = ""
     defaults: dict = field(default_factory=dict)
@@ -50,30 +58,58 @@ def load_suite(name_or_path: str) -> Suite:
     if not (path.suffix in (".yaml", ".yml") or path.exists()):
         path = SUITE_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
-            raise UsageError(f"Unknown suite {name_or_path!r}. Valid suites: {', '.join(names())} (or a path to a YAML file)")
+            raise UsageError(
+                f"Unknown suite {shorten(repr(name_or_path))}. Valid suites: {', '.join(names())} "
+                "(or a path to a YAML file)"
+            )
+    where = f"Suite file {shorten(repr(str(path)), 200)}"
     try:
-        with open(path) as f:
-            doc = yaml.safe_load(f)
+        # Decoded here, not by the YAML reader, so that a file in another
+        # encoding is reported as such rather than as a UnicodeDecodeError.
+        text = path.read_bytes().decode("utf-8")
+        doc = yaml.safe_load(text)
     except FileNotFoundError:
-        raise UsageError(f"Suite file {str(path)!r} does not exist.") from None
+        raise UsageError(f"{where} does not exist.") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"{where} is not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start}."
+        ) from None
     except (OSError, yaml.YAMLError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"Cannot read suite file {str(path)!r}: {first}") from None
+        raise UsageError(f"Cannot read suite file {shorten(repr(str(path)), 200)}: {shorten(first, 200)}") from None
     if not isinstance(doc, dict):
-        raise UsageError(f"Suite file {str(path)!r} must hold a mapping with `defaults` and `grids`.")
+        raise UsageError(f"{where} must hold a mapping with `defaults` and `grids`.")
     unknown = set(doc) - {"name", "description", "defaults", "grids"}
     if unknown:
-        raise UsageError(f"Suite file {str(path)!r}: unknown key {sorted(unknown)[0]!r}; valid keys: name, description, defaults, grids")
+        raise UsageError(
+            f"{where}: unknown key {shorten(repr(sorted(map(str, unknown))[0]))}; "
+            "valid keys: name, description, defaults, grids"
+        )
     defaults = doc.get("defaults") or {}
-    grids = doc.get("grids") or [{}]
+    # A missing `grids` is one grid of the defaults; an empty list selects
+    # nothing, which is a mistake rather than a request for one default run.
+    grids = doc.get("grids")
+    grids = [{}] if grids is None else grids
     if not isinstance(defaults, dict) or not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
-        raise UsageError(f"Suite file {str(path)!r}: `defaults` must be a mapping and `grids` a list of mappings.")
-    for where in [defaults, *grids]:
-        for key in where:
+        raise UsageError(f"{where}: `defaults` must be a mapping and `grids` a list of mappings.")
+    if not grids:
+        raise UsageError(f"{where}: `grids` is an empty list; give at least one grid (a mapping, may be {{}}).")
+    for where_in in [defaults, *grids]:
+        for key, value in where_in.items():
             if key not in CONFIG_FIELDS:
                 raise UsageError(
-                    f"Suite file {str(path)!r}: unknown field {key!r}; valid fields: {', '.join(CONFIG_FIELDS)}"
+                    f"{where}: unknown field {shorten(repr(key))}; valid fields: {', '.join(CONFIG_FIELDS)}"
                 )
+            values = value if isinstance(value, list) else [value]
+            if not values:
+                raise UsageError(f"{where}: field {key!r} is an empty list; give at least one value.")
+            for v in values:
+                # One value per run: a nested list or a mapping is no field value.
+                if v is not None and not isinstance(v, (str, int, float)):
+                    raise UsageError(
+                        f"{where}: field {key!r} takes a value or a list of values (strings or numbers). "
+                        f"Received: {key}={shorten(repr(value))}"
+                    )
     return Suite(
         name=str(doc.get("name") or path.stem),
         description=str(doc.get("description") or ""),
@@ -96,10 +132,14 @@ def expand(suite: Suite, overrides: dict | None = None, only: dict | None = None
         UsageError: for an invalid value, naming the field and the value.
     """
     overrides = overrides or {}
+    total = grid_size(suite, overrides)
+    if total > MAX_RUNS:
+        raise UsageError(
+            f"The grid makes {total:,} runs, more than the {MAX_RUNS:,} vgbench expands; "
+            "split it into smaller suites or use fewer values per option."
+        )
     configs, seen = [], set()
-    for grid in suite.grids:
-        axes = {**{k: _as_list(v) for k, v in suite.defaults.items()}, **{k: _as_list(v) for k, v in grid.items()}}
-        axes.update({k: _as_list(v) for k, v in overrides.items()})
+    for axes in _grid_axes(suite, overrides):
         keys = list(axes)
         for values in itertools.product(*(axes[k] for k in keys)):
             try:
@@ -115,6 +155,21 @@ def expand(suite: Suite, overrides: dict | None = None, only: dict | None = None
     return configs
 
 
+def grid_size(suite: Suite, overrides: dict | None = None) -> int:
+    """Number of runs the grids make, counted without building them (duplicates and `only` not dropped)."""
+    return sum(math.prod(len(v) for v in axes.values()) for axes in _grid_axes(suite, overrides or {}))
+
+
+def _grid_axes(suite: Suite, overrides: dict) -> list[dict]:
+    """Each grid's field → list of values, with the defaults and the overrides applied."""
+    out = []
+    for grid in suite.grids:
+        axes = {**{k: _as_list(v) for k, v in suite.defaults.items()}, **{k: _as_list(v) for k, v in grid.items()}}
+        axes.update({k: _as_list(v) for k, v in overrides.items()})
+        out.append(axes)
+    return out
+
+
 def _as_list(v):
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
@@ -123,7 +178,9 @@ def _matches(config: RunConfig, only: dict) -> bool:
     d = config.to_dict()
     for key, allowed in only.items():
         if key not in d:
-            raise UsageError(f"Unknown field {key!r} in --only; valid fields: {', '.join(CONFIG_FIELDS)}")
+            raise UsageError(
+                f"Unknown field {shorten(repr(key))} in --only; valid fields: {', '.join(CONFIG_FIELDS)}"
+            )
         if str(d[key]) not in {str(a) for a in allowed}:
             return False
     return True

@@ -35,6 +35,7 @@ start at zero.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -50,7 +51,9 @@ __all__ = [
     "DEFAULT_INPUT_SHAPES",
     "HiddenLayer",
     "NORMS",
+    "block_sizes",
     "build_model",
+    "count_params",
     "hidden_layers",
     "output_layer",
 ]
@@ -196,6 +199,81 @@ def build_model(
         name="output",
     )(x)
     return keras.Model(inputs, outputs, name=arch)
+
+
+def count_params(
+    arch: str = "mlp",
+    *,
+    depth: int,
+    width: int,
+    activation: str = "relu",
+    input_shape: Sequence[int] | None = None,
+    num_classes: int = 10,
+    norm: str | None = None,
+    residual_every: int = 0,
+) -> int:
+    """Counts the weights `build_model` would create, without Keras.
+
+    Lets a caller size a model before building it: a depth or width typed
+    with a few zeros too many makes a model that no machine can hold, and
+    building it would take minutes before failing. Normalization statistics
+    and PReLU slopes are included.
+
+    Args:
+        arch, depth, width, input_shape, num_classes, norm, residual_every:
+            As for `build_model`.
+        activation: Activation spec; only `prelu` adds weights.
+
+    Returns:
+        The number of scalars in the model's weights.
+    """
+    conv = arch == "cnn"
+    shape = _input_shape(arch, input_shape)
+    kernel = 9 if conv else 1
+    channels = shape[-1] if conv else math.prod(shape)
+    spatial = math.prod(shape[:-1]) if conv else 1
+    prelu = activations_lib.get(activation).base == "prelu"
+    pool_after = _pool_positions(depth) if conv else []
+    group_end = _residual_groups(depth, residual_every, pool_after)
+    total = 0
+    for i in range(depth):
+        total += kernel * channels * width + (width if norm != "batchnorm" else 0)
+        total += {None: 0, "layernorm": 2 * width}.get(norm, 4 * width)
+        total += width * spatial if prelu else 0  # one slope per unit (and position)
+        if i in group_end and channels != width:
+            total += channels * width  # the skip's projection
+        channels = width
+        if i in pool_after:
+            spatial = _pooled(shape, spatial)
+    return total + width * num_classes + num_classes
+
+
+def block_sizes(
+    arch: str = "mlp", *, depth: int, width: int, input_shape: Sequence[int] | None = None
+) -> list[int]:
+    """Values per example in the output of each hidden block, as `build_model` lays them out.
+
+    With `count_params`, this sizes the activations a batch keeps for the
+    backward pass, without Keras.
+
+    Returns:
+        `depth` integers: `width` for an MLP, `positions * width` for a CNN,
+        where the positions shrink after each pooling layer.
+    """
+    shape = _input_shape(arch, input_shape)
+    spatial = math.prod(shape[:-1]) if arch == "cnn" else 1
+    pool_after = set(_pool_positions(depth)) if arch == "cnn" else set()
+    sizes = []
+    for i in range(depth):
+        sizes.append(spatial * width)
+        if i in pool_after:
+            spatial = _pooled(shape, spatial)
+    return sizes
+
+
+def _pooled(shape: Sequence[int], spatial: int) -> int:
+    # 2x2 pooling with "same" padding on a square image: ceil(side / 2).
+    return math.ceil(math.sqrt(spatial) / 2) ** 2
 
 
 def _check_int(arg: str, value, *, minimum: int) -> None:

@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import inspect
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from models import registry
@@ -57,6 +57,16 @@ ALIASES: dict[str, str] = {
 # model builder, and the axis arguments describe the kernel layout, which the
 # layer already knows.
 _NOT_PARAMS = frozenset({"self", "seed", "input_axes", "output_axes"})
+
+# base -> ((parameters, test of their values, what they must be), ...): constraints that
+# the Keras constructors do not check, although a value outside them makes no
+# distribution (a negative standard deviation) or an empty interval; Keras
+# would build such an initializer and every run would fail or draw nonsense.
+_CHECKS: dict[str, tuple[tuple[tuple[str, ...], Callable[..., bool], str], ...]] = {
+    "random_normal": ((("stddev",), lambda stddev: stddev > 0, "stddev > 0"),),
+    "truncated_normal": ((("stddev",), lambda stddev: stddev > 0, "stddev > 0"),),
+    "random_uniform": ((("minval", "maxval"), lambda minval, maxval: minval < maxval, "minval < maxval"),),
+}
 
 
 def names() -> list[str]:
@@ -161,6 +171,13 @@ def get(spec: str | Initializer) -> Initializer:
         base=base,
         kwargs=types.MappingProxyType(bound),
     )
+    params = init.params
+    for keys, test, expected in _CHECKS.get(base, ()):
+        if not test(*(params[key] for key in keys)):
+            received = ", ".join(f"{key}={params[key]!r}" for key in keys)
+            raise ValueError(
+                f"Parameters of initializer '{base}' must satisfy {expected}. Received: {received}"
+            )
     # Keras checks values (a mode, a positive scale) in the constructor; doing
     # it here reports a bad spec when it is read, not when a model is built.
     try:
@@ -168,6 +185,6 @@ def get(spec: str | Initializer) -> Initializer:
     except (ValueError, TypeError) as e:
         detail = " ".join(str(e).split())
         raise ValueError(
-            f"Invalid spec {spec!r} for initializer '{base}': {detail}"
+            f"Invalid spec {registry.shorten(repr(spec))} for initializer '{base}': {detail}"
         ) from None
     return init

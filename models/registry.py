@@ -33,11 +33,38 @@ __all__ = [
     "invalid_parameter",
     "parse_spec",
     "resolve_name",
+    "shorten",
     "unknown_name",
 ]
 
 _SPEC = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*", re.DOTALL)
 _EXAMPLE = "Expected 'name' or 'name(param=value, ...)'"
+
+# How much of a user-given value an error message echoes.
+ECHO_LIMIT = 60
+
+
+def shorten(text: Any, limit: int = ECHO_LIMIT) -> str:
+    """Shortens a user-given value for echoing it in a one-line error message.
+
+    A mistyped 100 kB name must not become a 100 kB message, yet the message
+    has to show what was received: the first `limit` characters are kept and
+    the length of the whole is said.
+
+    Args:
+        text: The value as it is to be echoed (usually its `repr`); other
+            types are converted with `str`.
+        limit: Characters kept.
+
+    Returns:
+        `text` itself when it has at most `limit` characters, otherwise
+        `"<first limit chars>…(N chars)"`; line breaks are escaped so the
+        message stays one line.
+    """
+    text = str(text)
+    if len(text) > limit:
+        text = f"{text[:limit]}…({len(text)} chars)"
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class UnknownNameError(ValueError):
@@ -89,11 +116,11 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(text, str):
         raise ValueError(
             f"A spec must be a string. {_EXAMPLE}. "
-            f"Received: spec={text!r} (of type {type(text).__name__})"
+            f"Received: spec={shorten(repr(text))} (of type {type(text).__name__})"
         )
     match = _SPEC.fullmatch(text)
     if match is None:
-        raise ValueError(f"Malformed spec. {_EXAMPLE}. Received: spec={text!r}")
+        raise ValueError(f"Malformed spec. {_EXAMPLE}. Received: spec={shorten(repr(text))}")
     name, args = match.group(1).lower(), match.group(2)
     if args is None or not args.strip():
         return name, {}
@@ -108,25 +135,25 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
         and isinstance(call.func, ast.Name)
         and call.func.id == "_"
     ):
-        raise ValueError(f"Malformed spec. {_EXAMPLE}. Received: spec={text!r}")
+        raise ValueError(f"Malformed spec. {_EXAMPLE}. Received: spec={shorten(repr(text))}")
     if call.args or any(kw.arg is None for kw in call.keywords):
         raise ValueError(
             "Spec parameters must be passed by keyword, e.g. "
-            f"'leaky_relu(negative_slope=0.1)'. Received: spec={text!r}"
+            f"'leaky_relu(negative_slope=0.1)'. Received: spec={shorten(repr(text))}"
         )
     kwargs: dict[str, Any] = {}
     for keyword in call.keywords:
         key = keyword.arg.lower()
         if key in kwargs:
             raise ValueError(
-                f"Parameter '{key}' is given more than once. Received: spec={text!r}"
+                f"Parameter '{shorten(key)}' is given more than once. Received: spec={shorten(repr(text))}"
             )
         try:
             kwargs[key] = ast.literal_eval(keyword.value)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             raise ValueError(
-                f"The value of parameter '{key}' must be a literal (a number, "
-                f"a quoted string, True, False or None). Received: spec={text!r}"
+                f"The value of parameter '{shorten(key)}' must be a literal (a number, "
+                f"a quoted string, True, False or None). Received: spec={shorten(repr(text))}"
             ) from None
     return name, kwargs
 
@@ -167,11 +194,12 @@ def unknown_name(
         The `UnknownNameError`, to be raised by the caller.
     """
     choices = sorted(choices)
-    close = difflib.get_close_matches(name, [*choices, *aliases], n=1, cutoff=0.6)
+    # A name far longer than any choice is close to none (and slow to compare).
+    close = difflib.get_close_matches(name, [*choices, *aliases], n=1, cutoff=0.6) if len(name) <= 100 else []
     suggestion = close[0] if close else None
     hint = f" Did you mean '{suggestion}'?" if suggestion else ""
     return UnknownNameError(
-        f"Unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(choices)}",
+        f"Unknown {kind} '{shorten(name)}'.{hint} Valid {kind}s: {', '.join(choices)}",
         kind=kind,
         name=name,
         choices=choices,
@@ -196,7 +224,7 @@ def invalid_parameter(
     valid = sorted(valid)
     listed = ", ".join(valid) if valid else "(none)"
     return UnknownNameError(
-        f"Invalid parameter '{param}' for {kind} '{base}'; valid parameters: {listed}",
+        f"Invalid parameter '{shorten(param)}' for {kind} '{base}'; valid parameters: {listed}",
         kind=kind,
         name=param,
         choices=valid,
@@ -284,6 +312,6 @@ def _coerce(kind: str, base: str, key: str, value: Any, default: Any) -> Any:
     if expected is not None:
         raise ValueError(
             f"Parameter '{key}' of {kind} '{base}' must be {expected}. "
-            f"Received: {key}={value!r}"
+            f"Received: {key}={shorten(repr(value))}"
         )
     return coerced

@@ -15,6 +15,7 @@ from models import (
     initializers,
     output_layer,
 )
+from models.architectures import block_sizes, count_params
 
 RNG = np.random.default_rng(0)
 # One shared batch keeps the pairwise test fast.
@@ -327,3 +328,21 @@ def test_unknown_names_raise_unknown_name_error():
         mlp(activation="rellu")
     with pytest.raises(UnknownNameError, match="Did you mean 'he_normal'"):
         mlp(initializer="he_nromal")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(arch="mlp", depth=5, width=32),
+        dict(arch="mlp", depth=5, width=32, activation="prelu", norm="batchnorm", residual_every=2),
+        dict(arch="mlp", depth=4, width=16, norm="layernorm", residual_every=3),
+        dict(arch="cnn", depth=6, width=8, activation="prelu", norm="batchnorm_after", residual_every=2),
+        dict(arch="cnn", depth=5, width=8, norm="batchnorm", residual_every=1),
+        dict(arch="cnn", depth=2, width=4),
+    ],
+)
+def test_count_params_matches_the_built_model(kwargs):
+    """The size estimate used to refuse oversized runs counts what Keras builds."""
+    model = build_model(initializer="he_normal", **{"activation": "relu", **kwargs})
+    assert count_params(**kwargs) == model.count_params()
+    assert len(block_sizes(kwargs["arch"], depth=kwargs["depth"], width=kwargs["width"])) == kwargs["depth"]

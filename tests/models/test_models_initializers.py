@@ -1,4 +1,5 @@
 import inspect
+import re
 
 import keras
 import numpy as np
@@ -156,3 +157,22 @@ def test_values_that_keras_rejects_fail_at_lookup(spec, fragment):
         initializers.get(spec)
     assert not isinstance(info.value, UnknownNameError)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("random_normal(stddev=-1)", "stddev > 0. Received: stddev=-1.0"),
+        ("truncated_normal(stddev=0.0)", "stddev > 0. Received: stddev=0.0"),
+        ("random_uniform(minval=1.0, maxval=0.0)", "minval < maxval. Received: minval=1.0, maxval=0.0"),
+        ("random_uniform(minval=0.5)", "minval < maxval. Received: minval=0.5, maxval=0.05"),
+    ],
+)
+def test_parameter_constraints_are_checked_when_read(spec, fragment):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        initializers.get(spec)
+
+
+def test_parameters_inside_the_constraints_are_accepted():
+    assert initializers.get("random_uniform(minval=-1.0, maxval=1.0)").params["maxval"] == 1.0
+    assert initializers.get("random_normal(stddev=0.01)").name == "random_normal(stddev=0.01)"

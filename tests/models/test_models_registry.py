@@ -138,3 +138,19 @@ def test_a_spec_with_an_overflowing_literal_is_rejected():
     name, kwargs = registry.parse_spec("leaky_relu(negative_slope=1e999)")
     with pytest.raises(ValueError, match="must be a finite number"):
         registry.bind_params("activation", name, kwargs, {"negative_slope": 0.2})
+
+
+def test_shorten_keeps_short_values_and_cuts_long_ones():
+    assert registry.shorten("'relu'") == "'relu'"
+    long = "y" * 1000
+    short = registry.shorten(long)
+    assert short == "y" * registry.ECHO_LIMIT + "…(1000 chars)"
+    assert registry.shorten("a\nb") == "a\\nb"  # one line
+
+
+def test_unknown_long_name_is_echoed_shortened():
+    with pytest.raises(UnknownNameError) as excinfo:
+        raise registry.unknown_name("activation", "z" * 50_000, ["relu", "tanh"])
+    message = str(excinfo.value)
+    assert "…(50000 chars)" in message and "Valid activations: relu, tanh" in message
+    assert len(message) < 200
