@@ -14,9 +14,10 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import models
+from bench.utils import closest, slug
 from models.registry import bind_params, parse_spec, shorten
 
 ARCHS = ("mlp", "cnn")
@@ -43,15 +44,6 @@ MAX_LEARNING_RATE = 10.0
 SEED_LIMIT = 2**31
 
 
-def _closest(name, choices):
-    import difflib
-
-    if len(name) > 100:  # far from every choice, and slow to compare
-        return ""
-    match = difflib.get_close_matches(name, choices, n=1)
-    return f" Did you mean {match[0]!r}?" if match else ""
-
-
 def canonical_fix(text: str) -> str:
     """Canonical form of a fix set: ``"residual(every=2)+batchnorm"`` → sorted, '+'-joined."""
     if text is not None and not isinstance(text, str):
@@ -71,7 +63,7 @@ def canonical_fix(text: str) -> str:
             raise ValueError(f"Invalid fix {shorten(repr(token))}. Valid fixes: none, {', '.join(FIXES)}") from None
         if name not in FIXES:
             raise ValueError(
-                f"Unknown fix {shorten(repr(name))}.{_closest(name, list(FIXES))} "
+                f"Unknown fix {shorten(repr(name))}.{closest(name, list(FIXES))} "
                 f"Valid fixes: none, {', '.join(FIXES)}"
             )
         param = FIXES[name]
@@ -157,7 +149,7 @@ class RunConfig:
             if v not in choices:
                 raise ValueError(
                     f"Argument `{name}` must be one of {', '.join(choices)}. Received: {name}={shorten(repr(v))}"
-                    + _closest(str(v), list(choices))
+                    + closest(str(v), list(choices))
                 )
 
         # Names must be strings: a suite's `fix: [[batchnorm]]` is a list of
@@ -221,7 +213,7 @@ class RunConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(
-                f"Unknown RunConfig field {shorten(repr(unknown[0]))}.{_closest(unknown[0], sorted(names))} "
+                f"Unknown RunConfig field {shorten(repr(unknown[0]))}.{closest(unknown[0], sorted(names))} "
                 f"Valid fields: {', '.join(sorted(names))}"
             )
         return cls(**d)
@@ -237,8 +229,8 @@ class RunConfig:
     def run_id(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
-        slug = "-".join(
-            _slug(s)
+        readable = "-".join(
+            slug(s)
             for s in (
                 self.arch,
                 f"d{self.depth}",
@@ -249,7 +241,7 @@ class RunConfig:
                 f"s{self.seed}",
             )
         )
-        return f"{slug}-{digest}"
+        return f"{readable}-{digest}"
 
     def model_kwargs(self) -> dict:
         """Keyword arguments of `models.build_model` for this config."""
@@ -266,10 +258,6 @@ class RunConfig:
             dropout=float(fixes.get("dropout") or 0.0),
             seed=self.seed,
         )
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "_", text.lower()).strip("_")
 
 
 CONFIG_FIELDS = [f.name for f in dataclasses.fields(RunConfig)]

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import DataError
+from bench.utils import one_line
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -464,9 +465,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     # BadGzipFile is an OSError: test it before the other OSErrors (permission
     # denied, a directory), which say nothing about the content.
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise DataError(f"Cannot read IDX file {path}: corrupt or truncated gzip ({_one_line(exc)})") from exc
+        raise DataError(f"Cannot read IDX file {path}: corrupt or truncated gzip ({one_line(exc)})") from exc
     except OSError as exc:
-        raise DataError(f"Cannot read IDX file '{path}': {_one_line(exc)}") from exc
+        raise DataError(f"Cannot read IDX file '{path}': {one_line(exc)}") from exc
 
     if len(raw) < 4:
         raise DataError(f"Corrupt IDX file {path}: {len(raw)} bytes, shorter than the 4-byte magic number")
@@ -570,7 +571,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         f = np.load(path, allow_pickle=False)
     except errors as exc:
-        raise DataError(f"Cannot read {path}: not a valid .npz, or truncated/corrupt ({_one_line(exc)})") from exc
+        raise DataError(f"Cannot read {path}: not a valid .npz, or truncated/corrupt ({one_line(exc)})") from exc
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise DataError(f"{path} holds a single array, not an .npz with the keys {', '.join(ARRAY_KEYS)}")
     with f:
@@ -582,7 +583,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         try:
             return {k: f[k] for k in ARRAY_KEYS}
         except errors as exc:
-            raise DataError(f"Cannot read {path}: truncated or corrupt .npz ({_one_line(exc)})") from exc
+            raise DataError(f"Cannot read {path}: truncated or corrupt .npz ({one_line(exc)})") from exc
 
 
 def _check_npy_header(path: Path, archive: zipfile.ZipFile, key: str) -> None:
@@ -606,7 +607,7 @@ def _check_npy_header(path: Path, archive: zipfile.ZipFile, key: str) -> None:
     except KeyError:  # stored without the .npy suffix: np.load reads it as is, and _validate checks it
         return
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"Cannot read {path}: {key} has a corrupt array header ({_one_line(exc)})") from exc
+        raise DataError(f"Cannot read {path}: {key} has a corrupt array header ({one_line(exc)})") from exc
     _check_layout(key, shape, dtype, where=str(path))
     declared = math.prod(shape) * dtype.itemsize
     stored = info.file_size - header_bytes
@@ -683,7 +684,7 @@ def _read_tfds(name: str, data_dir) -> tuple[dict[str, np.ndarray], int]:
     except Exception as exc:  # TFDS raises many unrelated types for "not here".
         raise DataError(
             f"TFDS dataset {name!r} is not available locally with train and test splits "
-            f"({_one_line(exc)}); prepare it with tfds.builder({name!r}).download_and_prepare() where there is network"
+            f"({one_line(exc)}); prepare it with tfds.builder({name!r}).download_and_prepare() where there is network"
         ) from exc
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}, num_classes
 
@@ -818,8 +819,3 @@ def _check_samples(arg: str, value, available: int, name: str) -> int:
     return int(value)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    first = first if len(first) <= 200 else first[:197] + "..."
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

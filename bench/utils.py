@@ -9,11 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["closest", "first_line", "json_safe", "one_line", "plain", "shorten", "slug"]
-
-# Longest user-given text echoed back in an error message.
-MAX_ECHO = 80
-
+__all__ = ["closest", "first_line", "json_safe", "one_line", "plain", "slug"]
 
 def closest(name, choices) -> str:
     """" Did you mean 'x'?" for the nearest of `choices`, or "" when none is near."""
@@ -24,14 +20,6 @@ def closest(name, choices) -> str:
 def slug(text: str) -> str:
     """Lowercase letters, digits and dots, other runs of characters as one underscore."""
     return re.sub(r"[^a-z0-9.]+", "_", str(text).lower()).strip("_")
-
-
-def shorten(text, limit: int = MAX_ECHO) -> str:
-    """User input to echo in a message: cut to `limit` characters, saying how long it was."""
-    text = str(text)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}…({len(text)} chars)"
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
