@@ -206,7 +206,7 @@ def _add_theory(sub):
     p.add_argument("--depth", type=int, default=20, metavar="D", help="hidden layers (default 20)")
     p.add_argument("--width", type=int, default=128, metavar="W", help="units per hidden layer (default 128)")
     p.add_argument(
-        "--bias-variance", type=float, default=0.0, metavar="S", help="variance of the initial biases (default 0: zeros)"
+        "--bias-variance", type=float, default=0.0, metavar="S", help="variance of the initial biases (default 0)"
     )
     p.add_argument(
         "--input-second-moment",
@@ -221,7 +221,7 @@ def _add_theory(sub):
         "--preprocessing", default=None, help="scale or standardize, for E[x^2] from the data (default: scale)"
     )
     p.add_argument(
-        "--train-samples", type=int, default=None, metavar="N", help="first N training examples, for E[x^2] from the data"
+        "--train-samples", type=int, default=None, metavar="N", help="first N training examples, for E[x^2] from data"
     )
     p.add_argument(
         "--json", action="store_true", help="print a JSON list, one object per pair (NaN as null, infinity as \"inf\")"
