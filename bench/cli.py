@@ -1,4 +1,4 @@
-"""The `vgbench` command line: run, list, report, compare.
+"""The `vgbench` command line: run, list, report, compare, theory.
 
 Bad input is one line on stderr and exit status 2, never a traceback; what
 was already computed stays on disk.
@@ -10,6 +10,8 @@ import argparse
 import os
 import re
 import sys
+
+import numpy as np
 
 from bench.errors import SuiteInterrupted, UsageError
 from models.registry import ECHO_LIMIT, shorten
@@ -266,6 +268,114 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _add_theory(sub):
+    p = sub.add_parser(
+        "theory", help="mean-field predictions for the MLP at initialization (q, chi, per-layer gradient factor)"
+    )
+    p.add_argument("--activation", metavar="LIST", help="comma list of activations (default: all registered)")
+    p.add_argument("--initializer", metavar="LIST", help="comma list of kernel initializers (default: all registered)")
+    p.add_argument("--depth", type=int, default=20, metavar="D", help="hidden layers (default 20)")
+    p.add_argument("--width", type=int, default=128, metavar="W", help="units per hidden layer (default 128)")
+    p.add_argument(
+        "--bias-variance", type=float, default=0.0, metavar="S", help="variance of the initial biases (default 0)"
+    )
+    p.add_argument(
+        "--input-second-moment",
+        type=float,
+        default=None,
+        metavar="M",
+        help="E[x^2] of the preprocessed inputs (default 1.0: standardized inputs, as the default suite uses)",
+    )
+    p.add_argument("--dataset", default=None, help="compute E[x^2] from this dataset (mnist, fashion_mnist, tfds:NAME)")
+    p.add_argument("--data", default=None, metavar="PATH", help="compute E[x^2] from this dataset file")
+    p.add_argument(
+        "--preprocessing", default=None, help="scale or standardize, for E[x^2] from the data (default: scale)"
+    )
+    p.add_argument(
+        "--train-samples", type=int, default=None, metavar="N", help="first N training examples, for E[x^2] from data"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print a JSON list, one object per pair (NaN as null, infinity as \"inf\")"
+    )
+    p.set_defaults(func=cmd_theory)
+
+
+def _input_second_moment(args) -> tuple[float, int, str]:
+    """(E[x²], input size, where E[x²] comes from) for `vgbench theory`."""
+    from bench import theory
+
+    from_data = {"--dataset": args.dataset, "--data": args.data, "--preprocessing": args.preprocessing}
+    from_data["--train-samples"] = args.train_samples
+    asked = [flag for flag, value in from_data.items() if value is not None]
+    if args.input_second_moment is not None:
+        if asked:
+            raise UsageError(f"Argument `--input-second-moment` cannot be combined with {', '.join(asked)}.")
+        return args.input_second_moment, theory.INPUT_DIM, "given"
+    if not asked:
+        return theory.DEFAULT_INPUT_SECOND_MOMENT, theory.INPUT_DIM, "default: standardized inputs"
+    from bench import data
+    from bench.config import PREPROCESSINGS
+
+    preprocessing = (args.preprocessing or "scale").strip().lower()
+    if preprocessing not in PREPROCESSINGS:
+        raise UsageError(
+            f"Argument `--preprocessing` must be one of {', '.join(PREPROCESSINGS)}. Received: {args.preprocessing!r}"
+        )
+    ds = data.load_dataset(args.dataset or "mnist", args.data)
+    arrays = data.prepare(ds, preprocessing=preprocessing, train_samples=args.train_samples, test_samples=1)
+    input_dim = int(np.prod(ds.image_shape))
+    where = f"{ds.name} training images, {preprocessing}, {len(arrays.x_train)} examples"
+    return theory.input_second_moment(arrays.x_train), input_dim, where
+
+
+def cmd_theory(args) -> int:
+    import json
+
+    import models
+    from bench import theory
+
+    acts = _split(args.activation) if args.activation is not None else models.activations.names()
+    inits = _split(args.initializer) if args.initializer is not None else models.initializers.names()
+    if not acts or not inits:
+        raise UsageError("Arguments `--activation` and `--initializer` need at least one name each.")
+    for flag, value in (("--depth", args.depth), ("--width", args.width)):
+        if value < 1:
+            raise UsageError(f"Argument `{flag}` must be a positive integer. Received: {value}")
+    for flag, value in (("--bias-variance", args.bias_variance), ("--input-second-moment", args.input_second_moment)):
+        if value is not None and not 0 <= value < float("inf"):
+            raise UsageError(f"Argument `{flag}` must be a non-negative finite number. Received: {value}")
+    moment, input_dim, where = _input_second_moment(args)
+    try:
+        predictions = theory.predict_grid(
+            acts,
+            inits,
+            depth=args.depth,
+            width=args.width,
+            sigma_b2=args.bias_variance,
+            input_second_moment=moment,
+            input_dim=input_dim,
+        )
+    except ValueError as e:  # unknown names (UnknownNameError) and invalid numbers
+        raise UsageError(" ".join(str(e).split())) from None
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=1, allow_nan=False))
+        return 0
+    print(
+        f"Mean-field prediction at initialization: MLP {input_dim} -> {args.depth} x {args.width} -> "
+        f"{theory.NUM_CLASSES}, bias variance {args.bias_variance:g}, input second moment E[x^2] = {moment:.4g} "
+        f"({where})."
+    )
+    print(
+        "factor: per-layer factor of the gradient wrt the pre-activations over the hidden layers (below 1: it "
+        "vanishes on its way to the input); fwd factor: the same for their RMS; q*, chi1, depth scale: at the "
+        "fixed point of a square hidden layer (q* inf: q grows without bound; none: degenerate, chi does not "
+        f"depend on q); critical: |chi1 - 1| <= {theory.CRITICAL_TOLERANCE:g}."
+    )
+    print()
+    print(theory.format_table(predictions))
+    return 0
+
+
 def _add_report(sub):
     from bench import report
 
@@ -287,6 +397,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _add_run(sub)
     _add_list(sub)
+    _add_theory(sub)
     for add in (_add_report, _add_compare):
         try:
             add(sub)
