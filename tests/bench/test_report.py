@@ -618,3 +618,66 @@ def test_flagged_pairs_are_listed_most_severe_first(monkeypatch):
     assert [f["pair"]["activation"] for f in found if f["kind"] == "flagged"] == ["selu", "sigmoid"]
     assert next(f["text"] for f in found if f["kind"] == "more").startswith("2 more flagged")
 
+
+def _runs_frame(rows: list[dict]) -> pd.DataFrame:
+    """A run table (as `tables.run_table` returns it) from a few fields per run."""
+    base = {"arch": "mlp", "activation": "relu", "initializer": "he_normal", "depth": 4, "fix": "none"}
+    base |= {"seed": 0, "log_every": 1, "act_every": 10, "status": "ok", "diverged_step": -1, "error": "", "flags": []}
+    base |= {q: 0.5 for q in tables.PAIR_QUANTITIES}
+    return pd.DataFrame([base | {"run_id": f"run-{i}"} | r for i, r in enumerate(rows)])
+
+
+def test_pairs_group_by_benchmark_fields_and_keep_statuses_and_flags_as_data():
+    runs_m = _runs_frame(
+        [
+            # Provenance and measurement settings differ: still one benchmark.
+            {"seed": 0, "git_sha": "aaa", "act_every": 5, "flags": ["vanishing@init"]},
+            {"seed": 1, "git_sha": "bbb", "status": "diverged", "diverged_step": 7,
+             "flags": ["diverged", "vanishing@init"]},
+            {"seed": 2, "git_sha": "aaa", "status": "failed", "error": "ValueError: boom", "flags": ["failed"]},
+            {"seed": 0, "git_sha": "aaa", "depth": 8},
+        ]
+    )
+    pairs = tables.pair_table(runs_m)
+    assert "git_sha" not in tables.pair_keys(pairs) and "act_every" not in tables.pair_keys(pairs)
+    assert sorted(pairs["n_seeds"]) == [1, 3]
+    row = pairs[pairs["depth"] == 4].iloc[0]
+    assert row["statuses"] == {"ok": 1, "diverged": 1, "failed": 1}
+    assert row["status"] == "1 ok, 1 diverged, 1 failed"
+    assert row["flags"] == ["vanishing@init", "diverged", "failed"]
+    problem = next(f for f in findings.find(pairs, pd.DataFrame(), pd.DataFrame()) if f.kind == "problem")
+    assert problem.statuses == {"ok": 1, "diverged": 1, "failed": 1} and problem.diverged_step == 7
+    sentence = findings.render(problem, chance=0.1)
+    assert "diverged in 1 of 3 seed(s), first at step 7" in sentence
+    assert "failed in 1 of 3 seed(s) (ValueError: boom)" in sentence
+    # Rendering reads the counts, never the status text.
+    other = pairs.assign(status="unreadable")
+    assert findings.render(next(f for f in findings.find(other, pd.DataFrame(), pd.DataFrame()) if f.kind == "problem"),
+                           chance=0.1) == sentence
+
+
+def test_facet_lines_draw_a_panel_per_row_with_data_and_initializer():
+    rows = []
+    for init in ("glorot_uniform", "he_normal"):
+        for act in ("relu", "sigmoid", "tanh"):
+            for i in range(4):
+                v = 10.0 ** -i if act == "sigmoid" else 1.0
+                rows.append(
+                    {"activation": act, "initializer": init, "parameter": "kernel", "when": "step 0",
+                     "layer_index": i, "n": 1, "mean": v, "lo": v, "hi": v}
+                )
+    profiles = pd.DataFrame(rows)
+    palette = figures.category_palette(profiles["activation"])
+    fig = figures.gradient_depth(profiles, palette)
+    try:
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        # Only the kernel rows at step 0 have data: one row, a panel per initializer.
+        assert [ax.get_title() for ax in axes] == ["glorot_uniform", "he_normal"]
+        for ax in axes:
+            assert ax.get_yscale() == "log"
+            assert len(ax.lines) == 3
+            sigmoid = next(line for line in ax.lines if line.get_color() == palette["sigmoid"])
+            assert list(sigmoid.get_ydata()) == [1.0, 0.1, 0.01, 0.001]
+        assert axes[0].get_ylabel() == "rms ∂L/∂W per weight, step 0"
+    finally:
+        figures.plt.close(fig)
