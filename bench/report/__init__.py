@@ -7,8 +7,9 @@ Usage::
 
 or ``vgbench report results/ [--out-dir DIR] [--format png,svg,pdf]``.
 
-Modules: `stats` (long-form statistics), `figures` (drawing), `document`
-(the written summaries), `build` (putting them together). Importing this
+Modules: `tables` (long-form statistics), `findings` (the conclusions, as
+data), `text` (how numbers and pairs are written), `figures` (drawing),
+`document` (the written summaries), `build` (putting them together). Importing this
 package stays cheap (no matplotlib, pandas or TensorFlow) because the
 command line imports it to list its options.
 """

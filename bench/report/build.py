@@ -1,10 +1,12 @@
 """`build_report`: results directory → statistics → figures → summary files.
 
-The report is computed in one direction: `bench.report.stats` turns the
+The report is computed in one direction: `bench.report.tables` turns the
 stored tables into long-form statistics, `bench.report.figures` draws them,
-and `bench.report.document` writes the same statistics as Markdown, JSON and
-a self-contained HTML page. A figure whose data is missing is skipped with
-its reason, which the summary lists; it never stops the report.
+`bench.report.findings` draws conclusions from them, and
+`bench.report.document` writes the same statistics and findings as
+Markdown, JSON and a self-contained HTML page. A figure whose data is
+missing returns `figures.Skipped` with its reason, which the summary lists;
+it never stops the report.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bench.errors import UsageError
-from bench.report import document, figures, stats
+from bench.report import document, figures, tables, text
 from bench.results import load_results
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ FORMATS = ("png", "svg", "pdf")
 class Tables:
     """Every statistic of one report, computed once from the stored results."""
 
-    runs: pd.DataFrame  # run_metrics + flags, one row per run
+    runs: pd.DataFrame  # run_metrics + flags (lists), one row per run
     pairs: pd.DataFrame  # ranked, one row per pair
     main: dict  # the fixed keys of the activation × initializer slice
     main_text: str  # the same, in words
@@ -52,13 +54,13 @@ class Tables:
 
 def compute_tables(results) -> Tables:
     """All statistics of a report from a loaded `bench.results.Results`."""
-    runs_m = stats.run_table(results.runs, results.layers)
-    pairs = stats.pair_table(runs_m)
-    main_runs, main = stats.main_slice(runs_m)
-    slice_text = stats.describe_slice(main, stats.varying_keys(runs_m))
-    profiles = stats.gradient_profiles(main_runs, results.layers)
-    curves = stats.learning_curves(main_runs, results.history)
-    activations = stats.activation_profiles(main_runs, results.layers)
+    runs_m = tables.run_table(results.runs, results.layers)
+    pairs = tables.pair_table(runs_m)
+    main_runs, main = tables.main_slice(runs_m)
+    slice_text = text.describe_slice(main, tables.varying_keys(runs_m))
+    profiles = tables.gradient_profiles(main_runs, results.layers)
+    curves = tables.learning_curves(main_runs, results.history)
+    activations = tables.activation_profiles(main_runs, results.layers)
     for t in (profiles, curves, activations):
         t.attrs.setdefault("slice", slice_text)
     return Tables(
@@ -67,14 +69,14 @@ def compute_tables(results) -> Tables:
         main=main,
         main_text=slice_text,
         profiles=profiles,
-        heatmap=stats.heatmap_runs(pairs, results.layers),
-        grid=stats.pair_grid(pairs, main),
-        sweep=stats.depth_sweep(runs_m),
+        heatmap=tables.heatmap_runs(pairs, results.layers),
+        grid=tables.pair_grid(pairs, main),
+        sweep=tables.depth_sweep(runs_m),
         curves=curves,
         activations=activations,
-        fixes=stats.fix_effects(runs_m),
-        functions=stats.activation_curves(results.runs["activation"].unique()),
-        chance=stats.chance_accuracy(results.manifest),
+        fixes=tables.fix_effects(runs_m),
+        functions=tables.activation_curves(results.runs["activation"].unique()),
+        chance=tables.chance_accuracy(results.manifest),
         palette=figures.category_palette(results.runs["activation"]),
         init_palette=figures.category_palette(results.runs["initializer"], "Dark2"),
         fix_palette=figures.fix_palette(results.runs["fix"]),
@@ -88,12 +90,12 @@ class FigureSpec:
     name: str
     title: str
     caption: str
-    draw: object  # Callable[[Tables], Figure | None]
+    draw: object  # Callable[[], Figure | figures.Skipped]
 
 
 def _figure_specs(t: Tables) -> list[FigureSpec]:
     where = t.main_text
-    chance = stats.pct(t.chance)
+    chance = text.pct(t.chance)
     chance_loss = -math.log(t.chance)
     return [
         FigureSpec(
@@ -170,22 +172,16 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
 
 
 def _draw(spec: FigureSpec):
-    """(figure or None, reason for skipping or None)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", figures.MissingDataWarning)
+    """The figure of a spec, or `figures.Skipped` with the reason it was not drawn."""
+    with warnings.catch_warnings():
+        # The reason comes back in the Skipped value; the summary lists it.
+        warnings.simplefilter("ignore", figures.MissingDataWarning)
         try:
             fig = spec.draw()
         except Exception as e:  # one broken figure must not cost the rest of the report
             logger.exception("figure %s failed", spec.name)
-            return None, f"drawing failed: {type(e).__name__}: {e}"
-    notes = [str(w.message) for w in caught if issubclass(w.category, figures.MissingDataWarning)]
-    for w in caught:
-        if not issubclass(w.category, figures.MissingDataWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if fig is None:
-        reason = notes[0].split(": skipped, ", 1)[-1] if notes else "no data"
-        return None, reason
-    return fig, None
+            return figures.Skipped(f"drawing failed: {type(e).__name__}: {e}")
+    return figures.Skipped("no data") if fig is None else fig
 
 
 def _check_formats(formats) -> tuple[str, ...]:
@@ -238,10 +234,10 @@ def build_report(results_dir, out_dir=None, formats=("png",)) -> Path:
     tables = compute_tables(results)
     drawn, skipped, images = [], [], {}
     for spec in _figure_specs(tables):
-        fig, reason = _draw(spec)
-        if fig is None:
-            logger.info("figure %s skipped: %s", spec.name, reason)
-            skipped.append({"name": spec.name, "title": spec.title, "reason": reason})
+        fig = _draw(spec)
+        if isinstance(fig, figures.Skipped):
+            logger.info("figure %s skipped: %s", spec.name, fig.reason)
+            skipped.append({"name": spec.name, "title": spec.title, "reason": fig.reason})
             for ext in FORMATS:
                 (out / f"{spec.name}.{ext}").unlink(missing_ok=True)
             continue

@@ -1,26 +1,24 @@
 """The written report: one summary dict, rendered as JSON, Markdown and HTML.
 
-`summary_dict` gathers the numbers of `bench.report.stats` into plain
-JSON-ready values; the three renderers only format that dict, so
-``summary.json``, ``summary.md`` and ``index.html`` always agree.
+`summary_dict` gathers the tables of `bench.report.tables` and the findings
+of `bench.report.findings` into plain JSON-ready values; the three renderers
+only format that dict, so ``summary.json``, ``summary.md`` and
+``index.html`` always agree.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import math
 
-import numpy as np
-import pandas as pd
-
-from bench.report import stats
+from bench.report import findings, tables, text
 from bench.results import write_json_atomic
+from bench.utils import json_safe
 
 REPORT_VERSION = 1
 
 # The per-pair quantities written to the summary, in table order.
-PAIR_FIELDS = list(stats.PAIR_QUANTITIES)
+PAIR_FIELDS = list(tables.PAIR_QUANTITIES)
 
 # What the gradient columns of the ranked table mean (Markdown and HTML).
 TABLE_NOTE = (
@@ -30,30 +28,38 @@ TABLE_NOTE = (
 )
 
 
-def _jsonable(v):
-    """Plain JSON value: NaN/inf become None, numpy scalars Python scalars."""
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, np.ndarray)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if v is pd.NA or v is pd.NaT:
-        return None
-    return v
+def provenance(manifest: dict) -> dict:
+    """The manifest fields a reader needs to trust or reproduce the numbers."""
+    data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
+    return {
+        "suite": manifest.get("suite"),
+        "command": manifest.get("command"),
+        "created": manifest.get("created"),
+        "updated": manifest.get("updated"),
+        "vgbench_version": manifest.get("vgbench_version"),
+        "git_sha": manifest.get("git_sha"),
+        "packages": manifest.get("packages") or {},
+        "platform": manifest.get("platform") or {},
+        "data": data,
+        "schema_version": manifest.get("schema_version"),
+    }
 
 
-def summary_dict(results, tables, drawn: list[dict], skipped: list[dict]) -> dict:
+def summary_dict(results, report_tables, drawn: list[dict], skipped: list[dict]) -> dict:
     """Everything the written report says, as one JSON-ready dict.
 
     Keys: ``report_version, results_dir, provenance, budget, main_slice,
     chance_accuracy, pairs`` (ranked list of dicts), ``pair_keys,
-    findings, figures, skipped_figures``.
+    findings, figures, skipped_figures``. Flags stay lists.
+
+    Args:
+        results: the loaded `bench.results.Results`.
+        report_tables: the `bench.report.build.Tables` of the report.
+        drawn: ``{name, title, caption, files}`` of each drawn figure.
+        skipped: ``{name, title, reason}`` of each skipped figure.
     """
-    pairs = tables.pairs
-    keys = stats.pair_keys(pairs)
+    pairs = report_tables.pairs
+    keys = tables.pair_keys(pairs)
     rows = []
     for r in pairs.to_dict("records"):
         row = {"rank": r["rank"], **{k: r[k] for k in keys}}
@@ -65,21 +71,23 @@ def summary_dict(results, tables, drawn: list[dict], skipped: list[dict]) -> dic
             row[f"{q}_hi"] = r[f"{q}_hi"]
         row["run_ids"] = r["run_ids"]
         rows.append(row)
+    budget = tables.budget(results.runs, results.manifest)
+    t = report_tables
     summary = {
         "report_version": REPORT_VERSION,
         "results_dir": str(results.path),
-        "provenance": stats.provenance(results.manifest),
-        "budget": stats.budget(results.runs, results.manifest),
-        "main_slice": {**tables.main, "text": tables.main_text},
-        "chance_accuracy": tables.chance,
+        "provenance": provenance(results.manifest),
+        "budget": {**budget, "text": text.budget_text(budget)},
+        "main_slice": {**t.main, "text": t.main_text},
+        "chance_accuracy": t.chance,
         "pair_keys": keys,
-        "shown_keys": [*stats.CORE_KEYS, *stats.varying_keys(pairs)],
+        "shown_keys": [*text.CORE_KEYS, *tables.varying_keys(pairs)],
         "pairs": rows,
-        "findings": stats.findings(pairs, tables.sweep, tables.fixes, tables.chance),
+        "findings": findings.written(pairs, t.sweep, t.fixes, t.chance),
         "figures": drawn,
         "skipped_figures": skipped,
     }
-    return _jsonable(summary)
+    return json_safe(summary)
 
 
 def write_json(path, summary: dict) -> None:
@@ -96,62 +104,46 @@ def write_json(path, summary: dict) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and not math.isfinite(v))
-
-
-def fmt_accuracy(v, lo=None, hi=None) -> str:
-    """'91.2%', or '91.2% ± 1.3' when the interval has width."""
-    if _missing(v):
-        return "–"
-    text = f"{100 * v:.1f}%"
-    if not _missing(lo) and not _missing(hi) and hi > lo:
-        text += f" ± {100 * (hi - lo) / 2:.1f}"
-    return text
-
-
-def fmt_factor(v) -> str:
-    return "–" if _missing(v) else f"{v:.3g}"
-
-
-def fmt_ratio(v) -> str:
-    return "–" if _missing(v) else f"{v:.2e}"
-
-
-def fmt_fraction(v) -> str:
-    return "–" if _missing(v) else f"{v:.2f}"
-
-
-def fmt_seconds(v) -> str:
-    return "–" if _missing(v) else f"{v:.1f}"
-
-
 def _fraction_column(pairs: list[dict], name: str) -> str:
     """The end-of-training column when any pair has it, else the step-0 one."""
     final = f"{name}_final"
-    return final if any(not _missing(p.get(final)) for p in pairs) else f"{name}_init"
+    return final if any(p.get(final) is not None for p in pairs) else f"{name}_init"
+
+
+def _quantity_column(name: str):
+    """(header, row → cell text) of a per-pair quantity, as its registry entry writes it."""
+    q = tables.PAIR_QUANTITIES[name]
+    return text.header(q), lambda p: text.cell(q, p[name], p[f"{name}_lo"], p[f"{name}_hi"])
+
+
+def _key_column(key: str):
+    return key, lambda p: text.MISSING if p[key] is None else str(p[key])
 
 
 def pair_columns(summary: dict) -> list[tuple[str, callable]]:
-    """(header, row → cell text) of the ranked table."""
+    """(header, row → cell text) of the ranked table.
+
+    Dead and saturated fractions are shown at the end of training when any
+    pair has them there, else at step 0.
+    """
     pairs = summary["pairs"]
-    dead = _fraction_column(pairs, "dead_fraction")
-    sat = _fraction_column(pairs, "saturated_fraction")
-    when = {"final": "end", "init": "step 0"}
+    shown = [
+        "test_accuracy",
+        "grad_factor_init",
+        "grad_factor_final",
+        "grad_ratio_init",
+        "grad_ratio_final",
+        _fraction_column(pairs, "dead_fraction"),
+        _fraction_column(pairs, "saturated_fraction"),
+    ]
     cols = [("rank", lambda p: str(p["rank"]))]
-    cols += [(k, (lambda k: lambda p: "–" if p[k] is None else str(p[k]))(k)) for k in summary["shown_keys"]]
+    cols += [_key_column(k) for k in summary["shown_keys"]]
+    cols += [("seeds", lambda p: str(p["n_seeds"]))]
+    cols += [_quantity_column(name) for name in shown]
     cols += [
-        ("seeds", lambda p: str(p["n_seeds"])),
-        ("test accuracy", lambda p: fmt_accuracy(p["test_accuracy"], p["test_accuracy_lo"], p["test_accuracy_hi"])),
-        ("grad factor (step 0)", lambda p: fmt_factor(p["grad_factor_init"])),
-        ("grad factor (end)", lambda p: fmt_factor(p["grad_factor_final"])),
-        ("first/last (step 0)", lambda p: fmt_ratio(p["grad_ratio_init"])),
-        ("first/last (end)", lambda p: fmt_ratio(p["grad_ratio_final"])),
-        (f"dead ({when[dead.rsplit('_', 1)[1]]})", lambda p: fmt_fraction(p[dead])),
-        (f"saturated ({when[sat.rsplit('_', 1)[1]]})", lambda p: fmt_fraction(p[sat])),
         ("status", lambda p: p["status"]),
-        ("wall time (s)", lambda p: fmt_seconds(p["wall_time_s"])),
-        ("flags", lambda p: p["flags"] or ""),
+        _quantity_column("wall_time_s"),
+        ("flags", lambda p: text.join_flags(p["flags"])),
     ]
     return cols
 

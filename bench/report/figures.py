@@ -1,10 +1,15 @@
-"""Figures of a report: each draws one long-form table of `bench.report.stats`.
+"""Figures of a report: each draws one long-form table of `bench.report.tables`.
 
 A figure function takes the table it plots (and the colour mappings) and
-returns a `matplotlib.figure.Figure`, or ``None`` after a
-`MissingDataWarning` when the table lacks what the figure needs. Nothing here
-computes a statistic: means, intervals and ratios arrive ready in the tables,
-so a figure and the written summary can never disagree.
+returns a `matplotlib.figure.Figure`, or a `Skipped` value with the reason
+(after a `MissingDataWarning`) when the table lacks what the figure needs.
+Nothing here computes a statistic: means, intervals and ratios arrive ready
+in the tables, so a figure and the written summary can never disagree. Axis
+labels, log axes and limits of a quantity come from its registry entry.
+
+The three line grids (gradient, depth sweep, activation statistics by layer)
+are one helper, `facet_lines`: a row per `FacetRow`, a column per
+initializer, a line per activation.
 
 Every activation keeps one colour in every figure (`category_palette`,
 built once per report from the sorted activation names).
@@ -12,6 +17,7 @@ built once per report from the sorted activation names).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import textwrap
@@ -28,6 +34,15 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib import patches, ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+
+from bench import metrics  # noqa: E402
+from bench.quantities import LAYER_QUANTITIES, Quantity  # noqa: E402
+from bench.report.tables import (  # noqa: E402
+    ACTIVATION_STATISTICS,
+    FIX_QUANTITIES,
+    GRID_QUANTITIES,
+    SWEEP_QUANTITIES,
+)
 
 DPI = 110
 
@@ -54,18 +69,30 @@ class MissingDataWarning(UserWarning):
     """A figure was skipped because the data it needs is not in the results."""
 
 
-def skip(figure: str, reason: str) -> None:
-    """Warns that ``figure`` was skipped and why; returns None for the caller to return."""
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """What a figure function returns instead of a figure it cannot draw.
+
+    Attributes:
+        reason: why, in words for the summary's list of skipped figures.
+    """
+
+    reason: str
+
+
+def skip(figure: str, reason: str) -> Skipped:
+    """Warns that ``figure`` was skipped and why; returns the `Skipped` value for the caller to return."""
     warnings.warn(f"{figure}: skipped, {reason}", MissingDataWarning, stacklevel=3)
+    return Skipped(reason)
 
 
 def requires(*columns):
     """Declares the columns a figure reads from its table.
 
     The decorated function is called only when its table has every column
-    and at least one row; otherwise it warns (`MissingDataWarning`, with the
-    table's ``attrs["note"]`` as the reason when there is one) and returns
-    None. The figure is drawn with the report's style.
+    and at least one row; otherwise it warns (`MissingDataWarning`) and
+    returns `Skipped` with the table's ``attrs["note"]`` as the reason when
+    there is one. The figure is drawn with the report's style.
     """
 
     def decorate(fn):
@@ -132,16 +159,138 @@ def _wrap(text, width=48):
     return "\n".join(textwrap.wrap(str(text), width))
 
 
+def _padded(bounds, margin):
+    """Axis limits of a bounded quantity, with a margin so that points at the bounds show."""
+    return (bounds[0] - margin, bounds[1] + margin) if bounds is not None else None
+
+
+# --------------------------------------------------------------------------- #
+# Faceted line grids
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True)
+class FacetRow:
+    """One row of a `facet_lines` grid: the table rows it draws and how its y axis looks.
+
+    Attributes:
+        where: {column: value} selecting the row's data.
+        label: the y axis label.
+        scale: ``"linear"``, ``"log"`` or ``"auto"`` (log when the row's
+            means span more than two decades).
+        limits: y limits, or None to fit the data.
+        reference: a value marked by a dotted horizontal line, or None.
+        positive: leave out non-positive means (a log axis cannot show them).
+    """
+
+    where: dict
+    label: str
+    scale: str = "linear"
+    limits: tuple[float, float] | None = None
+    reference: float | None = None
+    positive: bool = False
+
+
+def _selected(table: pd.DataFrame, where: dict) -> pd.Series:
+    mask = pd.Series(True, index=table.index)
+    for column, value in where.items():
+        mask &= table[column] == value
+    return mask
+
+
+def facet_lines(
+    table: pd.DataFrame,
+    rows: list[FacetRow],
+    palette: dict,
+    *,
+    x: str,
+    xlabel: str,
+    title: str,
+    row_height: float,
+    extra_height: float = 0.7,
+    interval: str | None = "band",
+    style: str | None = None,
+    marker_size: float = 2.5,
+    line_width: float = 1.4,
+):
+    """A grid of line plots: a row per `FacetRow` with data, a column per initializer, a line per activation.
+
+    Args:
+        table: long-form ``activation, initializer, <x>, mean, lo, hi`` and
+            the columns the rows select on.
+        rows: the rows, top to bottom; rows without data are left out.
+        palette: activation → colour.
+        x: the column on the x axis.
+        xlabel: its label, under the bottom row.
+        title: the figure's title; the table's ``attrs["slice"]`` follows it.
+        row_height: inches per row; extra_height: inches for the titles.
+        interval: how the 95% interval is drawn: ``"band"``, ``"bars"``
+            (error bars) or None.
+        style: a column whose values get their own line style
+            (`WHEN_STYLES`), each activation drawn once per value.
+        marker_size, line_width: of the lines.
+    """
+    rows = [r for r in rows if _selected(table, r.where).any()]
+    inits = sorted(table["initializer"].unique())
+    fig, axes = plt.subplots(
+        len(rows),
+        len(inits),
+        figsize=(2.7 * len(inits) + 1.9, row_height * len(rows) + extra_height),
+        sharex=True,
+        sharey="row",
+        squeeze=False,
+        layout="constrained",
+    )
+    hue = ["activation", style] if style else "activation"
+    for i, row in enumerate(rows):
+        data = table[_selected(table, row.where)]
+        for j, init in enumerate(inits):
+            ax = axes[i, j]
+            for key, g in data[data["initializer"] == init].groupby(hue, sort=True):
+                act, kind = key if style else (key, None)
+                colour = palette[act]
+                g = g.sort_values(x)
+                if row.positive:
+                    g = g[g["mean"] > 0]
+                if interval == "bars":
+                    yerr = np.clip(np.vstack([g["mean"] - g["lo"], g["hi"] - g["mean"]]), 0, None)
+                    ax.errorbar(g[x], g["mean"], yerr=yerr, color=colour, marker="o", ms=marker_size, lw=line_width,
+                                capsize=2)
+                else:
+                    ls = WHEN_STYLES.get(kind, "-") if style else "-"
+                    ax.plot(g[x], g["mean"], color=colour, ls=ls, marker="o", ms=marker_size, lw=line_width)
+                    if interval == "band":
+                        _band(ax, g[x], g["lo"], g["hi"], colour)
+            if row.scale == "log":
+                ax.set_yscale("log")
+            elif row.scale == "auto":
+                _log_if_wide(ax, data["mean"])
+            if row.reference is not None:
+                ax.axhline(row.reference, color="0.4", lw=0.8, ls=":")
+            if row.limits is not None:
+                ax.set_ylim(*row.limits)
+            if i == 0:
+                ax.set_title(init)
+            if j == 0:
+                ax.set_ylabel(row.label)
+            if i == len(rows) - 1:
+                ax.set_xlabel(xlabel)
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    acts = sorted(table["activation"].unique())
+    if style:
+        handles = [_line(palette[a], a) for a in acts]
+        handles += [_line("0.3", w, s) for w, s in WHEN_STYLES.items()]
+    else:
+        handles = [_line(palette[a], a, marker="o") for a in acts]
+    _legend(fig, handles, "activation")
+    where = table.attrs.get("slice", "")
+    fig.suptitle(title + (f" ({where})" if where else ""))
+    return fig
+
+
 # --------------------------------------------------------------------------- #
 # 1. Gradient norm against depth
 # --------------------------------------------------------------------------- #
-
-_PROFILE_ROWS = (
-    ("kernel", "step 0"),
-    ("kernel", "end of training"),
-    ("bias", "step 0"),
-    ("bias", "end of training"),
-)
 
 
 @requires("activation", "initializer", "parameter", "when", "layer_index", "mean", "lo", "hi")
@@ -152,39 +301,15 @@ def gradient_depth(profiles: pd.DataFrame, palette: dict):
     initializers. A line falling towards layer 0 (the input) is a vanishing
     gradient. Log y.
     """
-    rows = [r for r in _PROFILE_ROWS if ((profiles["parameter"] == r[0]) & (profiles["when"] == r[1])).any()]
-    inits = sorted(profiles["initializer"].unique())
-    fig, axes = plt.subplots(
-        len(rows),
-        len(inits),
-        figsize=(2.7 * len(inits) + 1.9, 2.0 * len(rows) + 0.7),
-        sharex=True,
-        sharey="row",
-        squeeze=False,
-        layout="constrained",
+    rows = [
+        FacetRow({"parameter": parameter, "when": when}, f"rms ∂L/∂{symbol} per weight, {when}", scale="log")
+        for parameter, symbol in (("kernel", "W"), ("bias", "b"))
+        for when in WHEN_STYLES
+    ]
+    return facet_lines(
+        profiles, rows, palette, x="layer_index", xlabel="layer index (0 = input side)",
+        title="Gradient per weight by layer", row_height=2.0,
     )
-    for i, (parameter, when) in enumerate(rows):
-        for j, init in enumerate(inits):
-            ax = axes[i, j]
-            d = profiles[(profiles["parameter"] == parameter) & (profiles["when"] == when) & (profiles["initializer"] == init)]
-            for act, g in d.groupby("activation", sort=True):
-                g = g.sort_values("layer_index")
-                ax.plot(g["layer_index"], g["mean"], color=palette[act], marker="o", ms=2.5, lw=1.4)
-                _band(ax, g["layer_index"], g["lo"], g["hi"], palette[act])
-            ax.set_yscale("log")
-            if i == 0:
-                ax.set_title(init)
-            if j == 0:
-                sym = "W" if parameter == "kernel" else "b"
-                ax.set_ylabel(f"rms ∂L/∂{sym} per weight, {when}")
-            if i == len(rows) - 1:
-                ax.set_xlabel("layer index (0 = input side)")
-            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    shown = sorted(profiles["activation"].unique())
-    _legend(fig, [_line(palette[a], a, marker="o") for a in shown], "activation")
-    where = profiles.attrs.get("slice", "")
-    fig.suptitle("Gradient per weight by layer" + (f" ({where})" if where else ""))
-    return fig
 
 
 # --------------------------------------------------------------------------- #
@@ -264,14 +389,16 @@ def _floor_underflow(logs, margin):
 
 
 def _grid_style(quantity, values):
-    """(cmap, norm kwargs, annotation formatter, colour values) of a grid panel."""
-    if quantity == "test_accuracy":
+    """(cmap, norm kwargs, annotation formatter, colour values) of a grid panel, by the quantity's unit."""
+    q = metrics.METRICS.get(quantity) or LAYER_QUANTITIES[quantity]
+    if q.unit == "accuracy":
         return "viridis", {"vmin": 0.0, "vmax": 1.0}, lambda v: f"{100 * v:.0f}%", values
-    if quantity == "grad_ratio_init":
+    if GRID_QUANTITIES.get(quantity):
+        # The grid holds log10 of the value (ratios spanning decades).
         colour = _floor_underflow(values, 1.0)
         lim = max(1.0, float(np.nanmax(np.abs(colour))))
         return "RdBu", {"vmin": -lim, "vmax": lim}, lambda v: "underflow" if np.isneginf(v) else f"{v:.1f}", colour
-    if quantity == "grad_factor_init":
+    if q.unit == "factor":
         # Coloured by log10 so that ×0.5 and ×2 look equally far from 1.
         with np.errstate(divide="ignore"):
             logs = _floor_underflow(np.log10(np.where(values >= 0, values, np.nan)), 0.1)
@@ -338,10 +465,12 @@ def pair_heatmaps(grid: pd.DataFrame, palette: dict):
 # 4. Depth sweep
 # --------------------------------------------------------------------------- #
 
-_SWEEP_ROWS = (
-    ("test_accuracy", "test accuracy"),
-    ("grad_ratio_init", "first/last gradient ratio\n(step 0)"),
-)
+
+def _sweep_row(name: str, q: Quantity) -> FacetRow:
+    if q.log:
+        # Ratios: 1 is an equal gradient at the first and the last layer.
+        return FacetRow({"quantity": name}, _wrap(q.label, 26), scale="log", reference=1.0, positive=True)
+    return FacetRow({"quantity": name}, _wrap(q.label, 26), limits=_padded(q.bounds, 0.02))
 
 
 @requires("activation", "initializer", "depth", "quantity", "mean", "lo", "hi")
@@ -351,46 +480,11 @@ def depth_sweep(sweep: pd.DataFrame, palette: dict):
     One line per activation, one column per initializer; the ratio on a log
     axis, where a straight falling line is a constant per-layer factor.
     """
-    inits = sorted(sweep["initializer"].unique())
-    rows = [r for r in _SWEEP_ROWS if (sweep["quantity"] == r[0]).any()]
-    fig, axes = plt.subplots(
-        len(rows),
-        len(inits),
-        figsize=(2.7 * len(inits) + 1.9, 2.2 * len(rows) + 0.6),
-        sharex=True,
-        sharey="row",
-        squeeze=False,
-        layout="constrained",
+    rows = [_sweep_row(name, q) for name, q in SWEEP_QUANTITIES.items()]
+    return facet_lines(
+        sweep, rows, palette, x="depth", xlabel="depth (hidden layers)", title="Depth sweep", row_height=2.2,
+        extra_height=0.6, interval="bars", marker_size=3.5,
     )
-    for i, (quantity, label) in enumerate(rows):
-        for j, init in enumerate(inits):
-            ax = axes[i, j]
-            d = sweep[(sweep["quantity"] == quantity) & (sweep["initializer"] == init)]
-            for act, g in d.groupby("activation", sort=True):
-                g = g.sort_values("depth")
-                if quantity == "grad_ratio_init":
-                    g = g[g["mean"] > 0]
-                yerr = np.vstack([g["mean"] - g["lo"], g["hi"] - g["mean"]])
-                ax.errorbar(
-                    g["depth"], g["mean"], yerr=np.clip(yerr, 0, None), color=palette[act], marker="o", ms=3.5, lw=1.4, capsize=2
-                )
-            if quantity == "grad_ratio_init":
-                ax.set_yscale("log")
-                ax.axhline(1.0, color="0.4", lw=0.8, ls=":")
-            else:
-                ax.set_ylim(-0.02, 1.02)
-            if i == 0:
-                ax.set_title(init)
-            if j == 0:
-                ax.set_ylabel(label)
-            if i == len(rows) - 1:
-                ax.set_xlabel("depth (hidden layers)")
-            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    shown = sorted(sweep["activation"].unique())
-    _legend(fig, [_line(palette[a], a, marker="o") for a in shown], "activation")
-    where = sweep.attrs.get("slice", "")
-    fig.suptitle("Depth sweep" + (f" ({where})" if where else ""))
-    return fig
 
 
 # --------------------------------------------------------------------------- #
@@ -455,12 +549,10 @@ def learning_curves(curves: pd.DataFrame, palette: dict, init_palette: dict):
 # 6. Activation statistics by layer
 # --------------------------------------------------------------------------- #
 
-_STAT_LABELS = {
-    "act_mean": "activation mean",
-    "act_std": "activation std",
-    "dead_fraction": "dead fraction",
-    "saturated_fraction": "saturated fraction",
-}
+
+def _statistic_row(name: str, q: Quantity) -> FacetRow:
+    scale = "auto" if q.log else "linear"
+    return FacetRow({"statistic": name}, q.label, scale=scale, limits=_padded(q.bounds, 0.03))
 
 
 @requires("activation", "initializer", "statistic", "when", "layer_index", "mean", "lo", "hi")
@@ -471,64 +563,27 @@ def activation_stats(profiles: pd.DataFrame, palette: dict):
     dashed at the end of training. A std collapsing towards the output, or
     fractions near 1, explain a vanishing gradient.
     """
-    stats = [s for s in _STAT_LABELS if (profiles["statistic"] == s).any()]
-    inits = sorted(profiles["initializer"].unique())
-    fig, axes = plt.subplots(
-        len(stats),
-        len(inits),
-        figsize=(2.7 * len(inits) + 1.9, 1.9 * len(stats) + 0.7),
-        sharex=True,
-        sharey="row",
-        squeeze=False,
-        layout="constrained",
+    rows = [_statistic_row(name, q) for name, q in ACTIVATION_STATISTICS.items()]
+    return facet_lines(
+        profiles, rows, palette, x="layer_index", xlabel="layer index (0 = input side)",
+        title="Activation statistics by layer", row_height=1.9, interval=None, style="when", marker_size=2,
+        line_width=1.3,
     )
-    for i, stat in enumerate(stats):
-        rows = profiles[profiles["statistic"] == stat]
-        for j, init in enumerate(inits):
-            ax = axes[i, j]
-            d = rows[rows["initializer"] == init]
-            for (act, when), g in d.groupby(["activation", "when"], sort=True):
-                g = g.sort_values("layer_index")
-                ax.plot(g["layer_index"], g["mean"], color=palette[act], ls=WHEN_STYLES.get(when, "-"), marker="o", ms=2, lw=1.3)
-            if stat == "act_std":
-                _log_if_wide(ax, rows["mean"])
-            if stat in ("dead_fraction", "saturated_fraction"):
-                ax.set_ylim(-0.03, 1.03)
-            if i == 0:
-                ax.set_title(init)
-            if j == 0:
-                ax.set_ylabel(_STAT_LABELS[stat])
-            if i == len(stats) - 1:
-                ax.set_xlabel("layer index (0 = input side)")
-            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    acts = sorted(profiles["activation"].unique())
-    handles = [_line(palette[a], a) for a in acts]
-    handles += [_line("0.3", w, s) for w, s in WHEN_STYLES.items()]
-    _legend(fig, handles, "activation")
-    where = profiles.attrs.get("slice", "")
-    fig.suptitle("Activation statistics by layer" + (f" ({where})" if where else ""))
-    return fig
 
 
 # --------------------------------------------------------------------------- #
 # 7. Fixes against the baseline
 # --------------------------------------------------------------------------- #
 
-_FIX_PANELS = (
-    ("test_accuracy", "test accuracy"),
-    ("grad_ratio_init", "log10 first/last ratio, step 0"),
-    ("grad_ratio_final", "log10 first/last ratio, end"),
-)
-
-
 @requires("case", "fix", "quantity", "mean", "lo", "hi")
 def fixes(effects: pd.DataFrame, fix_colours: dict):
     """Each fix next to its no-fix baseline, per hard case (grouped bars).
 
-    Ratios are shown as log10 of the geometric mean: a fix that moves the
+    Ratios (log quantities) are shown as log10 of the geometric mean: a fix that moves the
     bar towards 0 restores the gradient reaching the first layer.
     """
-    panels = [p for p in _FIX_PANELS if effects.loc[effects["quantity"] == p[0], "mean"].notna().any()]
+    measured = set(effects.loc[effects["mean"].notna(), "quantity"])
+    panels = [(name, q) for name, q in FIX_QUANTITIES.items() if name in measured]
     if not panels:
         return skip("fixes", "no fix case has a measured value")
     cases = sorted(effects["case"].unique())
@@ -542,7 +597,7 @@ def fixes(effects: pd.DataFrame, fix_colours: dict):
         squeeze=False,
         layout="constrained",
     )
-    for ax, (quantity, label) in zip(axes[0], panels):
+    for ax, (quantity, q) in zip(axes[0], panels):
         d = effects[effects["quantity"] == quantity].set_index(["case", "fix"])
         for k, fix in enumerate(fix_names):
             y, v, lo, hi = [], [], [], []
@@ -551,7 +606,7 @@ def fixes(effects: pd.DataFrame, fix_colours: dict):
                     continue
                 row = d.loc[(case, fix)]
                 m, a, b = float(row["mean"]), float(row["lo"]), float(row["hi"])
-                if quantity != "test_accuracy":
+                if q.log:
                     if not m > 0:
                         continue
                     m, a, b = np.log10(m), np.log10(max(a, 1e-300)), np.log10(max(b, 1e-300))
@@ -563,11 +618,13 @@ def fixes(effects: pd.DataFrame, fix_colours: dict):
                 hi.append(max(b - m, 0) if np.isfinite(b) else 0)
             if y:
                 ax.barh(y, v, height=height * 0.92, color=fix_colours[fix], xerr=[lo, hi], capsize=2, error_kw={"lw": 0.8})
-        if quantity == "test_accuracy":
-            ax.set_xlim(0, 1)
-        else:
+        if q.log:
             ax.axvline(0, color="0.3", lw=0.8)
-        ax.set_xlabel(label)
+            ax.set_xlabel(_wrap(f"log10 {q.label}", 34))
+        else:
+            if q.bounds is not None:
+                ax.set_xlim(*q.bounds)
+            ax.set_xlabel(q.label)
         ax.grid(axis="y", visible=False)
     axes[0, 0].set_yticks(range(len(cases)))
     axes[0, 0].set_yticklabels([_wrap(c, 30) for c in cases])

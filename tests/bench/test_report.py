@@ -4,7 +4,7 @@ The results come from the real runner (`bench.runner.run_suite`) training
 tiny networks on a tiny synthetic dataset, so the report is built from
 tables exactly as `vgbench run` writes them. Every number the report states
 is recomputed here from those tables with plain numpy, independently of
-`bench.report.stats`.
+`bench.report.tables`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 
 from bench import metrics
 from bench.errors import UsageError
-from bench.report import figures, stats
+from bench.report import figures, findings, tables, text
 from bench.report.build import build_report
 from bench.results import load_results, write_json_atomic, write_parquet_atomic
 
@@ -142,7 +142,7 @@ def _expected_pairs(runs_m: pd.DataFrame) -> dict:
             "dead_fraction_final": _mean_or_none(g["dead_fraction_final"]),
             "saturated_fraction_final": _mean_or_none(g["saturated_fraction_final"]),
             "wall_time_s": float(np.mean(g["wall_time_s"])),
-            "flags": "; ".join(flags),
+            "flags": flags,
             "status": g["status"].iloc[0] if g["status"].nunique() == 1 else None,
             "diverged_step": int(g["diverged_step"].max()) if (g["diverged_step"] >= 0).any() else None,
         }
@@ -269,7 +269,7 @@ def test_markdown_table_states_the_same_numbers(report_built, report_summary):
         ):
             want = p[key]
             assert _cell(row[header]) == (None if want is None else pytest.approx(want, rel=5e-3)), header
-        assert row["flags"] == p["flags"].replace("|", "\\|")
+        assert row["flags"] == "; ".join(p["flags"]).replace("|", "\\|")
 
 
 def test_findings_state_the_numbers_of_their_pairs(report_summary, report_tables):
@@ -280,16 +280,16 @@ def test_findings_state_the_numbers_of_their_pairs(report_summary, report_tables
     assert kinds[:2] == ["best", "worst"]
     best = report_summary["pairs"][0]
     assert findings[0]["text"].startswith("Best: ")
-    assert stats.pct(best["test_accuracy"]) in findings[0]["text"]
+    assert text.pct(best["test_accuracy"]) in findings[0]["text"]
     assert f"×{best['grad_factor_init']:.2f} per layer" in findings[0]["text"]
     for f in findings:
         if f["kind"] in ("best", "worst", "flagged"):
             e = expected[_pair_key(f["pair"])]
             assert f["values"]["test_accuracy"] == pytest.approx(e["test_accuracy"])
-            assert stats.power_of_ten(e["grad_ratio_init"]) in f["text"]
+            assert text.power_of_ten(e["grad_ratio_init"]) in f["text"]
     # Every pair flagged for its gradients, besides the best and the worst, gets a sentence.
     ends = {_pair_key(f["pair"]) for f in findings if f["kind"] in ("best", "worst")}
-    gradient_flags = lambda p: [x for x in p["flags"].split("; ") if x and x not in ("diverged", "failed")]  # noqa: E731
+    gradient_flags = lambda p: [x for x in p["flags"] if x not in ("diverged", "failed")]  # noqa: E731
     flagged = {_pair_key(p) for p in report_summary["pairs"] if gradient_flags(p) and _pair_key(p) not in ends}
     assert flagged == {_pair_key(f["pair"]) for f in findings if f["kind"] == "flagged"}
     # The diverged run has its own sentence, with the step it diverged at.
@@ -383,14 +383,16 @@ def test_missing_data_skips_figures_with_reasons(report_results, tmp_path, capsy
     assert "## Skipped figures" in md and skipped["fixes"] in md
 
 
-def test_figure_function_warns_and_returns_none_without_its_data(report_tables):
+def test_figure_function_warns_and_returns_skipped_without_its_data(report_tables):
     _, runs_m = report_tables
     one_depth = runs_m[runs_m["depth"] == MAIN_DEPTH]
     palette = figures.category_palette(runs_m["activation"])
     with pytest.warns(figures.MissingDataWarning, match="two or more depths"):
-        assert figures.depth_sweep(stats.depth_sweep(one_depth), palette) is None
+        skipped = figures.depth_sweep(tables.depth_sweep(one_depth), palette)
+    assert isinstance(skipped, figures.Skipped) and "two or more depths" in skipped.reason
     with pytest.warns(figures.MissingDataWarning, match="lacks column"):
-        assert figures.gradient_depth(pd.DataFrame({"activation": ["relu"]}), palette) is None
+        skipped = figures.gradient_depth(pd.DataFrame({"activation": ["relu"]}), palette)
+    assert isinstance(skipped, figures.Skipped) and "lacks column(s) initializer" in skipped.reason
     assert "layer_index" in figures.gradient_depth.required_columns
 
 
@@ -427,18 +429,18 @@ def test_summarize_is_mean_and_t_interval_and_geometric_in_log_space():
     from scipy import stats as st
 
     df = pd.DataFrame({"g": ["a", "a", "a", "b", "c", "c"], "v": [1.0, 2.0, 4.0, 5.0, 1e-2, 1e-4]})
-    s = stats.summarize(df, ["g"], "v").set_index("g")
+    s = tables.summarize(df, ["g"], "v").set_index("g")
     lo, hi = st.t.interval(0.95, 2, loc=7 / 3, scale=st.sem([1.0, 2.0, 4.0]))
     assert (s.loc["a", "n"], s.loc["a", "mean"]) == (3, pytest.approx(7 / 3))
     assert (s.loc["a", "lo"], s.loc["a", "hi"]) == (pytest.approx(lo), pytest.approx(hi))
     assert s.loc["b", "lo"] == s.loc["b", "hi"] == 5.0
-    g = stats.summarize(df, ["g"], "v", log=True).set_index("g")
+    g = tables.summarize(df, ["g"], "v", log=True).set_index("g")
     assert g.loc["c", "mean"] == pytest.approx(1e-3)
     assert g.loc["a", "mean"] == pytest.approx(2.0)
 
 
 def test_activation_curves_show_the_known_derivatives():
-    curves = stats.activation_curves(["sigmoid", "relu"])
+    curves = tables.activation_curves(["sigmoid", "relu"])
     sig = curves[curves["activation"] == "sigmoid"]
     relu = curves[curves["activation"] == "relu"]
     assert sig["df"].max() == pytest.approx(0.25, abs=1e-4)
@@ -481,8 +483,8 @@ def test_summary_json_keeps_its_order_and_unicode_and_the_notes_name_the_measure
 def report_pairs(report_tables):
     """(results, run table with flags, pair table) of the test results."""
     r, _ = report_tables
-    runs_m = stats.run_table(r.runs, r.layers)
-    return r, runs_m, stats.pair_table(runs_m)
+    runs_m = tables.run_table(r.runs, r.layers)
+    return r, runs_m, tables.pair_table(runs_m)
 
 
 def test_seeds_and_run_ids_line_up_in_numeric_seed_order(report_pairs):
@@ -494,7 +496,7 @@ def test_seeds_and_run_ids_line_up_in_numeric_seed_order(report_pairs):
     # As text, "s10" sorts before "s2": the order must come from the seeds.
     m.loc[pair, "seed"] = m.loc[pair, "seed"].map({0: 10, 1: 2})
     m.loc[pair, "run_id"] = "run-s" + m.loc[pair, "seed"].astype(str)
-    row = stats.pair_table(m).set_index(["activation", "initializer", "depth", "fix", "learning_rate"])
+    row = tables.pair_table(m).set_index(["activation", "initializer", "depth", "fix", "learning_rate"])
     row = row.loc[("relu", "glorot_uniform", MAIN_DEPTH, "none", 0.1)]
     assert row["seeds"] == [2, 10]
     assert row["run_ids"] == ["run-s2", "run-s10"]
@@ -508,8 +510,8 @@ def test_an_underflowed_gradient_is_the_most_vanishing_value(report_pairs):
     run = run[(run["depth"] == MAIN_DEPTH) & (run["fix"] == "none") & (run["learning_rate"] == 0.1)]
     first = (layers["run_id"] == run["run_id"].iloc[0]) & (layers["step"] == 0) & (layers["layer_index"] == 0)
     layers.loc[first, "kernel_grad_norm"] = 0.0
-    main_runs, _ = stats.main_slice(runs_m)
-    p = stats.gradient_profiles(main_runs, layers)
+    main_runs, _ = tables.main_slice(runs_m)
+    p = tables.gradient_profiles(main_runs, layers)
     cell = p.set_index(["activation", "initializer", "parameter", "when", "layer_index"]).loc[
         ("relu", "glorot_uniform", "kernel", "step 0", 0)
     ]
@@ -521,15 +523,15 @@ def test_an_underflowed_gradient_is_the_most_vanishing_value(report_pairs):
     mildest = (np.abs(np.log10(ratio))).idxmin()
     edited = pairs.copy()
     edited.loc[mildest, "grad_ratio_final"] = 0.0
-    worst = stats.heatmap_runs(edited, r.layers)
+    worst = tables.heatmap_runs(edited, r.layers)
     assert set(worst.loc[worst["role"] == "worst", "run_id"]) <= set(pairs.loc[mildest, "run_ids"])
 
     # Activation × initializer grid: log10(0) is -inf, drawn at the low end and labelled.
     sig = (edited["activation"] == "sigmoid") & (edited["initializer"] == "glorot_uniform")
     sig &= (edited["depth"] == MAIN_DEPTH) & (edited["fix"] == "none")
     edited.loc[sig, ["grad_ratio_init", "grad_factor_init"]] = 0.0
-    _, main = stats.main_slice(runs_m)
-    grid = stats.pair_grid(edited, main)
+    _, main = tables.main_slice(runs_m)
+    grid = tables.pair_grid(edited, main)
     ratios = grid[grid["quantity"] == "grad_ratio_init"].set_index(["activation", "initializer"])["value"]
     assert ratios[("sigmoid", "glorot_uniform")] == -np.inf
     assert np.isfinite(ratios[("relu", "glorot_uniform")])
@@ -543,9 +545,9 @@ def test_an_underflowed_gradient_is_the_most_vanishing_value(report_pairs):
 
 def test_pair_grid_shows_the_slice_it_is_given(report_pairs):
     _, runs_m, pairs = report_pairs
-    _, main = stats.main_slice(runs_m)
+    _, main = tables.main_slice(runs_m)
     assert main["depth"] == MAIN_DEPTH
-    grid = stats.pair_grid(pairs, {**main, "depth": 3})
+    grid = tables.pair_grid(pairs, {**main, "depth": 3})
     acc = grid[grid["quantity"] == "test_accuracy"].set_index("activation")["value"]
     at3 = pairs[(pairs["depth"] == 3) & (pairs["fix"] == "none") & (pairs["learning_rate"] == 0.1)]
     assert acc.sort_index().to_dict() == at3.set_index("activation")["test_accuracy"].sort_index().to_dict()
@@ -561,19 +563,19 @@ def test_depth_finding_takes_accuracies_at_the_depths_of_its_ratios():
         rows += [("grad_ratio_init", act, d, v) for d, v in ratio.items()]
         rows += [("test_accuracy", act, d, v) for d, v in acc.items()]
     sweep = pd.DataFrame(rows, columns=["quantity", "activation", "depth", "mean"]).assign(initializer="glorot_uniform")
-    found = {f["activation"]: f for f in stats._depth_findings(sweep)}
-    assert found["sigmoid"]["values"]["test_accuracy"] == [0.8, 0.3]
-    assert "test accuracy 80% → 30%" in found["sigmoid"]["text"]
+    found = {f.activation: f for f in findings.depth_findings(sweep)}
+    assert found["sigmoid"].values["test_accuracy"] == [0.8, 0.3]
+    assert "test accuracy 80% → 30%" in findings.render(found["sigmoid"], chance=0.1)
     # No accuracy at depth 6: the sentence says nothing about accuracy.
-    assert found["relu"]["values"]["test_accuracy"] == [0.9, None]
-    assert "accuracy" not in found["relu"]["text"]
+    assert found["relu"].values["test_accuracy"] == [0.9, None]
+    assert "accuracy" not in findings.render(found["relu"], chance=0.1)
 
 
 def _pairs_frame(rows: list[dict]) -> pd.DataFrame:
     """A ranked pair table from a few fields per pair (the rest missing)."""
-    base = {"initializer": "glorot_uniform", "depth": 20, "fix": "none", "n_seeds": 1, "status": "ok"}
-    base |= {"flags": "", "diverged_step": np.nan, "error": ""}
-    base |= {q: np.nan for q in stats.PAIR_QUANTITIES}
+    base = {"initializer": "glorot_uniform", "depth": 20, "fix": "none", "n_seeds": 1, "statuses": {"ok": 1}}
+    base |= {"flags": [], "diverged_step": np.nan, "error": ""}
+    base |= {q: np.nan for q in tables.PAIR_QUANTITIES}
     df = pd.DataFrame([base | r for r in rows])
     df.insert(0, "rank", np.arange(1, len(df) + 1))
     return df
@@ -582,20 +584,20 @@ def _pairs_frame(rows: list[dict]) -> pd.DataFrame:
 def test_best_and_worst_are_chosen_among_pairs_that_finished_ok():
     pairs = _pairs_frame(
         [
-            {"activation": "relu", "test_accuracy": 0.95, "status": "1 ok, 1 diverged", "n_seeds": 2},
+            {"activation": "relu", "test_accuracy": 0.95, "statuses": {"ok": 1, "diverged": 1}, "n_seeds": 2},
             {"activation": "tanh", "test_accuracy": 0.9},
             {"activation": "sigmoid", "test_accuracy": 0.2},
-            {"activation": "elu", "test_accuracy": 0.1, "status": "diverged", "flags": "diverged"},
+            {"activation": "elu", "test_accuracy": 0.1, "statuses": {"diverged": 1}, "flags": ["diverged"]},
         ]
     )
-    found = stats.findings(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
+    found = findings.written(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
     ends = {f["kind"]: f["pair"]["activation"] for f in found if f["kind"] in ("best", "worst")}
     assert ends == {"best": "tanh", "worst": "sigmoid"}
     assert [f["pair"]["activation"] for f in found if f["kind"] == "problem"] == ["relu", "elu"]
 
 
 def test_flagged_pairs_are_listed_most_severe_first(monkeypatch):
-    vanishing = "vanishing@init"
+    vanishing = ["vanishing@init"]
     pairs = _pairs_frame(
         [
             {"activation": "relu", "test_accuracy": 0.9},
@@ -603,10 +605,79 @@ def test_flagged_pairs_are_listed_most_severe_first(monkeypatch):
             {"activation": "tanh", "test_accuracy": 0.4, "grad_factor_init": 0.2, "flags": vanishing},
             {"activation": "sigmoid", "test_accuracy": 0.3, "grad_factor_init": 0.0, "flags": vanishing},
             {"activation": "gelu", "test_accuracy": 0.2},
-            {"activation": "selu", "status": "diverged", "grad_factor_init": 0.4, "flags": f"diverged; {vanishing}"},
+            {
+                "activation": "selu",
+                "statuses": {"diverged": 1},
+                "grad_factor_init": 0.4,
+                "flags": ["diverged", *vanishing],
+            },
         ]
     )
-    monkeypatch.setattr(stats, "MAX_PAIR_FINDINGS", 2)
-    found = stats.findings(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
+    monkeypatch.setattr(findings, "MAX_PAIR_FINDINGS", 2)
+    found = findings.written(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
     assert [f["pair"]["activation"] for f in found if f["kind"] == "flagged"] == ["selu", "sigmoid"]
     assert next(f["text"] for f in found if f["kind"] == "more").startswith("2 more flagged")
+
+
+def _runs_frame(rows: list[dict]) -> pd.DataFrame:
+    """A run table (as `tables.run_table` returns it) from a few fields per run."""
+    base = {"arch": "mlp", "activation": "relu", "initializer": "he_normal", "depth": 4, "fix": "none"}
+    base |= {"seed": 0, "log_every": 1, "act_every": 10, "status": "ok", "diverged_step": -1, "error": "", "flags": []}
+    base |= {q: 0.5 for q in tables.PAIR_QUANTITIES}
+    return pd.DataFrame([base | {"run_id": f"run-{i}"} | r for i, r in enumerate(rows)])
+
+
+def test_pairs_group_by_benchmark_fields_and_keep_statuses_and_flags_as_data():
+    runs_m = _runs_frame(
+        [
+            # Provenance and measurement settings differ: still one benchmark.
+            {"seed": 0, "git_sha": "aaa", "act_every": 5, "flags": ["vanishing@init"]},
+            {"seed": 1, "git_sha": "bbb", "status": "diverged", "diverged_step": 7,
+             "flags": ["diverged", "vanishing@init"]},
+            {"seed": 2, "git_sha": "aaa", "status": "failed", "error": "ValueError: boom", "flags": ["failed"]},
+            {"seed": 0, "git_sha": "aaa", "depth": 8},
+        ]
+    )
+    pairs = tables.pair_table(runs_m)
+    assert "git_sha" not in tables.pair_keys(pairs) and "act_every" not in tables.pair_keys(pairs)
+    assert sorted(pairs["n_seeds"]) == [1, 3]
+    row = pairs[pairs["depth"] == 4].iloc[0]
+    assert row["statuses"] == {"ok": 1, "diverged": 1, "failed": 1}
+    assert row["status"] == "1 ok, 1 diverged, 1 failed"
+    assert row["flags"] == ["vanishing@init", "diverged", "failed"]
+    problem = next(f for f in findings.find(pairs, pd.DataFrame(), pd.DataFrame()) if f.kind == "problem")
+    assert problem.statuses == {"ok": 1, "diverged": 1, "failed": 1} and problem.diverged_step == 7
+    sentence = findings.render(problem, chance=0.1)
+    assert "diverged in 1 of 3 seed(s), first at step 7" in sentence
+    assert "failed in 1 of 3 seed(s) (ValueError: boom)" in sentence
+    # Rendering reads the counts, never the status text.
+    other = pairs.assign(status="unreadable")
+    assert findings.render(next(f for f in findings.find(other, pd.DataFrame(), pd.DataFrame()) if f.kind == "problem"),
+                           chance=0.1) == sentence
+
+
+def test_facet_lines_draw_a_panel_per_row_with_data_and_initializer():
+    rows = []
+    for init in ("glorot_uniform", "he_normal"):
+        for act in ("relu", "sigmoid", "tanh"):
+            for i in range(4):
+                v = 10.0 ** -i if act == "sigmoid" else 1.0
+                rows.append(
+                    {"activation": act, "initializer": init, "parameter": "kernel", "when": "step 0",
+                     "layer_index": i, "n": 1, "mean": v, "lo": v, "hi": v}
+                )
+    profiles = pd.DataFrame(rows)
+    palette = figures.category_palette(profiles["activation"])
+    fig = figures.gradient_depth(profiles, palette)
+    try:
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        # Only the kernel rows at step 0 have data: one row, a panel per initializer.
+        assert [ax.get_title() for ax in axes] == ["glorot_uniform", "he_normal"]
+        for ax in axes:
+            assert ax.get_yscale() == "log"
+            assert len(ax.lines) == 3
+            sigmoid = next(line for line in ax.lines if line.get_color() == palette["sigmoid"])
+            assert list(sigmoid.get_ydata()) == [1.0, 0.1, 0.01, 0.001]
+        assert axes[0].get_ylabel() == "rms ∂L/∂W per weight, step 0"
+    finally:
+        figures.plt.close(fig)

@@ -1,10 +1,14 @@
-"""Statistics of a report: long-form tables computed from stored results.
+"""Statistics of a report: long-form tables computed from stored results, drawing and writing nothing.
 
 Every function here is pure: it takes DataFrames (the tables of
 `bench.results.load_results` and the per-run table of
-`bench.metrics.run_metrics`) and returns a DataFrame or plain values, without
-drawing anything. The figures and the written summary read these tables, so a
-number in a caption, a sentence and a plot is computed once.
+`bench.metrics.run_metrics`) and returns a DataFrame or plain values. The
+figures, the findings and the written summary read these tables, so a number
+in a caption, a sentence and a plot is computed once.
+
+Which quantities a table holds, whether they are averaged in log space and
+the range their intervals are clipped to come from their registry entries
+(`bench.metrics.METRICS`, `bench.quantities.LAYER_QUANTITIES`).
 
 Repetitions over seeds are summarised by a mean and a 95% Student-t interval
 (`summarize`). Quantities that span decades (gradient norms, ratios, factors)
@@ -12,19 +16,21 @@ are averaged in log space, i.e. their geometric mean is reported, because an
 arithmetic mean of ``1e-12`` and ``1e-2`` says nothing about either.
 
 A table that has nothing to show carries the reason in ``df.attrs["note"]``,
-which the figure functions turn into their "skipped" message.
+which the figure functions turn into their "skipped" reason.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
 from scipy import stats as _scipy_stats
 
 from bench import metrics
-from bench.results import RUN_OUTCOME_COLUMNS
+from bench.config import benchmark_fields
+from bench.quantities import LAYER_QUANTITIES, Quantity
+from bench.report.text import CORE_KEYS, describe_slice, pair_label, status_text
+from bench.results import STATUSES
+from bench.utils import plain
 
 CONFIDENCE = 0.95
 
@@ -32,53 +38,45 @@ CONFIDENCE = 0.95
 # data.num_classes overrides this when present.
 DEFAULT_NUM_CLASSES = 10
 
-# Accuracy below this multiple of chance is reported as "chance".
-CHANCE_MARGIN = 1.5
 
-# Config columns that differ between repetitions of one pair (seed) or only
-# change how often things are measured, not what is trained.
-NON_PAIR_FIELDS = ("seed", "log_every", "act_every")
+def _metrics(*names) -> dict[str, Quantity]:
+    return {name: metrics.METRICS[name] for name in names}
 
-# The columns that name a pair in sentences and tables, always shown.
-CORE_KEYS = ("activation", "initializer", "depth", "fix")
 
-# Dead or saturated fractions below this are not worth a word in a finding.
-MENTION_FRACTION = 0.01
+# Per-pair quantities of the ranked table, in table order.
+PAIR_QUANTITIES = _metrics(
+    "test_accuracy",
+    "grad_factor_init",
+    "grad_factor_final",
+    "grad_ratio_init",
+    "grad_ratio_final",
+    "dead_fraction_init",
+    "dead_fraction_final",
+    "saturated_fraction_init",
+    "saturated_fraction_final",
+    "wall_time_s",
+)
 
-# Findings about single pairs beyond this many are left to the table.
-MAX_PAIR_FINDINGS = 12
-
-# Bounds of accuracies and fractions, to clip their intervals to.
-UNIT = (0.0, 1.0)
-
-# Per-pair quantities of the ranked table: column → (run_metrics column, log, bounds).
-PAIR_QUANTITIES = {
-    "test_accuracy": ("test_accuracy", False, UNIT),
-    "grad_factor_init": ("grad_factor_init", True, None),
-    "grad_factor_final": ("grad_factor_final", True, None),
-    "grad_ratio_init": ("grad_ratio_init", True, None),
-    "grad_ratio_final": ("grad_ratio_final", True, None),
-    "dead_fraction_init": ("dead_fraction_init", False, UNIT),
-    "dead_fraction_final": ("dead_fraction_final", False, UNIT),
-    "saturated_fraction_init": ("saturated_fraction_init", False, UNIT),
-    "saturated_fraction_final": ("saturated_fraction_final", False, UNIT),
-    "wall_time_s": ("wall_time_s", False, (0.0, np.inf)),
+# The activation × initializer grid: each quantity and whether the grid holds its log10.
+# Dead and saturated fractions stand for their ``_final`` or ``_init`` metric (see `pair_grid`).
+GRID_QUANTITIES = {
+    "test_accuracy": False,
+    "grad_ratio_init": True,
+    "grad_factor_init": False,
+    "dead_fraction": False,
+    "saturated_fraction": False,
 }
 
-
-# Columns of the run and pair tables that are not RunConfig fields.
-_NOT_CONFIG = {
-    "run_id",
-    "traceback",
-    "flags",
-    "rank",
-    "n_seeds",
-    "seeds",
-    "run_ids",
-    *RUN_OUTCOME_COLUMNS,
-    *metrics.METRIC_COLUMNS,
-    *(f"{q}{s}" for q in PAIR_QUANTITIES for s in ("", "_lo", "_hi")),
+# Per-layer activation statistics of `activation_profiles`.
+ACTIVATION_STATISTICS = {
+    name: LAYER_QUANTITIES[name] for name in ("act_mean", "act_std", "dead_fraction", "saturated_fraction")
 }
+
+# Compared between a fix and its baseline in `fix_effects`.
+FIX_QUANTITIES = _metrics("test_accuracy", "grad_ratio_init", "grad_ratio_final")
+
+# Against depth in `depth_sweep`.
+SWEEP_QUANTITIES = _metrics("test_accuracy", "grad_ratio_init")
 
 
 # --------------------------------------------------------------------------- #
@@ -93,14 +91,10 @@ def with_note(df: pd.DataFrame, note: str) -> pd.DataFrame:
     return df
 
 
-def config_columns(runs: pd.DataFrame) -> list[str]:
-    """The RunConfig columns of a run or pair table (everything that is not an outcome)."""
-    return [c for c in runs.columns if c not in _NOT_CONFIG]
-
-
 def pair_keys(runs: pd.DataFrame) -> list[str]:
-    """Columns that identify a pair: the config without seed and logging periods."""
-    return [c for c in config_columns(runs) if c not in NON_PAIR_FIELDS]
+    """Columns that identify a pair: `bench.config.benchmark_fields`, in the table's column order."""
+    fields = set(benchmark_fields(runs.columns))
+    return [c for c in runs.columns if c in fields]
 
 
 def varying_keys(runs: pd.DataFrame) -> list[str]:
@@ -179,16 +173,7 @@ def _mode_group(df: pd.DataFrame, keys: list[str]) -> dict:
     counts = df.groupby(keys, dropna=False, sort=True).size()
     best = counts.idxmax()
     best = best if isinstance(best, tuple) else (best,)
-    return {k: _plain(v) for k, v in zip(keys, best)}
-
-
-def _plain(v):
-    """A numpy/pandas scalar as a plain Python value (None for missing)."""
-    if _isna(v):
-        return None
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
+    return {k: plain(v) for k, v in zip(keys, best)}
 
 
 # --------------------------------------------------------------------------- #
@@ -197,9 +182,9 @@ def _plain(v):
 
 
 def run_table(runs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
-    """`metrics.run_metrics` plus each run's flags (a '; '-joined string)."""
+    """`metrics.run_metrics` plus each run's flags (a list of `metrics.flags`)."""
     m = metrics.run_metrics(runs, layers)
-    m["flags"] = ["; ".join(metrics.flags(row)) for row in m.to_dict("records")]
+    m["flags"] = [metrics.flags(row) for row in m.to_dict("records")]
     return m
 
 
@@ -216,8 +201,9 @@ def pair_table(runs_m: pd.DataFrame) -> pd.DataFrame:
         runs_m: the table of `run_table`.
 
     Returns:
-        DataFrame with the pair keys, ``rank, seeds, n_seeds, status,
-        flags, run_ids``, and the quantities; ``seeds`` ascending and
+        DataFrame with the pair keys, ``rank, seeds, n_seeds, statuses``
+        ({status: number of seeds}), ``status`` (the same in words,
+        `text.status_text`), ``flags`` (a list), ``run_ids``, and the quantities; ``seeds`` ascending and
         ``run_ids`` in the same order (``run_ids[i]`` ran ``seeds[i]``).
     """
     keys = pair_keys(runs_m)
@@ -229,13 +215,14 @@ def pair_table(runs_m: pd.DataFrame) -> pd.DataFrame:
     out = base.size().rename("n_seeds").reset_index()
     out["seeds"] = list(base["seed"].apply(lambda s: [int(x) for x in s]))
     out["run_ids"] = list(base["run_id"].apply(list))
-    out["status"] = base["status"].agg(_status_text).to_numpy()
+    out["statuses"] = [_status_counts(s) for _, s in base["status"]]
+    out["status"] = [status_text(c) for c in out["statuses"]]
     diverged = runs_m["diverged_step"].where(runs_m["diverged_step"] >= 0)
     out["diverged_step"] = diverged.groupby([runs_m[k] for k in keys], dropna=False, sort=True).min().to_numpy()
     out["error"] = base["error"].agg(lambda s: next((e for e in s if isinstance(e, str) and e), "")).to_numpy()
-    out["flags"] = base["flags"].agg(_union_flags).to_numpy()
-    for name, (column, log, bounds) in PAIR_QUANTITIES.items():
-        s = summarize(runs_m, keys, column, log=log, bounds=bounds)
+    out["flags"] = [_union_flags(s) for _, s in base["flags"]]
+    for name, q in PAIR_QUANTITIES.items():
+        s = summarize(runs_m, keys, name, log=q.log, bounds=q.bounds)
         out[name] = s["mean"].to_numpy()
         out[f"{name}_lo"] = s["lo"].to_numpy()
         out[f"{name}_hi"] = s["hi"].to_numpy()
@@ -248,36 +235,20 @@ def pair_table(runs_m: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _status_text(s: pd.Series) -> str:
+def _status_counts(s: pd.Series) -> dict:
+    """{status: number of runs}, known statuses first in STATUSES order."""
     counts = s.value_counts()
-    if len(counts) == 1:
-        return str(counts.index[0])
-    return ", ".join(f"{int(counts[k])} {k}" for k in ("ok", "diverged", "failed") if k in counts)
+    order = [k for k in STATUSES if k in counts.index] + sorted(str(k) for k in counts.index if k not in STATUSES)
+    return {k: int(counts[k]) for k in order}
 
 
-def _union_flags(s: pd.Series) -> str:
+def _union_flags(s: pd.Series) -> list[str]:
     seen = []
-    for text in s:
-        for flag in str(text or "").split("; "):
-            if flag and flag not in seen:
+    for flags in s:
+        for flag in flags if isinstance(flags, (list, tuple, np.ndarray)) else ():
+            if flag not in seen:
                 seen.append(flag)
-    return "; ".join(seen)
-
-
-def pair_label(row, extra_keys=()) -> str:
-    """'sigmoid + glorot_uniform, depth 20' (+ fix and the keys that vary)."""
-    text = f"{row['activation']} + {row['initializer']}, depth {row['depth']}"
-    if row.get("fix", "none") != "none":
-        text += f", fix {row['fix']}"
-    extra = [f"{k} {_short(row[k])}" for k in extra_keys if k in row]
-    if extra:
-        text += f" ({', '.join(extra)})"
-    return text
-
-
-def _short(v) -> str:
-    v = _plain(v)
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    return seen
 
 
 def main_slice(table: pd.DataFrame, free=("activation", "initializer")) -> tuple[pd.DataFrame, dict]:
@@ -297,24 +268,6 @@ def main_slice(table: pd.DataFrame, free=("activation", "initializer")) -> tuple
     base = table[table["fix"] == "none"] if (table["fix"] == "none").any() else table
     chosen = _mode_group(base, keys)
     return base[_match(base, chosen)], chosen
-
-
-def describe_slice(chosen: dict, extra_keys=()) -> str:
-    """'mlp, depth 20, width 128, no fix' from a slice's fixed keys.
-
-    Args:
-        chosen: the fixed keys of `main_slice`.
-        extra_keys: further keys worth naming (those that vary across the
-            results, e.g. the learning rate).
-    """
-    parts = []
-    for k in ("arch", "depth", "width"):
-        if k in chosen:
-            parts.append(f"{k} {chosen[k]}" if k != "arch" else str(chosen[k]))
-    parts += [f"{k} {_short(chosen[k])}" for k in extra_keys if k in chosen and k not in CORE_KEYS]
-    if "fix" in chosen:
-        parts.append("no fix" if chosen["fix"] == "none" else f"fix {chosen['fix']}")
-    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------- #
@@ -401,20 +354,12 @@ def heatmap_runs(pairs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
 
 
 # (column of pair_table, label, log10?) of the activation × initializer grid.
-GRID_QUANTITIES = (
-    ("test_accuracy", "test accuracy", False),
-    ("grad_ratio_init", "log10 first/last gradient ratio (step 0)", True),
-    ("grad_factor_init", "per-layer gradient factor (step 0)", False),
-    ("dead_fraction", "dead fraction", False),
-    ("saturated_fraction", "saturated fraction", False),
-)
-
-
 def pair_grid(pairs: pd.DataFrame, main: dict | None = None) -> pd.DataFrame:
     """Activation × initializer values of the main slice, for annotated heatmaps.
 
     Dead and saturated fractions are taken at the end of training when any
-    pair has them there, else at step 0; the quantity's label says which.
+    pair has them there, else at step 0; the quantity's label (its
+    registry label) says which.
 
     Args:
         pairs: the ranked table of `pair_table`.
@@ -436,12 +381,13 @@ def pair_grid(pairs: pd.DataFrame, main: dict | None = None) -> pd.DataFrame:
     if sliced.empty:
         return with_note(pd.DataFrame(columns=columns), "no runs")
     frames = []
-    for quantity, label, log in GRID_QUANTITIES:
+    for quantity, log in GRID_QUANTITIES.items():
         column = quantity
-        if quantity in ("dead_fraction", "saturated_fraction"):
+        if quantity not in metrics.METRICS:
             final = f"{quantity}_final"
             column = final if sliced[final].notna().any() else f"{quantity}_init"
-            label = f"{label} ({'end' if column == final else 'step 0'})"
+        label = metrics.METRICS[column].label
+        label = f"log10 {label}" if log else label
         v = sliced[column].astype("float64")
         if log:
             # log10(0) = -inf is kept: it is the most vanishing pair, not a missing one.
@@ -476,9 +422,11 @@ def depth_sweep(runs_m: pd.DataFrame) -> pd.DataFrame:
     columns = ["activation", "initializer", "depth", "quantity", "n", "mean", "lo", "hi"]
     sliced, chosen = main_slice(runs_m, free=("activation", "initializer", "depth"))
     by = ["activation", "initializer", "depth"]
-    acc = summarize(sliced, by, "test_accuracy", bounds=UNIT).assign(quantity="test_accuracy")
-    ratio = summarize(sliced, by, "grad_ratio_init", log=True).assign(quantity="grad_ratio_init")
-    out = pd.concat([acc, ratio], ignore_index=True)[columns]
+    frames = [
+        summarize(sliced, by, name, log=q.log, bounds=q.bounds).assign(quantity=name)
+        for name, q in SWEEP_QUANTITIES.items()
+    ]
+    out = pd.concat(frames, ignore_index=True)[columns]
     # A depth where every run failed has no point; a single point is no sweep.
     out = out[out["mean"].notna()]
     depths = out.groupby(["activation", "initializer", "quantity"])["depth"].transform("nunique")
@@ -531,15 +479,6 @@ def learning_curves(runs_m: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame
     return out[columns]
 
 
-# Per-layer activation statistics: column → log scale?
-ACTIVATION_STATISTICS = {
-    "act_mean": False,
-    "act_std": True,
-    "dead_fraction": False,
-    "saturated_fraction": False,
-}
-
-
 def activation_profiles(runs_m: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     """Per-layer activation statistics at step 0 and at the last measured step.
 
@@ -564,18 +503,12 @@ def activation_profiles(runs_m: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFr
     )
     long = long.dropna(subset=["value"])
     out = summarize(long, ["activation", "initializer", "statistic", "when", "layer_index"], "value")
-    fraction = out["statistic"].isin(["dead_fraction", "saturated_fraction"])
-    out.loc[fraction, "lo"] = out.loc[fraction, "lo"].clip(*UNIT)
-    out.loc[fraction, "hi"] = out.loc[fraction, "hi"].clip(*UNIT)
+    for name, q in ACTIVATION_STATISTICS.items():
+        if q.bounds is not None:
+            rows = out["statistic"] == name
+            out.loc[rows, "lo"] = out.loc[rows, "lo"].clip(*q.bounds)
+            out.loc[rows, "hi"] = out.loc[rows, "hi"].clip(*q.bounds)
     return out[columns]
-
-
-# (quantity, run_metrics column, log, bounds) compared between a fix and its baseline.
-FIX_QUANTITIES = (
-    ("test_accuracy", "test_accuracy", False, UNIT),
-    ("grad_ratio_init", "grad_ratio_init", True, None),
-    ("grad_ratio_final", "grad_ratio_final", True, None),
-)
 
 
 def fix_effects(runs_m: pd.DataFrame) -> pd.DataFrame:
@@ -601,14 +534,13 @@ def fix_effects(runs_m: pd.DataFrame) -> pd.DataFrame:
         return with_note(pd.DataFrame(columns=columns), "no fix run has a matching run without a fix")
     extra = varying_keys(runs_m)
     frames = []
-    for quantity, column, log, bounds in FIX_QUANTITIES:
-        s = summarize(cases, keys + ["fix"], column, log=log, bounds=bounds).assign(quantity=quantity)
-        frames.append(s)
+    for name, q in FIX_QUANTITIES.items():
+        frames.append(summarize(cases, keys + ["fix"], name, log=q.log, bounds=q.bounds).assign(quantity=name))
     out = pd.concat(frames, ignore_index=True)
     out["case"] = [pair_label({**row, "fix": "none"}, extra) for row in out.to_dict("records")]
     base = out[out["fix"] == "none"].set_index(["case", "quantity"])["mean"]
     out["baseline"] = [base.get((c, q), np.nan) for c, q in zip(out["case"], out["quantity"])]
-    ratio_rows = out["quantity"] != "test_accuracy"
+    ratio_rows = out["quantity"].map(lambda name: FIX_QUANTITIES[name].log).astype(bool)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_delta = np.log10(out["mean"]) - np.log10(out["baseline"])
     out["delta"] = np.where(ratio_rows, log_delta, out["mean"] - out["baseline"])
@@ -660,7 +592,7 @@ def activation_curves(names, lo: float = -5.0, hi: float = 5.0, num: int = 401) 
 
 
 # --------------------------------------------------------------------------- #
-# Budget, provenance and findings
+# Budget and chance
 # --------------------------------------------------------------------------- #
 
 
@@ -669,15 +601,15 @@ def budget(runs: pd.DataFrame, manifest: dict) -> dict:
 
     Returns:
         A JSON-ready dict: run and pair counts, seeds, steps, epochs, batch
-        sizes, optimizer, learning rates, samples, wall time, and ``text``,
-        one paragraph saying all of it.
+        sizes, optimizer, learning rates, samples and wall time
+        (`bench.report.text.budget_text` writes it as one paragraph).
     """
     data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
 
     def values(col):
         if col not in runs.columns:
             return []
-        return sorted({_plain(v) for v in runs[col]}, key=lambda v: (v is None, str(v) if v is None else v))
+        return sorted({plain(v) for v in runs[col]}, key=lambda v: (v is None, str(v) if v is None else v))
 
     n_pairs = len(runs.groupby(pair_keys(runs), dropna=False))
     seeds_per_pair = runs.groupby(pair_keys(runs), dropna=False)["seed"].nunique()
@@ -688,7 +620,7 @@ def budget(runs: pd.DataFrame, manifest: dict) -> dict:
         "statuses": {str(k): int(v) for k, v in runs["status"].value_counts().items()},
         "seeds": values("seed"),
         "seeds_per_pair": [int(seeds_per_pair.min()), int(seeds_per_pair.max())],
-        "steps": [_plain(steps.min()), _plain(steps.max())],
+        "steps": [plain(steps.min()), plain(steps.max())],
         "max_steps": values("max_steps"),
         "epochs": values("epochs"),
         "batch_size": values("batch_size"),
@@ -701,78 +633,7 @@ def budget(runs: pd.DataFrame, manifest: dict) -> dict:
         "n_test": data.get("n_test"),
         "wall_time_s": float(pd.to_numeric(runs["wall_time_s"], errors="coerce").sum()),
     }
-    out["text"] = _budget_text(out)
     return out
-
-
-def _span(vals) -> str:
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return "?"
-    if len(vals) <= 4:
-        return ", ".join(_num(v) for v in vals)
-    return f"{_num(min(vals))}–{_num(max(vals))}"
-
-
-def _num(v) -> str:
-    if isinstance(v, float) and not v.is_integer():
-        return f"{v:g}"
-    if isinstance(v, (int, float)):
-        return f"{int(v):,}"
-    return str(v)
-
-
-def _samples(vals, total) -> str:
-    if not vals or all(v is None for v in vals):
-        return f"all {_num(total)}" if total else "all"
-    text = _span([v for v in vals if v is not None]) + (" or all" if None in vals else "")
-    return f"{text} of {_num(total)}" if total else text
-
-
-def _budget_text(b: dict) -> str:
-    lo, hi = b["steps"]
-    steps = f"{_num(lo)}" if lo == hi else f"{_num(lo)}–{_num(hi)}"
-    seeds = b["seeds_per_pair"]
-    per_pair = f"{seeds[0]}" if seeds[0] == seeds[1] else f"{seeds[0]}–{seeds[1]}"
-    statuses = ", ".join(f"{n} {s}" for s, n in sorted(b["statuses"].items()))
-    minutes = b["wall_time_s"] / 60
-    text = (
-        f"{b['runs']} runs ({statuses}) of {b['pairs']} pairs × {per_pair} seed(s) "
-        f"(seeds {_span(b['seeds'])}) on {_span(b['dataset'])}: "
-        f"{steps} optimizer steps per run (max_steps {_span(b['max_steps']) if b['max_steps'] != [None] else 'unset'}), "
-        f"{_span(b['epochs'])} epoch(s), batch size {_span(b['batch_size'])}, "
-        f"{_span(b['optimizer'])} at learning rate {_span(b['learning_rate'])}; "
-        f"training examples: {_samples(b['train_samples'], b['n_train'])}, "
-        f"test examples: {_samples(b['test_samples'], b['n_test'])}; "
-        f"total run time {minutes:.1f} min."
-    )
-    if b["max_steps"] == [0]:
-        text += " Only initialization was measured: accuracies are those of untrained networks."
-    elif b["max_steps"] and None not in b["max_steps"]:
-        text += (
-            f" Accuracies are those after at most {_num(max(b['max_steps']))} steps, "
-            "not of converged networks; the gradient measurements at step 0 do not depend on the budget."
-        )
-    if seeds[0] < 2:
-        text += " Pairs with one seed have no confidence interval."
-    return text
-
-
-def provenance(manifest: dict) -> dict:
-    """The manifest fields a reader needs to trust or reproduce the numbers."""
-    data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
-    return {
-        "suite": manifest.get("suite"),
-        "command": manifest.get("command"),
-        "created": manifest.get("created"),
-        "updated": manifest.get("updated"),
-        "vgbench_version": manifest.get("vgbench_version"),
-        "git_sha": manifest.get("git_sha"),
-        "packages": manifest.get("packages") or {},
-        "platform": manifest.get("platform") or {},
-        "data": data,
-        "schema_version": manifest.get("schema_version"),
-    }
 
 
 def chance_accuracy(manifest: dict) -> float:
@@ -781,232 +642,3 @@ def chance_accuracy(manifest: dict) -> float:
     n = data.get("num_classes") or DEFAULT_NUM_CLASSES
     return 1.0 / float(n)
 
-
-_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
-
-
-def power_of_ten(x) -> str:
-    """A ratio for prose: '0.24' between 0.01 and 100, else '10⁻¹²'."""
-    if x is None or not np.isfinite(x):
-        return "n/a"
-    if x == 0:
-        # A gradient below float32's range reaches the first layer as exactly 0.
-        return "0 (underflow)"
-    if 0.01 <= abs(x) <= 100:
-        return f"{x:.2g}"
-    return "10" + str(int(round(math.log10(abs(x))))).translate(_SUPERSCRIPT)
-
-
-def pct(x) -> str:
-    """0.1134 → '11%' (one decimal under 10%)."""
-    if x is None or not np.isfinite(x):
-        return "n/a"
-    return f"{100 * x:.1f}%" if x < 0.1 else f"{100 * x:.0f}%"
-
-
-def describe_pair(row, chance: float, extra_keys=()) -> str:
-    """One sentence with a pair's numbers, e.g. for sigmoid at depth 20."""
-    parts = []
-    f0, r0, f1 = row.get("grad_factor_init"), row.get("grad_ratio_init"), row.get("grad_factor_final")
-    if _finite(f0):
-        if f"{f0:.2f}" == "1.00":
-            parts.append(f"at initialization the gradient keeps its size (×{f0:.2f} per layer)")
-        else:
-            verb = "shrinks" if f0 < 1 else "grows"
-            parts.append(f"at initialization the gradient {verb} ×{f0:.2f} per layer")
-    if _finite(r0):
-        share = f"{power_of_ten(r0)} of" if r0 < 1 else f"{power_of_ten(r0)}×"
-        parts.append(f"the first hidden layer receives {share} the last hidden layer's gradient")
-    if _finite(f1):
-        parts.append(f"after training ×{f1:.2f} per layer")
-    dead = _first_finite(row.get("dead_fraction_final"), row.get("dead_fraction_init"))
-    if _finite(dead) and dead >= MENTION_FRACTION:
-        parts.append(f"{pct(dead)} of units dead")
-    sat = _first_finite(row.get("saturated_fraction_final"), row.get("saturated_fraction_init"))
-    if _finite(sat) and sat >= MENTION_FRACTION:
-        parts.append(f"{pct(sat)} of units saturated")
-    acc = row.get("test_accuracy")
-    if _finite(acc):
-        note = " (chance)" if acc < CHANCE_MARGIN * chance else ""
-        parts.append(f"test accuracy {pct(acc)}{note}")
-    body = "; ".join(parts) if parts else "nothing was measured"
-    return f"{pair_label(row, extra_keys)}: {body}."
-
-
-def describe_problem(row, extra_keys=()) -> str:
-    """One sentence on a pair's diverged or failed runs."""
-    status, n = str(row.get("status") or ""), int(row["n_seeds"])
-    # `status` is "diverged" when all seeds share it, else "1 ok, 2 diverged".
-    if "," in status:
-        counts = {k: int(v) for v, k in (part.split(" ", 1) for part in status.split(", "))}
-    else:
-        counts = {status: n}
-    parts = []
-    if counts.get("diverged"):
-        step = row.get("diverged_step")
-        at = f", first at step {int(step)}" if _finite(step) else ""
-        parts.append(f"diverged in {counts['diverged']} of {n} seed(s){at}")
-    if counts.get("failed"):
-        error = f" ({row['error']})" if row.get("error") else ""
-        parts.append(f"failed in {counts['failed']} of {n} seed(s){error}")
-    return f"{pair_label(row, extra_keys)}: {'; '.join(parts)}."
-
-
-def _finite(x) -> bool:
-    return metrics._finite(x)
-
-
-def _first_finite(*xs):
-    for x in xs:
-        if _finite(x):
-            return x
-    return np.nan
-
-
-def findings(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, chance: float) -> list[dict]:
-    """Plain sentences with the numbers behind the report's conclusions.
-
-    Args:
-        pairs: the ranked table of `pair_table`.
-        sweep: the table of `depth_sweep`.
-        fixes: the table of `fix_effects`.
-        chance: the accuracy of guessing.
-
-    Returns:
-        A list of ``{"kind", "text", ...numbers}`` dicts: the best and the
-        worst pair among those whose runs all finished ok (diverged and
-        failed pairs have their own sentence), every flagged pair (up to
-        MAX_PAIR_FINDINGS, most severe first), each fix against its
-        baseline, and each depth trend.
-    """
-    out = []
-    extra = varying_keys(pairs)
-    keys = pair_keys(pairs)
-    if pairs.empty:
-        return out
-
-    def pair_finding(kind, row):
-        values = {q: _plain(row[q]) for q in PAIR_QUANTITIES}
-        return {
-            "kind": kind,
-            "text": describe_pair(row, chance, extra),
-            "pair": {k: _plain(row[k]) for k in keys},
-            "rank": int(row["rank"]),
-            "flags": row["flags"],
-            "values": values,
-        }
-
-    rows = pairs.to_dict("records")
-    measured = [r for r in rows if r["status"] == "ok" and _finite(r["test_accuracy"])]
-    ends = []
-    if measured:
-        ends.append(("best", "Best", measured[0]))
-        if len(measured) > 1:
-            ends.append(("worst", "Worst", measured[-1]))
-    for kind, title, r in ends:
-        out.append(pair_finding(kind, r) | {"text": f"{title}: " + describe_pair(r, chance, extra)})
-    for r in rows:
-        if r["status"] != "ok":
-            out.append(pair_finding("problem", r) | {"text": describe_problem(r, extra)})
-    shown = {id(r) for _, _, r in ends}
-    flagged = [r for r in rows if id(r) not in shown and _gradient_flags(r["flags"])]
-    # Most severe first, so that the cap cuts off the mildest cases.
-    flagged.sort(key=_severity, reverse=True)
-    for r in flagged[:MAX_PAIR_FINDINGS]:
-        f = pair_finding("flagged", r)
-        f["text"] = f"Flagged {', '.join(_gradient_flags(r['flags']))}: {f['text']}"
-        out.append(f)
-    if len(flagged) > MAX_PAIR_FINDINGS:
-        out.append(
-            {"kind": "more", "text": f"{len(flagged) - MAX_PAIR_FINDINGS} more flagged pairs are in the table."}
-        )
-    out.extend(_fix_findings(fixes))
-    out.extend(_depth_findings(sweep))
-    return out
-
-
-def _severity(row) -> tuple:
-    """Sort key of a flagged pair: diverged or failed runs first, then the
-    per-layer gradient factor farthest from 1 (0, an underflow, is farthest)."""
-    logs = []
-    for q in ("grad_factor_init", "grad_factor_final"):
-        f = row.get(q)
-        if _finite(f):
-            logs.append(math.inf if f <= 0 else abs(math.log10(f)))
-    return (row["status"] != "ok", max(logs, default=-1.0))
-
-
-def _gradient_flags(flags: str) -> list[str]:
-    """The flags about gradients and units (diverged/failed have their own sentence)."""
-    return [f for f in str(flags or "").split("; ") if f and f not in ("diverged", "failed")]
-
-
-def _fix_findings(fixes: pd.DataFrame) -> list[dict]:
-    out = []
-    if fixes.empty:
-        return out
-    t = fixes.pivot_table(index=["case", "fix"], columns="quantity", values="mean", aggfunc="first", dropna=False)
-    for (case, fix), row in t.iterrows():
-        if fix == "none" or (case, "none") not in t.index:
-            continue
-        base = t.loc[(case, "none")]
-        parts = []
-        a0, a1 = base.get("test_accuracy"), row.get("test_accuracy")
-        if _finite(a0) and _finite(a1):
-            parts.append(f"test accuracy {pct(a0)} → {pct(a1)} ({100 * (a1 - a0):+.0f} points)")
-        r0, r1 = base.get("grad_ratio_init"), row.get("grad_ratio_init")
-        if _finite(r0) and _finite(r1):
-            parts.append(f"first/last gradient ratio at step 0 {power_of_ten(r0)} → {power_of_ten(r1)}")
-        if not parts:
-            continue
-        out.append(
-            {
-                "kind": "fix",
-                "text": f"{fix} on {case}: " + "; ".join(parts) + ".",
-                "case": case,
-                "fix": fix,
-                "values": {
-                    "baseline_test_accuracy": _plain(a0),
-                    "test_accuracy": _plain(a1),
-                    "baseline_grad_ratio_init": _plain(r0),
-                    "grad_ratio_init": _plain(r1),
-                },
-            }
-        )
-    return out
-
-
-def _depth_findings(sweep: pd.DataFrame) -> list[dict]:
-    out = []
-    if sweep.empty:
-        return out
-    for (act, init), g in sweep.groupby(["activation", "initializer"], sort=True):
-        ratio = g[g["quantity"] == "grad_ratio_init"].sort_values("depth")
-        acc = g[g["quantity"] == "test_accuracy"].sort_values("depth")
-        if ratio["depth"].nunique() < 2:
-            continue
-        d0, d1 = int(ratio["depth"].iloc[0]), int(ratio["depth"].iloc[-1])
-        r0, r1 = ratio["mean"].iloc[0], ratio["mean"].iloc[-1]
-        if not (_finite(r0) and _finite(r1)):
-            continue
-        verb = "falls" if r1 < r0 else "rises"
-        text = (
-            f"{act} + {init}: the first/last gradient ratio at step 0 {verb} "
-            f"from {power_of_ten(r0)} at depth {d0} to {power_of_ten(r1)} at depth {d1}"
-        )
-        # At the ratio's own depths, so both halves of the sentence compare the same networks.
-        acc_at = acc.set_index("depth")["mean"]
-        a0, a1 = acc_at.get(d0, np.nan), acc_at.get(d1, np.nan)
-        if _finite(a0) and _finite(a1):
-            text += f"; test accuracy {pct(a0)} → {pct(a1)}"
-        out.append(
-            {
-                "kind": "depth",
-                "text": text + ".",
-                "activation": act,
-                "initializer": init,
-                "depths": [d0, d1],
-                "values": {"grad_ratio_init": [_plain(r0), _plain(r1)], "test_accuracy": [_plain(a0), _plain(a1)]},
-            }
-        )
-    return out
