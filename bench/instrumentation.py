@@ -96,6 +96,11 @@ def _activation_of(layer):
         if cls == "ReLU" and getattr(layer, "max_value", None) == 6:
             name = "relu6"
     name = {"silu": "swish", "hard_silu": "hard_swish"}.get(name, name)
+    # The parameters the derivative depends on.
+    if cls == "LeakyReLU":
+        name = f"leaky_relu(negative_slope={float(layer.negative_slope)!r})"
+    elif cls == "ELU":
+        name = f"elu(alpha={float(layer.alpha)!r})"
     try:
         return models.activations.get(name)
     except ValueError:
