@@ -293,10 +293,15 @@ def saturated_fraction(v: LayerValues):
     return tf.reduce_mean(tf.cast(d < SATURATION_THRESHOLD * spec.max_derivative, tf.float32))
 
 
-def _rms(x):
+def _sum_sq_per_example(x):
+    """Sum of squares of ``x`` divided by its per-example size (static): ``batch · mean(x²)``."""
     import tensorflow as tf
 
-    return tf.sqrt(2.0 * tf.nn.l2_loss(x) / tf.cast(tf.size(x), tf.float32))
+    per_example = x.shape[1:].num_elements()
+    if per_example is None:
+        per_example = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
+    # One fused kernel and one scalar op: these run for every layer at every step.
+    return tf.nn.l2_loss(x) * (2.0 / per_example)
 
 
 def backward_rms(v: LayerValues):
@@ -309,12 +314,17 @@ def backward_rms(v: LayerValues):
     what the example's pre-activation does to the others' losses through the
     batch statistics). It exists for every layer, with or without bias.
     """
-    return v.batch_size * _rms(v.preact_grad)
+    import tensorflow as tf
+
+    # rms(B·g) = sqrt(B² · Σg² / (B · units)) = sqrt(B · Σg² / units)
+    return tf.sqrt(_sum_sq_per_example(v.preact_grad) * v.batch_size)
 
 
 def preact_rms(v: LayerValues):
     """RMS of the pre-activations z over the batch and the units: the forward signal's length √q."""
-    return _rms(v.preact)
+    import tensorflow as tf
+
+    return tf.sqrt(_sum_sq_per_example(v.preact) / v.batch_size)
 
 
 def dead_fraction(v: LayerValues):
