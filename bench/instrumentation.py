@@ -14,13 +14,16 @@ What is recorded, per hidden layer (index 0 = nearest the input) and the
 output layer (index = depth, name ``output``):
 
 - every ``log_every`` steps: ``kernel_grad_norm``, ``bias_grad_norm``
-  (L2 norms of the gradients of the layer's kernel and bias);
+  (L2 norms of the gradients of the layer's kernel and bias),
+  ``backward_rms`` (RMS of batch size × ∂L/∂z at the layer's pre-activation
+  z, from the same ``tape.gradient`` call) and ``preact_rms`` (RMS of z);
 - every ``act_every`` steps: ``kernel_norm``, ``update_ratio``
   (‖ΔW‖/‖W‖ of that step's update), and ``act_mean``, ``act_std``,
   ``act_rms``, ``saturated_fraction`` (saturating activations: share of
   unit outputs whose derivative is below 1% of its maximum) and
-  ``dead_fraction`` (ReLU family: share of units that are not positive for
-  any example of the batch) of the layer's output;
+  ``dead_fraction`` (share of units whose activation's derivative at z is
+  exactly 0 for every example of the batch) and ``inactive_fraction`` (ReLU
+  family: z <= 0 for every example);
 - step 0: all of the above except ``update_ratio``, at initialization, on a
   fixed probe batch, before any update.
 

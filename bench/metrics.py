@@ -483,7 +483,8 @@ def flags(row) -> list[Flag]:
         n = row.get(f"underflow_layers_{which}")
         if _finite(n) and n > 0:
             deepest = row.get(f"deepest_underflow_layer_{which}")
-            out.append(Flag("underflow", which, layers=int(n), deepest_layer=float(deepest) if _finite(deepest) else None))
+            deepest = float(deepest) if _finite(deepest) else None
+            out.append(Flag("underflow", which, layers=int(n), deepest_layer=deepest))
     d = row.get("dead_fraction_final")
     if not _finite(d):
         d = row.get("dead_fraction_init")

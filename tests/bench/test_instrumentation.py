@@ -304,6 +304,8 @@ def test_dead_units_from_the_derivative_at_the_pre_activation():
         assert df.loc[1, "inactive_fraction"] == 1.0
         assert df.loc[0, "kernel_grad_norm"] > 0.0
     # Leaky ReLU with slope 0 is a ReLU: its negative side is dead.
-    model = _compiled(arch="mlp", depth=3, width=16, activation="leaky_relu(negative_slope=0.0)", initializer="he_normal")
+    model = _compiled(
+        arch="mlp", depth=3, width=16, activation="leaky_relu(negative_slope=0.0)", initializer="he_normal"
+    )
     models.hidden_layers(model)[1].weight_layer.bias.assign(np.full(16, -1e3, np.float32))
     assert _init_layers(model, x, y).loc[1, "dead_fraction"] == 1.0
