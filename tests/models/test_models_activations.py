@@ -222,3 +222,27 @@ def test_a_layer_can_be_traced_back_to_its_entry(name):
     layer = activations.get(name).layer("a")
     if isinstance(layer, keras.layers.Activation):
         assert activations.get(layer.activation.__name__).base == name
+
+
+@pytest.mark.parametrize("name", activations.names())
+def test_derivative_at_the_pre_activation_matches_autodiff(name):
+    act = activations.get(name)
+    z = tf.constant(GRID)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        y = act(z)
+    expected = tape.gradient(y, z).numpy()
+    np.testing.assert_allclose(act.derivative(GRID).numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_derivative_is_exactly_zero_only_where_no_gradient_flows():
+    z = np.array([-1e3, -5.0, -1e-3, 1e-3, 5.0, 7.0, 1e3], dtype="float32")
+    zero = lambda spec, **kw: (activations.get(spec).derivative(z, **kw).numpy() == 0).tolist()  # noqa: E731
+    assert zero("relu") == [True, True, True, False, False, False, False]
+    assert zero("relu6") == [True, True, True, False, False, True, True]
+    assert zero("hard_sigmoid") == [True, True, False, False, True, True, True]
+    assert not any(zero("leaky_relu")) and not any(zero("prelu", slope=0.1)) and not any(zero("linear"))
+    assert zero("leaky_relu(negative_slope=0.0)")[:3] == [True, True, True]
+    assert zero("prelu", slope=0.0)[:3] == [True, True, True]
+    # Saturating ones only in float32 underflow: sigmoid at z = 1000 (1 - σ(z) rounds to 0), not at 5.
+    assert zero("sigmoid") == [True, False, False, False, False, False, True]
