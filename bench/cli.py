@@ -100,10 +100,22 @@ def _add_run(sub):
     p.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel runs (default: number of cores; with --executor ray: the cluster's CPUs)")
     p.add_argument("--executor", default="local", help="local (default) or ray")
     p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://HOST:PORT); with --executor ray")
-    p.add_argument("--ray-cpus-per-task", type=float, default=1, metavar="N", help="CPUs (and TensorFlow threads) of each Ray task (default 1)")
-    p.add_argument("--ray-share-data", action=argparse.BooleanOptionalAction, default=True, help="ship the driver's dataset to Ray workers through the object store (default), or let each worker load its own copy")
-    p.add_argument("--ray-max-retries", type=int, default=None, metavar="N", help="retries of a Ray task whose worker died (default 3)")
-    p.add_argument("--wait", action="store_true", help="when another vgbench run writes --out, wait for it instead of failing")
+    p.add_argument(
+        "--ray-cpus-per-task", type=float, default=1, metavar="N",
+        help="CPUs (and TensorFlow threads) of each Ray task (default 1)",
+    )
+    p.add_argument(
+        "--ray-share-data", action=argparse.BooleanOptionalAction, default=True,
+        help="ship the driver's dataset to Ray workers through the object store (default), "
+        "or let each worker load its own copy",
+    )
+    p.add_argument(
+        "--ray-max-retries", type=int, default=None, metavar="N",
+        help="retries of a Ray task whose worker died (default 3)",
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="when another vgbench run writes --out, wait for it instead of failing"
+    )
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

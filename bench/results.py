@@ -7,13 +7,18 @@ Layout of a results directory ``OUT``::
     OUT/layers.parquet      one row per (run, step, layer)
     OUT/history.parquet     one row per (run, evaluation point)
     OUT/runs/<run_id>/      what one run wrote: config.json, result.json,
-                            layers.parquet, history.parquet
+                            layers.parquet, history.parquet (a long run_id's
+                            folder name is truncated, see `run_dir_name`)
+    OUT/.lock               the writer's lock (`bench.lock`)
+    OUT/.tmp/               run folders being written
+    OUT/damaged/            damaged run folders, moved aside and redone
 
-Each run directory is written to a temporary sibling and renamed into place,
-so a run is either complete on disk or absent: an interrupted suite resumes
-by skipping the run directories that exist. The three top-level tables are
-rebuilt from the run directories after each run (atomically, via
-``os.replace``), so they are always readable as one table per suite.
+Each run directory is built in OUT/.tmp/ and renamed into place, so a run
+is either complete on disk or absent; a run counts as finished only when
+its folder validates (`check_run`). The three top-level tables are rebuilt
+from the run folders (atomically, via ``os.replace``) at the end of each
+`vgbench run`; `load_results` rebuilds them in memory when a run folder
+changed after them, so readers always see the finished runs.
 """
 
 from __future__ import annotations
@@ -333,7 +338,9 @@ def write_run(out, record: RunRecord):
                 json.dump(record.config, f, indent=2, sort_keys=True, default=_json_default)
             # result.json last; it names the run, since a long run_id's folder does not.
             with open(tmp / "result.json", "w", encoding="utf-8") as f:
-                json.dump({**record.result, "run_id": record.run_id}, f, indent=2, sort_keys=True, default=_json_default)
+                json.dump(
+                    {**record.result, "run_id": record.run_id}, f, indent=2, sort_keys=True, default=_json_default
+                )
             _publish_mode(tmp, directory=True)
             if final.exists():
                 # A rerun of a finished run (e.g. `--retry-failed`): replace it whole.

@@ -103,7 +103,9 @@ def check_out(out) -> Path:
         if manifest is not None:
             results_mod.check_schema(manifest, where)
         elif any(p.name != LOCK_NAME for p in out.iterdir()):
-            raise UsageError(f"{where} is not empty and holds no vgbench results (no manifest.json); choose another directory.")
+            raise UsageError(
+                f"{where} is not empty and holds no vgbench results (no manifest.json); choose another directory."
+            )
     except OSError as e:
         raise UsageError(f"{where} cannot be used: {e.strerror or e}") from None
     return out
