@@ -541,8 +541,8 @@ def load_results(out) -> Results:
     top-level tables are used when they are newer than every change to
     OUT/runs/, and otherwise (a writer was killed before rebuilding them,
     or one is rebuilding them now) the tables are rebuilt in memory from
-    the run folders. Missing tables are also written, unless a writer holds
-    the directory.
+    the run folders. A missing runs.parquet is also written, unless a
+    writer holds the directory.
 
     Raises:
         UsageError: when ``out`` is missing, empty, not a vgbench results
@@ -554,7 +554,7 @@ def load_results(out) -> Results:
     check_schema(manifest, repr(str(out)))
     tables = _read_tables(out)
     if tables is None:
-        if any((out / name).is_file() for name in TABLES) or not lock.is_free(out):
+        if (out / "runs.parquet").is_file() or not lock.is_free(out):
             tables = collect(out)
         else:
             tables = consolidate(out)
