@@ -7,13 +7,16 @@ was already computed stays on disk.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
+import signal
 import sys
+import warnings
 
 import numpy as np
 
-from bench.errors import SuiteInterrupted, UsageError
+from bench.errors import DiskFull, SuiteInterrupted, Terminated, UsageError
 from models.registry import ECHO_LIMIT, shorten
 
 # A comma list expands to at most this many values (a range like 0-999999999
@@ -122,6 +125,22 @@ def _add_run(sub):
     p.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel runs (default: number of cores; with --executor ray: the cluster's CPUs)")
     p.add_argument("--executor", default="local", help="local (default) or ray")
     p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://HOST:PORT); with --executor ray")
+    p.add_argument(
+        "--ray-cpus-per-task", type=float, default=1, metavar="N",
+        help="CPUs (and TensorFlow threads) of each Ray task (default 1)",
+    )
+    p.add_argument(
+        "--ray-share-data", action=argparse.BooleanOptionalAction, default=True,
+        help="ship the driver's dataset to Ray workers through the object store (default), "
+        "or let each worker load its own copy",
+    )
+    p.add_argument(
+        "--ray-max-retries", type=int, default=None, metavar="N",
+        help="retries of a Ray task whose worker died (default 3)",
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="when another vgbench run writes --out, wait for it instead of failing"
+    )
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     p.add_argument("--yes", action="store_true", help=f"run more than {CONFIRM_RUNS:,} runs without asking")
@@ -181,10 +200,16 @@ def cmd_run(args) -> int:
         datasets[name] = data.load_dataset(name, args.data, allow_nonstandard=args.allow_nonstandard_data)
     for key in sorted({(c.dataset, c.train_samples, c.test_samples) for c in configs}, key=str):
         data.check_samples(datasets[key[0]], key[1], key[2])
+    ray_options = dict(ray_cpus_per_task=args.ray_cpus_per_task, ray_share_data=args.ray_share_data)
+    if args.ray_max_retries is not None:
+        ray_options["ray_max_retries"] = args.ray_max_retries
     # Worker processes load the data themselves and inherit the environment.
     saved = os.environ.get(data.ALLOW_NONSTANDARD_ENV)
     if args.allow_nonstandard_data:
         os.environ[data.ALLOW_NONSTANDARD_ENV] = "1"
+    # SIGTERM (a scheduler's stop, `kill`) ends the run like Ctrl-C: runs in
+    # flight are cancelled, finished ones kept, the tables rebuilt.
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         with data.reusing({(name, args.data): ds for name, ds in datasets.items()}):
             summary = run_suite(
@@ -197,8 +222,11 @@ def cmd_run(args) -> int:
                 address=args.address,
                 retry_failed=args.retry_failed,
                 progress=not args.no_progress and sys.stderr.isatty(),
+                wait=args.wait,
+                **ray_options,
             )
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if saved is None:
             os.environ.pop(data.ALLOW_NONSTANDARD_ENV, None)
         else:
@@ -224,6 +252,10 @@ def _confirm(n: int) -> None:
     answer = input(f"vgbench: start {n:,} runs? [y/N] ").strip().lower()
     if answer not in ("y", "yes"):
         raise UsageError(f"{n:,} runs not confirmed; nothing was started.")
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def _add_list(sub):
@@ -406,8 +438,13 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"vgbench: warning: {str(message).splitlines()[0] if str(message) else category.__name__}\n"
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.formatwarning = _one_line_warning
     parser = make_parser()
     try:
         args = parser.parse_args(argv)
@@ -421,9 +458,21 @@ def main(argv=None) -> int:
     except SuiteInterrupted as e:
         print(f"vgbench: {e}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("vgbench: terminated; finished runs are saved, rerun the same command to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("vgbench: interrupted; finished runs are saved, rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        # A path the user gave that cannot be read or written; a full device
+        # is not bad input (exit 1).
+        where = e.filename if e.filename is not None else "results"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"vgbench: {DiskFull(where)}", file=sys.stderr)
+            return 1
+        print(f"vgbench: error: cannot access {str(where)!r}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

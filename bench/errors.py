@@ -19,3 +19,20 @@ class SuiteInterrupted(Exception):
 
     The CLI prints the message as one line and exits with status 1.
     """
+
+
+class DiskFull(SuiteInterrupted):
+    """The device filled up while writing results; finished runs are kept.
+
+    The CLI prints the message as one line and exits with status 1.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        super().__init__(
+            f"no space left on device writing {self.path}; finished runs are kept; free space and rerun"
+        )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: finished runs are kept, the tables rebuilt (exit status 143)."""

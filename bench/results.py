@@ -7,17 +7,24 @@ Layout of a results directory ``OUT``::
     OUT/layers.parquet      one row per (run, step, layer)
     OUT/history.parquet     one row per (run, evaluation point)
     OUT/runs/<run_id>/      what one run wrote: config.json, result.json,
-                            layers.parquet, history.parquet
+                            layers.parquet, history.parquet (a long run_id's
+                            folder name is truncated, see `run_dir_name`)
+    OUT/.lock               the writer's lock (`bench.lock`)
+    OUT/.tmp/               run folders being written
+    OUT/damaged/            damaged run folders, moved aside and redone
 
-Each run directory is written to a temporary sibling and renamed into place,
-so a run is either complete on disk or absent: an interrupted suite resumes
-by skipping the run directories that exist. The three top-level tables are
-rebuilt from the run directories after each run (atomically, via
-``os.replace``), so they are always readable as one table per suite.
+Each run directory is built in OUT/.tmp/ and renamed into place, so a run
+is either complete on disk or absent; a run counts as finished only when
+its folder validates (`check_run`). The three top-level tables are rebuilt
+from the run folders (atomically, via ``os.replace``) at the end of each
+`vgbench run`; `load_results` rebuilds them in memory when a run folder
+changed after them, so readers always see the finished runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -28,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import quantities
-from bench.errors import UsageError
+from bench import lock, quantities
+from bench.errors import DiskFull, UsageError
+from bench.utils import one_line
 
 SCHEMA_VERSION = 1
 
@@ -94,6 +102,11 @@ def write_json_atomic(path, obj, **dump_kwargs):
     numpy scalars and paths converted).
     """
     path = Path(path)
+    with disk_errors(path):
+        _write_json_atomic(path, obj, dump_kwargs)
+
+
+def _write_json_atomic(path, obj, dump_kwargs):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     options = {"indent": 2, "sort_keys": True, "default": _json_default, **dump_kwargs}
@@ -114,16 +127,17 @@ def write_json_atomic(path, obj, **dump_kwargs):
 def write_parquet_atomic(path, df):
     """Writes a DataFrame to parquet at ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        _publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            df.to_parquet(tmp, index=False)
+            _publish_mode(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
 
 
 def _umask() -> int:
@@ -170,56 +184,207 @@ class RunRecord:
     history: pd.DataFrame
 
 
+# Longest run folder name. A run_id grows with its config (a long fix name);
+# file systems refuse names over 255 bytes, and the temporary names add more.
+MAX_DIR_NAME = 100
+
+# Where the lock holder writes run folders before publishing them, and where
+# damaged run folders are kept for inspection.
+TMP_DIR = ".tmp"
+DAMAGED_DIR = "damaged"
+
+
+class DamagedRun(Exception):
+    """A run folder whose files do not parse or do not agree; the message says why."""
+
+
+class DamagedRunWarning(UserWarning):
+    """A damaged run folder was moved aside (the run is redone) or skipped."""
+
+
+def run_dir_name(run_id: str) -> str:
+    """The folder name of a run: its run_id, or for a long one a truncated slug plus its hash."""
+    if len(run_id) <= MAX_DIR_NAME:
+        return run_id
+    # The run_id ends with "-<hash>"; the hash alone identifies the config.
+    head, _, digest = run_id.rpartition("-")
+    return f"{head[: MAX_DIR_NAME - len(digest) - 1].rstrip('-_.')}-{digest}"
+
+
 def run_dir(out, run_id) -> Path:
-    return Path(out) / "runs" / run_id
+    return Path(out) / "runs" / run_dir_name(run_id)
 
 
 def is_complete(out, run_id) -> bool:
-    """Whether a run's results are on disk (run directories appear atomically)."""
-    return (run_dir(out, run_id) / "result.json").is_file()
+    """Whether a run's folder is on disk and valid (see `check_run`)."""
+    try:
+        check_run(run_dir(out, run_id), run_id)
+    except DamagedRun:
+        return False
+    return True
+
+
+def check_run(path, run_id=None, config=None, tables=False):
+    """Reads a finished run folder and checks that its files parse and agree.
+
+    Args:
+        path: the run folder.
+        run_id: the run_id it must hold (None: any).
+        config: the config dict it must hold (None: any).
+        tables: also return its layers and history tables (else only their
+            run_id columns are read).
+
+    Returns:
+        ``(run_id, config, result, layers, history)``; the tables are None
+        unless ``tables``.
+
+    Raises:
+        DamagedRun: a file is missing, truncated or of the wrong shape, or
+            the files disagree on the run.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise DamagedRun("missing")
+    parsed = {}
+    for name in ("config.json", "result.json"):
+        try:
+            with open(path / name, encoding="utf-8") as f:
+                parsed[name] = json.load(f)
+        except FileNotFoundError:
+            raise DamagedRun(f"no {name}") from None
+        except (OSError, ValueError) as e:
+            raise DamagedRun(f"{name} unreadable ({_one_line(e)})") from None
+        if not isinstance(parsed[name], dict):
+            raise DamagedRun(f"{name} is not a JSON object")
+    stored_config, result = parsed["config.json"], parsed["result.json"]
+    if result.get("status") not in STATUSES:
+        raise DamagedRun(f"result.json has no valid status (status={result.get('status')!r})")
+    # Folders written before result.json held the run_id are named by it.
+    own_id = result.get("run_id", path.name)
+    if not isinstance(own_id, str) or run_dir_name(own_id) != path.name:
+        raise DamagedRun(f"result.json names run {own_id!r}, not this folder")
+    if run_id is not None and own_id != run_id:
+        raise DamagedRun(f"holds run {own_id!r}, not {run_id!r}")
+    if config is not None and _normalized(stored_config) != _normalized(config):
+        raise DamagedRun("config.json does not match the run's config")
+    frames = {}
+    for name in ("layers.parquet", "history.parquet"):
+        try:
+            frame = pd.read_parquet(path / name, columns=None if tables else ["run_id"])
+        except FileNotFoundError:
+            raise DamagedRun(f"no {name}") from None
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise DamagedRun(f"{name} unreadable ({_one_line(e)})") from None
+        if "run_id" not in frame.columns or not set(frame["run_id"].dropna()) <= {own_id}:
+            raise DamagedRun(f"{name} holds rows of another run")
+        frames[name] = frame if tables else None
+    return own_id, stored_config, result, frames["layers.parquet"], frames["history.parquet"]
+
+
+def move_aside(out, path, reason) -> Path:
+    """Moves a damaged run folder to OUT/damaged/ (kept, not deleted) and warns in one line."""
+    import datetime as _dt
+    import warnings
+
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = Path(out) / DAMAGED_DIR / f"{Path(path).name}.{stamp}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    warnings.warn(
+        f"run folder {Path(path).name} is damaged ({reason}); moved to {target} and will be redone",
+        DamagedRunWarning,
+        stacklevel=2,
+    )
+    return target
 
 
 def write_run(out, record: RunRecord):
-    """Writes one run's directory atomically: complete, or not at all."""
+    """Writes one run's directory atomically: complete, or not at all.
+
+    The folder is built in OUT/.tmp/ and renamed into OUT/runs/, so readers
+    of OUT/runs/ never see a partial run. The caller holds the directory's
+    lock (`bench.lock`).
+
+    Raises:
+        DiskFull: the device is full; nothing of this run was published.
+    """
+    out = Path(out)
     final = run_dir(out, record.run_id)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{record.run_id}.", suffix=".tmp"))
-    try:
-        layers = _with_columns(record.layers, LAYER_COLUMNS)
-        history = _with_columns(record.history, HISTORY_COLUMNS)
-        layers.to_parquet(tmp / "layers.parquet", index=False)
-        history.to_parquet(tmp / "history.parquet", index=False)
-        with open(tmp / "config.json", "w") as f:
-            json.dump(record.config, f, indent=2, sort_keys=True, default=_json_default)
-        # result.json last: its presence marks the run complete.
-        with open(tmp / "result.json", "w") as f:
-            json.dump(record.result, f, indent=2, sort_keys=True, default=_json_default)
-        _publish_mode(tmp, directory=True)
-        if final.exists():
-            # A rerun of a finished run (e.g. `--rerun-failed`): replace it whole.
-            old = final.with_name(f".{record.run_id}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    name = final.name
+    with disk_errors(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = out / TMP_DIR
+        staging.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=staging, prefix=f"{name}.", suffix=".tmp"))
+        try:
+            layers = _with_columns(record.layers, LAYER_COLUMNS)
+            history = _with_columns(record.history, HISTORY_COLUMNS)
+            layers.to_parquet(tmp / "layers.parquet", index=False)
+            history.to_parquet(tmp / "history.parquet", index=False)
+            with open(tmp / "config.json", "w", encoding="utf-8") as f:
+                json.dump(record.config, f, indent=2, sort_keys=True, default=_json_default)
+            # result.json last; it names the run, since a long run_id's folder does not.
+            with open(tmp / "result.json", "w", encoding="utf-8") as f:
+                json.dump(
+                    {**record.result, "run_id": record.run_id}, f, indent=2, sort_keys=True, default=_json_default
+                )
+            _publish_mode(tmp, directory=True)
+            if final.exists():
+                # A rerun of a finished run (e.g. `--retry-failed`): replace it whole.
+                old = Path(tempfile.mkdtemp(dir=staging, prefix=f"{name}.", suffix=".old"))
+                os.replace(final, old / name)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def clean_partial(out):
-    """Removes temporary directories that a killed run left behind."""
-    runs = Path(out) / "runs"
-    if not runs.is_dir():
-        return 0
+    """Removes the temporary folders that an interrupted writer left behind.
+
+    Only the holder of the directory's lock may call it: another writer's
+    temporary folders are its work in progress.
+    """
+    out = Path(out)
     n = 0
-    for p in runs.iterdir():
-        if p.name.startswith(".") and (p.name.endswith(".tmp") or p.name.endswith(".old")):
-            shutil.rmtree(p, ignore_errors=True)
+    staging = out / TMP_DIR
+    if staging.is_dir():
+        for p in staging.iterdir():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else _unlink_quietly(p)
             n += 1
+    runs = out / "runs"
+    if runs.is_dir():
+        # Where earlier versions staged their run folders.
+        for p in runs.iterdir():
+            if p.name.startswith(".") and (p.name.endswith(".tmp") or p.name.endswith(".old")):
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
     return n
+
+
+def _normalized(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=_json_default))
+
+
+def _one_line(exc) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def disk_errors(path):
+    """Turns a full device while writing ``path`` into `DiskFull`."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e):
+            raise DiskFull(path) from None
+        raise
 
 
 def _with_columns(df, columns):
@@ -252,10 +417,12 @@ def read_manifest(out) -> dict | None:
     if not path.is_file():
         return None
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"Cannot read {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"Cannot read {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"Cannot read {path}: {one_line(e)}") from None
     if not isinstance(manifest, dict):
         raise UsageError(f"{path} is not a vgbench manifest (expected a JSON object).")
     return manifest
@@ -271,21 +438,33 @@ def check_schema(manifest: dict, where) -> None:
         )
 
 
-def collect(out) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Reads every complete run directory into (runs, layers, history)."""
+def collect(out, on_damaged=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Reads every finished run folder into (runs, layers, history).
+
+    Args:
+        out: the results directory.
+        on_damaged: called as ``on_damaged(path, reason)`` for a run folder
+            that does not validate (`check_run`), which is then left out.
+            None: such a folder is a `UsageError`.
+    """
     root = Path(out) / "runs"
     rows, layers, history = [], [], []
     if root.is_dir():
         for d in sorted(root.iterdir()):
-            if d.name.startswith(".") or not (d / "result.json").is_file():
+            if d.name.startswith(".") or not d.is_dir():
                 continue
-            with open(d / "config.json") as f:
-                config = json.load(f)
-            with open(d / "result.json") as f:
-                result = json.load(f)
-            rows.append({"run_id": d.name, **_flatten_config(config), **result})
-            layers.append(pd.read_parquet(d / "layers.parquet"))
-            history.append(pd.read_parquet(d / "history.parquet"))
+            try:
+                run_id, config, result, run_layers, run_history = check_run(d, tables=True)
+            except DamagedRun as e:
+                if on_damaged is None:
+                    raise UsageError(
+                        f"Run folder {str(d)!r} is damaged ({e}); rerun `vgbench run` on {str(out)!r} to redo it."
+                    ) from None
+                on_damaged(d, str(e))
+                continue
+            rows.append({"run_id": run_id, **_flatten_config(config), **result})
+            layers.append(run_layers)
+            history.append(run_history)
     runs = pd.DataFrame(rows)
     if runs.empty:
         runs = pd.DataFrame(columns=["run_id", *RUN_OUTCOME_COLUMNS])
@@ -316,10 +495,13 @@ def _concat(frames, columns):
     return pd.concat(frames, ignore_index=True)
 
 
-def consolidate(out) -> Results:
-    """Rebuilds OUT/{runs,layers,history}.parquet from the run directories."""
+TABLES = ("runs.parquet", "layers.parquet", "history.parquet")
+
+
+def consolidate(out, on_damaged=None) -> Results:
+    """Rebuilds OUT/{runs,layers,history}.parquet from the run folders (see `collect`)."""
     out = Path(out)
-    runs, layers, history = collect(out)
+    runs, layers, history = collect(out, on_damaged)
     write_parquet_atomic(out / "runs.parquet", runs)
     write_parquet_atomic(out / "layers.parquet", layers)
     write_parquet_atomic(out / "history.parquet", history)
@@ -344,18 +526,60 @@ def require_manifest(out, what="Results directory", hint="create one with `vgben
 def load_results(out) -> Results:
     """Loads a results directory written by `vgbench run`.
 
+    What it returns always agrees with the finished run folders: the
+    top-level tables are used when they are newer than every change to
+    OUT/runs/, and otherwise (a writer was killed before rebuilding them,
+    or one is rebuilding them now) the tables are rebuilt in memory from
+    the run folders. A missing runs.parquet is also written, unless a
+    writer holds the directory.
+
     Raises:
         UsageError: when ``out`` is missing, empty, not a vgbench results
-            directory, or of another schema version.
+            directory, of another schema version, or holds a damaged run
+            folder that the tables do not cover.
     """
     out = Path(out)
     manifest = require_manifest(out)
     check_schema(manifest, repr(str(out)))
-    if not (out / "runs.parquet").is_file():
-        consolidate(out)
-    runs = pd.read_parquet(out / "runs.parquet")
+    tables = _read_tables(out)
+    if tables is None:
+        if (out / "runs.parquet").is_file() or not lock.is_free(out):
+            tables = collect(out)
+        else:
+            tables = consolidate(out)
+            tables = (tables.runs, tables.layers, tables.history)
+    runs, layers, history = tables
     if runs.empty:
         raise UsageError(f"{str(out)!r} holds no finished runs.")
-    layers = pd.read_parquet(out / "layers.parquet")
-    history = pd.read_parquet(out / "history.parquet")
     return Results(out, manifest, runs, layers, history)
+
+
+def _read_tables(out):
+    """The three top-level tables when they are complete and up to date, else None."""
+    before = [_stamp(out / name) for name in TABLES]
+    if None in before:
+        return None
+    runs_dir = out / "runs"
+    # Publishing, replacing or moving aside a run folder renames an entry of
+    # OUT/runs/, which updates its mtime; the tables are rebuilt after that.
+    changed = _stamp(runs_dir)
+    if changed is not None and changed[1] >= min(mtime for _, mtime in before):
+        return None
+    try:
+        tables = tuple(pd.read_parquet(out / name) for name in TABLES)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        import warnings
+
+        warnings.warn(f"{out} top-level tables unreadable ({_one_line(e)}); rebuilding them from the run folders")
+        return None
+    if [_stamp(out / name) for name in TABLES] != before:
+        return None  # replaced while being read: the three may not match
+    return tables
+
+
+def _stamp(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns

@@ -1,14 +1,19 @@
-"""Runs a list of RunConfigs into a results directory: parallel and resumable.
+"""Runs a list of RunConfigs into a results directory: parallel, resumable, one writer at a time.
 
-`run_suite` is the one entry point; executors decide where runs execute:
+`run_suite` is the one entry point; executors (`bench.executors`) decide
+where runs execute:
 
 - ``"local"`` (default): worker processes on this machine (``jobs``; each
-  with ``cores // jobs`` TensorFlow threads so workers don't oversubscribe).
-- ``"ray"``: Ray tasks on a cluster (`bench.ray_executor`).
+  with ``cores // jobs`` TensorFlow threads so workers don't oversubscribe),
+  or this process when there is one job or one run.
+- ``"ray"``: Ray tasks on a cluster (`bench.executors.ray`).
 
 Every run's results are written atomically as soon as it finishes, so an
-interrupted suite (Ctrl-C, kill, crash) resumes where it stopped: runs whose
-directories exist are never redone. Usage::
+interrupted suite (Ctrl-C, SIGTERM, kill, crash, full disk) resumes where it
+stopped: runs whose folders validate are never redone, damaged ones are
+moved aside and redone. The directory is locked for the whole invocation
+(`bench.lock`), and a resume on other data than the runs already there is
+refused. Usage::
 
     from bench.runner import run_suite
     from bench.config import RunConfig
@@ -18,34 +23,25 @@ directories exist are never redone. Usage::
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import multiprocessing as mp
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import executors
 from bench import results as results_mod
-from bench.provenance import git_sha, package_versions, platform_info
 from bench.config import RunConfig
-from bench.errors import SuiteInterrupted, UsageError
+from bench.errors import UsageError
+from bench.executors.base import SuiteSummary, drive
+from bench.executors.local import InlineExecutor, PoolExecutor
+from bench.executors import ray as ray_executor
+from bench.lock import LOCK_NAME, DirectoryLock
+from bench.provenance import git_sha, package_versions, platform_info
 
+__all__ = ["SuiteSummary", "prepare_out", "run_suite", "write_manifest"]
 
-
-@dataclass
-class SuiteSummary:
-    """What `run_suite` did."""
-
-    out: Path
-    total: int
-    skipped: int  # already complete before this invocation
-    done: int = 0
-    statuses: dict = field(default_factory=dict)  # run_id → status
-    wall_time_s: float = 0.0
-    run_time_s: float = 0.0  # sum of the runs' own wall times
+# The longest file name most file systems accept, in bytes.
+_NAME_MAX = 255
 
 
 # --------------------------------------------------------------------------- #
@@ -74,78 +70,137 @@ def write_manifest(out: Path, suite: str, data_info: dict, extra: dict | None = 
     return manifest
 
 
-def prepare_out(out) -> Path:
-    """Checks that OUT is new or holds vgbench results of this schema."""
+def check_out(out) -> Path:
+    """Checks, without writing anything, that OUT can hold vgbench results.
+
+    OUT must be new, empty, or a results directory of this schema (a
+    manifest.json); its path must be creatable.
+
+    Raises:
+        UsageError: OUT is a file, a dangling link, under a file, a name too
+            long, on a read-only file system, or a directory that holds
+            something else.
+    """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is a file, not a directory.")
-    manifest = results_mod.read_manifest(out) if out.is_dir() else None
-    if manifest is not None:
-        results_mod.check_schema(manifest, f"--out {str(out)!r}")
-    elif out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
-        if not (out / "runs").is_dir():
-            raise UsageError(f"--out {str(out)!r} is not empty and holds no vgbench results; choose another directory.")
-    out.mkdir(parents=True, exist_ok=True)
-    results_mod.clean_partial(out)
+    where = f"--out {str(out)!r}"
+    try:
+        if any(len(os.fsencode(part)) > _NAME_MAX for part in out.parts):
+            raise UsageError(f"{where}: a path component is longer than {_NAME_MAX} bytes.")
+        if out.is_symlink() and not out.exists():
+            raise UsageError(f"{where} is a symbolic link to {os.readlink(out)!r}, which does not exist.")
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{where} is a file, not a directory.")
+        if not out.exists():
+            parent = out.absolute().parent
+            while not parent.exists() and parent != parent.parent:
+                parent = parent.parent
+            if not parent.is_dir():
+                raise UsageError(f"{where} cannot be created: {str(parent)!r} is a file, not a directory.")
+            if not os.access(parent, os.W_OK):
+                raise UsageError(f"{where} cannot be created: {str(parent)!r} is not writable.")
+            return out
+        manifest = results_mod.read_manifest(out)
+        if manifest is not None:
+            results_mod.check_schema(manifest, where)
+        elif any(p.name != LOCK_NAME for p in out.iterdir()):
+            raise UsageError(
+                f"{where} is not empty and holds no vgbench results (no manifest.json); choose another directory."
+            )
+    except OSError as e:
+        raise UsageError(f"{where} cannot be used: {e.strerror or e}") from None
     return out
 
 
+def prepare_out(out) -> Path:
+    """Checks OUT (`check_out`) and creates it; the caller then locks it."""
+    out = check_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {str(out)!r} cannot be created: {e.strerror or e}") from None
+    return out
+
+
+def _lock(out: Path, wait: bool) -> DirectoryLock:
+    def on_wait(holder):
+        print(f"vgbench: waiting for the other vgbench run on {str(out)!r} ({holder})", file=sys.stderr)
+
+    try:
+        return DirectoryLock(out).acquire(wait=wait, on_wait=on_wait)
+    except OSError as e:
+        raise UsageError(f"--out {str(out)!r} cannot be written: {e.strerror or e}") from None
+
+
 # --------------------------------------------------------------------------- #
-# Workers
+# Resuming
 # --------------------------------------------------------------------------- #
 
-_DATA_CACHE: dict = {}
+
+def _manifest_data(manifest) -> dict:
+    """Dataset name → its description, from a manifest's ``data`` (one dataset or several)."""
+    data = (manifest or {}).get("data") or {}
+    if not isinstance(data, dict):
+        return {}
+    if "checksum" in data:
+        return {data.get("name", "mnist"): data}
+    return {k: v for k, v in data.items() if isinstance(v, dict)}
 
 
-def _load_data_cached(dataset: str, data_path):
-    from bench.data import load_dataset
+def _refuse_other_data(out: Path, manifest, finished, datasets) -> None:
+    """Refuses a resume whose data differs from what the directory's runs were trained on.
 
-    key = (dataset, str(data_path) if data_path else None)
-    if key not in _DATA_CACHE:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the driver already warned once
-            _DATA_CACHE[key] = load_dataset(dataset, data_path)
-    return _DATA_CACHE[key]
-
-
-def _worker_init(threads: int):
-    from bench.train import configure_tensorflow
-
-    configure_tensorflow(threads)
-
-
-def _live_step_callback(sink, run_id):
-    """A Keras callback that reports the run's step to ``sink[run_id]`` each epoch."""
-    import keras
-
-    class LiveStep(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            try:
-                sink[run_id] = int(self.model.optimizer.iterations.numpy())
-            except Exception:  # progress display must never break a run
-                pass
-
-    return LiveStep()
-
-
-def execute_run(config_dict: dict, out: str, data_path, data=None, live=None) -> dict:
-    """Trains one run and writes its directory; returns its result row.
-
-    Runs in a worker process (local executor) or a Ray task. ``live`` is an
-    optional mapping (e.g. a multiprocessing manager's dict) that receives
-    ``run_id → step`` at each epoch end, for the progress bar.
+    The checksums come from the manifest and from every finished run (each
+    run records the checksum of the data it was trained on).
     """
-    from bench.train import train_run
+    recorded = {name: {d.get("checksum")} for name, d in _manifest_data(manifest).items() if d.get("checksum")}
+    for _, config, result in finished.values():
+        checksum = result.get("data_checksum")
+        if checksum:
+            recorded.setdefault(config.get("dataset"), set()).add(checksum)
+    for name, ds in datasets.items():
+        old = recorded.get(name, {ds.checksum})
+        if old != {ds.checksum}:
+            shown = ", ".join(sorted(c[:16] for c in old))
+            raise UsageError(
+                f"--out {str(out)!r} holds {name} runs trained on data with checksum {shown}, "
+                f"but this data has checksum {ds.checksum[:16]} ({ds.source}); use another --out or the same data."
+            )
 
-    config = RunConfig.from_dict(config_dict)
-    if data is None:
-        data = _load_data_cached(config.dataset, data_path)
-    callbacks = [_live_step_callback(live, config.run_id)] if live is not None else []
-    record = train_run(config, data=data, callbacks=callbacks)
-    results_mod.write_run(out, record)
-    return {"run_id": config.run_id, **record.result}
+
+def _scan(out: Path) -> dict:
+    """Folder name → (run_id, config, result) of the finished runs; damaged folders are moved aside."""
+    finished = {}
+    root = out / "runs"
+    if not root.is_dir():
+        return finished
+    for d in sorted(root.iterdir()):
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        try:
+            run_id, config, result, _, _ = results_mod.check_run(d)
+        except results_mod.DamagedRun as e:
+            results_mod.move_aside(out, d, e)
+            continue
+        finished[d.name] = (run_id, config, result)
+    return finished
+
+
+def _select(out: Path, configs, finished, retry_failed):
+    """(todo, skipped): the configs to run, and how many are already done."""
+    todo, skipped = [], 0
+    for c in configs:
+        name = results_mod.run_dir_name(c.run_id)
+        entry = finished.get(name)
+        if entry is not None and (
+            entry[0] != c.run_id or results_mod._normalized(entry[1]) != results_mod._normalized(c.to_dict())
+        ):
+            results_mod.move_aside(out, out / "runs" / name, "its files hold another config")
+            entry = None
+        if entry is not None and not (retry_failed and entry[2].get("status") == "failed"):
+            skipped += 1
+        else:
+            todo.append(c)
+    return todo, skipped
 
 
 # --------------------------------------------------------------------------- #
@@ -164,13 +219,18 @@ def run_suite(
     address: str | None = None,
     retry_failed: bool = False,
     progress: bool = True,
+    wait: bool = False,
+    ray_cpus_per_task: float = 1,
+    ray_share_data: bool = True,
+    ray_max_retries: int = ray_executor.MAX_RETRIES,
 ) -> SuiteSummary:
     """Runs every config not yet complete in ``out``; returns a summary.
 
     Args:
         configs: the runs.
         out: the results directory (created; resumed when it exists).
-        jobs: parallel runs (default: the number of cores).
+        jobs: parallel runs (default: the number of cores; on Ray, the
+            cluster's CPUs).
         data_path: explicit dataset file (else the usual sources; see
             `bench.data.load_dataset`).
         suite: the suite's name, for the manifest.
@@ -178,141 +238,101 @@ def run_suite(
         address: the Ray cluster address (``executor="ray"``).
         retry_failed: also rerun runs recorded as failed.
         progress: show a progress bar on stderr.
+        wait: when another process writes ``out``, wait for it instead of
+            failing.
+        ray_cpus_per_task: CPUs (and TensorFlow threads) of each Ray task.
+        ray_share_data: ship the driver's arrays to Ray workers through the
+            object store (True), or let each worker load its own copy.
+        ray_max_retries: retries of a Ray task whose worker died.
 
     Raises:
-        UsageError: bad ``out``, unknown executor, unreadable dataset.
+        UsageError: bad ``out``, ``out`` locked by another process (unless
+            ``wait``), data other than that of the runs in ``out``, unknown
+            executor or option, unreadable dataset.
+        bench.errors.DiskFull: the device filled up; finished runs are kept.
+        KeyboardInterrupt: Ctrl-C or SIGTERM; finished runs are kept and the
+            tables rebuilt.
     """
     from bench.data import describe, load_dataset
 
-    if executor not in ("local", "ray"):
-        raise UsageError(f"Unknown executor {executor!r}. Valid executors: local, ray")
+    executors.check_name(executor)
+    if executor == "ray":
+        ray_executor.check_options(ray_cpus_per_task, 0, jobs or None, ray_max_retries)
     t0 = time.perf_counter()
-    out = prepare_out(out)
-    # Load each dataset once here: bad data fails before any work, and the
-    # manifest records where the data came from and its checksum.
-    datasets = {}
-    for name in sorted({c.dataset for c in configs}):
-        datasets[name] = load_dataset(name, data_path)
-    data_info = {name: describe(ds) for name, ds in datasets.items()}
-    write_manifest(out, suite, data_info if len(data_info) != 1 else next(iter(data_info.values())))
-
-    todo, skipped = [], 0
-    for c in configs:
-        if results_mod.is_complete(out, c.run_id) and not (retry_failed and _status(out, c.run_id) == "failed"):
-            skipped += 1
-        else:
-            todo.append(c)
-    summary = SuiteSummary(out=out, total=len(configs), skipped=skipped)
-    requested_jobs = jobs  # unset: Ray sizes it from the cluster, not from this machine
-    jobs = max(1, int(jobs or os.cpu_count() or 1))
+    out = check_out(out)
+    existed = out.is_dir()
+    fresh = not existed or not any(p.name != LOCK_NAME for p in out.iterdir())
+    # A directory that exists is locked before the data is loaded, so that
+    # a second writer hears at once.
+    lock = _lock(out, wait) if existed else None
     try:
+        # Loaded before anything is created: bad data leaves no directory.
+        datasets = {name: load_dataset(name, data_path) for name in sorted({c.dataset for c in configs})}
+        if lock is None:
+            prepare_out(out)
+            lock = _lock(out, wait)
+        # Read again under the lock: another writer may have been first.
+        out = check_out(out)
+        manifest = results_mod.read_manifest(out)
+        results_mod.clean_partial(out)
+        finished = _scan(out)
+        _refuse_other_data(out, manifest, finished, datasets)
+        data_info = {**_manifest_data(manifest), **{name: describe(ds) for name, ds in datasets.items()}}
+        write_manifest(out, suite, data_info if len(data_info) != 1 else next(iter(data_info.values())))
+    except BaseException:
+        if lock is not None:
+            lock.release()
+            if fresh:
+                _remove_empty(out, existed)
+        raise
+
+    try:
+        todo, skipped = _select(out, configs, finished, retry_failed)
+        summary = SuiteSummary(out=out, total=len(configs), skipped=skipped)
         if todo:
             if executor == "ray":
-                from bench.ray_executor import run_on_ray
-
-                run_on_ray(todo, out, data_path=data_path, datasets=datasets, address=address, jobs=requested_jobs, summary=summary, progress=progress)
-            elif jobs == 1 or len(todo) == 1:
-                _run_inline(todo, out, datasets, summary, progress)
+                chosen = ray_executor.RayExecutor(
+                    todo,
+                    data_path=data_path,
+                    datasets=datasets,
+                    address=address,
+                    jobs=jobs,
+                    cpus_per_task=ray_cpus_per_task,
+                    share_data=ray_share_data,
+                    max_retries=ray_max_retries,
+                )
             else:
-                _run_pool(todo, out, data_path, jobs, summary, progress)
-    finally:
-        results_mod.consolidate(out)
-        summary.wall_time_s = time.perf_counter() - t0
+                n = max(1, int(jobs or os.cpu_count() or 1))
+                if n == 1 or len(todo) == 1:
+                    chosen = InlineExecutor(datasets)
+                else:
+                    checksums = {name: ds.checksum for name, ds in datasets.items()}
+                    chosen = PoolExecutor(n, data_path, checksums)
+            drive(chosen, todo, out, summary, progress)
+    except BaseException:
+        _rebuild_tables(out, quiet=True)
+        lock.release()
+        raise
+    _rebuild_tables(out, quiet=False)
+    lock.release()
+    summary.wall_time_s = time.perf_counter() - t0
     return summary
 
 
-def _status(out, run_id) -> str:
+def _rebuild_tables(out: Path, quiet: bool) -> None:
+    """Rebuilds the top-level tables; ``quiet``: while another error is on its way (readers rebuild anyway)."""
     try:
-        with open(results_mod.run_dir(out, run_id) / "result.json") as f:
-            return json.load(f).get("status", "")
-    except (OSError, ValueError):
-        return ""
+        results_mod.consolidate(out, on_damaged=lambda d, reason: results_mod.move_aside(out, d, reason))
+    except Exception:
+        if not quiet:
+            raise
 
 
-def _progress_bar(total, initial, enabled):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="run", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
-
-
-def _record(summary, row, bar):
-    summary.done += 1
-    summary.statuses[row["run_id"]] = row["status"]
-    summary.run_time_s += float(row.get("wall_time_s") or 0.0)
-    bar.update(1)
-    bar.set_postfix_str(f"{row['run_id'][:48]} {row['status']} steps={row.get('steps', 0)}")
-
-
-def _run_inline(todo, out, datasets, summary, progress):
-    from bench.train import configure_tensorflow
-
-    configure_tensorflow()
-    with _progress_bar(summary.total, summary.skipped, progress) as bar:
-        live = _BarSink(bar) if progress else None
-        for c in todo:
-            bar.set_postfix_str(f"{c.run_id[:48]} step 0")
-            row = execute_run(c.to_dict(), str(out), None, data=datasets[c.dataset], live=live)
-            _record(summary, row, bar)
-
-
-class _BarSink:
-    """``sink[run_id] = step`` shows the running run's step on the bar."""
-
-    def __init__(self, bar):
-        self.bar = bar
-
-    def __setitem__(self, run_id, step):
-        self.bar.set_postfix_str(f"{run_id[:48]} step {step}")
-
-
-def _run_pool(todo, out, data_path, jobs, summary, progress):
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    ctx = mp.get_context("spawn")  # TensorFlow does not survive fork
-    manager = ctx.Manager() if progress else None
-    live = manager.dict() if manager is not None else None
+def _remove_empty(out: Path, existed: bool) -> None:
+    """Removes what a failed start left in a directory that was empty or new."""
     try:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-            with _progress_bar(summary.total, summary.skipped, progress) as bar:
-                pending = {pool.submit(execute_run, c.to_dict(), str(out), data_path, None, live): c for c in todo}
-                try:
-                    while pending:
-                        finished, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                        for fut in finished:
-                            c = pending.pop(fut)
-                            try:
-                                row = fut.result()
-                            except BrokenProcessPool:
-                                # A killed worker takes the pool down: nothing of the
-                                # unfinished runs was written, so a rerun resumes.
-                                raise SuiteInterrupted(
-                                    "a worker process died (killed or out of memory); finished runs are saved, "
-                                    "rerun the same command to resume"
-                                ) from None
-                            except Exception as e:
-                                row = _record_crash(out, c, e)
-                            if live is not None:
-                                live.pop(c.run_id, None)
-                            _record(summary, row, bar)
-                        if live is not None and not finished:
-                            running = ", ".join(f"{rid[:40]} step {step}" for rid, step in sorted(live.items()))
-                            if running:
-                                bar.set_postfix_str(running)
-                except BaseException:
-                    for fut in pending:
-                        fut.cancel()
-                    raise
-    finally:
-        if manager is not None:
-            manager.shutdown()
-
-
-def _record_crash(out, config: RunConfig, exc) -> dict:
-    """Records a run whose task raised outside `train_run` as failed; the suite goes on."""
-    import pandas as pd
-
-    result = results_mod.empty_result(
-        status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-    )
-    record = results_mod.RunRecord(config.run_id, config.to_dict(), result, pd.DataFrame(), pd.DataFrame())
-    results_mod.write_run(out, record)
-    return {"run_id": config.run_id, **result}
+        (out / LOCK_NAME).unlink(missing_ok=True)
+        if not existed:
+            out.rmdir()
+    except OSError:
+        pass

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import ray_executor, suites
+from bench import suites
+from bench.executors import ray as ray_executor
 from bench.errors import UsageError
 from bench.results import load_results
 from bench.runner import run_suite

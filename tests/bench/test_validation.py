@@ -231,10 +231,6 @@ def test_same_layout_other_contents_is_refused_but_a_subset_is_not(tmp_path):
     assert ds.n_train == 100 and "nonstandard_allowed" not in data.describe(ds)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bench.results.read_manifest must open manifest.json as UTF-8 and catch UnicodeDecodeError",
-)
 @pytest.mark.parametrize("command", ["report", "compare"])
 def test_manifest_that_is_not_utf8_is_one_line(command, tmp_path, capsys):
     results = tmp_path / "res"

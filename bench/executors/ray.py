@@ -1,9 +1,9 @@
-"""The Ray executor: runs a suite's runs as Ray tasks, on a laptop or a cluster.
+"""Runs a suite's runs as Ray tasks, on a laptop or a cluster.
 
-`bench.runner.run_suite` calls `run_on_ray` for ``executor="ray"``. Each run
+`bench.runner.run_suite` uses `RayExecutor` for ``executor="ray"``. Each run
 is one Ray task that trains the run and *returns* its `RunRecord`; the driver
 (the process running ``vgbench run``) writes every run directory itself,
-atomically, as each task finishes. So:
+atomically, as each task finishes (`bench.executors.base.drive`). So:
 
 - Results land in ``--out`` on the driver's machine. Worker nodes need no
   shared filesystem and never write results.
@@ -26,7 +26,7 @@ How the dataset reaches the workers:
 The workers must be able to import vgbench (install it on every node, or
 submit the driver as a Ray job with ``--working-dir``); see the README.
 
-Ray is optional: it is imported only here, when the executor is used.
+Ray is optional: it is imported only when a `RayExecutor` is created.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ import time
 import warnings
 from pathlib import Path
 
-from bench.errors import DataError, UsageError
+from bench.errors import UsageError
+from bench.executors.base import Executor, TaskFailed, drive
+from bench.task import run_task
 
 # Ray retries a task whose worker process died this many times; an exception
 # raised by the run itself is a result (status "failed") and is not retried.
@@ -62,32 +64,18 @@ FAULT_DIR_ENV = "VGBENCH_RAY_FAULT_DIR"
 _INSTALL_HINT = "Ray is not installed: pip install 'vgbench[ray]'"
 
 
-def run_on_ray(
-    todo,
-    out,
-    *,
-    data_path=None,
-    datasets=None,
-    address=None,
-    jobs=None,
-    summary,
-    progress=True,
-    cpus_per_task=1,
-    gpus_per_task=0,
-    share_data=True,
-    runtime_env=None,
-):
-    """Runs configs as Ray tasks; writes each finished run into ``out``.
+class RayExecutor(Executor):
+    """Runs each run as a Ray task; the driver records what the tasks return.
 
-    Connects to the cluster at ``address``, or starts a local Ray instance
-    (``address=None`` and no ``$RAY_ADDRESS``) sized to ``jobs`` runs at a
-    time. A Ray connection this process already holds (`ray.init` called
-    before) is used as is and left open. A Ray instance or connection this
-    function opened is closed when it returns.
+    Entering it loads the datasets the runs need that ``datasets`` lacks,
+    connects to the cluster at ``address`` (or starts a local Ray instance
+    sized to ``jobs`` runs at a time), and puts the datasets into the
+    object store (``share_data``). A Ray connection this process already
+    holds (`ray.init` called before) is used as is and left open; one that
+    it opened is closed on exit.
 
     Args:
-        todo: the `RunConfig`s to run.
-        out: the results directory (already prepared by `run_suite`).
+        todo: the `RunConfig`s that will be submitted (for their datasets).
         data_path: explicit dataset file, for loading on the driver when
             ``datasets`` lacks one, and on the workers with
             ``share_data=False``.
@@ -99,13 +87,12 @@ def run_on_ray(
         jobs: runs in flight at once. None: as many as the cluster's CPUs
             (or GPUs, with ``gpus_per_task``) allow, or this machine's cores
             for a local instance.
-        summary: the `bench.runner.SuiteSummary` updated as runs finish.
-        progress: show a progress bar on stderr.
         cpus_per_task: CPUs Ray reserves for each run; also its TensorFlow
             thread count.
         gpus_per_task: GPUs Ray reserves for each run (0: CPU only).
         share_data: ship the driver's arrays to the workers through the
             object store (True), or let each worker load them itself.
+        max_retries: how many times Ray retries a task whose worker died.
         runtime_env: Ray runtime environment for the tasks (e.g.
             ``{"working_dir": "."}`` to ship this checkout to the workers).
 
@@ -114,101 +101,135 @@ def run_on_ray(
             task option is invalid, the cluster has too few CPUs or GPUs for
             one task, or the workers cannot import vgbench or read the
             dataset.
+    """
+
+    def __init__(
+        self,
+        todo,
+        *,
+        data_path=None,
+        datasets=None,
+        address=None,
+        jobs=None,
+        cpus_per_task=1,
+        gpus_per_task=0,
+        share_data=True,
+        max_retries=MAX_RETRIES,
+        runtime_env=None,
+    ):
+        super().__init__()
+        self._ray = _import_ray()
+        self.jobs = jobs or None  # 0 means "the default", as in run_suite
+        check_options(cpus_per_task, gpus_per_task, self.jobs, max_retries)
+        self.needed = sorted({c.dataset for c in todo})
+        self.datasets = dict(datasets or {})
+        self.data_path = data_path
+        self.address = address
+        self.cpus_per_task = cpus_per_task
+        self.gpus_per_task = gpus_per_task
+        self.share_data = share_data
+        self.max_retries = max_retries
+        self.runtime_env = runtime_env
+        self._started = False
+
+    def __enter__(self):
+        ray = self._ray
+        missing = [name for name in self.needed if name not in self.datasets]
+        if missing:
+            from bench.data import load_dataset
+
+            self.datasets.update({name: load_dataset(name, self.data_path) for name in missing})
+        # Only the datasets the runs use go to the object store.
+        datasets = {name: self.datasets[name] for name in self.needed}
+        self._started = _connect(
+            ray, self.address, self.jobs, self.cpus_per_task, self.gpus_per_task, self.runtime_env
+        )
+        try:
+            # Checked whatever `jobs` says: a task that fits on no node would
+            # wait for resources forever.
+            slots = _task_slots(ray.cluster_resources(), self.cpus_per_task, self.gpus_per_task)
+            self.slots = self.jobs or slots
+            self._task = ray.remote(_train_task).options(
+                num_cpus=self.cpus_per_task,
+                num_gpus=self.gpus_per_task,
+                max_retries=self.max_retries,
+                retry_exceptions=False,
+            )
+            self._threads = max(1, int(self.cpus_per_task))
+            if self.share_data:
+                # One copy per dataset in the object store, shared by every
+                # task (zero-copy reads on each node), instead of one per task.
+                self._data_args = {name: ray.put(ds) for name, ds in datasets.items()}
+            else:
+                self._data_args = {name: None for name in datasets}
+            self._checksums = {name: ds.checksum for name, ds in datasets.items()}
+            # Workers run in other directories (and without the user's shell
+            # expanding ~), so they get an absolute path.
+            self._path_arg = os.path.abspath(os.path.expanduser(self.data_path)) if self.data_path else None
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def submit(self, config):
+        return self._task.remote(
+            config.to_dict(), self._data_args[config.dataset], self._checksums[config.dataset], self._path_arg,
+            self._threads,
+        )
+
+    def wait(self, handles, timeout):
+        # A bounded wait keeps Ctrl-C responsive while tasks run.
+        ready, _ = self._ray.wait(handles, num_returns=1, timeout=timeout)
+        return ready
+
+    def result(self, handle):
+        ray = self._ray
+        try:
+            return ray.get(handle)
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            # The same cause would fail every run: stop the suite instead of
+            # recording each run as failed.
+            if isinstance(cause, ImportError):
+                raise UsageError(
+                    f"Ray workers cannot import vgbench ({type(cause).__name__}: {_first_line(cause)}); "
+                    "install it on every node, or submit the driver with `ray job submit --working-dir .`"
+                ) from None
+            if isinstance(cause, UsageError):
+                raise UsageError(_first_line(cause)) from None
+            raise TaskFailed(cause if cause is not None else e) from None
+        except ray.exceptions.TaskCancelledError:
+            raise
+        except ray.exceptions.RayError as e:
+            # The worker died on every attempt (e.g. out of memory): record
+            # the run as failed so that the suite goes on; --retry-failed
+            # reruns it.
+            raise TaskFailed(e) from None
+
+    def cancel(self, handles):
+        for ref in handles:
+            with contextlib.suppress(Exception):
+                self._ray.cancel(ref, force=True)
+
+    def close(self):
+        if self._started:
+            self._ray.shutdown()
+            self._started = False
+
+
+def run_on_ray(todo, out, *, summary, progress=True, **options):
+    """Runs configs as Ray tasks and writes each finished run into ``out``.
+
+    `bench.runner.run_suite` with ``executor="ray"`` is the usual way in;
+    this is the same loop for a caller that has prepared ``out`` and holds
+    its lock. ``options`` are those of `RayExecutor`.
+
+    Raises:
+        UsageError: see `RayExecutor`.
         KeyboardInterrupt: after cancelling the runs in flight; finished
             runs are on disk and a rerun resumes.
     """
-    ray = _import_ray()
-    jobs = jobs or None  # 0 means "the default", as in run_suite
-    _check_resources(cpus_per_task, gpus_per_task, jobs)
-    from bench import runner
-
-    needed = sorted({c.dataset for c in todo})
-    datasets = dict(datasets or {})
-    missing = [name for name in needed if name not in datasets]
-    if missing:
-        from bench.data import load_dataset
-
-        datasets.update({name: load_dataset(name, data_path) for name in missing})
-    # Only the datasets the runs use go to the object store.
-    datasets = {name: datasets[name] for name in needed}
-    started = _connect(ray, address, jobs, cpus_per_task, gpus_per_task, runtime_env)
-    try:
-        # Checked whatever `jobs` says: a task that fits on no node would
-        # wait for resources forever.
-        slots = _task_slots(ray.cluster_resources(), cpus_per_task, gpus_per_task)
-        if jobs is None:
-            jobs = slots
-        task = ray.remote(_train_task).options(
-            num_cpus=cpus_per_task,
-            num_gpus=gpus_per_task,
-            max_retries=MAX_RETRIES,
-            retry_exceptions=False,
-        )
-        threads = max(1, int(cpus_per_task))
-        if share_data:
-            # One copy per dataset in the object store, shared by every task
-            # (zero-copy reads on each node), instead of one per task.
-            data_args = {name: ray.put(ds) for name, ds in datasets.items()}
-        else:
-            data_args = {name: None for name in datasets}
-        checksums = {name: ds.checksum for name, ds in datasets.items()}
-        # Workers run in other directories (and without the user's shell
-        # expanding ~), so they get an absolute path.
-        path_arg = os.path.abspath(os.path.expanduser(data_path)) if data_path else None
-
-        def submit(c):
-            return task.remote(c.to_dict(), data_args[c.dataset], checksums[c.dataset], path_arg, threads)
-
-        queue = list(reversed(todo))
-        pending = {}
-        with runner._progress_bar(summary.total, summary.skipped, progress) as bar:
-            try:
-                while queue or pending:
-                    while queue and len(pending) < jobs:
-                        c = queue.pop()
-                        pending[submit(c)] = c
-                    # A bounded wait keeps Ctrl-C responsive while tasks run.
-                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-                    for ref in ready:
-                        c = pending.pop(ref)
-                        row = _collect(ray, ref, c, out, runner)
-                        runner._record(summary, row, bar)
-            except BaseException:
-                for ref in pending:
-                    with contextlib.suppress(Exception):
-                        ray.cancel(ref, force=True)
-                raise
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _collect(ray, ref, config, out, runner) -> dict:
-    """Writes the run a finished task returned; a task that failed becomes a failed run."""
-    from bench import results as results_mod
-
-    try:
-        record = ray.get(ref)
-    except ray.exceptions.RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        # The same cause would fail every run: stop the suite instead of
-        # recording each run as failed.
-        if isinstance(cause, ImportError):
-            raise UsageError(
-                f"Ray workers cannot import vgbench ({type(cause).__name__}: {_first_line(cause)}); "
-                "install it on every node, or submit the driver with `ray job submit --working-dir .`"
-            ) from None
-        if isinstance(cause, UsageError):
-            raise UsageError(_first_line(cause)) from None
-        return runner._record_crash(out, config, cause if cause is not None else e)
-    except ray.exceptions.TaskCancelledError:
-        raise
-    except ray.exceptions.RayError as e:
-        # The worker died on every attempt (e.g. out of memory): record the
-        # run as failed so that the suite goes on; --retry-failed reruns it.
-        return runner._record_crash(out, config, e)
-    results_mod.write_run(out, record)
-    return {"run_id": record.run_id, **record.result}
+    drive(RayExecutor(todo, **options), todo, out, summary, progress)
 
 
 def _train_task(config_dict: dict, data, checksum: str, data_path, threads: int):
@@ -224,28 +245,20 @@ def _train_task(config_dict: dict, data, checksum: str, data_path, threads: int)
             None.
         threads: TensorFlow threads (the CPUs Ray reserved for the task).
     """
-    from bench import runner
-    from bench.config import RunConfig
-    from bench.train import configure_tensorflow, train_run
+    from bench.train import configure_tensorflow
 
     configure_tensorflow(threads)
-    config = RunConfig.from_dict(config_dict)
-    _maybe_die(config.run_id)
-    if data is None:
-        data = runner._load_data_cached(config.dataset, data_path)
-        if data.checksum != checksum:
-            raise DataError(
-                f"Ray worker on {socket.gethostname()} read {config.dataset} from {data.source} with checksum "
-                f"{data.checksum[:12]}, not the driver's {checksum[:12]}; give every node the same file."
-            )
-    return train_run(config, data=data)
+    _maybe_die(config_dict)
+    return run_task(config_dict, data=data, data_path=data_path, checksum=checksum)
 
 
-def _maybe_die(run_id: str) -> None:
+def _maybe_die(config_dict) -> None:
     fault_dir = os.environ.get(FAULT_DIR_ENV)
     if not fault_dir:
         return
-    armed = Path(fault_dir) / f"{run_id}.kill"
+    from bench.config import RunConfig
+
+    armed = Path(fault_dir) / f"{RunConfig.from_dict(config_dict).run_id}.kill"
     try:
         os.rename(armed, armed.with_suffix(".killed"))
     except FileNotFoundError:
@@ -268,7 +281,16 @@ def _import_ray():
     return ray
 
 
-def _check_resources(cpus_per_task, gpus_per_task, jobs):
+def check_options(cpus_per_task, gpus_per_task, jobs, max_retries=MAX_RETRIES):
+    """Validates the task options of `RayExecutor` (no Ray needed).
+
+    Raises:
+        UsageError: an option out of range; the message names it and its value.
+    """
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise UsageError(
+            f"Argument `max_retries` must be a non-negative integer. Received: max_retries={max_retries!r}"
+        )
     if isinstance(cpus_per_task, bool) or not isinstance(cpus_per_task, (int, float)) or not cpus_per_task > 0:
         raise UsageError(
             f"Argument `cpus_per_task` must be a positive number. Received: cpus_per_task={cpus_per_task!r}"
