@@ -363,19 +363,15 @@ class GradientNormLogger(keras.callbacks.Callback):
 
     def _grad_norms(self, p):
         """(n_layers, len(_GRAD_FIELDS)) gradient quantities of every layer."""
-        rows = []
-        for i, layer in enumerate(self._layers):
-            v = self._values(layer, i, p)
-            rows.append(tf.stack([q.compute(v) for q in _GRAD_QUANTITIES]))
-        return tf.stack(rows)
+        return _table([self._values(layer, i, p) for i, layer in enumerate(self._layers)], _GRAD_QUANTITIES)
 
     def _act_stats(self, p, update_ratio=True):
         """(n_layers, len(_ACT_FIELDS)) statistics of kernels, activations and pre-activations."""
-        rows = []
-        for i, (layer, shadow) in enumerate(zip(self._layers, self._shadow)):
-            v = self._values(layer, i, p, act=True, previous=shadow.read_value() if update_ratio else None)
-            rows.append(tf.stack([q.compute(v) for q in _ACT_QUANTITIES]))
-        return tf.stack(rows)
+        values = [
+            self._values(layer, i, p, act=True, previous=shadow.read_value() if update_ratio else None)
+            for i, (layer, shadow) in enumerate(zip(self._layers, self._shadow))
+        ]
+        return _table(values, _ACT_QUANTITIES)
 
     def _install(self, model):
         """Replaces `model.train_function` for this fit.
@@ -508,6 +504,16 @@ class _Pass:
     preact_grads: list  # of the scaled loss, per entry of preacts
     batch_size: Any
     unscale: Any  # 1 / loss scale, or None without loss scaling
+
+
+def _table(values, quantities_):
+    """(n_layers, n_quantities): every quantity's ``compute`` per layer, stacked in one op, then its ``finish``."""
+    n, k = len(values), len(quantities_)
+    raw = tf.reshape(tf.stack([tf.cast(q.compute(v), tf.float32) for v in values for q in quantities_]), [n, k])
+    columns = [
+        q.finish(raw[:, j], values) if q.finish is not None else raw[:, j] for j, q in enumerate(quantities_)
+    ]
+    return tf.stack(columns, axis=1)
 
 
 def _drain(buf, step_buf, count_var, flushed, cap):

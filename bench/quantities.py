@@ -90,6 +90,13 @@ class Quantity:
             is measured; runs that differ in them are not comparable on it.
         size_column: for gradient norms, the column holding the number of
             weights, so that layers of different sizes compare per weight.
+        finish: layer quantities recorded every step: an optional last step
+            applied to every layer at once, ``fn(raw, values) -> raw'``
+            where ``raw`` is the 1-D tensor of ``compute``'s results of all
+            layers and ``values`` their `LayerValues`. A per-layer scalar op
+            costs about as much as the reduction it follows (op dispatch, not
+            arithmetic, dominates at these sizes), so ``compute`` does the one
+            reduction each layer needs and ``finish`` the rest in a few ops.
     """
 
     name: str
@@ -105,6 +112,7 @@ class Quantity:
     gating: bool = True
     definition: tuple[str, ...] = ()
     size_column: str | None = None
+    finish: Callable[..., Any] | None = None
 
     def __post_init__(self):
         if self.level not in ("layer", "run"):
@@ -226,22 +234,28 @@ def _nan():
     return tf.constant(float("nan"))
 
 
-def _l2(x):
-    # l2_loss is one fused kernel (sum of squares / 2) where square+sum are two;
-    # the norm of the gradient is the quantity's hot path (every step).
+def _half_sum_sq(x):
+    # l2_loss is one fused kernel (sum of squares / 2) where square+sum are two.
     import tensorflow as tf
 
-    return tf.sqrt(2.0 * tf.nn.l2_loss(x))
+    return tf.nn.l2_loss(x)
+
+
+def _norm_from_half_sum_sq(raw, values):
+    """‖x‖ = sqrt(2 · l2_loss(x)), for every layer at once."""
+    import tensorflow as tf
+
+    return tf.sqrt(2.0 * raw)
 
 
 def kernel_grad_norm(v: LayerValues):
-    """L2 norm of the gradient of the layer's main weight."""
-    return _l2(v.kernel_grad)
+    """L2 norm of the gradient of the layer's main weight (``finish`` takes the square root)."""
+    return _half_sum_sq(v.kernel_grad)
 
 
 def bias_grad_norm(v: LayerValues):
-    """L2 norm of the gradient of the layer's bias (NaN without one)."""
-    return _nan() if v.bias_grad is None else _l2(v.bias_grad)
+    """L2 norm of the gradient of the layer's bias, NaN without one (``finish`` takes the square root)."""
+    return _nan() if v.bias_grad is None else _half_sum_sq(v.bias_grad)
 
 
 def kernel_norm(v: LayerValues):
@@ -293,15 +307,14 @@ def saturated_fraction(v: LayerValues):
     return tf.reduce_mean(tf.cast(d < SATURATION_THRESHOLD * spec.max_derivative, tf.float32))
 
 
-def _sum_sq_per_example(x):
-    """Sum of squares of ``x`` divided by its per-example size (static): ``batch · mean(x²)``."""
+def _per_example_sizes(values, field):
+    """Static number of values per example of a tensor field of every layer's `LayerValues`."""
     import tensorflow as tf
 
-    per_example = x.shape[1:].num_elements()
-    if per_example is None:
-        per_example = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
-    # One fused kernel and one scalar op: these run for every layer at every step.
-    return tf.nn.l2_loss(x) * (2.0 / per_example)
+    sizes = [getattr(v, field).shape[1:].num_elements() for v in values]
+    if any(n is None for n in sizes):
+        return tf.stack([tf.cast(tf.reduce_prod(tf.shape(getattr(v, field))[1:]), tf.float32) for v in values])
+    return tf.constant(sizes, tf.float32)
 
 
 def backward_rms(v: LayerValues):
@@ -313,18 +326,30 @@ def backward_rms(v: LayerValues):
     any; with batch normalization before the activation, the row also holds
     what the example's pre-activation does to the others' losses through the
     batch statistics). It exists for every layer, with or without bias.
+    ``compute`` gives l2_loss(∂L/∂z); ``finish`` the RMS.
     """
+    return _half_sum_sq(v.preact_grad)
+
+
+def _backward_rms_finish(raw, values):
     import tensorflow as tf
 
-    # rms(B·g) = sqrt(B² · Σg² / (B · units)) = sqrt(B · Σg² / units)
-    return tf.sqrt(_sum_sq_per_example(v.preact_grad) * v.batch_size)
+    # rms(B·g) = sqrt(B² · Σg² / (B · units)) = sqrt(B · 2·l2_loss(g) / units)
+    return tf.sqrt(raw * (2.0 * values[0].batch_size) / _per_example_sizes(values, "preact_grad"))
 
 
 def preact_rms(v: LayerValues):
-    """RMS of the pre-activations z over the batch and the units: the forward signal's length √q."""
+    """RMS of the pre-activations z over the batch and the units: the forward signal's length √q.
+
+    ``compute`` gives l2_loss(z); ``finish`` the RMS.
+    """
+    return _half_sum_sq(v.preact)
+
+
+def _preact_rms_finish(raw, values):
     import tensorflow as tf
 
-    return tf.sqrt(_sum_sq_per_example(v.preact) / v.batch_size)
+    return tf.sqrt(raw * 2.0 / (_per_example_sizes(values, "preact") * values[0].batch_size))
 
 
 def dead_fraction(v: LayerValues):
@@ -368,14 +393,20 @@ LAYER_QUANTITIES: dict[str, Quantity] = {
     for q in (
         Quantity(
             "kernel_grad_norm", "layer", "kernel gradient norm", kernel_grad_norm, "grad",
-            scale="log", unit="norm", size_column="kernel_size",
+            scale="log", unit="norm", size_column="kernel_size", finish=_norm_from_half_sum_sq,
         ),
         Quantity(
             "bias_grad_norm", "layer", "bias gradient norm", bias_grad_norm, "grad",
-            scale="log", unit="norm", size_column="bias_size",
+            scale="log", unit="norm", size_column="bias_size", finish=_norm_from_half_sum_sq,
         ),
-        Quantity("backward_rms", "layer", "backward signal RMS", backward_rms, "grad", scale="log", unit="norm"),
-        Quantity("preact_rms", "layer", "pre-activation RMS", preact_rms, "grad", scale="log", unit="norm"),
+        Quantity(
+            "backward_rms", "layer", "backward signal RMS", backward_rms, "grad",
+            scale="log", unit="norm", finish=_backward_rms_finish,
+        ),
+        Quantity(
+            "preact_rms", "layer", "pre-activation RMS", preact_rms, "grad",
+            scale="log", unit="norm", finish=_preact_rms_finish,
+        ),
         Quantity("kernel_norm", "layer", "kernel norm", kernel_norm, "act", unit="norm"),
         Quantity("update_ratio", "layer", "update ratio ‖ΔW‖/‖W‖", update_ratio, "act", scale="log", unit="ratio"),
         Quantity("act_mean", "layer", "activation mean", act_mean, "act"),
