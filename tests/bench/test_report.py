@@ -37,6 +37,7 @@ ALL_FIGURES = {
     "activation_stats",
     "fixes",
     "activation_functions",
+    "theory_vs_measurement",
 }
 
 MAIN_DEPTH = 6
@@ -79,8 +80,9 @@ def report_results(tmp_path_factory) -> Path:
     configs += [
         RunConfig(depth=MAIN_DEPTH, activation="relu", initializer="he_normal", **common),
         RunConfig(depth=MAIN_DEPTH, activation="sigmoid", initializer="glorot_uniform", fix="batchnorm", **common),
-        # A learning rate this large overflows within a few steps: a diverged run.
-        RunConfig(depth=MAIN_DEPTH, activation="relu", initializer="he_normal", **{**common, "learning_rate": 1e6}),
+        # Large weights and the largest learning rate allowed overflow within a few steps: a diverged run.
+        RunConfig(depth=MAIN_DEPTH, activation="relu", initializer="random_normal(stddev=3.0)",
+                  **{**common, "learning_rate": 10.0}),
     ]
     out = root / "results"
     run_suite(configs, out, data_path=data, jobs=1, suite="report-test", progress=False)
