@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib import patches, ticker  # noqa: E402
+from matplotlib import patches, ticker, transforms  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from bench import metrics  # noqa: E402
@@ -338,8 +338,13 @@ def _place_labels(ax, points, texts, colours, fontsize=6.5):
     """Labels beside their points, each moved to the first of a few offsets where it overlaps no other label."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
-    offsets = [(5, 0), (5, 7), (5, -7), (-5, 0), (5, 14), (5, -14), (-5, 8), (-5, -8), (5, 21), (5, -21)]
+    offsets = [(6, 0), (-6, 0), (6, 8), (6, -8), (-6, 8), (-6, -8), (6, 16), (6, -16), (-6, 16), (-6, -16),
+               (6, 24), (6, -24)]
+    # The markers themselves are taken too: a label must not cover another point.
     placed = []
+    for px, py in points:
+        x, y = ax.transData.transform((px, py))
+        placed.append(transforms.Bbox([[x - 4, y - 4], [x + 4, y + 4]]))
     order = sorted(range(len(points)), key=lambda i: points[i][1])
     for i in order:
         (px, py), label, colour = points[i], texts[i], colours[i]
@@ -349,8 +354,9 @@ def _place_labels(ax, points, texts, colours, fontsize=6.5):
                 label, (px, py), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, color=colour,
                 ha="left" if dx > 0 else "right", va="center",
             )
-            box = t.get_window_extent(renderer).expanded(1.02, 1.1)
-            if not any(box.overlaps(other) for other in placed):
+            box = t.get_window_extent(renderer).expanded(1.02, 1.15)
+            if not any(box.overlaps(other) for other in placed) and ax.bbox.contains(box.x0, box.y0) \
+                    and ax.bbox.contains(box.x1, box.y1):
                 best = (t, box)
                 break
             t.remove()
@@ -401,8 +407,9 @@ def theory_vs_measurement(points: pd.DataFrame, palette: dict):
         ax.set_ylabel(f"measured {signal} factor per layer, step 0")
         ax.set_title(f"{signal} signal" + (" (towards the input)" if signal == "backward" else " (towards the output)"))
         for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
             axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            axis.set_minor_formatter(ticker.NullFormatter())
+            axis.set_minor_locator(ticker.NullLocator())
         fig.canvas.draw()  # label sizes need a renderer with the final layout
         several_depths = "depth" in points.columns and points["depth"].nunique() > 1
         labels = [_short_label(r, several_depths) for r in d.to_dict("records")]
@@ -562,14 +569,10 @@ def pair_heatmaps(grid: pd.DataFrame, palette: dict):
             for i, j in np.ndindex(annot.shape):
                 if annot[i, j] and np.isfinite(pred[i, j]):
                     annot[i, j] = f"{annot[i, j]}\n({factor_text(pred[i, j])})"
+        notes = None
         if "note" in d.columns:
-            # A blank cell says why it is blank.
             notes = d.pivot_table(index="activation", columns="initializer", values="note", aggfunc="first",
                                   dropna=False).reindex(index=acts, columns=inits)
-            for i, j in np.ndindex(annot.shape):
-                note = notes.iat[i, j]
-                if not annot[i, j] and isinstance(note, str) and note:
-                    annot[i, j] = note.replace(" ", "\n")
         sns.heatmap(
             pd.DataFrame(colour, index=acts, columns=inits),
             ax=ax,
@@ -582,7 +585,14 @@ def pair_heatmaps(grid: pd.DataFrame, palette: dict):
             cbar_kws={"shrink": 0.8},
             **norm,
         )
-        ax.set_title(_wrap(d["label"].iloc[0], 40))
+        if notes is not None:
+            # A blank cell says why it is blank (seaborn writes nothing in a cell without a value).
+            for i, j in np.ndindex(annot.shape):
+                note = notes.iat[i, j]
+                if not annot[i, j] and isinstance(note, str) and note:
+                    ax.text(j + 0.5, i + 0.5, note, ha="center", va="center", fontsize=6.5, color="0.45",
+                            style="italic")
+        ax.set_title(_wrap(d["label"].iloc[0], 52))
         ax.grid(False)
         ax.set_facecolor("0.94")  # cells without a value (e.g. dead fraction of sigmoid)
         ax.set_xlabel("")

@@ -292,8 +292,15 @@ def _flag_words(pair: dict) -> list[str]:
     words = []
     for flag in pair["flags"]:
         f = of_pair.get(str(flag), flag)
-        words.append(f.describe() if isinstance(f, metrics.Flag) else str(f))
+        if not isinstance(f, metrics.Flag):
+            words.append(str(f))
+            continue
+        words.append(f"{_FLAG_WHEN[f.when]}, {f.describe()}" if f.when in _FLAG_WHEN else f.describe())
     return words
+
+
+# The moment of a timed flag, before its words.
+_FLAG_WHEN = {"init": "at step 0", "final": "at the end of training"}
 
 
 def _union_flags(s: pd.Series) -> list[str]:
