@@ -241,7 +241,9 @@ def _predict(row: dict, inputs: Inputs | None, data: dict) -> theory.Prediction:
         width=config.width, sigma_b2=0.0, input_second_moment=math.nan,
     )
     if inputs is None:
-        reason = f"E[x²] of {config.dataset} with preprocessing {row.get('preprocessing')!r} is unknown without the data"
+        reason = (
+            f"E[x²] of {config.dataset} with preprocessing {row.get('preprocessing')!r} is unknown without the data"
+        )
         return theory.Prediction(**base, applicable=False, reason=reason)
     info = data if data.get("name") == config.dataset else data.get(config.dataset, {})
     shape = info.get("image_shape") if isinstance(info, dict) else None

@@ -566,7 +566,8 @@ def theory_points(pairs: pd.DataFrame) -> pd.DataFrame:
                 rows.append(
                     {
                         "label": label, "activation": r["activation"], "initializer": r["initializer"],
-                        "depth": r.get("depth"), "fix": r.get("fix"), "signal": signal, "predicted": float(predicted), "measured": float(measured),
+                        "depth": r.get("depth"), "fix": r.get("fix"), "signal": signal,
+                        "predicted": float(predicted), "measured": float(measured),
                         "lo": r.get(f"{signal}_factor_init_lo"), "hi": r.get(f"{signal}_factor_init_hi"),
                         "deviation": d,
                     }

@@ -743,7 +743,8 @@ def test_theory_figure_plots_every_covered_pair_against_its_prediction(report_pa
     for r in covered.to_dict("records"):
         row = back.loc[text.pair_label(r, tables.varying_keys(pairs))]
         assert (row["measured"], row["predicted"]) == (r["backward_factor_init"], r["predicted_backward_factor"])
-        assert row["deviation"] == pytest.approx(abs(np.log10(r["backward_factor_init"] / r["predicted_backward_factor"])))
+        want = abs(np.log10(r["backward_factor_init"] / r["predicted_backward_factor"]))
+        assert row["deviation"] == pytest.approx(want)
     fig = figures.theory_vs_measurement(points, figures.category_palette(pairs["activation"]))
     try:
         axes = [ax for ax in fig.axes if ax.get_visible()]
