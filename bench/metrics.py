@@ -366,7 +366,8 @@ def _make_flag(kind, when, numbers):
 
 
 def _per_layer(x) -> str:
-    return f"×{x:.2f} per layer"
+    # Two significant digits below 0.1: a factor of 0.004 must not read "×0.00".
+    return f"×{x:.2f} per layer" if abs(x) >= 0.095 else f"×{x:.2g} per layer"
 
 
 def _describe_vanishing(f: Flag) -> str:

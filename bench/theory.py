@@ -111,6 +111,7 @@ from models import registry
 __all__ = [
     "CRITICAL_TOLERANCE",
     "DEFAULT_INPUT_SECOND_MOMENT",
+    "example_second_moments",
     "LayerPrediction",
     "Prediction",
     "fixed_point",
@@ -568,6 +569,27 @@ def _check_number(arg: str, value) -> float:
     return float(value)
 
 
+def _check_moments(value) -> np.ndarray:
+    """The input second moment(s) as a 1-d float64 array: one value, or one per example."""
+    if np.ndim(value) == 0:
+        return np.array([_check_number("input_second_moment", value)])
+    try:
+        m = np.asarray(value, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        m = np.array([np.nan])
+    if m.size == 0 or not np.all(np.isfinite(m)) or np.any(m < 0):
+        raise ValueError(
+            "Argument `input_second_moment` must be a non-negative finite number or a non-empty sequence of them. "
+            f"Received: input_second_moment={_short_repr(value)}"
+        )
+    return m
+
+
+def _short_repr(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _widths(depth: int, width: int, width_schedule) -> list[int]:
     if width_schedule is None:
         return [width] * depth
@@ -609,7 +631,7 @@ def predict(
     depth: int,
     width: int,
     sigma_b2: float = 0.0,
-    input_second_moment: float = DEFAULT_INPUT_SECOND_MOMENT,
+    input_second_moment: float | Sequence[float] = DEFAULT_INPUT_SECOND_MOMENT,
     input_dim: int = INPUT_DIM,
     num_classes: int = NUM_CLASSES,
     width_schedule: Sequence[int] | None = None,
@@ -622,7 +644,10 @@ def predict(
         depth: Number of hidden layers.
         width: Units of every hidden layer.
         sigma_b2: Variance of the bias initializer (0 for vgbench's zeros).
-        input_second_moment: `E[x²]` of the preprocessed inputs.
+        input_second_moment: `E[x²]` of the preprocessed inputs, or one
+            value per example (`example_second_moments`): each example is
+            then propagated with its own `q_0` and the per-layer second
+            moments are averaged over them, as an RMS over a batch is.
         input_dim: Size of one input (784 for MNIST).
         num_classes: Number of logits.
         width_schedule: Optional per-layer widths that replace `width`; the
@@ -657,7 +682,7 @@ def predict_grid(
     depth: int,
     width: int,
     sigma_b2: float = 0.0,
-    input_second_moment: float = DEFAULT_INPUT_SECOND_MOMENT,
+    input_second_moment: float | Sequence[float] = DEFAULT_INPUT_SECOND_MOMENT,
     input_dim: int = INPUT_DIM,
     num_classes: int = NUM_CLASSES,
     width_schedule: Sequence[int] | None = None,
@@ -675,12 +700,14 @@ def predict_grid(
     input_dim = _check_int("input_dim", input_dim)
     num_classes = _check_int("num_classes", num_classes)
     sigma_b2 = _check_number("sigma_b2", sigma_b2)
-    m_in = _check_number("input_second_moment", input_second_moment)
+    m_in = _check_moments(input_second_moment)
     widths = _widths(depth, width, width_schedule)
     acts = [activations_lib.get(a) for a in activations]
     inits = [_resolve_initializer(i) for i in initializers]
     nets = [_net(init, widths, input_dim, num_classes, widths[-1]) for init in inits]
-    common = dict(depth=depth, width=width, sigma_b2=sigma_b2, input_second_moment=m_in, input_dim=input_dim)
+    common = dict(
+        depth=depth, width=width, sigma_b2=sigma_b2, input_second_moment=float(np.mean(m_in)), input_dim=input_dim
+    )
     out = []
     for act in acts:
         model = _model_of(act.name)
@@ -710,20 +737,38 @@ def _why_not(act, model, init: _Init, net: _Net | None) -> str:
     return ""
 
 
-def _recursions(model, nets: list[_Net], sigma_b2: float, m_in: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(q, χ) per hidden layer for each net, run together."""
-    forward = np.stack([n.forward for n in nets])  # (k, depth + 1)
-    backward = np.stack([n.backward for n in nets])
+def _recursions(model, nets: list[_Net], sigma_b2: float, m_in: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(q, χ) per hidden layer for each net, run together.
+
+    With one input second moment these are the recursions themselves. With
+    one per example, every example runs its own recursions and they are
+    combined as the measurement's RMS over a batch combines them: q_l is the
+    mean over examples of their q_l, and χ_l the ratio of consecutive means
+    of E[δ²] (each example's δ² being the product of its own χ's).
+    """
+    forward = np.stack([n.forward for n in nets])[:, :, None]  # (k, depth + 1, 1)
+    backward = np.stack([n.backward for n in nets])[:, :, None]
     depth = forward.shape[1] - 1
-    q = np.empty((len(nets), depth))
-    chi = np.empty((len(nets), depth))
-    q_l = forward[:, 0] * m_in + sigma_b2
+    q = np.empty((len(nets), depth, len(m_in)))
+    chi = np.empty((len(nets), depth, len(m_in)))
+    q_l = forward[:, 0] * m_in + sigma_b2  # (k, examples)
     for layer in range(depth):
         q[:, layer] = q_l
         m2, d2 = model.moments(q_l)
         chi[:, layer] = backward[:, layer + 1] * d2
         q_l = forward[:, layer + 1] * m2 + sigma_b2
-    return list(zip(q, chi))
+    if len(m_in) == 1:
+        return list(zip(q[..., 0], chi[..., 0]))
+    with np.errstate(divide="ignore"):
+        # log E[δ_l²] per example, summed from the output side, then averaged over examples.
+        log_back2 = np.cumsum(np.log(chi)[:, ::-1], axis=1)[:, ::-1]
+        mean_log = special.logsumexp(log_back2, axis=2) - math.log(len(m_in))
+    next_log = np.concatenate([mean_log[:, 1:], np.zeros((len(nets), 1))], axis=1)
+    with np.errstate(invalid="ignore"):
+        chi_mean = np.exp(mean_log - next_log)
+    # A layer whose every example underflowed passes the underflow on.
+    chi_mean = np.where(np.isneginf(mean_log), 0.0, chi_mean)
+    return list(zip(q.mean(axis=2), chi_mean))
 
 
 def _slope(y: np.ndarray) -> float:
@@ -876,10 +921,11 @@ def _fixed_point(model, name: str, sigma_w2: float, sigma_b2: float, q_start: fl
 
 def predict_config(
     config,
-    input_second_moment: float = DEFAULT_INPUT_SECOND_MOMENT,
+    input_second_moment: float | Sequence[float] = DEFAULT_INPUT_SECOND_MOMENT,
     *,
     sigma_b2: float = 0.0,
     input_dim: int | None = None,
+    num_classes: int = NUM_CLASSES,
 ) -> Prediction:
     """Predicts one run from its `bench.config.RunConfig`.
 
@@ -887,10 +933,12 @@ def predict_config(
         config: A `RunConfig` (only `arch`, `depth`, `width`, `activation`,
             `initializer`, `fix` and `dataset` are read).
         input_second_moment: `E[x²]` of the run's preprocessed training
-            inputs (see `input_second_moment`).
+            inputs (see `input_second_moment`), or one value per example of
+            the batch measured at step 0 (see `example_second_moments`).
         sigma_b2: The bias variance; vgbench starts biases at zero.
         input_dim: Size of one input; by default 784 for MNIST and
             Fashion-MNIST, unknown (not applicable) for `tfds:NAME`.
+        num_classes: Number of logits.
 
     Returns:
         The `Prediction`, not applicable for the CNN and for fixes other
@@ -902,7 +950,7 @@ def predict_config(
         depth=config.depth,
         width=config.width,
         sigma_b2=float(sigma_b2),
-        input_second_moment=float(input_second_moment),
+        input_second_moment=float(np.mean(_check_moments(input_second_moment))),
         input_dim=input_dim or INPUT_DIM,
     )
     if config.arch != "mlp":
@@ -926,7 +974,28 @@ def predict_config(
         sigma_b2=sigma_b2,
         input_second_moment=input_second_moment,
         input_dim=input_dim,
+        num_classes=num_classes,
     )
+
+
+def example_second_moments(x) -> np.ndarray:
+    """Returns each example's `E[x²]`, the mean of its x² over coordinates (float64, one per row).
+
+    The recursions start every example from its own `q_0 = σ_w,0²·E[x²]`;
+    for activations whose χ depends on q (gelu, swish, tanh, ...) the
+    spread of these values across examples moves the batch's backward and
+    forward factors away from the prediction at their mean.
+
+    Args:
+        x: Preprocessed inputs, one example per row (e.g. the batch
+            `bench.train` measures at step 0: the first `batch_size`
+            training examples).
+    """
+    x = np.asarray(x)
+    if x.size == 0:
+        raise ValueError(f"Argument `x` must hold at least one value. Received: x.shape={x.shape}")
+    x = x.reshape(len(x), -1)
+    return np.mean(np.square(x, dtype=np.float64), axis=1)
 
 
 def input_second_moment(x) -> float:

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bench.errors import UsageError
-from bench.report import document, figures, tables, text
+from bench.report import document, figures, predictions, tables, text
 from bench.results import load_results
 
 logger = logging.getLogger(__name__)
@@ -47,18 +47,28 @@ class Tables:
     fixes: pd.DataFrame
     functions: pd.DataFrame
     chance: float
+    predictions: predictions.Predictions | None = None
+    theory: pd.DataFrame = field(default_factory=pd.DataFrame)  # predicted vs measured factors per pair
     palette: dict = field(default_factory=dict)  # activation → colour
     init_palette: dict = field(default_factory=dict)  # initializer → colour
     fix_palette: dict = field(default_factory=dict)  # fix → colour
 
 
-def compute_tables(results) -> Tables:
-    """All statistics of a report from a loaded `bench.results.Results`."""
-    runs_m = tables.run_table(results.runs, results.layers)
+def compute_tables(results, load_data: bool = True) -> Tables:
+    """All statistics of a report from a loaded `bench.results.Results`.
+
+    Args:
+        results: the loaded results.
+        load_data: read the dataset the manifest names (when it is here) for
+            the inputs' second moments of the predictions; False uses their
+            means alone (see `bench.report.predictions`).
+    """
+    predicted = predictions.predict_runs(results.runs, results.manifest, load=load_data)
+    runs_m = tables.run_table(results.runs, results.layers, predicted.runs)
     pairs = tables.pair_table(runs_m)
     main_runs, main = tables.main_slice(runs_m)
     slice_text = text.describe_slice(main, tables.varying_keys(runs_m))
-    profiles = tables.gradient_profiles(main_runs, results.layers)
+    profiles = tables.gradient_profiles(main_runs, results.layers, predicted.layers)
     curves = tables.learning_curves(main_runs, results.history)
     activations = tables.activation_profiles(main_runs, results.layers)
     for t in (profiles, curves, activations):
@@ -77,6 +87,8 @@ def compute_tables(results) -> Tables:
         fixes=tables.fix_effects(runs_m),
         functions=tables.activation_curves(results.runs["activation"].unique()),
         chance=tables.chance_accuracy(results.manifest),
+        predictions=predicted,
+        theory=tables.theory_points(pairs),
         palette=figures.category_palette(results.runs["activation"]),
         init_palette=figures.category_palette(results.runs["initializer"], "Dark2"),
         fix_palette=figures.fix_palette(results.runs["fix"]),
@@ -105,8 +117,27 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             f"(0 = next to the input), at step 0 and averaged over the last logged steps ({where}). Look for "
             "lines that fall towards layer 0: every decade of drop is ten times less gradient reaching the input "
             "side (vanishing); rising lines are exploding gradients; flat lines are healthy; a line that drops "
-            "off the bottom reaches a gradient that underflowed to exactly 0. Bands: 95% interval over seeds.",
+            "off the bottom reaches a gradient that underflowed to exactly 0. Bands: 95% interval over seeds. "
+            "The last two rows, at step 0: the backward signal (RMS of B·∂L/∂z at each pre-activation) and the "
+            "forward one (RMS of the pre-activation z), measured (solid) and as mean-field theory predicts them "
+            "(dashed; the backward prediction times the measured RMS of the gradient with respect to the logits, "
+            f"which the loss sets). {_inputs_text(t)} The kernel gradient δ ⊗ a multiplies the two: a backward "
+            "line falling towards layer 0 while the forward line falls towards the output is a forward collapse "
+            "that the kernel-gradient rows hide.",
             lambda: figures.gradient_depth(t.profiles, t.palette),
+        ),
+        FigureSpec(
+            "theory_vs_measurement",
+            "Theory vs measurement",
+            "Per-layer factor of the backward signal (by how much it is multiplied per layer on its way to the "
+            "input) and of the forward signal (per layer on its way to the output) at step 0: the mean-field "
+            "prediction (x) against the measurement (y), one point per pair, log-log. On the solid identity line "
+            f"they agree; the grey band is ×{predictions.TOLERANCE:g} either way, the tolerance of the findings. "
+            "Below 1: vanishing (backward) or collapsing (forward); above 1: exploding. Points off the band are "
+            "named in the findings with the likely reason (finite width, non-Gaussian inputs, underflow). "
+            f"{_inputs_text(t)} Pairs the theory does not cover (normalization, residual or dropout fixes, CNNs) "
+            "are left out and listed under the plot.",
+            lambda: figures.theory_vs_measurement(t.theory, t.palette),
         ),
         FigureSpec(
             "gradient_heatmap",
@@ -121,10 +152,15 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             "pair_heatmaps",
             "Activation × initializer",
             f"Each activation × initializer pair ({t.grid.attrs.get('slice', where)}), mean over seeds. "
+            "The backward and forward factors at step 0 come first, with the mean-field prediction in brackets: "
+            "a backward factor well under 1 is a vanishing backward signal, a forward factor well under 1 a "
+            "collapsing forward signal, above 1 exploding. The kernel-gradient factor multiplies the two and "
+            "can look healthy (≈ 1) when both fail, as gelu or swish with Glorot init do. "
             f"Accuracy near chance ({chance}) together with a log10 first/last ratio far below 0 "
-            "(the first layer gets 10^value of the last layer's gradient) or a per-layer factor well under 1 "
+            "(the first layer gets 10^value of the last layer's gradient) "
             "marks a vanishing pair; dead or saturated fractions near 1 say why. \"underflow\": the first "
-            "layer's gradient is exactly 0 in float32, coloured below every measured ratio.",
+            "layer's gradient is exactly 0 in float32, coloured below every measured ratio. A blank cell says "
+            "why it has no value (failed or diverged runs, n/a for a fraction that does not apply).",
             lambda: figures.pair_heatmaps(t.grid, t.palette),
         ),
         FigureSpec(
@@ -169,6 +205,21 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             lambda: figures.activation_functions(t.functions, t.palette),
         ),
     ]
+
+
+def _inputs_text(t: Tables) -> str:
+    """How the predictions' input second moments were obtained, in one sentence."""
+    inputs = t.predictions.inputs if t.predictions is not None else []
+    if not inputs:
+        return ""
+    if len(inputs) == 1:
+        return f"Theory inputs: {inputs[0]['text']}."
+    exact = sum(1 for i in inputs if i["exact"])
+    return (
+        f"Theory inputs: {exact} of {len(inputs)} input settings from the examples measured at step 0"
+        + ("" if exact == len(inputs) else ", the others from the mean E[x²] alone (approximate)")
+        + "."
+    )
 
 
 def _draw(spec: FigureSpec):

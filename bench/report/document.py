@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import html
 
-from bench.report import findings, tables, text
+from bench.report import findings, predictions, tables, text
 from bench.results import write_json_atomic
 from bench.utils import json_safe
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 # The per-pair quantities written to the summary, in table order.
 PAIR_FIELDS = list(tables.PAIR_QUANTITIES)
@@ -23,9 +23,35 @@ PAIR_FIELDS = list(tables.PAIR_QUANTITIES)
 # What the gradient columns of the ranked table mean (Markdown and HTML).
 TABLE_NOTE = (
     "Means over seeds (± half of the 95% interval); gradient factors and ratios are geometric means. "
-    "grad factor: by how much the gradient is multiplied per hidden layer on its way to the input; "
+    "backward factor: by how much the back-propagated signal B·∂L/∂z is multiplied per hidden layer on its way "
+    "to the input; forward factor: by how much the pre-activations' RMS is multiplied per layer on the way to the "
+    "output; theory: the mean-field prediction of each; "
+    "grad factor: the same for the RMS kernel gradient per weight, which multiplies the two signals; "
     "first/last: first hidden layer's RMS kernel gradient per weight (‖∂L/∂W‖/√|W|) over the last one's."
 )
+
+# Per run in summary.json's "theory" section: (key, column of the run table).
+PREDICTED_FIELDS = {
+    "backward_factor": "predicted_backward_factor",
+    "forward_factor": "predicted_forward_factor",
+    "chi1": "predicted_chi1",
+    "depth_scale": "predicted_depth_scale",
+    "phase": "predicted_phase",
+    "q_star": "predicted_q_star",
+    "input_second_moment": "input_second_moment",
+}
+MEASURED_FIELDS = [
+    "backward_factor_init",
+    "forward_factor_init",
+    "grad_factor_init",
+    "underflow_layers_init",
+    "deepest_underflow_layer_init",
+    "backward_factor_final",
+    "forward_factor_final",
+    "grad_factor_final",
+    "underflow_layers_final",
+    "deepest_underflow_layer_final",
+]
 
 
 def provenance(manifest: dict) -> dict:
@@ -69,10 +95,14 @@ def summary_dict(results, report_tables, drawn: list[dict], skipped: list[dict])
             row[q] = r[q]
             row[f"{q}_lo"] = r[f"{q}_lo"]
             row[f"{q}_hi"] = r[f"{q}_hi"]
+        for c in tables.THEORY_COLUMNS:
+            row[c] = r.get(c)
+        row["flag_words"] = r.get("flag_words", [])
         row["run_ids"] = r["run_ids"]
         rows.append(row)
     budget = tables.budget(results.runs, results.manifest)
     t = report_tables
+    inputs = t.predictions.inputs if t.predictions is not None else []
     summary = {
         "report_version": REPORT_VERSION,
         "results_dir": str(results.path),
@@ -83,11 +113,44 @@ def summary_dict(results, report_tables, drawn: list[dict], skipped: list[dict])
         "pair_keys": keys,
         "shown_keys": [*text.CORE_KEYS, *tables.varying_keys(pairs)],
         "pairs": rows,
-        "findings": findings.written(pairs, t.sweep, t.fixes, t.chance),
+        "theory": theory_section(t),
+        "findings": findings.written(pairs, t.sweep, t.fixes, t.chance, inputs),
         "figures": drawn,
         "skipped_figures": skipped,
     }
     return json_safe(summary)
+
+
+def theory_section(t) -> dict:
+    """summary.json's "theory": the tolerance, how E[x²] was obtained, and per run its predictions and measurements.
+
+    Args:
+        t: the `bench.report.build.Tables` of the report.
+    """
+    keys = tables.pair_keys(t.runs)
+    runs = []
+    for r in t.runs.to_dict("records"):
+        runs.append(
+            {
+                "run_id": r["run_id"],
+                **{k: r[k] for k in keys},
+                "seed": r["seed"],
+                "status": r["status"],
+                "applicable": bool(r["theory_applicable"]),
+                "reason": r.get("theory_reason") or "",
+                "input_exact": bool(r.get("input_exact")) if r.get("input_exact") is not None else False,
+                "predicted": {k: r.get(c) for k, c in PREDICTED_FIELDS.items()},
+                "measured": {k: r.get(k) for k in MEASURED_FIELDS},
+                "flags": [str(f) for f in r["flags"]],
+                "flag_words": [f.describe() if hasattr(f, "describe") else str(f) for f in r["flags"]],
+            }
+        )
+    return {
+        "tolerance": t.theory.attrs.get("tolerance", predictions.TOLERANCE) if t.theory is not None else None,
+        "inputs": t.predictions.inputs if t.predictions is not None else [],
+        "excluded": list(t.theory.attrs.get("excluded", [])) if t.theory is not None else [],
+        "runs": runs,
+    }
 
 
 def write_json(path, summary: dict) -> None:
@@ -110,8 +173,16 @@ def _fraction_column(pairs: list[dict], name: str) -> str:
     return final if any(p.get(final) is not None for p in pairs) else f"{name}_init"
 
 
+_PREDICTED_HEADERS = {
+    "predicted_backward_factor": "backward theory",
+    "predicted_forward_factor": "forward theory",
+}
+
+
 def _quantity_column(name: str):
     """(header, row → cell text) of a per-pair quantity, as its registry entry writes it."""
+    if name in _PREDICTED_HEADERS:
+        return _PREDICTED_HEADERS[name], lambda p: text.MISSING if p.get(name) is None else f"{p[name]:.3g}"
     q = tables.PAIR_QUANTITIES[name]
     return text.header(q), lambda p: text.cell(q, p[name], p[f"{name}_lo"], p[f"{name}_hi"])
 
@@ -129,6 +200,10 @@ def pair_columns(summary: dict) -> list[tuple[str, callable]]:
     pairs = summary["pairs"]
     shown = [
         "test_accuracy",
+        "backward_factor_init",
+        "predicted_backward_factor",
+        "forward_factor_init",
+        "predicted_forward_factor",
         "grad_factor_init",
         "grad_factor_final",
         "grad_ratio_init",
@@ -231,7 +306,10 @@ figcaption { font-size: 0.92em; color: #444; max-width: 60em; }
 .flag { color: #a40000; } .muted { color: #666; } code { font-size: 0.9em; }
 """
 
-_NUMERIC_HEADERS = ("rank", "seeds", "test accuracy", "grad factor", "first/last", "dead", "saturated", "wall time")
+_NUMERIC_HEADERS = (
+    "rank", "seeds", "test accuracy", "backward", "forward", "grad factor", "first/last", "dead", "saturated",
+    "wall time",
+)
 
 
 def render_html(summary: dict, images: dict) -> str:

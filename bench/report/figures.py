@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib import patches, ticker  # noqa: E402
+from matplotlib import patches, ticker, transforms  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from bench import metrics  # noqa: E402
@@ -63,6 +63,7 @@ _RC = {
 # Line styles of the two moments that several figures compare.
 WHEN_STYLES = {"step 0": "-", "end of training": "--"}
 SPLIT_STYLES = {"test": "-", "train": "--"}
+SOURCE_STYLES = {"measured": "-", "theory": "--"}
 
 
 class MissingDataWarning(UserWarning):
@@ -210,6 +211,7 @@ def facet_lines(
     extra_height: float = 0.7,
     interval: str | None = "band",
     style: str | None = None,
+    styles: dict | None = None,
     marker_size: float = 2.5,
     line_width: float = 1.4,
 ):
@@ -226,10 +228,13 @@ def facet_lines(
         row_height: inches per row; extra_height: inches for the titles.
         interval: how the 95% interval is drawn: ``"band"``, ``"bars"``
             (error bars) or None.
-        style: a column whose values get their own line style
-            (`WHEN_STYLES`), each activation drawn once per value.
+        style: a column whose values get their own line style, each
+            activation drawn once per value.
+        styles: {value of ``style``: line style}; `WHEN_STYLES` by default.
+            A value whose style is dashed is drawn without markers.
         marker_size, line_width: of the lines.
     """
+    styles = styles or WHEN_STYLES
     rows = [r for r in rows if _selected(table, r.where).any()]
     inits = sorted(table["initializer"].unique())
     fig, axes = plt.subplots(
@@ -257,8 +262,9 @@ def facet_lines(
                     ax.errorbar(g[x], g["mean"], yerr=yerr, color=colour, marker="o", ms=marker_size, lw=line_width,
                                 capsize=2)
                 else:
-                    ls = WHEN_STYLES.get(kind, "-") if style else "-"
-                    ax.plot(g[x], g["mean"], color=colour, ls=ls, marker="o", ms=marker_size, lw=line_width)
+                    ls = styles.get(kind, "-") if style else "-"
+                    marker = None if ls == "--" and styles is not WHEN_STYLES else "o"
+                    ax.plot(g[x], g["mean"], color=colour, ls=ls, marker=marker, ms=marker_size, lw=line_width)
                     if interval == "band":
                         _band(ax, g[x], g["lo"], g["hi"], colour)
             if row.scale == "log":
@@ -279,7 +285,8 @@ def facet_lines(
     acts = sorted(table["activation"].unique())
     if style:
         handles = [_line(palette[a], a) for a in acts]
-        handles += [_line("0.3", w, s) for w, s in WHEN_STYLES.items()]
+        shown = set(table[style].unique())
+        handles += [_line("0.3", w, s) for w, s in styles.items() if w in shown]
     else:
         handles = [_line(palette[a], a, marker="o") for a in acts]
     _legend(fig, handles, "activation")
@@ -297,19 +304,137 @@ def facet_lines(
 def gradient_depth(profiles: pd.DataFrame, palette: dict):
     """Per-layer RMS gradient per weight against layer index: one line per activation.
 
-    Rows: kernel/bias × step 0/end of training (those with data); columns:
-    initializers. A line falling towards layer 0 (the input) is a vanishing
-    gradient. Log y.
+    Rows: kernel/bias × step 0/end of training (those with data), then the
+    backward and forward signals at step 0 when the table has them (its
+    ``source`` column: measured solid, mean-field theory dashed); columns:
+    initializers. A line falling towards layer 0 (the input) is a
+    vanishing gradient. Log y.
     """
     rows = [
         FacetRow({"parameter": parameter, "when": when}, f"rms ∂L/∂{symbol} per weight, {when}", scale="log")
         for parameter, symbol in (("kernel", "W"), ("bias", "b"))
         for when in WHEN_STYLES
     ]
+    rows += [
+        FacetRow({"parameter": "backward", "when": "step 0"}, "backward signal\nrms B·∂L/∂z, step 0", scale="log"),
+        FacetRow({"parameter": "forward", "when": "step 0"}, "forward signal\nrms z, step 0", scale="log"),
+    ]
+    sourced = "source" in profiles.columns
     return facet_lines(
         profiles, rows, palette, x="layer_index", xlabel="layer index (0 = input side)",
-        title="Gradient per weight by layer", row_height=2.0,
+        title="Gradient per weight by layer", row_height=2.0, style="source" if sourced else None,
+        styles=SOURCE_STYLES if sourced else None,
     )
+
+
+# --------------------------------------------------------------------------- #
+# 1b. Theory against measurement
+# --------------------------------------------------------------------------- #
+
+_INIT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def _place_labels(ax, points, texts, colours, fontsize=6.5):
+    """Labels beside their points, each moved to the first of a few offsets where it overlaps no other label."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    offsets = [(6, 0), (-6, 0), (6, 8), (6, -8), (-6, 8), (-6, -8), (6, 16), (6, -16), (-6, 16), (-6, -16),
+               (6, 24), (6, -24)]
+    # The markers themselves are taken too: a label must not cover another point.
+    placed = []
+    for px, py in points:
+        x, y = ax.transData.transform((px, py))
+        placed.append(transforms.Bbox([[x - 4, y - 4], [x + 4, y + 4]]))
+    order = sorted(range(len(points)), key=lambda i: points[i][1])
+    for i in order:
+        (px, py), label, colour = points[i], texts[i], colours[i]
+        best = None
+        for dx, dy in offsets:
+            t = ax.annotate(
+                label, (px, py), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, color=colour,
+                ha="left" if dx > 0 else "right", va="center",
+            )
+            box = t.get_window_extent(renderer).expanded(1.02, 1.15)
+            if not any(box.overlaps(other) for other in placed) and ax.bbox.contains(box.x0, box.y0) \
+                    and ax.bbox.contains(box.x1, box.y1):
+                best = (t, box)
+                break
+            t.remove()
+        if best is None:  # every offset is taken: the first one, overlapping
+            dx, dy = offsets[0]
+            t = ax.annotate(label, (px, py), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                            color=colour, ha="left", va="center")
+            best = (t, t.get_window_extent(renderer))
+        placed.append(best[1])
+
+
+@requires("label", "activation", "initializer", "signal", "predicted", "measured")
+def theory_vs_measurement(points: pd.DataFrame, palette: dict):
+    """Predicted against measured per-layer factors at step 0: backward and forward signal, log-log.
+
+    Identity line, a band of the findings' tolerance around it, one point per
+    pair (colour: activation, marker: initializer), each labelled. Pairs the
+    theory does not cover are listed under the plot.
+    """
+    signals = [s for s in ("backward", "forward") if (points["signal"] == s).any()]
+    tolerance = float(points.attrs.get("tolerance", 1.1))
+    excluded = list(points.attrs.get("excluded", []))
+    inits = sorted(points["initializer"].unique())
+    markers = {init: _INIT_MARKERS[k % len(_INIT_MARKERS)] for k, init in enumerate(inits)}
+    fig, axes = plt.subplots(
+        1, len(signals), figsize=(5.4 * len(signals) + 2.0, 5.4 + 0.16 * min(len(excluded), 8)), squeeze=False,
+        layout="constrained",
+    )
+    for ax, signal in zip(axes[0], signals):
+        d = points[points["signal"] == signal]
+        values = np.concatenate([d["predicted"].to_numpy(float), d["measured"].to_numpy(float)])
+        lo, hi = float(values.min()), float(values.max())
+        lo, hi = min(lo, 1.0) / 1.6, max(hi, 1.0) * 1.6
+        line = np.array([lo, hi])
+        ax.fill_between(line, line / tolerance, line * tolerance, color="0.85", lw=0, zorder=0)
+        ax.plot(line, line, color="0.35", lw=0.9, zorder=1)
+        ax.axhline(1.0, color="0.6", lw=0.6, ls=":")
+        ax.axvline(1.0, color="0.6", lw=0.6, ls=":")
+        for row in d.to_dict("records"):
+            ax.scatter(row["predicted"], row["measured"], color=palette.get(row["activation"], "black"),
+                       marker=markers[row["initializer"]], s=28, zorder=3, edgecolors="white", linewidths=0.5)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.set_xlabel(f"predicted {signal} factor per layer (mean-field theory)")
+        ax.set_ylabel(f"measured {signal} factor per layer, step 0")
+        ax.set_title(f"{signal} signal" + (" (towards the input)" if signal == "backward" else " (towards the output)"))
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_locator(ticker.NullLocator())
+        fig.canvas.draw()  # label sizes need a renderer with the final layout
+        several_depths = "depth" in points.columns and points["depth"].nunique() > 1
+        labels = [_short_label(r, several_depths) for r in d.to_dict("records")]
+        _place_labels(ax, list(zip(d["predicted"], d["measured"])), labels,
+                      [palette.get(a, "black") for a in d["activation"]])
+    handles = [_line(palette[a], a, style="none", marker="o") for a in sorted(points["activation"].unique())]
+    handles += [Line2D([0], [0], color="0.3", ls="none", marker=markers[i], label=i) for i in inits]
+    handles += [patches.Patch(color="0.85", label=f"within ×{tolerance:g}")]
+    _legend(fig, handles, "activation, initializer")
+    if excluded:
+        shown = excluded[:8] + ([f"... and {len(excluded) - 8} more"] if len(excluded) > 8 else [])
+        fig.text(0.01, 0.005, "Not covered by the theory: " + "; ".join(shown), fontsize=6.5, color="0.3",
+                 va="bottom", wrap=True)
+    fig.suptitle("Mean-field theory against measurement at step 0")
+    return fig
+
+
+def _short_label(row: dict, depth: bool) -> str:
+    """'gelu + glorot_uniform', with the depth when the points have several and the fix when there is one."""
+    text = f"{row['activation']} + {row['initializer']}"
+    if depth and row.get("depth") is not None:
+        text += f", depth {row['depth']}"
+    if row.get("fix") not in (None, "none"):
+        text += f", {row['fix']}"
+    return text
 
 
 # --------------------------------------------------------------------------- #
@@ -388,6 +513,11 @@ def _floor_underflow(logs, margin):
     return np.where(np.isneginf(logs), floor, logs)
 
 
+def factor_text(v) -> str:
+    """A per-layer factor in a cell: two decimals, or two significant digits below 0.1 (never '0.00' for 0.004)."""
+    return f"{v:.2f}" if v == 0 or abs(v) >= 0.095 else f"{v:.2g}"
+
+
 def _grid_style(quantity, values):
     """(cmap, norm kwargs, annotation formatter, colour values) of a grid panel, by the quantity's unit."""
     q = metrics.METRICS.get(quantity) or LAYER_QUANTITIES[quantity]
@@ -403,7 +533,7 @@ def _grid_style(quantity, values):
         with np.errstate(divide="ignore"):
             logs = _floor_underflow(np.log10(np.where(values >= 0, values, np.nan)), 0.1)
         lim = max(0.3, float(np.nanmax(np.abs(logs))) if np.isfinite(logs).any() else 0.3)
-        return "RdBu", {"vmin": -lim, "vmax": lim}, lambda v: f"{v:.2f}", logs
+        return "RdBu", {"vmin": -lim, "vmax": lim}, factor_text, logs
     return "Reds", {"vmin": 0.0, "vmax": 1.0}, lambda v: f"{v:.2f}", values
 
 
@@ -432,19 +562,37 @@ def pair_heatmaps(grid: pd.DataFrame, palette: dict):
         cmap, norm, fmt, colour = _grid_style(q, values)
         # -inf is log10 of an underflowed ratio: a value with its own label, not a blank.
         annot = np.vectorize(lambda v: fmt(v) if np.isfinite(v) or np.isneginf(v) else "", otypes=[object])(values)
+        if "predicted" in d.columns and d["predicted"].notna().any():
+            # The mean-field prediction under the measurement.
+            pred = d.pivot_table(index="activation", columns="initializer", values="predicted", aggfunc="first",
+                                 dropna=False).reindex(index=acts, columns=inits).to_numpy(dtype=float)
+            for i, j in np.ndindex(annot.shape):
+                if annot[i, j] and np.isfinite(pred[i, j]):
+                    annot[i, j] = f"{annot[i, j]}\n({factor_text(pred[i, j])})"
+        notes = None
+        if "note" in d.columns:
+            notes = d.pivot_table(index="activation", columns="initializer", values="note", aggfunc="first",
+                                  dropna=False).reindex(index=acts, columns=inits)
         sns.heatmap(
             pd.DataFrame(colour, index=acts, columns=inits),
             ax=ax,
             cmap=cmap,
             annot=annot,
             fmt="",
-            annot_kws={"fontsize": 7},
+            annot_kws={"fontsize": 6.5, "linespacing": 1.0},
             linewidths=0.5,
             linecolor="white",
             cbar_kws={"shrink": 0.8},
             **norm,
         )
-        ax.set_title(_wrap(d["label"].iloc[0], 40))
+        if notes is not None:
+            # A blank cell says why it is blank (seaborn writes nothing in a cell without a value).
+            for i, j in np.ndindex(annot.shape):
+                note = notes.iat[i, j]
+                if not annot[i, j] and isinstance(note, str) and note:
+                    ax.text(j + 0.5, i + 0.5, note, ha="center", va="center", fontsize=6.5, color="0.45",
+                            style="italic")
+        ax.set_title(_wrap(d["label"].iloc[0], 52))
         ax.grid(False)
         ax.set_facecolor("0.94")  # cells without a value (e.g. dead fraction of sigmoid)
         ax.set_xlabel("")

@@ -16,7 +16,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench.report.tables import PAIR_QUANTITIES, pair_keys, varying_keys
+from bench.report import predictions
+from bench.report.tables import PAIR_QUANTITIES, THEORY_COLUMNS, pair_keys, varying_keys
 from bench.report.text import pair_label, pct, power_of_ten
 from bench.utils import plain
 
@@ -29,11 +30,18 @@ MENTION_FRACTION = 0.01
 # Findings about single pairs beyond this many are left to the table.
 MAX_PAIR_FINDINGS = 12
 
+# Disagreements with the theory beyond this many are counted, not listed.
+MAX_THEORY_FINDINGS = 8
+
+# A run with more dead units than this at step 0 has inputs that became alike with depth.
+ALIKE_DEAD_FRACTION = 0.05
+
 # What a finding is about: the best and worst pair that finished ok, a pair
 # with diverged or failed runs, a pair flagged for its gradients or units,
-# the count of flagged pairs left to the table, a fix against its baseline,
-# a depth trend.
-KINDS = ("best", "worst", "problem", "flagged", "more", "fix", "depth")
+# the count of flagged pairs left to the table, how the measurements compare
+# with the theory overall ("theory"), a pair whose measurement and theory
+# disagree ("disagreement"), a fix against its baseline, a depth trend.
+KINDS = ("best", "worst", "problem", "flagged", "more", "theory", "disagreement", "fix", "depth")
 
 # Flags that have a finding of their own ("problem") rather than a "flagged" one.
 _RUN_FLAGS = ("diverged", "failed")
@@ -58,7 +66,12 @@ class Finding:
         fix: fix findings: the fix.
         activation, initializer, depths: depth findings: the pair and the
             (shallowest, deepest) depths compared.
-        count: "more" findings: how many flagged pairs the list leaves out.
+        count: "more" findings: how many flagged pairs the list leaves out;
+            "theory" findings: how many pairs were compared with the theory.
+        words: pair findings: the words of the pair's flags
+            (`metrics.Flag.describe`).
+        reasons: disagreement findings: what may explain it, in words.
+        notes: theory findings: how the inputs' second moments were obtained.
     """
 
     kind: str
@@ -75,6 +88,9 @@ class Finding:
     initializer: str | None = None
     depths: tuple[int, int] | None = None
     count: int = 0
+    words: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -90,6 +106,12 @@ class Finding:
         out = {"kind": self.kind, "text": text}
         if self.pair is not None:
             out |= {"pair": self.pair, "rank": self.rank, "flags": list(self.flags), "values": self.values}
+            if self.words:
+                out["flag_words"] = list(self.words)
+            if self.kind == "disagreement":
+                out["reasons"] = list(self.reasons)
+        elif self.kind == "theory":
+            out |= {"count": self.count, "values": self.values, "inputs": list(self.notes)}
         elif self.kind == "fix":
             out |= {"case": self.case, "fix": self.fix, "values": self.values}
         elif self.kind == "depth":
@@ -118,20 +140,23 @@ def _all_ok(row) -> bool:
 # --------------------------------------------------------------------------- #
 
 
-def find(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame) -> list[Finding]:
+def find(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, inputs=()) -> list[Finding]:
     """The findings of a report, in the order the summary lists them.
 
     Args:
         pairs: the ranked table of `tables.pair_table`.
         sweep: the table of `tables.depth_sweep`.
         fixes: the table of `tables.fix_effects`.
+        inputs: how the predictions' input second moments were obtained
+            (`bench.report.predictions.Predictions.inputs`).
 
     Returns:
         The best and the worst pair among those whose runs all finished ok
         (diverged and failed pairs have their own finding), every flagged
         pair (up to MAX_PAIR_FINDINGS, most severe first, and a "more"
-        finding for the rest), each fix against its baseline, and each
-        depth trend.
+        finding for the rest), how measurement and theory compare (and
+        each pair where they disagree beyond `predictions.TOLERANCE`), each
+        fix against its baseline, and each depth trend.
     """
     if pairs.empty:
         return []
@@ -139,12 +164,16 @@ def find(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame) -> list[
     rows = pairs.to_dict("records")
 
     def pair_finding(kind, row, **more):
+        values = {q: plain(row[q]) for q in PAIR_QUANTITIES}
+        values |= {c: plain(row.get(c)) for c in THEORY_COLUMNS}
+        values |= {f"deepest_underflow_layer_{w}": plain(row.get(f"deepest_underflow_layer_{w}")) for w in _WHENS}
         return Finding(
             kind,
             pair={k: plain(row[k]) for k in keys},
             rank=int(row["rank"]),
             flags=tuple(row["flags"]),
-            values={q: plain(row[q]) for q in PAIR_QUANTITIES},
+            values=values,
+            words=tuple(row.get("flag_words") or ()),
             **more,
         )
 
@@ -173,16 +202,74 @@ def find(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame) -> list[
     out += [pair_finding("flagged", r) for r in flagged[:MAX_PAIR_FINDINGS]]
     if len(flagged) > MAX_PAIR_FINDINGS:
         out.append(Finding("more", count=len(flagged) - MAX_PAIR_FINDINGS))
+    out += theory_findings(rows, pair_finding, inputs)
     out += fix_findings(fixes)
     out += depth_findings(sweep)
     return out
+
+
+_WHENS = ("init", "final")
+
+
+def theory_findings(rows: list[dict], pair_finding, inputs=()) -> list[Finding]:
+    """How the step-0 factors compare with the mean-field predictions, and each pair where they disagree.
+
+    A pair disagrees when its backward or forward factor at step 0 differs
+    from the prediction by more than `predictions.TOLERANCE` either way
+    (|log10(measured/predicted)| > log10(TOLERANCE)).
+    """
+    compared, disagree = 0, []
+    for r in rows:
+        if not r.get("theory_applicable"):
+            continue
+        devs = {
+            s: predictions.deviation(r.get(f"{s}_factor_init"), r.get(f"predicted_{s}_factor"))
+            for s in ("backward", "forward")
+        }
+        if not any(_finite(d) for d in devs.values()):
+            continue
+        compared += 1
+        if any(_finite(d) and d > math.log10(predictions.TOLERANCE) for d in devs.values()):
+            disagree.append((max(d for d in devs.values() if _finite(d)), r))
+    if not compared:
+        return []
+    notes = tuple(i["text"] for i in inputs)
+    values = {"compared": compared, "disagree": len(disagree), "tolerance": predictions.TOLERANCE}
+    out = [Finding("theory", count=compared, values=values, notes=notes)]
+    disagree.sort(key=lambda x: x[0], reverse=True)
+    exact = all(i.get("exact") for i in inputs) if inputs else False
+    for _, r in disagree[:MAX_THEORY_FINDINGS]:
+        out.append(pair_finding("disagreement", r, reasons=tuple(_disagreement_reasons(r, exact))))
+    return out
+
+
+def _disagreement_reasons(r: dict, exact_inputs: bool) -> list[str]:
+    """What may move a measurement away from the theory, from what is known about the pair."""
+    reasons = []
+    n = r.get("underflow_layers_init")
+    if _finite(n) and n > 0:
+        reasons.append(
+            f"underflow: {int(n)} hidden layer{'s' * (n != 1)} got exactly zero gradient, and the measured "
+            "factor is fitted over the others"
+        )
+    dead = r.get("dead_fraction_init")
+    if _finite(dead) and dead > ALIKE_DEAD_FRACTION:
+        reasons.append(
+            f"non-Gaussian inputs: the examples become alike with depth ({pct(dead)} of the units are dead for "
+            "the whole batch at step 0), which the theory's independent Gaussian units do not have"
+        )
+    if not exact_inputs or not r.get("input_exact", True):
+        reasons.append("E[x²] is the mean alone: the spread of the inputs' second moments across examples is ignored")
+    reasons.append(f"finite width: {r.get('width', 'this')} units per layer and one batch, against the theory's "
+                   "infinite width")
+    return reasons
 
 
 def _severity(row) -> tuple:
     """Sort key of a flagged pair: diverged or failed runs first, then the
     per-layer gradient factor farthest from 1 (0, an underflow, is farthest)."""
     logs = []
-    for q in ("grad_factor_init", "grad_factor_final"):
+    for q in ("backward_factor_init", "forward_factor_init", "grad_factor_init", "grad_factor_final"):
         f = row.get(q)
         if _finite(f):
             logs.append(math.inf if f <= 0 else abs(math.log10(f)))
@@ -255,7 +342,11 @@ def render(finding: Finding, chance: float, extra_keys=()) -> str:
     if kind in ("best", "worst"):
         return f"{kind.capitalize()}: " + _pair_sentence(finding, chance, extra_keys)
     if kind == "flagged":
-        return f"Flagged {', '.join(finding.gradient_flags)}: " + _pair_sentence(finding, chance, extra_keys)
+        return "Flagged: " + _pair_sentence(finding, chance, extra_keys)
+    if kind == "theory":
+        return _theory_sentence(finding)
+    if kind == "disagreement":
+        return _disagreement_sentence(finding, extra_keys)
     if kind == "problem":
         return _problem_sentence(finding, extra_keys)
     if kind == "more":
@@ -265,39 +356,58 @@ def render(finding: Finding, chance: float, extra_keys=()) -> str:
     return _depth_sentence(finding)
 
 
-def written(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, chance: float) -> list[dict]:
+def written(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, chance: float, inputs=()) -> list[dict]:
     """The findings as the summary lists them: `Finding.to_dict` with each one's sentence.
 
     Args:
         pairs, sweep, fixes: the tables of `find`.
         chance: the accuracy of guessing.
+        inputs: how the predictions' input second moments were obtained.
     """
     extra = varying_keys(pairs)
-    return [f.to_dict(render(f, chance, extra)) for f in find(pairs, sweep, fixes)]
+    return [f.to_dict(render(f, chance, extra)) for f in find(pairs, sweep, fixes, inputs)]
 
 
 def _first_finite(*xs):
     return next((x for x in xs if _finite(x)), np.nan)
 
 
+def _factor(x) -> str:
+    """'×0.24 per layer'; two significant digits below 0.1, so that a small factor never reads ×0.00."""
+    return f"×{x:.2f} per layer" if abs(x) >= 0.095 else f"×{x:.2g} per layer"
+
+
+def _with_theory(measured, predicted) -> str:
+    text = _factor(measured)
+    return text + (f" (theory {_factor(predicted).removesuffix(' per layer')})" if _finite(predicted) else "")
+
+
 def _pair_sentence(finding: Finding, chance: float, extra_keys) -> str:
-    """'sigmoid + glorot_uniform, depth 20: at initialization the gradient shrinks ×0.24 per layer; ...'."""
+    """'gelu + glorot_uniform, depth 20: forward signal collapses ×0.51 per layer (...); at initialization ...'."""
     v = finding.values
-    parts = []
+    parts = [w for w in finding.words if not w.startswith(("diverged", "failed"))]
+    b0, fw0 = v.get("backward_factor_init"), v.get("forward_factor_init")
     f0, r0, f1 = v.get("grad_factor_init"), v.get("grad_ratio_init"), v.get("grad_factor_final")
+    signals = []
+    if _finite(b0):
+        signals.append(f"backward signal {_with_theory(b0, v.get('predicted_backward_factor'))}")
+    if _finite(fw0):
+        signals.append(f"forward signal {_with_theory(fw0, v.get('predicted_forward_factor'))}")
     if _finite(f0):
-        if f"{f0:.2f}" == "1.00":
-            parts.append(f"at initialization the gradient keeps its size (×{f0:.2f} per layer)")
-        else:
-            verb = "shrinks" if f0 < 1 else "grows"
-            parts.append(f"at initialization the gradient {verb} ×{f0:.2f} per layer")
+        signals.append(f"kernel gradient {_factor(f0)}")
+    if signals:
+        parts.append("at initialization: " + ", ".join(signals))
+    n, deepest = v.get("underflow_layers_init"), v.get("deepest_underflow_layer_init")
+    if _finite(n) and n > 0 and not any(w.startswith("underflow") for w in parts):
+        where = f" below layer {int(deepest) + 1}" if _finite(deepest) else ""
+        parts.append(f"underflow{where}, factors fitted over the measured layers")
     if _finite(r0):
         share = f"{power_of_ten(r0)} of" if r0 < 1 else f"{power_of_ten(r0)}×"
         parts.append(f"the first hidden layer receives {share} the last hidden layer's gradient")
     if _finite(f1):
-        parts.append(f"after training ×{f1:.2f} per layer")
+        parts.append(f"after training the kernel gradient {_factor(f1)}")
     dead = _first_finite(v.get("dead_fraction_final"), v.get("dead_fraction_init"))
-    if _finite(dead) and dead >= MENTION_FRACTION:
+    if _finite(dead) and dead >= MENTION_FRACTION and not any(w.startswith("dead units") for w in parts):
         parts.append(f"{pct(dead)} of units dead")
     sat = _first_finite(v.get("saturated_fraction_final"), v.get("saturated_fraction_init"))
     if _finite(sat) and sat >= MENTION_FRACTION:
@@ -308,6 +418,35 @@ def _pair_sentence(finding: Finding, chance: float, extra_keys) -> str:
         parts.append(f"test accuracy {pct(acc)}{note}")
     body = "; ".join(parts) if parts else "nothing was measured"
     return f"{pair_label(finding.pair, extra_keys)}: {body}."
+
+
+def _theory_sentence(finding: Finding) -> str:
+    """'Mean-field theory: 10 of 12 pairs within ×1.1 of the predicted factors at step 0; ...'."""
+    v = finding.values
+    agree = v["compared"] - v["disagree"]
+    text = (
+        f"Mean-field theory: {agree} of {v['compared']} pairs have backward and forward factors at step 0 within "
+        f"×{v['tolerance']:g} of the prediction (|log10(measured/predicted)| ≤ log10({v['tolerance']:g}))"
+    )
+    if finding.notes:
+        text += "; theory inputs: " + "; ".join(finding.notes)
+    return text + "."
+
+
+def _disagreement_sentence(finding: Finding, extra_keys) -> str:
+    """'relu + he_normal, depth 20 departs from the theory: backward signal ×0.90 per layer, theory ×1.00; ...'."""
+    v = finding.values
+    parts = []
+    for signal in ("backward", "forward"):
+        m, p = v.get(f"{signal}_factor_init"), v.get(f"predicted_{signal}_factor")
+        d = predictions.deviation(m, p)
+        if _finite(d):
+            mark = "" if d <= math.log10(predictions.TOLERANCE) else f" (off by ×{10 ** d:.2f})"
+            parts.append(f"{signal} signal {_factor(m)}, theory {_factor(p).removesuffix(' per layer')}{mark}")
+    text = f"{pair_label(finding.pair, extra_keys)} departs from the theory at step 0: " + "; ".join(parts)
+    if finding.reasons:
+        text += ". Possible reasons: " + "; ".join(finding.reasons)
+    return text + "."
 
 
 def _problem_sentence(finding: Finding, extra_keys) -> str:

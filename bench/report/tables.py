@@ -28,6 +28,7 @@ from scipy import stats as _scipy_stats
 from bench import metrics
 from bench.config import benchmark_fields
 from bench.quantities import LAYER_QUANTITIES, Quantity
+from bench.report import predictions
 from bench.report.text import CORE_KEYS, describe_slice, pair_label, status_text
 from bench.results import STATUSES
 from bench.utils import plain
@@ -46,6 +47,10 @@ def _metrics(*names) -> dict[str, Quantity]:
 # Per-pair quantities of the ranked table, in table order.
 PAIR_QUANTITIES = _metrics(
     "test_accuracy",
+    "backward_factor_init",
+    "backward_factor_final",
+    "forward_factor_init",
+    "forward_factor_final",
     "grad_factor_init",
     "grad_factor_final",
     "grad_ratio_init",
@@ -54,17 +59,30 @@ PAIR_QUANTITIES = _metrics(
     "dead_fraction_final",
     "saturated_fraction_init",
     "saturated_fraction_final",
+    "underflow_layers_init",
+    "underflow_layers_final",
     "wall_time_s",
 )
+
+# Per-run columns of `bench.report.predictions` that a pair takes from its first seed (they do not depend on it).
+THEORY_COLUMNS = [c for c in predictions.RUN_COLUMNS if c != "run_id"]
 
 # The activation × initializer grid: each quantity and whether the grid holds its log10.
 # Dead and saturated fractions stand for their ``_final`` or ``_init`` metric (see `pair_grid`).
 GRID_QUANTITIES = {
     "test_accuracy": False,
-    "grad_ratio_init": True,
+    "backward_factor_init": False,
+    "forward_factor_init": False,
     "grad_factor_init": False,
+    "grad_ratio_init": True,
     "dead_fraction": False,
     "saturated_fraction": False,
+}
+
+# Grid quantities with a mean-field prediction beside them: the column of `pair_table` holding it.
+GRID_PREDICTIONS = {
+    "backward_factor_init": "predicted_backward_factor",
+    "forward_factor_init": "predicted_forward_factor",
 }
 
 # Per-layer activation statistics of `activation_profiles`.
@@ -181,10 +199,23 @@ def _mode_group(df: pd.DataFrame, keys: list[str]) -> dict:
 # --------------------------------------------------------------------------- #
 
 
-def run_table(runs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
-    """`metrics.run_metrics` plus each run's flags (a list of `metrics.flags`)."""
+def run_table(runs: pd.DataFrame, layers: pd.DataFrame, predicted: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`metrics.run_metrics` plus each run's flags (a list of `metrics.flags`) and its prediction.
+
+    Args:
+        runs, layers: the stored tables.
+        predicted: `bench.report.predictions.Predictions.runs`; without it
+            the THEORY_COLUMNS say that no prediction was made.
+    """
     m = metrics.run_metrics(runs, layers)
     m["flags"] = [metrics.flags(row) for row in m.to_dict("records")]
+    if predicted is None:
+        predicted = pd.DataFrame({"run_id": m["run_id"], "theory_applicable": False, "theory_reason": "not predicted"})
+    m = m.merge(predicted, on="run_id", how="left")
+    for c in THEORY_COLUMNS:
+        if c not in m.columns:
+            m[c] = np.nan
+    m["theory_applicable"] = m["theory_applicable"].fillna(False).astype(bool)
     return m
 
 
@@ -226,6 +257,16 @@ def pair_table(runs_m: pd.DataFrame) -> pd.DataFrame:
         out[name] = s["mean"].to_numpy()
         out[f"{name}_lo"] = s["lo"].to_numpy()
         out[f"{name}_hi"] = s["hi"].to_numpy()
+    for which in ("init", "final"):
+        name = f"deepest_underflow_layer_{which}"
+        column = runs_m[name] if name in runs_m.columns else pd.Series(np.nan, index=runs_m.index)
+        out[name] = column.groupby([runs_m[k] for k in keys], dropna=False, sort=True).max().to_numpy()
+    for c in THEORY_COLUMNS:
+        if c in runs_m.columns:
+            out[c] = base[c].first().to_numpy() if runs_m[c].notna().any() else np.nan
+    if "theory_applicable" in out.columns:
+        out["theory_applicable"] = out["theory_applicable"].fillna(False).astype(bool)
+    out["flag_words"] = [_flag_words(row) for row in out.to_dict("records")]
     closeness = np.abs(np.log10(out["grad_factor_init"].where(out["grad_factor_init"] > 0)))
     out["_acc"] = out["test_accuracy"].fillna(-1.0)
     out["_close"] = closeness.fillna(np.inf)
@@ -240,6 +281,26 @@ def _status_counts(s: pd.Series) -> dict:
     counts = s.value_counts()
     order = [k for k in STATUSES if k in counts.index] + sorted(str(k) for k in counts.index if k not in STATUSES)
     return {k: int(counts[k]) for k in order}
+
+
+def _flag_words(pair: dict) -> list[str]:
+    """The words of a pair's flags (`metrics.Flag.describe`), from the pair's mean numbers where they raise the
+    same flag, else from the seed that raised it."""
+    row = dict(pair)
+    row["status"] = "ok"
+    of_pair = {str(f): f for f in metrics.flags(row)}
+    words = []
+    for flag in pair["flags"]:
+        f = of_pair.get(str(flag), flag)
+        if not isinstance(f, metrics.Flag):
+            words.append(str(f))
+            continue
+        words.append(f"{_FLAG_WHEN[f.when]}, {f.describe()}" if f.when in _FLAG_WHEN else f.describe())
+    return words
+
+
+# The moment of a timed flag, before its words.
+_FLAG_WHEN = {"init": "at step 0", "final": "at the end of training"}
 
 
 def _union_flags(s: pd.Series) -> list[str]:
@@ -275,19 +336,33 @@ def main_slice(table: pd.DataFrame, free=("activation", "initializer")) -> tuple
 # --------------------------------------------------------------------------- #
 
 
-def gradient_profiles(runs_m: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
-    """Per-layer RMS gradient per weight at step 0 and at the end, averaged over seeds.
+def gradient_profiles(
+    runs_m: pd.DataFrame, layers: pd.DataFrame, predicted_layers: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Per-layer gradient and signals at step 0 and at the end, measured and predicted, averaged over seeds.
 
     Uses `metrics.gradient_profile` (``‖∂L/∂W‖/√|W|``) for both the kernel
     and the bias of the hidden layers of ``runs_m``. A gradient that
     underflowed to exactly 0 in some seed makes that layer's geometric
-    mean 0.
+    mean 0. At step 0 it adds the backward signal (``backward_rms``) and
+    the forward one (``preact_rms``), each with its mean-field prediction
+    (``source`` 'theory'): the predicted backward RMS, which the theory
+    gives relative to the gradient with respect to the logits, is
+    multiplied by the run's measured RMS of that gradient (the output
+    layer's ``backward_rms``), so both lines are in the same units.
+
+    Args:
+        runs_m: the runs of the slice.
+        layers: the stored layers table.
+        predicted_layers: `bench.report.predictions.Predictions.layers`.
 
     Returns:
-        DataFrame ``activation, initializer, parameter ('kernel'/'bias'),
-        when ('step 0'/'end of training'), layer_index, n, mean, lo, hi``.
+        DataFrame ``activation, initializer, parameter ('kernel'/'bias'/
+        'backward'/'forward'), when ('step 0'/'end of training'), source
+        ('measured'/'theory'), layer_index, n, mean, lo, hi``.
     """
-    h = metrics.hidden(layers[layers["run_id"].isin(runs_m["run_id"])])
+    sel = layers[layers["run_id"].isin(runs_m["run_id"])]
+    h = metrics.hidden(sel)
     frames = []
     for column, parameter in (("kernel_grad_norm", "kernel"), ("bias_grad_norm", "bias")):
         for which, when in (("init", "step 0"), ("final", "end of training")):
@@ -298,11 +373,33 @@ def gradient_profiles(runs_m: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFram
                 continue
             p = p.assign(parameter=parameter, when=when)
             frames.append(p)
-    columns = ["activation", "initializer", "parameter", "when", "layer_index", "n", "mean", "lo", "hi"]
+    init = sel[sel["step"] == 0]
+    logits = init.loc[init["layer_name"] == "output"].set_index("run_id")
+    for column, parameter, predicted in (
+        ("backward_rms", "backward", "predicted_backward_rms"),
+        ("preact_rms", "forward", "predicted_preact_rms"),
+    ):
+        if column not in init.columns:
+            continue
+        m = metrics.hidden(init)[["run_id", "layer_index", column]].rename(columns={column: "value"})
+        m = m[np.isfinite(m["value"].astype("float64"))]
+        frames.append(m.assign(parameter=parameter, when="step 0", source="measured"))
+        if predicted_layers is None or predicted_layers.empty:
+            continue
+        t = predicted_layers[predicted_layers["run_id"].isin(m["run_id"].unique())]
+        value = t[predicted].astype("float64")
+        if parameter == "backward":
+            value = value * t["run_id"].map(logits[column]).astype("float64")
+        t = t[["run_id", "layer_index"]].assign(value=value.to_numpy())
+        frames.append(t[np.isfinite(t["value"])].assign(parameter=parameter, when="step 0", source="theory"))
+    columns = ["activation", "initializer", "parameter", "when", "source", "layer_index", "n", "mean", "lo", "hi"]
     if not frames:
         return with_note(pd.DataFrame(columns=columns), "no finite gradient norms were recorded")
-    p = pd.concat(frames, ignore_index=True).merge(runs_m[["run_id", "activation", "initializer"]], on="run_id")
-    out = summarize(p, ["activation", "initializer", "parameter", "when", "layer_index"], "value", log=True)
+    p = pd.concat(frames, ignore_index=True)
+    p["source"] = p["source"].fillna("measured") if "source" in p.columns else "measured"
+    p = p.merge(runs_m[["run_id", "activation", "initializer"]], on="run_id")
+    by = ["activation", "initializer", "parameter", "when", "source", "layer_index"]
+    out = summarize(p, by, "value", log=True)
     return out[columns]
 
 
@@ -368,11 +465,14 @@ def pair_grid(pairs: pd.DataFrame, main: dict | None = None) -> pd.DataFrame:
             others; by default the most common setting of ``pairs``.
 
     Returns:
-        DataFrame ``activation, initializer, quantity, label, value``; for
-        the ratio, ``value`` is log10 of the geometric mean, ``-inf`` where
-        the ratio is exactly 0 (the first layer's gradient underflowed).
+        DataFrame ``activation, initializer, quantity, label, value,
+        predicted, note``; for the ratio, ``value`` is log10 of the
+        geometric mean, ``-inf`` where the ratio is exactly 0 (the first
+        layer's gradient underflowed). ``predicted`` is the mean-field
+        prediction of the quantities of GRID_PREDICTIONS (NaN elsewhere);
+        ``note`` says in a word or two why a value is missing.
     """
-    columns = ["activation", "initializer", "quantity", "label", "value"]
+    columns = ["activation", "initializer", "quantity", "label", "value", "predicted", "note"]
     if main is None:
         sliced, chosen = main_slice(pairs)
     else:
@@ -393,6 +493,11 @@ def pair_grid(pairs: pd.DataFrame, main: dict | None = None) -> pd.DataFrame:
             # log10(0) = -inf is kept: it is the most vanishing pair, not a missing one.
             with np.errstate(divide="ignore"):
                 v = np.log10(v.where(v >= 0))
+        predicted = GRID_PREDICTIONS.get(quantity)
+        if predicted in sliced.columns:
+            pv = pd.to_numeric(sliced[predicted], errors="coerce").astype("float64").to_numpy()
+        else:
+            pv = np.full(len(sliced), np.nan)
         frames.append(
             pd.DataFrame(
                 {
@@ -401,11 +506,78 @@ def pair_grid(pairs: pd.DataFrame, main: dict | None = None) -> pd.DataFrame:
                     "quantity": quantity,
                     "label": label,
                     "value": v.to_numpy(),
+                    "predicted": pv,
+                    "note": [_missing_note(r, column) for r in sliced.to_dict("records")],
                 }
             )
         )
     out = pd.concat(frames, ignore_index=True)
     out.attrs["slice"] = describe_slice(chosen, varying_keys(pairs))
+    return out
+
+
+def _missing_note(pair: dict, column: str) -> str:
+    """Why a pair has no value of ``column``, in a word or two for a heatmap cell ("" when it has one)."""
+    v = pair.get(column)
+    if v is not None and not (isinstance(v, float) and np.isnan(v)):
+        return ""
+    statuses = pair.get("statuses") or {}
+    if statuses and "ok" not in statuses:
+        return "failed" if "failed" in statuses else "diverged"
+    if column.endswith("_final") and pair.get("max_steps") == 0:
+        return "no training"
+    if column.startswith("saturated_fraction"):
+        return "n/a"
+    if column.startswith(("backward_factor", "forward_factor", "grad_factor")):
+        n_under = pair.get(f"underflow_layers_{column.rsplit('_', 1)[-1]}")
+        if n_under is not None and n_under > 0:
+            return "underflow"
+    return "not measured"
+
+
+def theory_points(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Predicted against measured per-layer factors at step 0, one point per pair and signal.
+
+    Args:
+        pairs: the ranked table of `pair_table` (with the prediction columns).
+
+    Returns:
+        DataFrame ``label, activation, initializer, depth, fix, signal
+        ('backward'/'forward'), predicted, measured, lo, hi, deviation``
+        (|log10(measured/predicted)|). Pairs the theory does not cover are
+        listed as ``"label: reason"`` in ``attrs["excluded"]``; the
+        tolerance is in ``attrs["tolerance"]``.
+    """
+    columns = ["label", "activation", "initializer", "depth", "fix", "signal", "predicted", "measured", "lo", "hi",
+               "deviation"]
+    if "theory_applicable" not in pairs.columns:
+        return with_note(pd.DataFrame(columns=columns), "no predictions were made")
+    extra = varying_keys(pairs)
+    rows, excluded = [], []
+    for r in pairs.to_dict("records"):
+        label = pair_label(r, extra)
+        if not r["theory_applicable"]:
+            excluded.append(f"{label}: {r.get('theory_reason') or 'not applicable'}")
+            continue
+        for signal in ("backward", "forward"):
+            measured, predicted = r.get(f"{signal}_factor_init"), r.get(f"predicted_{signal}_factor")
+            d = predictions.deviation(measured, predicted)
+            if np.isfinite(d):
+                rows.append(
+                    {
+                        "label": label, "activation": r["activation"], "initializer": r["initializer"],
+                        "depth": r.get("depth"), "fix": r.get("fix"), "signal": signal,
+                        "predicted": float(predicted), "measured": float(measured),
+                        "lo": r.get(f"{signal}_factor_init_lo"), "hi": r.get(f"{signal}_factor_init_hi"),
+                        "deviation": d,
+                    }
+                )
+    out = pd.DataFrame(rows, columns=columns)
+    out.attrs["excluded"] = excluded
+    out.attrs["tolerance"] = predictions.TOLERANCE
+    if out.empty:
+        why = "no pair has both a prediction and a measured factor at step 0"
+        out.attrs["note"] = why + (f" ({'; '.join(excluded[:3])})" if excluded else "")
     return out
 
 

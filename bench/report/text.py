@@ -23,6 +23,8 @@ WHEN = {"init": "step 0", "final": "end"}
 # Short headers of the ranked table, by metric stem (the registry's labels are
 # written for sentences: "per-layer gradient factor at step 0").
 SHORT_LABELS = {
+    "backward_factor": "backward factor",
+    "forward_factor": "forward factor",
     "grad_factor": "grad factor",
     "grad_ratio": "first/last",
     "dead_fraction": "dead",

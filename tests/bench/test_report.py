@@ -37,6 +37,7 @@ ALL_FIGURES = {
     "activation_stats",
     "fixes",
     "activation_functions",
+    "theory_vs_measurement",
 }
 
 MAIN_DEPTH = 6
@@ -79,8 +80,9 @@ def report_results(tmp_path_factory) -> Path:
     configs += [
         RunConfig(depth=MAIN_DEPTH, activation="relu", initializer="he_normal", **common),
         RunConfig(depth=MAIN_DEPTH, activation="sigmoid", initializer="glorot_uniform", fix="batchnorm", **common),
-        # A learning rate this large overflows within a few steps: a diverged run.
-        RunConfig(depth=MAIN_DEPTH, activation="relu", initializer="he_normal", **{**common, "learning_rate": 1e6}),
+        # Large weights and the largest learning rate allowed overflow within a few steps: a diverged run.
+        RunConfig(depth=MAIN_DEPTH, activation="relu", initializer="random_normal(stddev=3.0)",
+                  **{**common, "learning_rate": 10.0}),
     ]
     out = root / "results"
     run_suite(configs, out, data_path=data, jobs=1, suite="report-test", progress=False)
@@ -482,8 +484,10 @@ def test_summary_json_keeps_its_order_and_unicode_and_the_notes_name_the_measure
 @pytest.fixture(scope="module")
 def report_pairs(report_tables):
     """(results, run table with flags, pair table) of the test results."""
+    from bench.report import predictions
+
     r, _ = report_tables
-    runs_m = tables.run_table(r.runs, r.layers)
+    runs_m = tables.run_table(r.runs, r.layers, predictions.predict_runs(r.runs, r.manifest).runs)
     return r, runs_m, tables.pair_table(runs_m)
 
 
@@ -681,3 +685,198 @@ def test_facet_lines_draw_a_panel_per_row_with_data_and_initializer():
         assert axes[0].get_ylabel() == "rms ∂L/∂W per weight, step 0"
     finally:
         figures.plt.close(fig)
+
+
+# --------------------------------------------------------------------------- #
+# Theory beside the measurements
+# --------------------------------------------------------------------------- #
+
+
+def _probe_moments(report_results: Path, batch_size: int) -> np.ndarray:
+    """Per-example E[x²] of the batch measured at step 0, rebuilt from the npz with plain numpy (float32 inputs)."""
+    with np.load(report_results.parent / "tiny.npz") as f:
+        x = (f["x_train"].astype(np.float32) / np.float32(255)).astype(np.float64)
+    x = x.reshape(len(x), -1)[:batch_size]
+    return (x**2).mean(axis=1)
+
+
+def test_summary_carries_predictions_and_measurements_per_run(report_summary, report_results, report_tables):
+    from bench import theory
+    from bench.config import RunConfig
+
+    _, runs_m = report_tables
+    section = report_summary["theory"]
+    assert section["tolerance"] == 1.1
+    assert len(section["inputs"]) == 1 and section["inputs"][0]["exact"]
+    by_run = {r["run_id"]: r for r in section["runs"]}
+    assert set(by_run) == set(runs_m["run_id"])
+    moments = _probe_moments(report_results, 32)
+    for row in runs_m.to_dict("records"):
+        entry = by_run[row["run_id"]]
+        for key in ("backward_factor_init", "forward_factor_init", "grad_factor_init", "underflow_layers_init"):
+            assert _close(entry["measured"][key], row[key]), key
+        config = RunConfig.from_dict({k: row[k] for k in RunConfig.__dataclass_fields__})
+        if config.fix == "batchnorm":
+            assert not entry["applicable"] and "batch normalization" in entry["reason"]
+            assert entry["predicted"]["backward_factor"] is None
+            continue
+        assert entry["applicable"] and entry["input_exact"]
+        want = theory.predict_config(config, moments, input_dim=64)
+        assert entry["predicted"]["backward_factor"] == pytest.approx(want.factor, rel=1e-9)
+        assert entry["predicted"]["forward_factor"] == pytest.approx(want.forward_factor, rel=1e-9)
+        assert entry["predicted"]["chi1"] == pytest.approx(want.chi1, rel=1e-9)
+        assert entry["predicted"]["phase"] == want.phase
+        assert entry["predicted"]["input_second_moment"] == pytest.approx(moments.mean())
+    # Pairs carry their prediction too (the first seed's: it does not depend on the seed).
+    for p in report_summary["pairs"]:
+        first = by_run[p["run_ids"][0]]["predicted"]["backward_factor"]
+        assert p["predicted_backward_factor"] == (None if first is None else pytest.approx(first))
+
+
+def test_theory_figure_plots_every_covered_pair_against_its_prediction(report_pairs):
+    _, _, pairs = report_pairs
+    points = tables.theory_points(pairs)
+    covered = pairs[pairs["theory_applicable"]]
+    assert len(covered) == len(pairs) - 1  # the batchnorm pair is left out, with its reason
+    assert len(points.attrs["excluded"]) == 1 and "batch normalization" in points.attrs["excluded"][0]
+    back = points[points["signal"] == "backward"].set_index("label")
+    for r in covered.to_dict("records"):
+        row = back.loc[text.pair_label(r, tables.varying_keys(pairs))]
+        assert (row["measured"], row["predicted"]) == (r["backward_factor_init"], r["predicted_backward_factor"])
+        want = abs(np.log10(r["backward_factor_init"] / r["predicted_backward_factor"]))
+        assert row["deviation"] == pytest.approx(want)
+    fig = figures.theory_vs_measurement(points, figures.category_palette(pairs["activation"]))
+    try:
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        assert [ax.get_xscale() for ax in axes] == ["log", "log"]
+        for ax, signal in zip(axes, ("backward", "forward")):
+            identity = ax.lines[0]
+            assert list(identity.get_xdata()) == list(identity.get_ydata())
+            d = points[points["signal"] == signal]
+            from matplotlib.collections import PathCollection
+
+            offsets = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+            assert sorted(map(tuple, offsets)) == sorted(zip(d["predicted"], d["measured"]))
+            labels = {t.get_text() for t in ax.texts}
+            assert {f"{a} + {i}" for a, i in zip(d["activation"], d["initializer"])} <= {
+                lbl.split(",")[0] for lbl in labels
+            }
+        assert any("batch normalization" in t.get_text() for t in fig.texts)
+    finally:
+        figures.plt.close(fig)
+
+
+def test_gradient_figure_draws_the_prediction_dashed_beside_the_measured_signal(report_tables):
+    results, _ = report_tables
+    runs_m = tables.run_table(results.runs, results.layers)
+    main_runs, _ = tables.main_slice(runs_m)
+    from bench.report import predictions
+
+    predicted = predictions.predict_runs(results.runs, results.manifest)
+    profiles = tables.gradient_profiles(main_runs, results.layers, predicted.layers)
+    back = profiles[(profiles["parameter"] == "backward")]
+    assert set(back["source"]) == {"measured", "theory"}
+    # The prediction is relative to the logits' gradient: times the measured RMS there, for one seed's run.
+    run = main_runs[(main_runs["activation"] == "relu") & (main_runs["initializer"] == "he_normal")]
+    assert len(run) == 1
+    layers = results.layers[(results.layers["run_id"] == run["run_id"].iloc[0]) & (results.layers["step"] == 0)]
+    logits = float(layers.loc[layers["layer_name"] == "output", "backward_rms"].iloc[0])
+    rel = predicted.layers[predicted.layers["run_id"] == run["run_id"].iloc[0]].set_index("layer_index")
+    got = back[(back["activation"] == "relu") & (back["initializer"] == "he_normal") & (back["source"] == "theory")]
+    got = got.set_index("layer_index")["mean"]
+    assert got.to_numpy() == pytest.approx((rel["predicted_backward_rms"] * logits).to_numpy(), rel=1e-9)
+    fig = figures.gradient_depth(profiles, figures.category_palette(runs_m["activation"]))
+    try:
+        rows = {ax.get_ylabel(): ax for ax in fig.axes if ax.get_ylabel()}
+        signal = rows["backward signal\nrms B·∂L/∂z, step 0"]
+        styles = {line.get_linestyle() for line in signal.lines}
+        assert styles == {"-", "--"}
+    finally:
+        figures.plt.close(fig)
+
+
+def test_heatmaps_show_backward_and_forward_factors_with_predictions_and_say_why_a_cell_is_blank(report_pairs):
+    _, runs_m, pairs = report_pairs
+    _, main = tables.main_slice(runs_m)
+    grid = tables.pair_grid(pairs, main)
+    assert {"backward_factor_init", "forward_factor_init", "grad_factor_init"} <= set(grid["quantity"])
+    back = grid[grid["quantity"] == "backward_factor_init"].set_index(["activation", "initializer"])
+    row = pairs[(pairs["activation"] == "sigmoid") & (pairs["depth"] == MAIN_DEPTH) & (pairs["fix"] == "none")]
+    assert back.loc[("sigmoid", "glorot_uniform"), "predicted"] == row["predicted_backward_factor"].iloc[0]
+    # Saturation does not apply to ReLU: its cell says so instead of staying blank.
+    sat = grid[grid["quantity"] == "saturated_fraction"].set_index(["activation", "initializer"])
+    if not np.isfinite(sat.loc[("relu", "glorot_uniform"), "value"]):
+        assert sat.loc[("relu", "glorot_uniform"), "note"] == "n/a"
+    fig = figures.pair_heatmaps(grid, figures.category_palette(pairs["activation"]))
+    try:
+        titles = [ax.get_title() for ax in fig.axes]
+        texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    finally:
+        figures.plt.close(fig)
+    assert any("backward" in t for t in titles) and any("forward" in t for t in titles)
+    b, p = row["backward_factor_init"].iloc[0], row["predicted_backward_factor"].iloc[0]
+    assert f"{figures.factor_text(b)}\n({figures.factor_text(p)})" in texts
+
+
+def _underflowed(report_pairs, factor=0.004, zeros=2):
+    """The test results with the main sigmoid runs' step-0 signals replaced: ×factor per layer, `zeros` layers at 0."""
+    r, runs_m, _ = report_pairs
+    run = runs_m[(runs_m["activation"] == "sigmoid") & (runs_m["depth"] == MAIN_DEPTH) & (runs_m["fix"] == "none")]
+    run_id = run["run_id"].iloc[0]
+    layers = r.layers.copy()
+    rows = layers["run_id"].isin(run["run_id"]) & (layers["step"] == 0) & (layers["layer_name"] != "output")
+    index = layers.loc[rows, "layer_index"].astype(float)
+    profile = np.where(index < zeros, 0.0, factor ** (MAIN_DEPTH - 1 - index))
+    for column in ("kernel_grad_norm", "backward_rms"):
+        layers.loc[rows, column] = profile
+    return r, layers, run_id
+
+
+def test_findings_never_say_zero_per_layer_when_layers_underflowed(report_pairs):
+    r, layers, run_id = _underflowed(report_pairs)
+    runs_m = tables.run_table(r.runs, layers)
+    row = runs_m.set_index("run_id").loc[run_id]
+    # The factor is fitted over the measured layers: 0.004, not a zero.
+    assert row["backward_factor_init"] == pytest.approx(0.004)
+    assert row["underflow_layers_init"] == 2
+    pairs = tables.pair_table(runs_m)
+    found = findings.written(pairs, tables.depth_sweep(runs_m), tables.fix_effects(runs_m), chance=0.1)
+    for f in found:
+        assert "×0.00 per layer" not in f["text"]
+        assert "×0.00 per layer" not in " ".join(f.get("flag_words", []))
+    sigmoid = next(f for f in found if f.get("pair", {}).get("activation") == "sigmoid" and f["pair"]["depth"] ==
+                   MAIN_DEPTH and f["pair"]["fix"] == "none" and f["kind"] in ("worst", "flagged"))
+    assert "underflow below layer 2" in sigmoid["text"]
+    assert "backward signal vanishes ×0.004 per layer" in sigmoid["text"]
+    for words in pairs["flag_words"]:
+        assert not any("×0.00 per layer" in w for w in words)
+
+
+def test_disagreements_with_the_theory_are_named_with_the_tolerance_and_reasons(report_pairs):
+    _, _, pairs = report_pairs
+    edited = pairs.copy()
+    covered = edited[edited["theory_applicable"] & edited["backward_factor_init"].notna()].index
+    off, near = covered[0], covered[1]
+    # One pair 1.5× off its prediction, one exactly on it; the rest wherever the measurement put them.
+    edited.loc[off, "predicted_backward_factor"] = edited.loc[off, "backward_factor_init"] * 1.5
+    edited.loc[near, "predicted_backward_factor"] = edited.loc[near, "backward_factor_init"]
+    edited.loc[near, "predicted_forward_factor"] = edited.loc[near, "forward_factor_init"]
+    found = findings.written(edited, pd.DataFrame(), pd.DataFrame(), chance=0.1)
+    expected = set()
+    for i in covered:
+        row = edited.loc[i]
+        devs = [
+            abs(np.log10(row[f"{s}_factor_init"] / row[f"predicted_{s}_factor"]))
+            for s in ("backward", "forward")
+            if np.isfinite(row[f"{s}_factor_init"]) and np.isfinite(row[f"predicted_{s}_factor"])
+        ]
+        if max(devs) > np.log10(1.1):
+            expected.add(_pair_key(row))
+    got = {_pair_key(f["pair"]) for f in found if f["kind"] == "disagreement"}
+    assert got == expected and _pair_key(edited.loc[off]) in got and _pair_key(edited.loc[near]) not in got
+    summary = next(f for f in found if f["kind"] == "theory")
+    assert summary["values"] == {"compared": len(covered), "disagree": len(expected), "tolerance": 1.1}
+    assert "log10(1.1)" in summary["text"]
+    one = next(f for f in found if f["kind"] == "disagreement" and _pair_key(f["pair"]) == _pair_key(edited.loc[off]))
+    assert "off by ×1.50" in one["text"] and "Possible reasons" in one["text"]
+    assert any(r.startswith("finite width: 8 units") for r in one["reasons"])

@@ -378,3 +378,25 @@ assert not loaded, loaded
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_per_example_moments_combine_as_the_rms_over_a_batch():
+    # Each example runs its own recursions; the batch's RMS averages their second moments.
+    moments = [0.3, 1.7]
+    one = [theory.predict("gelu", "he_normal", depth=6, width=64, input_second_moment=m) for m in moments]
+    both = theory.predict("gelu", "he_normal", depth=6, width=64, input_second_moment=moments)
+    for i, layer in enumerate(both.layers):
+        assert layer.q == pytest.approx(np.mean([p.layers[i].q for p in one]), rel=1e-12)
+        want = math.sqrt(np.mean([p.layers[i].backward_rms ** 2 for p in one]))
+        assert layer.backward_rms == pytest.approx(want, rel=1e-9)
+    assert both.input_second_moment == pytest.approx(1.0)
+    # The spread matters for gelu, whose χ depends on q: not the prediction at the mean.
+    at_mean = theory.predict("gelu", "he_normal", depth=6, width=64, input_second_moment=1.0)
+    assert abs(both.factor - at_mean.factor) > 1e-3
+    # One value in a list is the scalar prediction.
+    assert theory.predict("gelu", "he_normal", depth=6, width=64, input_second_moment=[1.0]).factor == at_mean.factor
+    x = np.array([[1.0, -1.0, 2.0], [0.0, 0.0, 3.0]])
+    assert list(theory.example_second_moments(x)) == [2.0, 3.0]
+    for bad in ([], [1.0, -0.5], [float("nan")]):
+        with pytest.raises(ValueError, match="input_second_moment"):
+            theory.predict("relu", "he_normal", depth=3, width=8, input_second_moment=bad)

@@ -1,0 +1,49 @@
+"""Mean-field theory against the measured backward signal at initialization on real MNIST."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import data as data_mod
+from bench import metrics, theory
+from bench.config import RunConfig
+from bench.train import train_run
+
+pytestmark = pytest.mark.mnist
+
+PAIRS = [
+    ("sigmoid", "glorot_uniform"),
+    ("relu", "glorot_uniform"),
+    ("relu", "he_normal"),
+    ("gelu", "he_normal"),
+    ("gelu", "glorot_uniform"),
+    ("selu", "lecun_normal"),
+    ("tanh", "glorot_uniform"),
+]
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_path):
+    return data_mod.load_dataset("mnist", mnist_path)
+
+
+@pytest.mark.parametrize(("activation", "initializer"), PAIRS)
+def test_measured_backward_factor_at_init_is_the_predicted_one(mnist, activation, initializer):
+    # Depth 20, width 256, batch 256, standardized inputs, one seed, no update.
+    config = RunConfig(
+        depth=20, width=256, activation=activation, initializer=initializer, batch_size=256, max_steps=0,
+        preprocessing="standardize", train_samples=2048, test_samples=256,
+    )
+    record = train_run(config, data=mnist)
+    assert record.result["status"] == "ok", record.result.get("error")
+    runs = record.layers[["run_id"]].drop_duplicates().assign(status="ok", depth=config.depth)
+    measured = metrics.run_metrics(runs, record.layers).iloc[0]["backward_factor_init"]
+
+    # Step 0 is measured on the first batch_size training examples: each starts the recursions from its own q_0.
+    arrays = data_mod.prepare(mnist, preprocessing="standardize", train_samples=2048, test_samples=256)
+    probe = arrays.x_train[: config.batch_size]
+    predicted = theory.predict_config(config, theory.example_second_moments(probe))
+    assert predicted.applicable
+    assert abs(measured - predicted.factor) <= 0.05, (measured, predicted.factor)
+    # Standardization makes E[x²] over the training examples 1; the batch's mean is close to it.
+    assert theory.input_second_moment(arrays.x_train) == pytest.approx(1.0, abs=1e-6)
