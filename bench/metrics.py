@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from bench.quantities import LAYER_QUANTITIES, Quantity
+from bench.utils import finite
 
 FINAL_WINDOW = 10
 
@@ -372,9 +373,9 @@ def _per_layer(x) -> str:
 
 def _describe_vanishing(f: Flag) -> str:
     n = f.numbers
-    if _finite(n.get("backward_factor")):
+    if finite(n.get("backward_factor")):
         return f"backward signal vanishes {_per_layer(n['backward_factor'])}"
-    if _finite(n.get("grad_factor")) and n["grad_factor"] > 0:
+    if finite(n.get("grad_factor")) and n["grad_factor"] > 0:
         return f"kernel gradient vanishes {_per_layer(n['grad_factor'])}"
     return f"kernel gradient vanishes: first/last layer ratio {n.get('grad_ratio', np.nan):.2g}"
 
@@ -388,14 +389,14 @@ def _describe_forward_collapse(f: Flag) -> str:
 
 
 def _describe_exploding(f: Flag) -> str:
-    factor = _first_finite(f.numbers.get("backward_factor"), f.numbers.get("grad_factor"))
+    factor = _firstfinite(f.numbers.get("backward_factor"), f.numbers.get("grad_factor"))
     return "exploding" + (f" {_per_layer(factor)}" if factor is not None else "")
 
 
 def _describe_underflow(f: Flag) -> str:
     n = f.numbers
     count = int(n["layers"])
-    where = f" below layer {int(n['deepest_layer']) + 1}" if _finite(n.get("deepest_layer")) else ""
+    where = f" below layer {int(n['deepest_layer']) + 1}" if finite(n.get("deepest_layer")) else ""
     return f"underflow{where} ({count} hidden layer{'s' * (count != 1)} with exactly zero gradient)"
 
 
@@ -405,7 +406,7 @@ def _describe_dead(f: Flag) -> str:
 
 def _describe_diverged(f: Flag) -> str:
     step = f.numbers.get("step")
-    return "diverged" + (f" at step {int(step)}" if _finite(step) and step >= 0 else "")
+    return "diverged" + (f" at step {int(step)}" if finite(step) and step >= 0 else "")
 
 
 FLAG_KINDS: dict[str, FlagKind] = {
@@ -425,18 +426,18 @@ FLAG_KINDS: dict[str, FlagKind] = {
 def _spans(row) -> float | None:
     """Layer-to-layer steps between the first and last hidden layer (depth - 1), when the row knows its depth."""
     depth = row.get("depth")
-    return float(depth) - 1 if _finite(depth) and depth > 1 else None
+    return float(depth) - 1 if finite(depth) and depth > 1 else None
 
 
 def _vanishes(factor, span) -> bool:
     """A per-layer factor below the threshold, or one that compounds over the depth below VANISHING_RATIO."""
-    if not _finite(factor):
+    if not finite(factor):
         return False
     return factor < VANISHING_FACTOR or (span is not None and factor**span < VANISHING_RATIO)
 
 
 def _explodes(factor, span) -> bool:
-    if not _finite(factor):
+    if not finite(factor):
         return False
     return factor > EXPLODING_FACTOR or (span is not None and factor**span > EXPLODING_RATIO)
 
@@ -468,10 +469,10 @@ def flags(row) -> list[Flag]:
         f, r = row.get(f"grad_factor_{which}"), row.get(f"grad_ratio_{which}")
         b, fw = row.get(f"backward_factor_{which}"), row.get(f"forward_factor_{which}")
         numbers = {
-            k: float(v) for k, v in (("grad_factor", f), ("grad_ratio", r), ("backward_factor", b)) if _finite(v)
+            k: float(v) for k, v in (("grad_factor", f), ("grad_ratio", r), ("backward_factor", b)) if finite(v)
         }
-        kernel_vanishes = _finite(f) and f < VANISHING_FACTOR or _finite(r) and r < VANISHING_RATIO
-        kernel_explodes = _finite(f) and f > EXPLODING_FACTOR or _finite(r) and r > EXPLODING_RATIO
+        kernel_vanishes = finite(f) and f < VANISHING_FACTOR or finite(r) and r < VANISHING_RATIO
+        kernel_explodes = finite(f) and f > EXPLODING_FACTOR or finite(r) and r > EXPLODING_RATIO
         if kernel_vanishes or _vanishes(b, span):
             out.append(Flag("vanishing", which, **numbers))
         elif kernel_explodes or _explodes(b, span):
@@ -482,24 +483,19 @@ def flags(row) -> list[Flag]:
                      kernel_flat=not (kernel_vanishes or kernel_explodes), **numbers)
             )
         n = row.get(f"underflow_layers_{which}")
-        if _finite(n) and n > 0:
+        if finite(n) and n > 0:
             deepest = row.get(f"deepest_underflow_layer_{which}")
-            deepest = float(deepest) if _finite(deepest) else None
+            deepest = float(deepest) if finite(deepest) else None
             out.append(Flag("underflow", which, layers=int(n), deepest_layer=deepest))
     d = row.get("dead_fraction_final")
-    if not _finite(d):
+    if not finite(d):
         d = row.get("dead_fraction_init")
-    if _finite(d) and d > DEAD_THRESHOLD:
+    if finite(d) and d > DEAD_THRESHOLD:
         out.append(Flag("dead units", dead_fraction=float(d)))
     return out
 
 
-def _first_finite(*values):
-    return next((float(v) for v in values if _finite(v)), None)
+def _firstfinite(*values):
+    return next((float(v) for v in values if finite(v)), None)
 
 
-def _finite(x) -> bool:
-    try:
-        return x is not None and bool(np.isfinite(x))
-    except TypeError:
-        return False

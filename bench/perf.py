@@ -240,11 +240,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-parallel", action="store_true", help="skip the parallel-efficiency suite")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
-    from bench.results import write_json_atomic
-    from bench.provenance import cpu_name, platform_info
-
     import datetime as dt
     import os
+
+    from bench.provenance import cpu_name, platform_info
+    from bench.results import write_json_atomic
 
     result = {
         "date": dt.date.today().isoformat(),

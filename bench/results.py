@@ -37,7 +37,7 @@ import pandas as pd
 
 from bench import lock, quantities
 from bench.errors import DiskFull, UsageError
-from bench.utils import one_line
+from bench.utils import first_line, one_line
 
 SCHEMA_VERSION = 1
 
@@ -253,7 +253,7 @@ def check_run(path, run_id=None, config=None, tables=False):
         except FileNotFoundError:
             raise DamagedRun(f"no {name}") from None
         except (OSError, ValueError) as e:
-            raise DamagedRun(f"{name} unreadable ({_one_line(e)})") from None
+            raise DamagedRun(f"{name} unreadable ({first_line(e)})") from None
         if not isinstance(parsed[name], dict):
             raise DamagedRun(f"{name} is not a JSON object")
     stored_config, result = parsed["config.json"], parsed["result.json"]
@@ -274,7 +274,7 @@ def check_run(path, run_id=None, config=None, tables=False):
         except FileNotFoundError:
             raise DamagedRun(f"no {name}") from None
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise DamagedRun(f"{name} unreadable ({_one_line(e)})") from None
+            raise DamagedRun(f"{name} unreadable ({first_line(e)})") from None
         if "run_id" not in frame.columns or not set(frame["run_id"].dropna()) <= {own_id}:
             raise DamagedRun(f"{name} holds rows of another run")
         frames[name] = frame if tables else None
@@ -367,11 +367,6 @@ def clean_partial(out):
 
 def _normalized(obj):
     return json.loads(json.dumps(obj, sort_keys=True, default=_json_default))
-
-
-def _one_line(exc) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -570,7 +565,7 @@ def _read_tables(out):
     except Exception as e:  # pyarrow raises several types for a damaged file
         import warnings
 
-        warnings.warn(f"{out} top-level tables unreadable ({_one_line(e)}); rebuilding them from the run folders")
+        warnings.warn(f"{out} top-level tables unreadable ({first_line(e)}); rebuilding them from the run folders")
         return None
     if [_stamp(out / name) for name in TABLES] != before:
         return None  # replaced while being read: the three may not match

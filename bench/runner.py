@@ -32,9 +32,9 @@ from bench import executors
 from bench import results as results_mod
 from bench.config import RunConfig
 from bench.errors import UsageError
+from bench.executors import ray as ray_executor
 from bench.executors.base import SuiteSummary, drive
 from bench.executors.local import InlineExecutor, PoolExecutor
-from bench.executors import ray as ray_executor
 from bench.lock import LOCK_NAME, DirectoryLock
 from bench.provenance import git_sha, package_versions, platform_info
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["closest", "first_line", "json_safe", "one_line", "plain", "slug"]
+__all__ = ["closest", "finite", "first_line", "json_safe", "one_line", "plain", "slug"]
 
 def closest(name, choices) -> str:
     """" Did you mean 'x'?" for the nearest of `choices`, or "" when none is near."""
@@ -68,3 +68,11 @@ def json_safe(value):
         # JSON has no NaN or Infinity; null keeps a file strict.
         return None
     return value
+
+
+def finite(x) -> bool:
+    """Whether `x` is a finite number (False for None, NaN, inf and non-numbers)."""
+    try:
+        return x is not None and bool(np.isfinite(x))
+    except TypeError:
+        return False

@@ -44,6 +44,7 @@ from pathlib import Path
 from bench.errors import UsageError
 from bench.executors.base import Executor, TaskFailed, drive
 from bench.task import run_task
+from bench.utils import first_line
 
 # Ray retries a task whose worker process died this many times; an exception
 # raised by the run itself is a result (status "failed") and is not retried.
@@ -192,11 +193,11 @@ class RayExecutor(Executor):
             # recording each run as failed.
             if isinstance(cause, ImportError):
                 raise UsageError(
-                    f"Ray workers cannot import vgbench ({type(cause).__name__}: {_first_line(cause)}); "
+                    f"Ray workers cannot import vgbench ({type(cause).__name__}: {first_line(cause)}); "
                     "install it on every node, or submit the driver with `ray job submit --working-dir .`"
                 ) from None
             if isinstance(cause, UsageError):
-                raise UsageError(_first_line(cause)) from None
+                raise UsageError(first_line(cause)) from None
             raise TaskFailed(cause if cause is not None else e) from None
         except ray.exceptions.TaskCancelledError:
             raise
@@ -331,7 +332,7 @@ def _connect(ray, address, jobs, cpus_per_task, gpus_per_task, runtime_env) -> b
             warnings.simplefilter("ignore")
             ray.init(address=address, runtime_env=runtime_env, **quiet)
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as e:
-        raise UsageError(f"Cannot connect to the Ray cluster at {address!r}: {_first_line(e)}") from None
+        raise UsageError(f"Cannot connect to the Ray cluster at {address!r}: {first_line(e)}") from None
     return True
 
 
@@ -399,6 +400,3 @@ def _env(name, value):
         os.environ.pop(name, None)
 
 
-def _first_line(exc) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

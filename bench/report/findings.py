@@ -19,7 +19,7 @@ import pandas as pd
 from bench.report import predictions
 from bench.report.tables import PAIR_QUANTITIES, THEORY_COLUMNS, pair_keys, varying_keys
 from bench.report.text import pair_label, pct, power_of_ten
-from bench.utils import plain
+from bench.utils import finite, plain
 
 # Accuracy below this multiple of chance is reported as "chance".
 CHANCE_MARGIN = 1.5
@@ -124,13 +124,6 @@ class Finding:
         return out
 
 
-def _finite(x) -> bool:
-    try:
-        return x is not None and bool(np.isfinite(x))
-    except TypeError:
-        return False
-
-
 def _all_ok(row) -> bool:
     return set(row["statuses"]) == {"ok"}
 
@@ -178,7 +171,7 @@ def find(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, inputs=(
         )
 
     out = []
-    measured = [r for r in rows if _all_ok(r) and _finite(r["test_accuracy"])]
+    measured = [r for r in rows if _all_ok(r) and finite(r["test_accuracy"])]
     ends = [("best", measured[0])] if measured else []
     if len(measured) > 1:
         ends.append(("worst", measured[-1]))
@@ -191,7 +184,7 @@ def find(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, inputs=(
                     "problem",
                     r,
                     statuses=dict(r["statuses"]),
-                    diverged_step=int(step) if _finite(step) else None,
+                    diverged_step=int(step) if finite(step) else None,
                     error=str(r.get("error") or ""),
                 )
             )
@@ -226,11 +219,11 @@ def theory_findings(rows: list[dict], pair_finding, inputs=()) -> list[Finding]:
             s: predictions.deviation(r.get(f"{s}_factor_init"), r.get(f"predicted_{s}_factor"))
             for s in ("backward", "forward")
         }
-        if not any(_finite(d) for d in devs.values()):
+        if not any(finite(d) for d in devs.values()):
             continue
         compared += 1
-        if any(_finite(d) and d > math.log10(predictions.TOLERANCE) for d in devs.values()):
-            disagree.append((max(d for d in devs.values() if _finite(d)), r))
+        if any(finite(d) and d > math.log10(predictions.TOLERANCE) for d in devs.values()):
+            disagree.append((max(d for d in devs.values() if finite(d)), r))
     if not compared:
         return []
     notes = tuple(i["text"] for i in inputs)
@@ -247,13 +240,13 @@ def _disagreement_reasons(r: dict, exact_inputs: bool) -> list[str]:
     """What may move a measurement away from the theory, from what is known about the pair."""
     reasons = []
     n = r.get("underflow_layers_init")
-    if _finite(n) and n > 0:
+    if finite(n) and n > 0:
         reasons.append(
             f"underflow: {int(n)} hidden layer{'s' * (n != 1)} got exactly zero gradient, and the measured "
             "factor is fitted over the others"
         )
     dead = r.get("dead_fraction_init")
-    if _finite(dead) and dead > ALIKE_DEAD_FRACTION:
+    if finite(dead) and dead > ALIKE_DEAD_FRACTION:
         reasons.append(
             f"non-Gaussian inputs: the examples become alike with depth ({pct(dead)} of the units are dead for "
             "the whole batch at step 0), which the theory's independent Gaussian units do not have"
@@ -271,7 +264,7 @@ def _severity(row) -> tuple:
     logs = []
     for q in ("backward_factor_init", "forward_factor_init", "grad_factor_init", "grad_factor_final"):
         f = row.get(q)
-        if _finite(f):
+        if finite(f):
             logs.append(math.inf if f <= 0 else abs(math.log10(f)))
     return (not _all_ok(row), max(logs, default=-1.0))
 
@@ -288,7 +281,7 @@ def fix_findings(fixes: pd.DataFrame) -> list[Finding]:
         base = t.loc[(case, "none")]
         a0, a1 = base.get("test_accuracy"), row.get("test_accuracy")
         r0, r1 = base.get("grad_ratio_init"), row.get("grad_ratio_init")
-        if not (_finite(a0) and _finite(a1) or _finite(r0) and _finite(r1)):
+        if not (finite(a0) and finite(a1) or finite(r0) and finite(r1)):
             continue
         values = {
             "baseline_test_accuracy": plain(a0),
@@ -313,7 +306,7 @@ def depth_findings(sweep: pd.DataFrame) -> list[Finding]:
             continue
         d0, d1 = int(ratio["depth"].iloc[0]), int(ratio["depth"].iloc[-1])
         r0, r1 = ratio["mean"].iloc[0], ratio["mean"].iloc[-1]
-        if not (_finite(r0) and _finite(r1)):
+        if not (finite(r0) and finite(r1)):
             continue
         # At the ratio's own depths, so that both halves of the sentence compare the same networks.
         acc_at = acc.set_index("depth")["mean"]
@@ -368,8 +361,8 @@ def written(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, chanc
     return [f.to_dict(render(f, chance, extra)) for f in find(pairs, sweep, fixes, inputs)]
 
 
-def _first_finite(*xs):
-    return next((x for x in xs if _finite(x)), np.nan)
+def _firstfinite(*xs):
+    return next((x for x in xs if finite(x)), np.nan)
 
 
 def _factor(x) -> str:
@@ -379,7 +372,7 @@ def _factor(x) -> str:
 
 def _with_theory(measured, predicted) -> str:
     text = _factor(measured)
-    return text + (f" (theory {_factor(predicted).removesuffix(' per layer')})" if _finite(predicted) else "")
+    return text + (f" (theory {_factor(predicted).removesuffix(' per layer')})" if finite(predicted) else "")
 
 
 def _pair_sentence(finding: Finding, chance: float, extra_keys) -> str:
@@ -389,31 +382,31 @@ def _pair_sentence(finding: Finding, chance: float, extra_keys) -> str:
     b0, fw0 = v.get("backward_factor_init"), v.get("forward_factor_init")
     f0, r0, f1 = v.get("grad_factor_init"), v.get("grad_ratio_init"), v.get("grad_factor_final")
     signals = []
-    if _finite(b0):
+    if finite(b0):
         signals.append(f"backward signal {_with_theory(b0, v.get('predicted_backward_factor'))}")
-    if _finite(fw0):
+    if finite(fw0):
         signals.append(f"forward signal {_with_theory(fw0, v.get('predicted_forward_factor'))}")
-    if _finite(f0):
+    if finite(f0):
         signals.append(f"kernel gradient {_factor(f0)}")
     if signals:
         parts.append("at initialization: " + ", ".join(signals))
     n, deepest = v.get("underflow_layers_init"), v.get("deepest_underflow_layer_init")
-    if _finite(n) and n > 0 and not any(w.startswith("underflow") for w in parts):
-        where = f" below layer {int(deepest) + 1}" if _finite(deepest) else ""
+    if finite(n) and n > 0 and not any(w.startswith("underflow") for w in parts):
+        where = f" below layer {int(deepest) + 1}" if finite(deepest) else ""
         parts.append(f"underflow{where}, factors fitted over the measured layers")
-    if _finite(r0):
+    if finite(r0):
         share = f"{power_of_ten(r0)} of" if r0 < 1 else f"{power_of_ten(r0)}×"
         parts.append(f"the first hidden layer receives {share} the last hidden layer's gradient")
-    if _finite(f1):
+    if finite(f1):
         parts.append(f"after training the kernel gradient {_factor(f1)}")
-    dead = _first_finite(v.get("dead_fraction_final"), v.get("dead_fraction_init"))
-    if _finite(dead) and dead >= MENTION_FRACTION and not any(w.startswith("dead units") for w in parts):
+    dead = _firstfinite(v.get("dead_fraction_final"), v.get("dead_fraction_init"))
+    if finite(dead) and dead >= MENTION_FRACTION and not any(w.startswith("dead units") for w in parts):
         parts.append(f"{pct(dead)} of units dead")
-    sat = _first_finite(v.get("saturated_fraction_final"), v.get("saturated_fraction_init"))
-    if _finite(sat) and sat >= MENTION_FRACTION:
+    sat = _firstfinite(v.get("saturated_fraction_final"), v.get("saturated_fraction_init"))
+    if finite(sat) and sat >= MENTION_FRACTION:
         parts.append(f"{pct(sat)} of units saturated")
     acc = v.get("test_accuracy")
-    if _finite(acc):
+    if finite(acc):
         note = " (chance)" if acc < CHANCE_MARGIN * chance else ""
         parts.append(f"test accuracy {pct(acc)}{note}")
     body = "; ".join(parts) if parts else "nothing was measured"
@@ -440,7 +433,7 @@ def _disagreement_sentence(finding: Finding, extra_keys) -> str:
     for signal in ("backward", "forward"):
         m, p = v.get(f"{signal}_factor_init"), v.get(f"predicted_{signal}_factor")
         d = predictions.deviation(m, p)
-        if _finite(d):
+        if finite(d):
             mark = "" if d <= math.log10(predictions.TOLERANCE) else f" (off by ×{10 ** d:.2f})"
             parts.append(f"{signal} signal {_factor(m)}, theory {_factor(p).removesuffix(' per layer')}{mark}")
     text = f"{pair_label(finding.pair, extra_keys)} departs from the theory at step 0: " + "; ".join(parts)
@@ -467,10 +460,10 @@ def _fix_sentence(finding: Finding) -> str:
     v = finding.values
     parts = []
     a0, a1 = v["baseline_test_accuracy"], v["test_accuracy"]
-    if _finite(a0) and _finite(a1):
+    if finite(a0) and finite(a1):
         parts.append(f"test accuracy {pct(a0)} → {pct(a1)} ({100 * (a1 - a0):+.0f} points)")
     r0, r1 = v["baseline_grad_ratio_init"], v["grad_ratio_init"]
-    if _finite(r0) and _finite(r1):
+    if finite(r0) and finite(r1):
         parts.append(f"first/last gradient ratio at step 0 {power_of_ten(r0)} → {power_of_ten(r1)}")
     return f"{finding.fix} on {finding.case}: " + "; ".join(parts) + "."
 
@@ -484,6 +477,6 @@ def _depth_sentence(finding: Finding) -> str:
         f"{finding.activation} + {finding.initializer}: the first/last gradient ratio at step 0 {verb} "
         f"from {power_of_ten(r0)} at depth {d0} to {power_of_ten(r1)} at depth {d1}"
     )
-    if _finite(a0) and _finite(a1):
+    if finite(a0) and finite(a1):
         text += f"; test accuracy {pct(a0)} → {pct(a1)}"
     return text + "."
