@@ -193,15 +193,19 @@ class LayerValues:
         kernel: the main weight's current value (after the update).
         previous_kernel: its value before this step's update, or None at
             step 0 (no update yet).
-        output: the layer's output (after its activation), ``(batch, units)``.
+        output: the layer's output (after its activation), ``(batch, units)``;
+            None where it could not be recorded (the quantities reading it
+            are then NaN).
         activation: the `models.activations.Activation` of the layer, or None.
         preact: the layer's pre-activation z, the input of its activation
             layer (after a normalization that precedes the activation; the
             logits for the output layer), ``(batch, units)`` on the activation
-            cadence and ``(batch, ...)`` on the gradient cadence.
+            cadence and ``(batch, ...)`` on the gradient cadence; None where
+            it could not be recorded.
         preact_grad: ∂L/∂z of the loss L the optimizer minimizes (the batch
             mean of the per-example losses, loss scaling undone), of the
-            shape of ``preact``; None on the activation cadence.
+            shape of ``preact``; None on the activation cadence and where
+            ``preact`` is None.
         batch_size: the number of examples in the batch (a scalar float32
             tensor).
         activation_slope: PReLU only: the learned slope of the negative side,
@@ -265,6 +269,8 @@ def act_mean(v: LayerValues):
     """Mean of the layer's outputs over the batch and units."""
     import tensorflow as tf
 
+    if v.output is None:
+        return _nan()
     return tf.reduce_mean(v.output)
 
 
@@ -272,6 +278,8 @@ def act_std(v: LayerValues):
     """Standard deviation of the layer's outputs over the batch and units."""
     import tensorflow as tf
 
+    if v.output is None:
+        return _nan()
     return tf.math.reduce_std(v.output)
 
 
@@ -279,6 +287,8 @@ def act_rms(v: LayerValues):
     """Root mean square of the layer's outputs."""
     import tensorflow as tf
 
+    if v.output is None:
+        return _nan()
     return tf.sqrt(tf.reduce_mean(tf.square(v.output)))
 
 
@@ -287,7 +297,7 @@ def saturated_fraction(v: LayerValues):
     import tensorflow as tf
 
     spec = v.activation
-    if spec is None or spec.family != "saturating":
+    if spec is None or spec.family != "saturating" or v.output is None:
         return _nan()
     d = spec.derivative_from_output(v.output)
     return tf.reduce_mean(tf.cast(d < SATURATION_THRESHOLD * spec.max_derivative, tf.float32))
@@ -316,6 +326,8 @@ def backward_rms(v: LayerValues):
     """
     import tensorflow as tf
 
+    if v.preact_grad is None:
+        return _nan()
     # rms(B·g) = sqrt(B² · Σg² / (B · units)) = sqrt(B · Σg² / units)
     return tf.sqrt(_sum_sq_per_example(v.preact_grad) * v.batch_size)
 
@@ -324,6 +336,8 @@ def preact_rms(v: LayerValues):
     """RMS of the pre-activations z over the batch and the units: the forward signal's length √q."""
     import tensorflow as tf
 
+    if v.preact is None:
+        return _nan()
     return tf.sqrt(_sum_sq_per_example(v.preact) / v.batch_size)
 
 
@@ -340,7 +354,7 @@ def dead_fraction(v: LayerValues):
     import tensorflow as tf
 
     spec = v.activation
-    if spec is None:
+    if spec is None or v.preact is None:
         return _nan()
     d = spec.derivative(v.preact, slope=v.activation_slope)
     return tf.reduce_mean(tf.cast(tf.reduce_all(tf.equal(d, 0.0), axis=0), tf.float32))
@@ -355,7 +369,7 @@ def inactive_fraction(v: LayerValues):
     import tensorflow as tf
 
     spec = v.activation
-    if spec is None or spec.family != "relu":
+    if spec is None or spec.family != "relu" or v.preact is None:
         return _nan()
     return tf.reduce_mean(tf.cast(tf.reduce_all(v.preact <= 0.0, axis=0), tf.float32))
 
