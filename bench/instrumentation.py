@@ -99,6 +99,8 @@ _GRAD_FIELDS = quantities.cadence_fields("grad")
 _ACT_FIELDS = quantities.cadence_fields("act")
 _GRAD_QUANTITIES = [quantities.LAYER_QUANTITIES[name] for name in _GRAD_FIELDS]
 _ACT_QUANTITIES = [quantities.LAYER_QUANTITIES[name] for name in _ACT_FIELDS]
+_KERNEL_FIELD = _GRAD_FIELDS.index("kernel_grad_norm")
+_BIAS_FIELD = _GRAD_FIELDS.index("bias_grad_norm")
 
 # The compiled metrics that fill the history's accuracy columns, by
 # preference; else the first other one whose name ends in "accuracy" or "acc"
@@ -229,8 +231,7 @@ def _contract_units(model):
         base = hidden[block].weight_layer if block < len(hidden) else out
         blocks[block].extend((v, _relative(v, base)) for v in layer.trainable_weights)
     units = [
-        _Unit(h.name, h.weight_layer, blocks[h.index], act_layer=h.activation_layer, index=h.index)
-        for h in hidden
+        _Unit(h.name, h.weight_layer, blocks[h.index], act_layer=h.activation_layer, index=h.index) for h in hidden
     ]
     units.append(_Unit("output", out, blocks[len(hidden)], index=len(hidden)))
     return units
@@ -476,7 +477,21 @@ class GradientNormLogger(keras.callbacks.Callback):
         n = len(self._units)
         self._variables = [(i, v, name) for i, u in enumerate(self._units) for v, name in u.variables]
         index = {id(v): k for k, v in enumerate(model.trainable_weights)}
-        self._var_idx = [index.get(id(v)) for _, v, _ in self._variables]
+        # Where each variable's norm comes from: a unit's main weight and bias
+        # are its kernel_grad_norm and bias_grad_norm (computed once, for both
+        # tables); only the other variables get norms of their own.
+        self._var_sizes = [int(np.prod(v.shape)) for _, v, _ in self._variables]
+        self._var_source = []
+        self._other_idx = []
+        for i, v, _ in self._variables:
+            unit = self._units[i]
+            if v is unit.kernel:
+                self._var_source.append((i, _KERNEL_FIELD))
+            elif v is unit.bias:
+                self._var_source.append((i, _BIAS_FIELD))
+            else:
+                self._var_source.append((None, len(self._other_idx)))
+                self._other_idx.append(index.get(id(v)))
         for u in self._units:
             u.kernel_idx = index.get(id(u.kernel))
             u.bias_idx = index.get(id(u.bias)) if u.bias is not None else None
@@ -493,7 +508,7 @@ class GradientNormLogger(keras.callbacks.Callback):
         bins = len(_HIST_EDGES) - 1
         with tf.init_scope():
             self._grad_buf = tf.Variable(tf.fill([self._grad_cap, n, len(_GRAD_FIELDS)], nan), trainable=False)
-            self._var_buf = tf.Variable(tf.fill([self._grad_cap, len(self._variables)], nan), trainable=False)
+            self._var_buf = tf.Variable(tf.fill([self._grad_cap, max(1, len(self._other_idx))], nan), trainable=False)
             self._grad_step = tf.Variable(tf.zeros([self._grad_cap], tf.int64), trainable=False)
             self._grad_count = tf.Variable(0, dtype=tf.int64, trainable=False)
             self._act_buf = tf.Variable(tf.fill([self._act_cap, n, len(_ACT_FIELDS)], nan), trainable=False)
@@ -507,7 +522,9 @@ class GradientNormLogger(keras.callbacks.Callback):
             from bench.results import run_dir_name
             from bench.summaries import EventWriter
 
-            self._events = EventWriter(Path(self.tensorboard_dir) / (run_dir_name(self.run_id) if self.run_id else "run"))
+            self._events = EventWriter(
+                Path(self.tensorboard_dir) / (run_dir_name(self.run_id) if self.run_id else "run")
+            )
 
         if self.probe_data is not None:
             self._measure_init()
@@ -584,7 +601,7 @@ class GradientNormLogger(keras.callbacks.Callback):
         # model untouched: batch-norm moving statistics are restored after.
         saved = [v.numpy() for v in model.non_trainable_weights]
         p = self._forward_backward(x, y)
-        for v, value in zip(model.non_trainable_weights, saved):
+        for v, value in zip(model.non_trainable_weights, saved, strict=True):
             v.assign(value)
         g = self._grad_norms(p).numpy()
         var = self._variable_norms(p).numpy()
@@ -605,7 +622,7 @@ class GradientNormLogger(keras.callbacks.Callback):
             res = model.evaluate(test, verbose=0, return_dict=True)
             logs.update({f"val_{k}": _float(v) for k, v in res.items()})
         self._history_rows.append(_history_row(0, 0, logs))
-        if not np.isfinite(var).all() or not np.isfinite(float(p.loss)):
+        if not np.isfinite(self._all_variable_norms(g, var)).all() or not np.isfinite(float(p.loss)):
             self._mark_diverged(0)
 
     # --------------------------------------------------------- compiled step
@@ -737,10 +754,14 @@ class GradientNormLogger(keras.callbacks.Callback):
         return tf.stack(rows)
 
     def _variable_norms(self, p):
-        """(n_variables,) gradient norm of every trainable variable, in the units' order."""
-        # The same op as kernel_grad_norm's on the same tensor: the graph
-        # optimizer computes it once for both.
-        return tf.stack([quantities._l2(self._grad(p, k)) for k in self._var_idx])
+        """Gradient norms of the variables that are no unit's main weight or bias (see `_var_source`)."""
+        if not self._other_idx:
+            return tf.fill([1], float("nan"))
+        return tf.stack([quantities._l2(self._grad(p, k)) for k in self._other_idx])
+
+    def _all_variable_norms(self, g, other):
+        """(n_variables,) gradient norm of every trainable variable, from a grad-cadence row and the others'."""
+        return np.array([g[i, field] if i is not None else other[field] for i, field in self._var_source])
 
     def _hist(self, p):
         """(n_units, bins) counts of log10|g| over each unit's weight gradients, in fixed bins."""
@@ -759,7 +780,7 @@ class GradientNormLogger(keras.callbacks.Callback):
     def _act_stats(self, p, update_ratio=True):
         """(n_units, len(_ACT_FIELDS)) statistics of kernels, activations and pre-activations."""
         rows = []
-        for i, (unit, shadow) in enumerate(zip(self._units, self._shadow)):
+        for i, (unit, shadow) in enumerate(zip(self._units, self._shadow, strict=True)):
             v = self._values(unit, i, p, act=True, previous=shadow.read_value() if update_ratio else None)
             rows.append(tf.stack([q.compute(v) for q in _ACT_QUANTITIES]))
         return tf.stack(rows)
@@ -819,16 +840,16 @@ class GradientNormLogger(keras.callbacks.Callback):
         step = opt.iterations + 1  # this update's 1-based step number
 
         def snapshot():
-            for unit, shadow in zip(self._units, self._shadow):
+            for unit, shadow in zip(self._units, self._shadow, strict=True):
                 shadow.assign(unit.kernel.value)
             return tf.constant(0)
 
         def record_grads():
             norms = self._grad_norms(p)
-            variables = self._variable_norms(p)
             row = self._grad_count % self._grad_cap
             self._grad_buf[row].assign(norms)
-            self._var_buf[row].assign(variables)
+            if self._other_idx:
+                self._var_buf[row].assign(self._variable_norms(p))
             self._grad_step[row].assign(step)
             self._grad_count.assign_add(1)
             return tf.constant(0)
@@ -852,7 +873,7 @@ class GradientNormLogger(keras.callbacks.Callback):
         # after the update lets the norms overlap with it instead of
         # delaying it. Only the snapshot for the update ratio must come first.
         when(log_act, self.act_every, snapshot, lambda: tf.constant(0))
-        opt.apply_gradients(zip(grads, weights))
+        opt.apply_gradients(zip(grads, weights, strict=True))
         when(log_grad, self.log_every, record_grads, lambda: tf.constant(0))
         when(log_act, self.act_every, record_acts, lambda: tf.constant(0))
         return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
@@ -865,13 +886,15 @@ class GradientNormLogger(keras.callbacks.Callback):
             return
         if self._counter is not None:
             self._flushed_at = self._counter[0]
-        grad = _drain([self._grad_buf, self._var_buf], self._grad_step, self._grad_count, self._flushed_grad, self._grad_cap)
+        grad = _drain(
+            [self._grad_buf, self._var_buf], self._grad_step, self._grad_count, self._flushed_grad, self._grad_cap
+        )
         act_bufs = [self._act_buf, self._hist_buf] if self._histograms else [self._act_buf]
         act = _drain(act_bufs, self._act_step, self._act_count, self._flushed_act, self._act_cap)
         self._flushed_grad = int(self._grad_count.numpy())
         self._flushed_act = int(self._act_count.numpy())
         for s in sorted(grad):
-            if not np.isfinite(grad[s][1]).all():
+            if not np.isfinite(self._all_variable_norms(*grad[s])).all():
                 self._mark_diverged(s)
                 break
         diverged = self.diverged_step if self.diverged_step is not None else -1
@@ -893,14 +916,14 @@ class GradientNormLogger(keras.callbacks.Callback):
         for i, unit in enumerate(self._units):
             self._layer_rows.append((step, epoch, positions[i], unit.name, *g[i], *a[i]))
         if var is not None:
+            var = self._all_variable_norms(g, var)
             for k, (i, v, name) in enumerate(self._variables):
-                unit = self._units[i]
-                size = int(np.prod(v.shape))
-                self._variable_rows.append((step, epoch, positions[i], unit.name, name, v.path, size, float(var[k])))
+                size = self._var_sizes[k]
+                self._variable_rows.append((step, epoch, positions[i], self._units[i].name, name, v.path, size, var[k]))
         if self._events is not None:
             scalars = {}
             for i, unit in enumerate(self._units):
-                for name, value in zip((*_GRAD_FIELDS, *_ACT_FIELDS), (*g[i], *a[i])):
+                for name, value in zip((*_GRAD_FIELDS, *_ACT_FIELDS), (*g[i], *a[i]), strict=True):
                     scalars[f"{name}/{unit.name}"] = value
             self._events.scalars(step, scalars)
             if hist is not None:

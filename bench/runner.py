@@ -33,9 +33,9 @@ from bench import executors
 from bench import results as results_mod
 from bench.config import RunConfig
 from bench.errors import UsageError
+from bench.executors import ray as ray_executor
 from bench.executors.base import SuiteSummary, drive
 from bench.executors.local import InlineExecutor, PoolExecutor
-from bench.executors import ray as ray_executor
 from bench.lock import LOCK_NAME, DirectoryLock
 from bench.provenance import git_sha, package_versions, platform_info
 from bench.train import TENSORBOARD_ENV
@@ -337,7 +337,9 @@ def _check_tensorboard_dir(path):
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"Argument `--tensorboard` must be a directory that can be created. Received: {path} ({e.strerror})") from None
+        raise UsageError(
+            f"Argument `--tensorboard` must be a directory that can be created. Received: {path} ({e.strerror})"
+        ) from None
     return str(path)
 
 

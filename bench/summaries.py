@@ -49,9 +49,7 @@ class EventWriter:
         """Writes ``{tag: value}`` at ``step``; NaN values (not measured) are left out."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        items = [
-            Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items() if not math.isnan(float(v))
-        ]
+        items = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items() if not math.isnan(float(v))]
         if items:
             self._add(step, Summary(value=items))
 

@@ -6,13 +6,13 @@ import json
 import math
 import warnings
 
-import bench  # noqa: F401  (before keras: portable numerics)
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 
+import bench  # noqa: F401  (before keras: portable numerics)
 import models
 from bench import results
 from bench.instrumentation import GradientNormLogger, accuracy_metric
@@ -41,7 +41,10 @@ def _reference_norms(model, x, y, loss_fn):
         loss = loss_fn(y, model(x, training=True))
     grads = tape.gradient(loss, model.trainable_weights)
     # A variable the loss does not depend on has no gradient: norm 0.
-    return {v.path: float(tf.norm(_dense(g))) if g is not None else 0.0 for v, g in zip(model.trainable_weights, grads)}
+    return {
+        v.path: float(tf.norm(_dense(g))) if g is not None else 0.0
+        for v, g in zip(model.trainable_weights, grads, strict=True)
+    }
 
 
 def _fit(model, x, y, loss_fn=SPARSE, metrics=(), steps=2, **logger_kw):
@@ -67,7 +70,7 @@ def _check(logger, ref, names, main=None):
         assert sorted(v.index) == sorted(ref)
         np.testing.assert_allclose([v.grad_norm[k] for k in ref], list(ref.values()), rtol=1e-4)
         # The variables table places each variable under its layer's row.
-        index = dict(zip(got.layer_name, got.layer_index))
+        index = dict(zip(got.layer_name, got.layer_index, strict=True))
         assert (v.layer_index == v.layer_name.map(index)).all()
         if main is not None:
             # kernel_grad_norm reports the layer's main weight, bias_grad_norm its bias.
@@ -80,7 +83,9 @@ def _check(logger, ref, names, main=None):
                     assert row.bias_grad_norm == pytest.approx(ref[bias], rel=1e-4), name
     steps = sorted(var.step.unique())
     assert steps == [0, 1, 2]
-    assert (var["size"] == var.variable_path.map({v.path: int(np.prod(v.shape)) for v in logger.model.trainable_weights})).all()
+    assert (
+        var["size"] == var.variable_path.map({v.path: int(np.prod(v.shape)) for v in logger.model.trainable_weights})
+    ).all()
 
 
 def _rms(t):
@@ -118,7 +123,7 @@ def test_sequential_dense_with_inner_activations_signals_match_a_layer_by_layer_
     main = {n: (f"{n}/kernel", f"{n}/bias") for n in names}
     _check(logger, ref, names, main)
     init = logger.layers[logger.layers.step == 0].set_index("layer_name")
-    for name, z, dz, act in zip(names, zs, dzs, ("relu", "tanh", None)):
+    for name, z, dz, act in zip(names, zs, dzs, ("relu", "tanh", None), strict=True):
         row = init.loc[name]
         assert row.preact_rms == pytest.approx(_rms(z), rel=1e-4)
         assert row.backward_rms == pytest.approx(len(x) * _rms(dz), rel=1e-4)
@@ -229,7 +234,7 @@ def test_batch_normalization_gamma_and_beta():
     }
     _check(logger, ref, list(main), main)
     assert ref["bnnet/bn/gamma"] > 0 and ref["bnnet/bn/beta"] > 0
-    assert not all(np.array_equal(a, v.numpy()) for a, v in zip(moving, model.non_trainable_weights))
+    assert not all(np.array_equal(a, v.numpy()) for a, v in zip(moving, model.non_trainable_weights, strict=True))
 
 
 def test_separable_and_depthwise_convolutions():
@@ -248,7 +253,9 @@ def test_separable_and_depthwise_convolutions():
         o: (f"{o}/kernel", f"{o}/bias"),
     }
     _check(logger, ref, [sep, dw, o], main)
-    assert {"depthwise_kernel", "pointwise_kernel", "bias"} == set(logger.variables.query("layer_name == @sep").variable)
+    assert {"depthwise_kernel", "pointwise_kernel", "bias"} == set(
+        logger.variables.query("layer_name == @sep").variable
+    )
 
 
 def test_multi_head_attention():
@@ -291,7 +298,9 @@ class Block(keras.layers.Layer):
 
 def test_user_defined_layers():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((6,)), Block(name="block"), Scale(name="scale"), L.Dense(3, name="out")], name="user")
+    model = keras.Sequential(
+        [keras.Input((6,)), Block(name="block"), Scale(name="scale"), L.Dense(3, name="out")], name="user"
+    )
     x, y = _x(16, (6,)), _y(16)
     logger, ref, _ = _fit(model, x, y)
     block = model.get_layer("block")
@@ -350,7 +359,12 @@ def test_models_from_the_factory_keep_their_blocks_and_list_norm_weights_under_t
     names = ["hidden_0", "hidden_1", "hidden_2", "output"]
     _check(logger, ref, names, {n: (f"{n}/kernel", None) for n in names[:-1]})
     var = logger.variables[logger.variables.step == 0]
-    assert set(var[var.layer_name == "hidden_1"].variable) == {"kernel", "hidden_1_norm/gamma", "hidden_1_norm/beta", "hidden_1_act/alpha"}
+    assert set(var[var.layer_name == "hidden_1"].variable) == {
+        "kernel",
+        "hidden_1_norm/gamma",
+        "hidden_1_norm/beta",
+        "hidden_1_act/alpha",
+    }
 
 
 # --------------------------------------------------------------------------- #
@@ -435,7 +449,9 @@ def test_variables_table_round_trips_through_the_results_layout(tmp_path):
     x, y = _x(16, (6,)), _y(16)
     logger, _, _ = _fit(model, x, y)
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": results.SCHEMA_VERSION}))
-    record = results.RunRecord("r", {"seed": 0}, results.empty_result(), logger.layers, logger.history, logger.variables)
+    record = results.RunRecord(
+        "r", {"seed": 0}, results.empty_result(), logger.layers, logger.history, logger.variables
+    )
     results.write_run(tmp_path, record)
     loaded = results.load_results(tmp_path)
     pd.testing.assert_frame_equal(loaded.variables.reset_index(drop=True), logger.variables, check_dtype=False)
