@@ -684,18 +684,22 @@ class GradientNormLogger(keras.callbacks.Callback):
         positions = {i: u.index for i, u in enumerate(self._units) if u.index is not None}
         positions.update({i: k for k, i in enumerate(called + rest)})
         self._positions = positions
-        problems = []
+        missing, unknown = [], []
         for i, u in enumerate(self._units):
             if u.layer is None or i not in rec.order:
-                problems.append(f"{u.name} (not called by the forward pass)")
+                missing.append(f"{u.name} (not called by the forward pass)")
             elif i not in rec.output or i not in rec.preact:
-                problems.append(f"{u.name} (its output is not a floating-point tensor with a batch axis)")
+                missing.append(f"{u.name} (its output is not a floating-point tensor with a batch axis)")
             elif u.tap_activation and u.activation is None and u.activation_name not in ("linear", "identity"):
-                problems.append(f"{u.name} (dead/saturated fractions only: activation {u.activation_name!r} unknown)")
-        if problems:
+                unknown.append(f"{u.name} (activation {u.activation_name!r} is not in models.activations)")
+        parts = []
+        if missing:
+            parts.append("no activation statistics or backward signal for " + ", ".join(missing))
+        if unknown:
+            parts.append("dead/saturated fractions are NaN for " + ", ".join(unknown))
+        if parts:
             warnings.warn(
-                "GradientNormLogger records gradients of every layer, but activations not of: " + "; ".join(problems),
-                stacklevel=3,
+                f"GradientNormLogger: {'; '.join(parts)}; gradient norms are recorded for every layer.", stacklevel=3
             )
 
     def _positions_or_static(self):

@@ -341,7 +341,7 @@ def test_a_layer_the_forward_pass_never_calls_warns_and_keeps_its_gradients():
     model(x)
     model.spare.build((None, 4))
     used, spare = model.used.path, model.spare.path
-    with pytest.warns(UserWarning, match=f"activations not of: {spare} \\(not called"):
+    with pytest.warns(UserWarning, match=f"no activation statistics or backward signal for {spare} \\(not called"):
         logger, ref, _ = _fit(model, x, y, steps=1)
     df = logger.layers[logger.layers.step == 0].set_index("layer_name")
     assert df.loc[used].layer_index == 0 and df.loc[spare].layer_index == 1
