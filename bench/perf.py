@@ -1,6 +1,9 @@
 """`make perf`: what the instrumentation costs next to plain `model.fit`.
 
-Trains the same 20-layer, 256-wide MLP on MNIST three ways:
+Two models: the 20-layer, 256-wide MLP of `models/` and a small CNN built
+with plain Keras (``Conv2D(16, 3, relu) → Conv2D(32, 3, relu) →
+GlobalAveragePooling2D → Dense(10)`` on 28×28×1), each on MNIST, batch 128,
+SGD. Each is trained three ways:
 
 - ``plain``: `model.fit` with no callback;
 - ``grad``: with `GradientNormLogger` recording the gradient cadence every
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +49,25 @@ import numpy as np
 
 VARIANTS = ("plain", "grad", "grad+act")
 TARGETS = {"grad": 1.03, "grad+act": 1.10}
+# The plain-Keras CNN, with the logger's defaults (every step and every 10 steps).
+CONV_TARGETS = {"grad": 1.05, "grad+act": 1.05}
+
+
+def build_conv(input_shape=(28, 28, 1), learning_rate=0.01):
+    """The plain-Keras CNN of `make perf`, compiled as vgbench compiles its models (not built by `models/`)."""
+    import keras
+
+    inp = keras.Input(input_shape)
+    h = keras.layers.Conv2D(16, 3, activation="relu")(inp)
+    h = keras.layers.Conv2D(32, 3, activation="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inp, keras.layers.Dense(10)(h), name="perf_cnn")
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
 
 
 def bootstrap_interval(values, statistic=statistics.median, n=4000, level=0.95, seed=0) -> tuple[float, float]:
@@ -60,16 +83,15 @@ def bootstrap_interval(values, statistic=statistics.median, n=4000, level=0.95, 
 class _Session:
     """One variant, ready to train: a compiled model, its logger (or none) and its data iterator."""
 
-    def __init__(self, name, config, arrays, probe, steps):
+    def __init__(self, name, build, batch_size, arrays, probe, steps):
         import keras
 
         from bench import data as data_mod
         from bench.instrumentation import GradientNormLogger
-        from bench.train import build
 
         keras.utils.set_random_seed(0)
-        train = data_mod.make_tf_dataset(arrays.x_train, arrays.y_train, batch_size=config.batch_size, seed=0)
-        self.model = build(config, arrays.x_train.shape[1:])
+        train = data_mod.make_tf_dataset(arrays.x_train, arrays.y_train, batch_size=batch_size, seed=0)
+        self.model = build()
         # A short plain fit builds the optimizer and metrics and compiles Keras' own step.
         self.model.fit(train.repeat(), epochs=1, steps_per_epoch=2, verbose=0)
         self.logger = None
@@ -102,12 +124,14 @@ class _Session:
             self.logger.on_train_end()
 
 
-def measure_overhead(data_path=None, *, depth=20, width=256, batch_size=128, steps=50, repeats=30):
+def measure_overhead(data_path=None, *, model="mlp", depth=20, width=256, batch_size=128, steps=50, repeats=30):
     """Time-per-step ratios of the instrumented variants against plain training: medians over rounds, 95% intervals.
 
     Args:
         data_path: MNIST file (see `bench.data.load_dataset`).
-        depth, width, batch_size: the model and batch.
+        model: ``"mlp"`` (`models.build_model`, ``depth`` × ``width``) or
+            ``"conv"`` (`build_conv`, plain Keras).
+        depth, width, batch_size: the MLP and the batch.
         steps: steps per timed block, one epoch (a multiple of 10, the activation cadence).
         repeats: rounds; each trains one block of every variant.
     """
@@ -118,12 +142,31 @@ def measure_overhead(data_path=None, *, depth=20, width=256, batch_size=128, ste
 
     from bench import data as data_mod
     from bench.config import RunConfig
+    from bench.train import build
 
     ds = data_mod.load_dataset("mnist", data_path)
-    arrays = data_mod.prepare(ds, flatten=True)
-    config = RunConfig(depth=depth, width=width, activation="relu", initializer="he_normal", batch_size=batch_size)
+    arrays = data_mod.prepare(ds, flatten=model == "mlp")
+    if model == "mlp":
+        config = RunConfig(depth=depth, width=width, activation="relu", initializer="he_normal", batch_size=batch_size)
+        description = f"mlp depth={depth} width={width} relu/he_normal, batch {batch_size}, SGD"
+        targets = TARGETS
+
+        def make():
+            return build(config, arrays.x_train.shape[1:])
+
+    else:
+        description = (
+            f"plain-Keras CNN Conv2D(16,3,relu)→Conv2D(32,3,relu)→GlobalAveragePooling2D→Dense(10), "
+            f"28×28×1, batch {batch_size}, SGD"
+        )
+        targets = CONV_TARGETS
+
+        def make():
+            return build_conv(arrays.x_train.shape[1:])
+
     probe = (arrays.x_train[:batch_size], arrays.y_train[:batch_size])
-    sessions = {name: _Session(name, config, arrays, probe, steps) for name in VARIANTS}
+    sessions = {name: _Session(name, make, batch_size, arrays, probe, steps) for name in VARIANTS}
+    load_before = os.getloadavg()[0]
     for session in sessions.values():
         session.block()  # warm-up: tracing, caches
     orders = list(itertools.permutations(VARIANTS))
@@ -134,6 +177,7 @@ def measure_overhead(data_path=None, *, depth=20, width=256, batch_size=128, ste
             w, c = sessions[name].block()
             wall[name].append(w / steps)
             cpu[name].append(c / steps)
+    load_after = os.getloadavg()[0]
     for session in sessions.values():
         session.close()
     keras.backend.clear_session()
@@ -141,7 +185,7 @@ def measure_overhead(data_path=None, *, depth=20, width=256, batch_size=128, ste
     ratios = {name: [wall[name][i] / wall["plain"][i] for i in range(repeats)] for name in instrumented}
     cpu_ratios = {name: [cpu[name][i] / cpu["plain"][i] for i in range(repeats)] for name in instrumented}
     return {
-        "model": f"mlp depth={depth} width={width} relu/he_normal, batch {batch_size}, SGD",
+        "model": description,
         "steps_per_block": steps,
         "repeats": repeats,
         "estimator": "median over rounds of the per-round ratio of block times; "
@@ -153,7 +197,8 @@ def measure_overhead(data_path=None, *, depth=20, width=256, batch_size=128, ste
         "ratio_all": ratios,
         "cpu_ratio_median": {name: statistics.median(v) for name, v in cpu_ratios.items()},
         "cpu_ratio_ci95": {name: list(bootstrap_interval(v)) for name, v in cpu_ratios.items()},
-        "targets": TARGETS,
+        "targets": targets,
+        "load_average": [load_before, load_after],
     }
 
 
@@ -180,9 +225,7 @@ def measure_parallel(data_path=None, jobs=2):
     }
 
 
-def _markdown(result) -> str:
-    o = result["overhead"]
-    p = result["parallel"]
+def _table(o) -> list[str]:
     names = {"grad": "gradient cadence every step", "grad+act": "+ activation statistics every 10 steps"}
     rows = []
     for name, label in names.items():
@@ -192,27 +235,46 @@ def _markdown(result) -> str:
             f"| {label} | {o['ratio_median'][name]:.3f}× | {lo:.3f}–{hi:.3f}× | {_range(o['ratio_all'][name])} "
             f"| {o['cpu_ratio_median'][name]:.3f}× ({clo:.3f}–{chi:.3f}×) | ≤ {o['targets'][name]:.2f}× |"
         )
-    lines = [
-        "# vgbench instrumentation cost",
-        "",
-        f"Measured {result['date']} on {result['machine']}.",
-        f"Model: {o['model']}. The three variants train side by side in one process: {o['repeats']} rounds,",
-        f"each training one epoch of {o['steps_per_block']} steps of every variant (orders cycling through all",
-        "permutations, after a warm-up epoch each), the way `fit` runs them (the logger's per-step and per-epoch",
-        "work included). Per round, each variant's time is divided by plain training's of the same round.",
-        "The gradient cadence records kernel and bias gradient norms, the backward signal (`backward_rms`) and",
-        "the pre-activation RMS (`preact_rms`).",
+    load = o.get("load_average")
+    return [
+        f"Model: {o['model']}. {o['repeats']} rounds of {o['steps_per_block']} steps per variant.",
         "",
         "| variant | time per step vs plain `fit` (median over rounds) | bootstrap 95% interval "
         "| per-round range | process CPU time ratio (95% interval) | target |",
         "|---|---|---|---|---|---|",
         *rows,
         "",
+        f"Plain `fit`: {1000 * o['seconds_per_step_median']['plain']:.1f} ms per step (median)."
+        + (f" Load average (1 min) before and after: {load[0]:.1f}, {load[1]:.1f}." if load else ""),
+        "",
+    ]
+
+
+def _markdown(result) -> str:
+    o = result["overhead"]
+    p = result["parallel"]
+    conv = result.get("overhead_conv")
+    lines = [
+        "# vgbench instrumentation cost",
+        "",
+        f"Measured {result['date']} on {result['machine']}.",
+        "For each model the three variants train side by side in one process: in each round, one epoch of",
+        "every variant (orders cycling through all permutations, after a warm-up epoch each), the way `fit`",
+        "runs them (the logger's per-step and per-epoch work included). Per round, each variant's time is",
+        "divided by plain training's of the same round. The gradient cadence records kernel and bias gradient",
+        "norms, every variable's gradient norm, the backward signal (`backward_rms`) and the pre-activation",
+        "RMS (`preact_rms`).",
+        "",
+        "## MLP from `models/`",
+        "",
+        *_table(o),
+    ]
+    if conv is not None:
+        lines += ["## A plain-Keras CNN (not built by `models/`)", "", *_table(conv)]
+    lines += [
         "The wall-time ratio is the measurement against the target; the CPU-time ratio counts this",
         "process's own work only, so where the two differ a lot other load on the machine moved the wall",
         "times. The per-round range shows the noise of a single round.",
-        "",
-        f"Plain `fit`: {1000 * o['seconds_per_step_median']['plain']:.1f} ms per step (median).",
         "",
     ]
     if p is not None:
@@ -237,6 +299,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=None)
     parser.add_argument("--repeats", type=int, default=30, help="rounds, each training one epoch of every variant")
     parser.add_argument("--steps", type=int, default=50, help="steps per epoch (a multiple of 10)")
+    parser.add_argument("--conv-repeats", type=int, default=20, help="rounds for the CNN")
+    parser.add_argument("--conv-steps", type=int, default=20, help="steps per epoch for the CNN (a multiple of 10)")
+    parser.add_argument("--no-conv", action="store_true", help="skip the CNN")
     parser.add_argument("--no-parallel", action="store_true", help="skip the parallel-efficiency suite")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
@@ -251,6 +316,9 @@ def main(argv=None) -> int:
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "platform": platform_info(),
         "overhead": measure_overhead(args.data, steps=args.steps, repeats=args.repeats),
+        "overhead_conv": None
+        if args.no_conv
+        else measure_overhead(args.data, model="conv", steps=args.conv_steps, repeats=args.conv_repeats),
         "parallel": None if args.no_parallel else measure_parallel(args.data, jobs=args.jobs),
     }
     out = Path(args.out)
