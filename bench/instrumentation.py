@@ -41,10 +41,11 @@ What is recorded, per layer:
   ``embeddings``, else ``gamma`` (normalization); an RNN's input kernel, its
   cell's ``kernel``; else its first trainable variable that is not its
   bias), ``bias_grad_norm`` (of ``bias``, or ``beta`` for a
-  normalization), ``backward_rms`` (RMS of batch size × ∂L/∂z, from the same
-  ``tape.gradient`` call) and ``preact_rms`` (RMS of z); and, in the
-  ``variables`` table, the gradient norm of every trainable variable;
-- every ``act_every`` steps: ``kernel_norm``, ``update_ratio``
+  normalization) and ``backward_rms`` (RMS of batch size × ∂L/∂z, from the
+  same ``tape.gradient`` call); and, in the ``variables`` table, the
+  gradient norm of every trainable variable;
+- every ``act_every`` steps: ``preact_rms`` (RMS of z: read every step, z
+  cost ~10% of a step), ``kernel_norm``, ``update_ratio``
   (‖ΔW‖/‖W‖ of that step's update), and ``act_mean``, ``act_std``,
   ``act_rms``, ``saturated_fraction`` and ``dead_fraction`` (from the
   derivative of the layer's activation at z, for the activations of

@@ -7,10 +7,11 @@ SGD. Each is trained three ways:
 
 - ``plain``: `model.fit` with no callback;
 - ``grad``: with `GradientNormLogger` recording the gradient cadence every
-  step (kernel/bias gradient norms, backward signal, pre-activation RMS;
-  activation statistics effectively off);
-- ``grad+act``: the same plus activation statistics, dead/inactive
-  fractions, kernel norms and update ratios every 10 steps (the default).
+  step (kernel/bias gradient norms, backward signal; activation statistics
+  effectively off);
+- ``grad+act``: the same plus activation statistics, pre-activation RMS,
+  dead/inactive fractions, kernel norms and update ratios every 10 steps
+  (the default).
 
 How the ratio is made robust on a noisy, shared machine:
 
@@ -262,8 +263,8 @@ def _markdown(result) -> str:
         "every variant (orders cycling through all permutations, after a warm-up epoch each), the way `fit`",
         "runs them (the logger's per-step and per-epoch work included). Per round, each variant's time is",
         "divided by plain training's of the same round. The gradient cadence records kernel and bias gradient",
-        "norms, every variable's gradient norm, the backward signal (`backward_rms`) and the pre-activation",
-        "RMS (`preact_rms`).",
+        "norms, every variable's gradient norm and the backward signal (`backward_rms`); the activation cadence",
+        "adds the activation statistics and the pre-activation RMS (`preact_rms`).",
         "",
         "## MLP from `models/`",
         "",

@@ -418,7 +418,7 @@ LAYER_QUANTITIES: dict[str, Quantity] = {
             scale="log", unit="norm", finish=_backward_rms_finish,
         ),
         Quantity(
-            "preact_rms", "layer", "pre-activation RMS", preact_rms, "grad",
+            "preact_rms", "layer", "pre-activation RMS", preact_rms, "act",
             scale="log", unit="norm", finish=_preact_rms_finish,
         ),
         Quantity("kernel_norm", "layer", "kernel norm", kernel_norm, "act", unit="norm"),
