@@ -139,6 +139,11 @@ def _add_run(sub):
         help="retries of a Ray task whose worker died (default 3)",
     )
     p.add_argument(
+        "--tensorboard", metavar="DIR", default=None,
+        help="also write each run's per-layer quantities and gradient histograms as TensorBoard events "
+        "into DIR/RUN_ID (`tensorboard --logdir DIR`)",
+    )
+    p.add_argument(
         "--wait", action="store_true", help="when another vgbench run writes --out, wait for it instead of failing"
     )
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
@@ -223,6 +228,7 @@ def cmd_run(args) -> int:
                 retry_failed=args.retry_failed,
                 progress=not args.no_progress and sys.stderr.isatty(),
                 wait=args.wait,
+                tensorboard_dir=args.tensorboard,
                 **ray_options,
             )
     finally:

@@ -1,31 +1,64 @@
-"""Per-layer gradient norms and activation statistics, recorded during `model.fit`.
+"""Per-layer gradient norms and activation statistics of any Keras 3 model, recorded during `model.fit`.
 
-`GradientNormLogger` is a Keras callback. For the duration of a `fit` it swaps
-the model's `train_step` for one that computes the very gradients the
-optimizer applies with a `tf.GradientTape`, and, inside the same compiled
-step, reduces them to per-layer norms. Forward activations come from the same
-forward pass (a functional view of the model that also returns every hidden
-layer's output), so nothing is computed twice. The numbers go into
-preallocated buffers (`tf.Variable`s) and reach Python once per epoch. Per
-step, Python only picks which compiled step to run (gradient norms and/or
-activation statistics due?) and looks at the loss `fit` already reports.
+`GradientNormLogger` is a Keras callback (TensorFlow backend). For the
+duration of a `fit` it swaps the model's `train_step` for one that computes
+the very gradients the optimizer applies with a `tf.GradientTape`, and,
+inside the same compiled step, reduces them to per-layer and per-variable
+norms. The numbers go into preallocated buffers (`tf.Variable`s) and reach
+Python once per epoch. Per step, Python only picks which compiled step to
+run (gradient norms and/or activation statistics due?) and looks at the loss
+`fit` already reports.
 
-What is recorded, per hidden layer (index 0 = nearest the input) and the
-output layer (index = depth, name ``output``):
+Which layers: every layer with trainable weights, of a Sequential,
+functional or subclassed model, in the order the forward pass calls them
+(`layer_index` 0 first), named by the layer's path (`layer.path`). Keras'
+own layers are units as a whole (an `LSTM` with its cell, a
+`MultiHeadAttention` with its projections, a `Bidirectional` wrapper);
+nested models and user-defined layers without weights of their own are
+looked into; a user-defined layer with weights of its own is one unit with
+all the weights below it. Models built by `models.build_model` are
+recognized by their layer names and keep their blocks: ``hidden_{i}`` (its
+weight layer, with the norm, projection and PReLU weights of block ``i`` in
+the variables table) and ``output``, the pre-activation being the input of
+the block's activation layer.
 
-- every ``log_every`` steps: ``kernel_grad_norm``, ``bias_grad_norm``
-  (L2 norms of the gradients of the layer's kernel and bias),
-  ``backward_rms`` (RMS of batch size × ∂L/∂z at the layer's pre-activation
-  z, from the same ``tape.gradient`` call) and ``preact_rms`` (RMS of z);
+How activations are found: while the instrumented step is traced (and for
+the step-0 pass), each unit's `call` (and the `activation` attribute of a
+layer that has one, e.g. ``Dense(activation="relu")``) is wrapped on the
+instance, so that the one forward pass records each unit's output and its
+pre-activation z (the input of its activation function, or its output when
+it has none); the wrappers are removed right after, so the compiled step
+holds plain ops. A layer called more than once per pass (a shared layer)
+counts once: its weight gradients are the optimizer's (summed over the
+calls), its output and z are those of its first call. A layer that returns
+several tensors (an RNN with states, attention with scores) is recorded by
+its first output.
+
+What is recorded, per layer:
+
+- every ``log_every`` steps: ``kernel_grad_norm`` (L2 norm of the gradient
+  of the layer's main weight: ``kernel``, else ``depthwise_kernel``, else
+  ``embeddings``, else ``gamma`` (normalization); an RNN's input kernel, its
+  cell's ``kernel``; else its first trainable variable that is not its
+  bias), ``bias_grad_norm`` (of ``bias``, or ``beta`` for a
+  normalization), ``backward_rms`` (RMS of batch size × ∂L/∂z, from the same
+  ``tape.gradient`` call) and ``preact_rms`` (RMS of z); and, in the
+  ``variables`` table, the gradient norm of every trainable variable;
 - every ``act_every`` steps: ``kernel_norm``, ``update_ratio``
   (‖ΔW‖/‖W‖ of that step's update), and ``act_mean``, ``act_std``,
-  ``act_rms``, ``saturated_fraction`` (saturating activations: share of
-  unit outputs whose derivative is below 1% of its maximum) and
-  ``dead_fraction`` (share of units whose activation's derivative at z is
-  exactly 0 for every example of the batch) and ``inactive_fraction`` (ReLU
-  family: z <= 0 for every example);
+  ``act_rms``, ``saturated_fraction`` and ``dead_fraction`` (from the
+  derivative of the layer's activation at z, for the activations of
+  `models.activations`; NaN for others and for layers without one) and
+  ``inactive_fraction`` (ReLU family); with ``tensorboard_dir``, also a
+  histogram of log10|g| over the layer's weight gradients;
 - step 0: all of the above except ``update_ratio``, at initialization, on a
-  fixed probe batch, before any update.
+  fixed probe batch, before any update, with the model's own `compute_loss`
+  and compiled metrics.
+
+Where a layer's output cannot be recorded (a layer the forward pass never
+calls, an output that is not a floating-point tensor with a batch axis), its
+gradient norms are still recorded, the quantities that need the output or z
+are NaN, and one warning line says so.
 
 Step ``s >= 1`` is the ``s``-th optimizer update; the gradients recorded at
 step ``s`` are the ones that update applied.
@@ -41,8 +74,12 @@ Reference:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import re
+import warnings
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -53,83 +90,354 @@ import tensorflow as tf
 import models
 from bench import quantities
 from bench.quantities import SATURATION_THRESHOLD  # noqa: F401  (public name)
-from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS
+from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, VARIABLE_COLUMNS
+from bench.summaries import HISTOGRAM_EDGES as _HIST_EDGES
+from bench.summaries import HISTOGRAM_FLOOR
 
 # The measured columns of layers.parquet, in the buffers' order.
 _GRAD_FIELDS = quantities.cadence_fields("grad")
 _ACT_FIELDS = quantities.cadence_fields("act")
 _GRAD_QUANTITIES = [quantities.LAYER_QUANTITIES[name] for name in _GRAD_FIELDS]
 _ACT_QUANTITIES = [quantities.LAYER_QUANTITIES[name] for name in _ACT_FIELDS]
-# A non-finite kernel gradient marks divergence (every layer has a kernel).
-_DIVERGENCE_FIELD = _GRAD_FIELDS.index("kernel_grad_norm")
+
+# The compiled metrics that fill the history's accuracy columns, by
+# preference; else the first other one whose name ends in "accuracy" or "acc"
+# (not a top-k accuracy). Every other compiled metric goes to a column
+# "metric:NAME" ("metric:val_NAME" on the test data).
+ACCURACY_METRICS = ("accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy", "binary_accuracy")
+METRIC_PREFIX = "metric:"
+
+_BLOCK_NAME = re.compile(r"hidden_(\d+)(?:_[a-z]+)?")
 
 
-class _Layer:
-    """One instrumented layer: its variables and how to read its activation."""
+def accuracy_metric(names) -> str | None:
+    """The compiled metric that the history's accuracy columns report, among log keys ``names``; None if none."""
+    names = [n for n in names if not n.startswith("val_")]
+    for name in ACCURACY_METRICS:
+        if name in names:
+            return name
+    for name in names:
+        if (name.endswith("accuracy") or name.endswith("_acc")) and "top_k" not in name:
+            return name
+    return None
 
-    def __init__(self, index, name, weight_layer, activation_layer):
-        self.index = index
+
+# --------------------------------------------------------------------------- #
+# Which layers: units
+# --------------------------------------------------------------------------- #
+
+
+class _Unit:
+    """One instrumented layer: its trainable variables, main weight and bias, and where its output and z are read.
+
+    Attributes:
+        name: the ``layer_name`` of its rows.
+        layer: the layer whose `call` gives the output (None: never called,
+            e.g. variables of the model itself).
+        act_layer: for a block of `models.build_model`, the activation layer
+            whose input is z and whose output is the output.
+        index: a fixed ``layer_index`` (blocks of `models.build_model`), or
+            None for the position in call order.
+        variables: ``[(variable, name relative to the layer)]``.
+        tap_activation: read z at the ``activation`` attribute of ``layer``.
+        activation: the `models.activations.Activation` at z, or None
+            (no activation, or one the registry does not know).
+        activation_name: the activation's name, for the warning about an
+            unknown one ("" when none).
+    """
+
+    def __init__(self, name, layer, variables, *, act_layer=None, index=None, main_of=None):
         self.name = name
-        self.kernel = weight_layer.kernel
-        self.bias = getattr(weight_layer, "bias", None)
-        self.kernel_idx = self.bias_idx = None  # positions in model.trainable_weights
+        self.layer = layer
+        self.act_layer = act_layer
+        self.index = index
+        self.variables = variables
+        owner = main_of if main_of is not None else layer
+        self.kernel, self.bias = _main_weight_and_bias(owner, [v for v, _ in variables])
         self.kernel_size = int(np.prod(self.kernel.shape))
         self.bias_size = int(np.prod(self.bias.shape)) if self.bias is not None else 0
-        self.output_layer = activation_layer if activation_layer is not None else weight_layer
-        self.activation = _activation_of(activation_layer) if activation_layer is not None else None
-        # The pre-activation is the activation layer's input (after a norm
-        # that precedes it); the output layer's is the logits, the model's output.
-        self.preact = activation_layer.input if activation_layer is not None else None
-        self.slope = getattr(activation_layer, "alpha", None) if type(activation_layer).__name__ == "PReLU" else None
+        self.slope = None
+        self.tap_activation = False
+        self.activation = None
+        self.activation_name = ""
+        if act_layer is not None:
+            self.activation = _activation_of(act_layer)
+            self.activation_name = type(act_layer).__name__
+            if type(act_layer).__name__ == "PReLU":
+                self.slope = act_layer.alpha
+        elif layer is not None:
+            fn = layer.__dict__.get("activation")
+            if callable(fn) and not isinstance(fn, keras.layers.Layer):
+                self.tap_activation = True
+                self.activation_name = getattr(fn, "__name__", type(fn).__name__)
+                self.activation = _activation_of_function(fn)
+
+
+def _main_weight_and_bias(layer, variables):
+    """The variable that ``kernel_grad_norm`` reports and the one ``bias_grad_norm`` reports (or None)."""
+    ids = {id(v) for v in variables}
+    target = getattr(layer, "cell", None) if isinstance(layer, keras.layers.RNN) else layer
+
+    def attr(obj, name):
+        try:
+            v = getattr(obj, name, None)
+        except Exception:  # a property that cannot be read (e.g. before build)
+            return None
+        return v if isinstance(v, keras.Variable) and id(v) in ids else None
+
+    bias = next((v for obj in (target, layer) for name in ("bias", "beta") if (v := attr(obj, name)) is not None), None)
+    for name in ("kernel", "_kernel", "depthwise_kernel", "embeddings", "gamma"):
+        for obj in (target, layer):
+            v = attr(obj, name)
+            if v is not None:
+                return v, bias
+    others = [v for v in variables if v is not bias]
+    if others:
+        return others[0], bias
+    return variables[0], None
+
+
+def _units(model) -> list[_Unit]:
+    """The instrumented layers of a model: the blocks of `models.build_model`, else every weight-bearing layer."""
+    units = _contract_units(model)
+    if units is None:
+        units = _generic_units(model)
+    # Variables of no unit (e.g. a subclassed model's own): one unit without output.
+    assigned = {id(v) for u in units for v, _ in u.variables}
+    rest = [v for v in model.trainable_weights if id(v) not in assigned]
+    if rest:
+        units.append(_Unit(model.name, None, [(v, _relative(v, model)) for v in rest], main_of=model))
+    if not units:
+        raise ValueError(f"Argument `model` must have trainable weights. Received: model={model.name!r} without any")
+    return units
+
+
+def _contract_units(model):
+    """The blocks of a model built by `models.build_model`, or None for another model."""
+    try:
+        hidden = models.hidden_layers(model)
+        out = models.output_layer(model)
+    except ValueError:
+        return None
+    blocks = {h.index: [] for h in hidden}
+    blocks[len(hidden)] = []
+    for layer in model.layers:
+        match = _BLOCK_NAME.fullmatch(layer.name)
+        block = int(match.group(1)) if match else len(hidden) if layer is out else None
+        if block is None or block not in blocks:
+            continue
+        base = hidden[block].weight_layer if block < len(hidden) else out
+        blocks[block].extend((v, _relative(v, base)) for v in layer.trainable_weights)
+    units = [
+        _Unit(h.name, h.weight_layer, blocks[h.index], act_layer=h.activation_layer, index=h.index)
+        for h in hidden
+    ]
+    units.append(_Unit("output", out, blocks[len(hidden)], index=len(hidden)))
+    return units
+
+
+def _generic_units(model):
+    """Every weight-bearing layer below the model (see the module docstring for what counts as one)."""
+    units, seen, assigned = [], set(), set()
+
+    def visit(layer):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        weights = layer.trainable_weights
+        if not weights:
+            return
+        subs = layer._flatten_layers(include_self=False, recursive=False)
+        below = {id(v) for s in subs for v in s.trainable_weights}
+        own = [v for v in weights if id(v) not in below]
+        builtin = type(layer).__module__.startswith("keras.") and not isinstance(layer, keras.Model)
+        if layer is not model and (builtin or own or not subs):
+            mine = [(v, _relative(v, layer)) for v in weights if id(v) not in assigned]
+            if mine:
+                assigned.update(id(v) for v, _ in mine)
+                units.append(_Unit(_layer_name(layer), layer, mine))
+            return
+        for sub in subs:
+            visit(sub)
+
+    visit(model)
+    return units
+
+
+def _layer_name(layer) -> str:
+    return getattr(layer, "path", None) or layer.name
+
+
+def _relative(variable, layer) -> str:
+    """A variable's path below its layer's path ("kernel", "lstm_cell/recurrent_kernel", "query/bias")."""
+    path = variable.path
+    base = _layer_name(layer) if layer is not None else ""
+    if base and path.startswith(base + "/"):
+        return path[len(base) + 1 :]
+    return path
+
+
+_ACTIVATION_LAYERS = {"LeakyReLU": "leaky_relu", "PReLU": "prelu", "ELU": "elu", "ReLU": "relu"}
 
 
 def _activation_of(layer):
-    """The registry entry of a Keras activation layer (for its family/derivative)."""
+    """The registry entry of a Keras activation layer (for its family/derivative), or None."""
     cls = type(layer).__name__
     if cls == "Activation":
-        fn = layer.activation
-        name = getattr(fn, "__name__", str(fn))
-    else:
-        name = {
-            "LeakyReLU": "leaky_relu",
-            "PReLU": "prelu",
-            "ELU": "elu",
-            "ReLU": "relu",
-        }.get(cls, cls.lower())
-        if cls == "ReLU" and getattr(layer, "max_value", None) == 6:
-            name = "relu6"
-    name = {"silu": "swish", "hard_silu": "hard_swish"}.get(name, name)
+        return _activation_of_function(layer.activation)
+    name = _ACTIVATION_LAYERS.get(cls, cls.lower())
+    if cls == "ReLU" and getattr(layer, "max_value", None) == 6:
+        name = "relu6"
     # The parameters the derivative depends on.
     if cls == "LeakyReLU":
         name = f"leaky_relu(negative_slope={float(layer.negative_slope)!r})"
     elif cls == "ELU":
         name = f"elu(alpha={float(layer.alpha)!r})"
+    return _registered(name)
+
+
+def _activation_of_function(fn):
+    """The registry entry of an activation function (``keras.activations.relu``, ...); None for linear or unknown."""
+    name = getattr(fn, "__name__", "")
+    if name in ("linear", "identity"):
+        return None  # the output layer's case: z is the output, nothing is dead
+    return _registered(name)
+
+
+def _registered(name):
+    name = {"silu": "swish", "hard_silu": "hard_swish"}.get(name, name)
+    if not name:
+        return None
     try:
         return models.activations.get(name)
     except ValueError:
         return None
 
 
+# --------------------------------------------------------------------------- #
+# Reading outputs and pre-activations during the forward pass
+# --------------------------------------------------------------------------- #
+
+
+class _Recording:
+    """What one forward pass showed: each unit's output and z (first call), and the order of first calls."""
+
+    def __init__(self):
+        self.output = {}
+        self.preact = {}
+        self.order = []
+        self.unrecordable = set()
+
+    def enter(self, i):
+        if i not in self.order:
+            self.order.append(i)
+
+    def keep(self, table, i, value):
+        if i in table:
+            return  # a shared layer: its first call counts
+        t = _first_tensor(value)
+        if t is None:
+            self.unrecordable.add(i)
+        else:
+            table[i] = t
+
+
+def _first_tensor(value):
+    """The first output of a layer if it is a floating-point tensor with a batch axis, else None."""
+    flat = tf.nest.flatten(value)
+    if not flat:
+        return None
+    t = flat[0]
+    if not tf.is_tensor(t) or not t.dtype.is_floating or t.shape.rank is None or t.shape.rank < 1:
+        return None
+    return t
+
+
+@contextlib.contextmanager
+def _tapped(units):
+    """Wraps the units' `call` (and `activation`) on the instances for one forward pass; restores them after."""
+    rec = _Recording()
+    undo = []
+
+    def wrap_call(layer, i, z_from_input, z_from_output):
+        had = "call" in layer.__dict__
+        original = layer.call
+
+        def call(*args, **kwargs):
+            rec.enter(i)
+            out = original(*args, **kwargs)
+            rec.keep(rec.output, i, out)
+            if z_from_input:
+                rec.keep(rec.preact, i, args[0] if args else kwargs.get("inputs"))
+            elif z_from_output:
+                rec.keep(rec.preact, i, out)
+            return out
+
+        layer.call = call
+        undo.append(lambda: setattr(layer, "call", original) if had else delattr(layer, "call"))
+
+    def wrap_activation(layer, i):
+        original = layer.__dict__["activation"]
+
+        def activation(z, *args, **kwargs):
+            rec.keep(rec.preact, i, z)
+            return original(z, *args, **kwargs)
+
+        layer.activation = activation
+        undo.append(lambda: setattr(layer, "activation", original))
+
+    try:
+        for i, u in enumerate(units):
+            if u.act_layer is not None:
+                wrap_call(u.act_layer, i, z_from_input=True, z_from_output=False)
+            elif u.layer is not None:
+                wrap_call(u.layer, i, z_from_input=False, z_from_output=not u.tap_activation)
+                if u.tap_activation:
+                    wrap_activation(u.layer, i)
+        yield rec
+    finally:
+        for fn in reversed(undo):
+            fn()
+
+
+# --------------------------------------------------------------------------- #
+# The callback
+# --------------------------------------------------------------------------- #
+
+
 class GradientNormLogger(keras.callbacks.Callback):
-    """Records per-layer gradient norms and activation statistics during `fit`.
+    """Records per-layer and per-variable gradient norms and activation statistics during `fit`.
+
+    Works with any Keras 3 model on the TensorFlow backend (Sequential,
+    functional, subclassed), any compiled loss and label format.
 
     Args:
         probe_data: ``(x, y)`` of a fixed batch, used for the step-0
             measurement at initialization. Without it, no step-0 record.
         test_data: optional ``(x, y)`` or `tf.data.Dataset` of batches,
-            evaluated at step 0 for the history table (later evaluations come from `fit`'s ``validation_data``).
+            evaluated at step 0 for the history table (later evaluations
+            come from `fit`'s ``validation_data``).
         log_every: record gradient norms every this many steps.
         act_every: record activation statistics, kernel norms and update
-            ratios every this many steps.
+            ratios (and gradient histograms) every this many steps.
         run_id: the value of the ``run_id`` column of the tables.
+        tensorboard_dir: optional directory: the per-layer quantities are
+            also written as TensorBoard scalars (tag ``QUANTITY/LAYER_NAME``)
+            at every recorded step, and a histogram of log10|g| over each
+            layer's weight gradients (tag ``grad_log10/LAYER_NAME``) every
+            ``act_every`` steps, into ``tensorboard_dir/RUN_ID`` (``run``
+            when ``run_id`` is empty).
 
     Attributes (after `fit`):
         layers: DataFrame in the ``layers.parquet`` layout.
-        history: DataFrame in the ``history.parquet`` layout.
+        variables: DataFrame in the ``variables.parquet`` layout: one row
+            per step and trainable variable, on the gradient cadence.
+        history: DataFrame in the ``history.parquet`` layout, plus a column
+            ``metric:NAME`` per other compiled metric.
         diverged_step: first step with a non-finite loss or gradient, or None.
     """
 
-    def __init__(self, probe_data=None, test_data=None, log_every=1, act_every=10, run_id=""):
+    def __init__(self, probe_data=None, test_data=None, log_every=1, act_every=10, run_id="", tensorboard_dir=None):
         super().__init__()
         for arg, value in (("log_every", log_every), ("act_every", act_every)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -139,12 +447,14 @@ class GradientNormLogger(keras.callbacks.Callback):
         self.log_every = log_every
         self.act_every = act_every
         self.run_id = run_id
+        self.tensorboard_dir = tensorboard_dir
         self._reset()
 
     # ------------------------------------------------------------------ state
 
     def _reset(self):
         self._layer_rows = []
+        self._variable_rows = []
         self._history_rows = []
         self._flushed_grad = 0
         self._flushed_act = 0
@@ -152,30 +462,25 @@ class GradientNormLogger(keras.callbacks.Callback):
         self._counter = None
         self._flushed_at = 0
         self._flush_every = 1
+        self._positions = None
+        self._events = None
         self.diverged_step = None
         self.layers = pd.DataFrame(columns=LAYER_COLUMNS)
+        self.variables = pd.DataFrame(columns=VARIABLE_COLUMNS)
         self.history = pd.DataFrame(columns=HISTORY_COLUMNS)
 
     def on_train_begin(self, logs=None):
         self._reset()
         model = self.model
-        hidden = models.hidden_layers(model)
-        out = models.output_layer(model)
-        self._layers = [_Layer(h.index, h.name, h.weight_layer, h.activation_layer) for h in hidden]
-        self._layers.append(_Layer(len(hidden), "output", out, None))
-        n = len(self._layers)
-
-        # The forward pass that also returns each instrumented layer's output
-        # and each hidden layer's pre-activation (the output layer's is the logits).
-        self._tap = keras.Model(
-            model.inputs,
-            [model.outputs[0]] + [l.output_layer.output for l in self._layers] + [l.preact for l in self._layers[:-1]],
-        )
-
-        index = {v.path: i for i, v in enumerate(model.trainable_weights)}
-        for layer in self._layers:
-            layer.kernel_idx = index[layer.kernel.path]
-            layer.bias_idx = index[layer.bias.path] if layer.bias is not None else None
+        self._units = _units(model)
+        n = len(self._units)
+        self._variables = [(i, v, name) for i, u in enumerate(self._units) for v, name in u.variables]
+        index = {id(v): k for k, v in enumerate(model.trainable_weights)}
+        self._var_idx = [index.get(id(v)) for _, v, _ in self._variables]
+        for u in self._units:
+            u.kernel_idx = index.get(id(u.kernel))
+            u.bias_idx = index.get(id(u.bias)) if u.bias is not None else None
+            u.var_idx = [index.get(id(v)) for v, _ in u.variables]
 
         # Buffers hold one epoch (or 10,000 steps when the epoch length is
         # unknown; they are then flushed whenever they fill up).
@@ -183,15 +488,26 @@ class GradientNormLogger(keras.callbacks.Callback):
         per_epoch = steps if steps else 10_000
         self._grad_cap = max(1, math.ceil(per_epoch / self.log_every)) + 1
         self._act_cap = max(1, math.ceil(per_epoch / self.act_every)) + 1
+        self._histograms = self.tensorboard_dir is not None
         nan = float("nan")
+        bins = len(_HIST_EDGES) - 1
         with tf.init_scope():
             self._grad_buf = tf.Variable(tf.fill([self._grad_cap, n, len(_GRAD_FIELDS)], nan), trainable=False)
+            self._var_buf = tf.Variable(tf.fill([self._grad_cap, len(self._variables)], nan), trainable=False)
             self._grad_step = tf.Variable(tf.zeros([self._grad_cap], tf.int64), trainable=False)
             self._grad_count = tf.Variable(0, dtype=tf.int64, trainable=False)
             self._act_buf = tf.Variable(tf.fill([self._act_cap, n, len(_ACT_FIELDS)], nan), trainable=False)
+            hist_rows = self._act_cap if self._histograms else 1
+            self._hist_buf = tf.Variable(tf.zeros([hist_rows, n, bins]), trainable=False)
             self._act_step = tf.Variable(tf.zeros([self._act_cap], tf.int64), trainable=False)
             self._act_count = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self._shadow = [tf.Variable(tf.zeros_like(l.kernel.value), trainable=False) for l in self._layers]
+            self._shadow = [tf.Variable(tf.zeros_like(u.kernel.value), trainable=False) for u in self._units]
+
+        if self.tensorboard_dir is not None:
+            from bench.results import run_dir_name
+            from bench.summaries import EventWriter
+
+            self._events = EventWriter(Path(self.tensorboard_dir) / (run_dir_name(self.run_id) if self.run_id else "run"))
 
         if self.probe_data is not None:
             self._measure_init()
@@ -214,9 +530,19 @@ class GradientNormLogger(keras.callbacks.Callback):
             del model.train_step
         model.train_function = None
         self._functions = {}
-        self.layers = _layer_frame(self._layer_rows, self.run_id, self._layers)
-        self.history = pd.DataFrame(self._history_rows, columns=HISTORY_COLUMNS[1:])
-        self.history.insert(0, "run_id", self.run_id)
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+        self.layers = _layer_frame(self._layer_rows, self.run_id, self._units, self._positions_or_static())
+        self.variables = _variable_frame(self._variable_rows, self.run_id)
+        history = pd.DataFrame(self._history_rows)
+        for c in HISTORY_COLUMNS[1:]:
+            if c not in history.columns:
+                history[c] = np.nan
+        extra = sorted(c for c in history.columns if c not in HISTORY_COLUMNS)
+        history = history[HISTORY_COLUMNS[1:] + extra].astype({"step": "int64", "epoch": "int64"})
+        history.insert(0, "run_id", self.run_id)
+        self.history = history
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch + 1
@@ -244,47 +570,42 @@ class GradientNormLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._flush()
-        logs = logs or {}
         step = int(self.model.optimizer.iterations.numpy())
-        self._history_rows.append(
-            (
-                step,
-                epoch + 1,
-                _float(logs.get("loss")),
-                _float(logs.get("accuracy")),
-                _float(logs.get("val_loss")),
-                _float(logs.get("val_accuracy")),
-            )
-        )
+        self._history_rows.append(_history_row(step, epoch + 1, logs or {}))
 
     # ------------------------------------------------------- step 0 (at init)
 
     def _measure_init(self):
         model = self.model
         x, y = self.probe_data
-        x = tf.convert_to_tensor(x)
-        y = tf.convert_to_tensor(y)
+        x = tf.nest.map_structure(tf.convert_to_tensor, x)
+        y = tf.nest.map_structure(tf.convert_to_tensor, y)
         # Training-mode forward pass (as in the first update), but leave the
         # model untouched: batch-norm moving statistics are restored after.
         saved = [v.numpy() for v in model.non_trainable_weights]
         p = self._forward_backward(x, y)
-        y_pred, loss = p.y_pred, p.loss
         for v, value in zip(model.non_trainable_weights, saved):
             v.assign(value)
         g = self._grad_norms(p).numpy()
+        var = self._variable_norms(p).numpy()
         a = self._act_stats(p, update_ratio=False).numpy()
-        for i, layer in enumerate(self._layers):
-            self._layer_rows.append((0, 0, layer.index, layer.name, *g[i], *a[i]))
-        acc = float(np.mean(np.argmax(y_pred.numpy(), axis=-1) == np.asarray(y)))
-        test_loss = test_acc = np.nan
+        h = self._hist(p).numpy() if self._histograms else None
+        self._record(0, 0, g, a, var, h)
+        # The step-0 train metrics: the model's own compiled metrics on the
+        # probe batch (their state is reset before and after; `fit` resets
+        # them at each epoch anyway).
+        model.reset_metrics()
+        logs = {k: _float(v) for k, v in model.compute_metrics(x, y, p.y_pred, sample_weight=None).items()}
+        model.reset_metrics()
+        logs["loss"] = float(p.loss)
         if self.test_data is not None:
             test = self.test_data
             if isinstance(test, (tuple, list)):
                 test = tf.data.Dataset.from_tensor_slices(tuple(test)).batch(512)
             res = model.evaluate(test, verbose=0, return_dict=True)
-            test_loss, test_acc = res.get("loss", np.nan), res.get("accuracy", np.nan)
-        self._history_rows.append((0, 0, float(loss), acc, float(test_loss), float(test_acc)))
-        if not np.isfinite(g[:, _DIVERGENCE_FIELD]).all() or not np.isfinite(float(loss)):
+            logs.update({f"val_{k}": _float(v) for k, v in res.items()})
+        self._history_rows.append(_history_row(0, 0, logs))
+        if not np.isfinite(var).all() or not np.isfinite(float(p.loss)):
             self._mark_diverged(0)
 
     # --------------------------------------------------------- compiled step
@@ -298,20 +619,29 @@ class GradientNormLogger(keras.callbacks.Callback):
         """
         model = self.model
         opt = model.optimizer
-        n = len(self._layers)
         with tf.GradientTape() as tape:
-            outs = self._tap(x, training=True)
-            y_pred = outs[0]
-            acts, preacts = outs[1 : n + 1], [*outs[n + 1 :], y_pred]
+            with _tapped(self._units) as rec:
+                y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
             loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            batch = tf.shape(tf.nest.flatten(x)[0])[0]
+            batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
             if track_loss:
                 tracker = getattr(model, "_loss_tracker", None)
                 if tracker is not None:
                     tracker.update_state(loss, sample_weight=batch)
             scaled = opt.scale_loss(loss)
+        self._learn_order(rec)
         weights = model.trainable_weights
-        both = tape.gradient(scaled, [*weights, *preacts])
+        n = len(self._units)
+        # z is read where it was recorded; a z that the loss does not depend
+        # on has a zero gradient.
+        zs = [rec.preact.get(i) for i in range(n)]
+        sources = [z for z in zs if z is not None]
+        both = tape.gradient(scaled, [*weights, *sources])
+        dz = iter(both[len(weights) :])
+        preact_grads = []
+        for z in zs:
+            g = next(dz) if z is not None else None
+            preact_grads.append(tf.zeros_like(z) if z is not None and g is None else g)
         # Loss scaling (mixed precision): the recorded gradients are the
         # loss's own. The scale is read before the update, which may change it.
         unscale = None
@@ -320,56 +650,113 @@ class GradientNormLogger(keras.callbacks.Callback):
         return _Pass(
             y_pred=y_pred,
             loss=loss,
-            acts=acts,
-            preacts=preacts,
+            acts=[rec.output.get(i) for i in range(n)],
+            preacts=zs,
             grads=both[: len(weights)],
-            preact_grads=both[len(weights) :],
+            preact_grads=preact_grads,
             batch_size=tf.cast(batch, tf.float32),
             unscale=unscale,
         )
 
-    def _values(self, layer, i, p, act=False, previous=None):
-        """The `quantities.LayerValues` of layer ``i`` from a pass, for the gradient or the activation cadence."""
+    def _learn_order(self, rec):
+        """Fixes each unit's layer_index from the first pass; warns once about what cannot be recorded."""
+        if self._positions is not None:
+            return
+        called = [i for i in rec.order if self._units[i].index is None]
+        rest = [i for i, u in enumerate(self._units) if u.index is None and i not in called]
+        positions = {i: u.index for i, u in enumerate(self._units) if u.index is not None}
+        positions.update({i: k for k, i in enumerate(called + rest)})
+        self._positions = positions
+        problems = []
+        for i, u in enumerate(self._units):
+            if u.layer is None or i not in rec.order:
+                problems.append(f"{u.name} (not called by the forward pass)")
+            elif i not in rec.output or i not in rec.preact:
+                problems.append(f"{u.name} (its output is not a floating-point tensor with a batch axis)")
+            elif u.tap_activation and u.activation is None and u.activation_name not in ("linear", "identity"):
+                problems.append(f"{u.name} (dead/saturated fractions only: activation {u.activation_name!r} unknown)")
+        if problems:
+            warnings.warn(
+                "GradientNormLogger records gradients of every layer, but activations not of: " + "; ".join(problems),
+                stacklevel=3,
+            )
+
+    def _positions_or_static(self):
+        if self._positions is not None:
+            return self._positions
+        return {i: (u.index if u.index is not None else i) for i, u in enumerate(self._units)}
+
+    def _grad(self, p, k):
+        """Gradient of model.trainable_weights[k] as recorded: dense, float32, loss scaling undone (0 when None)."""
+        g = p.grads[k] if k is not None else None
+        if g is None:
+            return tf.zeros([])
+        if isinstance(g, tf.IndexedSlices):
+            g = tf.convert_to_tensor(g)
+        g = tf.cast(g, tf.float32)
+        return g * p.unscale if p.unscale is not None else g
+
+    def _values(self, unit, i, p, act=False, previous=None):
+        """The `quantities.LayerValues` of unit ``i`` from a pass, for the gradient or the activation cadence."""
+        a, z = p.acts[i], p.preacts[i]
         if act:
-            a = p.acts[i]
-            a = tf.cast(tf.reshape(a, [tf.shape(a)[0], -1]), tf.float32)
-            z = p.preacts[i]
-            z = tf.cast(tf.reshape(z, [tf.shape(z)[0], -1]), tf.float32)
-            slope = tf.reshape(layer.slope.value, [-1]) if layer.slope is not None else None
+            if a is not None:
+                a = tf.cast(tf.reshape(a, [tf.shape(a)[0], -1]), tf.float32)
+            if z is not None:
+                z = tf.cast(tf.reshape(z, [tf.shape(z)[0], -1]), tf.float32)
+            slope = tf.reshape(unit.slope.value, [-1]) if unit.slope is not None else None
             return quantities.LayerValues(
-                kernel=layer.kernel.value,
+                kernel=unit.kernel.value,
                 previous_kernel=previous,
                 output=a,
-                activation=layer.activation,
+                activation=unit.activation,
                 preact=z,
                 batch_size=p.batch_size,
                 activation_slope=slope,
             )
-        grads, dz = p.grads, p.preact_grads[i]
-        kernel_grad = grads[layer.kernel_idx]
-        bias_grad = grads[layer.bias_idx] if layer.bias_idx is not None else None
-        if p.unscale is not None:
-            kernel_grad, dz = kernel_grad * p.unscale, dz * p.unscale
-            bias_grad = bias_grad * p.unscale if bias_grad is not None else None
+        dz = p.preact_grads[i]
+        if dz is not None:
+            dz = tf.cast(dz, tf.float32)
+            dz = dz * p.unscale if p.unscale is not None else dz
         return quantities.LayerValues(
-            kernel_grad=kernel_grad,
-            bias_grad=bias_grad,
-            kernel=layer.kernel.value,
-            activation=layer.activation,
-            preact=p.preacts[i],
+            kernel_grad=self._grad(p, unit.kernel_idx),
+            bias_grad=self._grad(p, unit.bias_idx) if unit.bias_idx is not None else None,
+            kernel=unit.kernel.value,
+            activation=unit.activation,
+            preact=tf.cast(z, tf.float32) if z is not None else None,
             preact_grad=dz,
             batch_size=p.batch_size,
         )
 
     def _grad_norms(self, p):
-        """(n_layers, len(_GRAD_FIELDS)) gradient quantities of every layer."""
-        return _table([self._values(layer, i, p) for i, layer in enumerate(self._layers)], _GRAD_QUANTITIES)
+        """(n_units, len(_GRAD_FIELDS)) gradient quantities of every unit."""
+        return _table([self._values(unit, i, p) for i, unit in enumerate(self._units)], _GRAD_QUANTITIES)
+
+    def _variable_norms(self, p):
+        """(n_variables,) gradient norm of every trainable variable, in the units' order."""
+        # The same op as kernel_grad_norm's on the same tensor: the graph
+        # optimizer computes it once for both.
+        return tf.sqrt(2.0 * tf.stack([tf.nn.l2_loss(self._grad(p, k)) for k in self._var_idx]))
+
+    def _hist(self, p):
+        """(n_units, bins) counts of log10|g| over each unit's weight gradients, in fixed bins."""
+        lo, hi = float(_HIST_EDGES[0]), float(_HIST_EDGES[-1])
+        bins = len(_HIST_EDGES) - 1
+        rows = []
+        for unit in self._units:
+            counts = tf.zeros([bins], tf.int32)
+            for k in unit.var_idx:
+                g = tf.reshape(tf.abs(self._grad(p, k)), [-1])
+                logs = tf.math.log(tf.maximum(g, HISTOGRAM_FLOOR)) / math.log(10.0)
+                counts += tf.histogram_fixed_width(logs, [lo, hi], nbins=bins)
+            rows.append(tf.cast(counts, tf.float32))
+        return tf.stack(rows)
 
     def _act_stats(self, p, update_ratio=True):
-        """(n_layers, len(_ACT_FIELDS)) statistics of kernels, activations and pre-activations."""
+        """(n_units, len(_ACT_FIELDS)) statistics of kernels, activations and pre-activations."""
         values = [
-            self._values(layer, i, p, act=True, previous=shadow.read_value() if update_ratio else None)
-            for i, (layer, shadow) in enumerate(zip(self._layers, self._shadow))
+            self._values(unit, i, p, act=True, previous=shadow.read_value() if update_ratio else None)
+            for i, (unit, shadow) in enumerate(zip(self._units, self._shadow))
         ]
         return _table(values, _ACT_QUANTITIES)
 
@@ -428,14 +815,16 @@ class GradientNormLogger(keras.callbacks.Callback):
         step = opt.iterations + 1  # this update's 1-based step number
 
         def snapshot():
-            for layer, shadow in zip(self._layers, self._shadow):
-                shadow.assign(layer.kernel.value)
+            for unit, shadow in zip(self._units, self._shadow):
+                shadow.assign(unit.kernel.value)
             return tf.constant(0)
 
         def record_grads():
             norms = self._grad_norms(p)
+            variables = self._variable_norms(p)
             row = self._grad_count % self._grad_cap
             self._grad_buf[row].assign(norms)
+            self._var_buf[row].assign(variables)
             self._grad_step[row].assign(step)
             self._grad_count.assign_add(1)
             return tf.constant(0)
@@ -444,6 +833,8 @@ class GradientNormLogger(keras.callbacks.Callback):
             stats = self._act_stats(p)
             row = self._act_count % self._act_cap
             self._act_buf[row].assign(stats)
+            if self._histograms:
+                self._hist_buf[row].assign(self._hist(p))
             self._act_step[row].assign(step)
             self._act_count.assign_add(1)
             return tf.constant(0)
@@ -470,26 +861,46 @@ class GradientNormLogger(keras.callbacks.Callback):
             return
         if self._counter is not None:
             self._flushed_at = self._counter[0]
-        grad = _drain(self._grad_buf, self._grad_step, self._grad_count, self._flushed_grad, self._grad_cap)
-        act = _drain(self._act_buf, self._act_step, self._act_count, self._flushed_act, self._act_cap)
+        grad = _drain([self._grad_buf, self._var_buf], self._grad_step, self._grad_count, self._flushed_grad, self._grad_cap)
+        act_bufs = [self._act_buf, self._hist_buf] if self._histograms else [self._act_buf]
+        act = _drain(act_bufs, self._act_step, self._act_count, self._flushed_act, self._act_cap)
         self._flushed_grad = int(self._grad_count.numpy())
         self._flushed_act = int(self._act_count.numpy())
         for s in sorted(grad):
-            if not np.isfinite(grad[s][:, _DIVERGENCE_FIELD]).all():
+            if not np.isfinite(grad[s][1]).all():
                 self._mark_diverged(s)
                 break
         diverged = self.diverged_step if self.diverged_step is not None else -1
-        steps = sorted(set(grad) | set(act))
-        n = len(self._layers)
-        nan_g = np.full((n, len(_GRAD_FIELDS)), np.nan)
-        nan_a = np.full((n, len(_ACT_FIELDS)), np.nan)
-        for s in steps:
+        for s in sorted(set(grad) | set(act)):
             if diverged >= 0 and s > diverged:
                 continue
-            g = grad.get(s, nan_g)
-            a = act.get(s, nan_a)
-            for i, layer in enumerate(self._layers):
-                self._layer_rows.append((s, self._epoch, layer.index, layer.name, *g[i], *a[i]))
+            g, var = grad.get(s, (None, None))
+            a = act.get(s, (None, None))
+            self._record(s, self._epoch, g, a[0], var, a[1] if self._histograms else None)
+        if self._events is not None:
+            self._events.flush()
+
+    def _record(self, step, epoch, g, a, var, hist):
+        """Appends one step's records (None: not measured at this step) to the tables and TensorBoard."""
+        n = len(self._units)
+        g = np.full((n, len(_GRAD_FIELDS)), np.nan) if g is None else g
+        a = np.full((n, len(_ACT_FIELDS)), np.nan) if a is None else a
+        positions = self._positions_or_static()
+        for i, unit in enumerate(self._units):
+            self._layer_rows.append((step, epoch, positions[i], unit.name, *g[i], *a[i]))
+        if var is not None:
+            for k, (i, v, name) in enumerate(self._variables):
+                unit = self._units[i]
+                size = int(np.prod(v.shape))
+                self._variable_rows.append((step, epoch, positions[i], unit.name, name, v.path, size, float(var[k])))
+        if self._events is not None:
+            scalars = {}
+            for i, unit in enumerate(self._units):
+                for name, value in zip((*_GRAD_FIELDS, *_ACT_FIELDS), (*g[i], *a[i])):
+                    scalars[f"{name}/{unit.name}"] = value
+            self._events.scalars(step, scalars)
+            if hist is not None:
+                self._events.histograms(step, {f"grad_log10/{u.name}": hist[i] for i, u in enumerate(self._units)})
 
 
 @dataclasses.dataclass
@@ -498,8 +909,8 @@ class _Pass:
 
     y_pred: Any
     loss: Any
-    acts: list
-    preacts: list  # hidden layers' pre-activations, then the logits
+    acts: list  # per unit: its output, or None where not recorded
+    preacts: list  # per unit: its z, or None
     grads: list  # of model.trainable_weights, as the optimizer gets them
     preact_grads: list  # of the scaled loss, per entry of preacts
     batch_size: Any
@@ -507,7 +918,7 @@ class _Pass:
 
 
 def _table(values, quantities_):
-    """(n_layers, n_quantities): every quantity's ``compute`` per layer, stacked in one op, then its ``finish``."""
+    """(n_units, n_quantities): every quantity's ``compute`` per unit, stacked in one op, then its ``finish``."""
     n, k = len(values), len(quantities_)
     raw = tf.reshape(tf.stack([tf.cast(q.compute(v), tf.float32) for v in values for q in quantities_]), [n, k])
     columns = [
@@ -516,17 +927,17 @@ def _table(values, quantities_):
     return tf.stack(columns, axis=1)
 
 
-def _drain(buf, step_buf, count_var, flushed, cap):
-    """{step: values} for the records written since the last flush."""
+def _drain(bufs, step_buf, count_var, flushed, cap):
+    """{step: (values of each buffer)} for the records written since the last flush."""
     count = int(count_var.numpy())
     if count == flushed:
         return {}
-    values, steps = buf.numpy(), step_buf.numpy()
+    values, steps = [b.numpy() for b in bufs], step_buf.numpy()
     first = max(flushed, count - cap)  # older rows were overwritten
-    return {int(steps[k % cap]): values[k % cap] for k in range(first, count)}
+    return {int(steps[k % cap]): tuple(v[k % cap] for v in values) for k in range(first, count)}
 
 
-def _layer_frame(rows, run_id, layers):
+def _layer_frame(rows, run_id, units, positions):
     cols = ["step", "epoch", "layer_index", "layer_name", *_GRAD_FIELDS, *_ACT_FIELDS]
     df = pd.DataFrame(rows, columns=cols)
     df.insert(0, "run_id", run_id)
@@ -534,10 +945,36 @@ def _layer_frame(rows, run_id, layers):
     for c in (*_GRAD_FIELDS, *_ACT_FIELDS):
         df[c] = df[c].astype("float64")
     # Parameter counts, so that layers of different sizes compare per weight.
-    sizes = {l.index: (l.kernel_size, l.bias_size) for l in layers}
+    sizes = {positions[i]: (u.kernel_size, u.bias_size) for i, u in enumerate(units)}
     df["kernel_size"] = df["layer_index"].map(lambda i: sizes[i][0]).astype("int64")
     df["bias_size"] = df["layer_index"].map(lambda i: sizes[i][1]).astype("int64")
-    return df[[*LAYER_COLUMNS, "kernel_size", "bias_size"]].sort_values(["step", "layer_index"], kind="stable").reset_index(drop=True)
+    df = df[[*LAYER_COLUMNS, "kernel_size", "bias_size"]]
+    return df.sort_values(["step", "layer_index"], kind="stable").reset_index(drop=True)
+
+
+def _variable_frame(rows, run_id):
+    df = pd.DataFrame(rows, columns=VARIABLE_COLUMNS[1:])
+    df.insert(0, "run_id", run_id)
+    df = df.astype({"step": "int64", "epoch": "int64", "layer_index": "int64", "size": "int64", "grad_norm": "float64"})
+    return df.sort_values(["step", "layer_index"], kind="stable").reset_index(drop=True)
+
+
+def _history_row(step, epoch, logs) -> dict:
+    """One history row from `fit`'s logs: loss, the accuracy-like metric, and every other compiled metric."""
+    acc = accuracy_metric(logs)
+    row = {
+        "step": step,
+        "epoch": epoch,
+        "train_loss": _float(logs.get("loss")),
+        "train_accuracy": _float(logs.get(acc)) if acc else float("nan"),
+        "test_loss": _float(logs.get("val_loss")),
+        "test_accuracy": _float(logs.get(f"val_{acc}")) if acc else float("nan"),
+    }
+    skip = {"loss", "val_loss", acc, f"val_{acc}"}
+    for key, value in logs.items():
+        if key not in skip:
+            row[METRIC_PREFIX + key] = _float(value)
+    return row
 
 
 def _float(v):

@@ -201,15 +201,19 @@ class LayerValues:
         kernel: the main weight's current value (after the update).
         previous_kernel: its value before this step's update, or None at
             step 0 (no update yet).
-        output: the layer's output (after its activation), ``(batch, units)``.
+        output: the layer's output (after its activation), ``(batch, units)``;
+            None where it could not be recorded (the quantities reading it
+            are then NaN).
         activation: the `models.activations.Activation` of the layer, or None.
         preact: the layer's pre-activation z, the input of its activation
             layer (after a normalization that precedes the activation; the
             logits for the output layer), ``(batch, units)`` on the activation
-            cadence and ``(batch, ...)`` on the gradient cadence.
+            cadence and ``(batch, ...)`` on the gradient cadence; None where
+            it could not be recorded.
         preact_grad: ∂L/∂z of the loss L the optimizer minimizes (the batch
             mean of the per-example losses, loss scaling undone), of the
-            shape of ``preact``; None on the activation cadence.
+            shape of ``preact``; None on the activation cadence and where
+            ``preact`` is None.
         batch_size: the number of examples in the batch (a scalar float32
             tensor).
         activation_slope: PReLU only: the learned slope of the negative side,
@@ -279,6 +283,8 @@ def act_mean(v: LayerValues):
     """Mean of the layer's outputs over the batch and units."""
     import tensorflow as tf
 
+    if v.output is None:
+        return _nan()
     return tf.reduce_mean(v.output)
 
 
@@ -286,6 +292,8 @@ def act_std(v: LayerValues):
     """Standard deviation of the layer's outputs over the batch and units."""
     import tensorflow as tf
 
+    if v.output is None:
+        return _nan()
     return tf.math.reduce_std(v.output)
 
 
@@ -293,6 +301,8 @@ def act_rms(v: LayerValues):
     """Root mean square of the layer's outputs."""
     import tensorflow as tf
 
+    if v.output is None:
+        return _nan()
     return tf.sqrt(tf.reduce_mean(tf.square(v.output)))
 
 
@@ -301,7 +311,7 @@ def saturated_fraction(v: LayerValues):
     import tensorflow as tf
 
     spec = v.activation
-    if spec is None or spec.family != "saturating":
+    if spec is None or spec.family != "saturating" or v.output is None:
         return _nan()
     d = spec.derivative_from_output(v.output)
     return tf.reduce_mean(tf.cast(d < SATURATION_THRESHOLD * spec.max_derivative, tf.float32))
@@ -311,9 +321,13 @@ def _per_example_sizes(values, field):
     """Static number of values per example of a tensor field of every layer's `LayerValues`."""
     import tensorflow as tf
 
-    sizes = [getattr(v, field).shape[1:].num_elements() for v in values]
+    tensors = [getattr(v, field) for v in values]
+    # A layer whose tensor is not recorded has a NaN value: any size will do.
+    sizes = [1 if t is None else t.shape[1:].num_elements() for t in tensors]
     if any(n is None for n in sizes):
-        return tf.stack([tf.cast(tf.reduce_prod(tf.shape(getattr(v, field))[1:]), tf.float32) for v in values])
+        return tf.stack(
+            [tf.constant(1.0) if t is None else tf.cast(tf.reduce_prod(tf.shape(t)[1:]), tf.float32) for t in tensors]
+        )
     return tf.constant(sizes, tf.float32)
 
 
@@ -326,9 +340,9 @@ def backward_rms(v: LayerValues):
     any; with batch normalization before the activation, the row also holds
     what the example's pre-activation does to the others' losses through the
     batch statistics). It exists for every layer, with or without bias.
-    ``compute`` gives l2_loss(∂L/∂z); ``finish`` the RMS.
+    ``compute`` gives l2_loss(∂L/∂z) (NaN where z is not recorded); ``finish`` the RMS.
     """
-    return _half_sum_sq(v.preact_grad)
+    return _nan() if v.preact_grad is None else _half_sum_sq(v.preact_grad)
 
 
 def _backward_rms_finish(raw, values):
@@ -341,9 +355,9 @@ def _backward_rms_finish(raw, values):
 def preact_rms(v: LayerValues):
     """RMS of the pre-activations z over the batch and the units: the forward signal's length √q.
 
-    ``compute`` gives l2_loss(z); ``finish`` the RMS.
+    ``compute`` gives l2_loss(z) (NaN where z is not recorded); ``finish`` the RMS.
     """
-    return _half_sum_sq(v.preact)
+    return _nan() if v.preact is None else _half_sum_sq(v.preact)
 
 
 def _preact_rms_finish(raw, values):
@@ -365,7 +379,7 @@ def dead_fraction(v: LayerValues):
     import tensorflow as tf
 
     spec = v.activation
-    if spec is None:
+    if spec is None or v.preact is None:
         return _nan()
     d = spec.derivative(v.preact, slope=v.activation_slope)
     return tf.reduce_mean(tf.cast(tf.reduce_all(tf.equal(d, 0.0), axis=0), tf.float32))
@@ -380,7 +394,7 @@ def inactive_fraction(v: LayerValues):
     import tensorflow as tf
 
     spec = v.activation
-    if spec is None or spec.family != "relu":
+    if spec is None or spec.family != "relu" or v.preact is None:
         return _nan()
     return tf.reduce_mean(tf.cast(tf.reduce_all(v.preact <= 0.0, axis=0), tf.float32))
 

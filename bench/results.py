@@ -6,9 +6,12 @@ Layout of a results directory ``OUT``::
     OUT/runs.parquet        one row per run (config columns + outcome)
     OUT/layers.parquet      one row per (run, step, layer)
     OUT/history.parquet     one row per (run, evaluation point)
+    OUT/variables.parquet   one row per (run, step, trainable variable); absent
+                            from results written before it existed
     OUT/runs/<run_id>/      what one run wrote: config.json, result.json,
-                            layers.parquet, history.parquet (a long run_id's
-                            folder name is truncated, see `run_dir_name`)
+                            layers.parquet, history.parquet, variables.parquet
+                            (a long run_id's folder name is truncated, see
+                            `run_dir_name`)
     OUT/.lock               the writer's lock (`bench.lock`)
     OUT/.tmp/               run folders being written
     OUT/damaged/            damaged run folders, moved aside and redone
@@ -29,7 +32,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,22 @@ SCHEMA_VERSION = 1
 
 # One row per (run, step, layer): the keys, then every per-layer quantity of the registry.
 LAYER_COLUMNS = quantities.layer_columns()
+
+# One row per (run, step, trainable variable), on the gradient cadence: the
+# variable's gradient norm, under the layer (layers.parquet's layer_index and
+# layer_name) that holds it. `variable` is its path below that layer's
+# ("kernel", "lstm_cell/recurrent_kernel"), `variable_path` its full path.
+VARIABLE_COLUMNS = [
+    "run_id",
+    "step",
+    "epoch",
+    "layer_index",
+    "layer_name",
+    "variable",
+    "variable_path",
+    "size",
+    "grad_norm",
+]
 
 HISTORY_COLUMNS = [
     "run_id",
@@ -175,13 +194,14 @@ def _json_default(obj):
 
 @dataclass
 class RunRecord:
-    """Everything one run produced: its row in runs.parquet and its two tables."""
+    """Everything one run produced: its row in runs.parquet and its tables."""
 
     run_id: str
     config: dict
     result: dict  # the RUN_OUTCOME_COLUMNS
     layers: pd.DataFrame
     history: pd.DataFrame
+    variables: pd.DataFrame | None = None  # None: not recorded (an empty table is written)
 
 
 # Longest run folder name. A run_id grows with its config (a long fix name);
@@ -278,6 +298,14 @@ def check_run(path, run_id=None, config=None, tables=False):
         if "run_id" not in frame.columns or not set(frame["run_id"].dropna()) <= {own_id}:
             raise DamagedRun(f"{name} holds rows of another run")
         frames[name] = frame if tables else None
+    # Optional: folders written before the variables table existed lack it.
+    if (path / VARIABLES_FILE).exists():
+        try:
+            frame = pd.read_parquet(path / VARIABLES_FILE, columns=["run_id"])
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise DamagedRun(f"{VARIABLES_FILE} unreadable ({first_line(e)})") from None
+        if "run_id" not in frame.columns or not set(frame["run_id"].dropna()) <= {own_id}:
+            raise DamagedRun(f"{VARIABLES_FILE} holds rows of another run")
     return own_id, stored_config, result, frames["layers.parquet"], frames["history.parquet"]
 
 
@@ -321,6 +349,8 @@ def write_run(out, record: RunRecord):
             history = _with_columns(record.history, HISTORY_COLUMNS)
             layers.to_parquet(tmp / "layers.parquet", index=False)
             history.to_parquet(tmp / "history.parquet", index=False)
+            variables = record.variables if record.variables is not None else pd.DataFrame()
+            _with_columns(variables, VARIABLE_COLUMNS).to_parquet(tmp / VARIABLES_FILE, index=False)
             with open(tmp / "config.json", "w", encoding="utf-8") as f:
                 json.dump(record.config, f, indent=2, sort_keys=True, default=_json_default)
             # result.json last; it names the run, since a long run_id's folder does not.
@@ -398,13 +428,22 @@ def _with_columns(df, columns):
 
 @dataclass
 class Results:
-    """A results directory in memory: manifest and the three long-form tables."""
+    """A results directory in memory: manifest and the long-form tables."""
 
     path: Path
     manifest: dict
     runs: pd.DataFrame
     layers: pd.DataFrame
     history: pd.DataFrame
+    # The variables table is read on first use (it is the largest).
+    _variables: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def variables(self) -> pd.DataFrame:
+        """The variables table (see `load_variables`), read on first access."""
+        if self._variables is None:
+            self._variables = load_variables(self.path)
+        return self._variables
 
 
 def read_manifest(out) -> dict | None:
@@ -491,6 +530,42 @@ def _concat(frames, columns):
 
 
 TABLES = ("runs.parquet", "layers.parquet", "history.parquet")
+VARIABLES_FILE = "variables.parquet"
+
+
+def collect_variables(out) -> pd.DataFrame:
+    """Reads the variables tables of every valid run folder (runs without one add no rows)."""
+    root = Path(out) / "runs"
+    frames = []
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            if d.name.startswith(".") or not d.is_dir() or not (d / VARIABLES_FILE).is_file():
+                continue
+            try:
+                check_run(d)
+                frames.append(pd.read_parquet(d / VARIABLES_FILE))
+            except DamagedRun:
+                continue  # `collect` reports it
+            except Exception:  # pyarrow raises several types for a damaged file
+                continue
+    return _concat(frames, VARIABLE_COLUMNS)
+
+
+def load_variables(out) -> pd.DataFrame:
+    """The variables table of a results directory: OUT/variables.parquet when up to date, else from the run folders.
+
+    Results written before the table existed give an empty table with its
+    columns.
+    """
+    out = Path(out)
+    top = _stamp(out / VARIABLES_FILE)
+    changed = _stamp(out / "runs")
+    if top is not None and (changed is None or changed[1] < top[1]):
+        try:
+            return pd.read_parquet(out / VARIABLES_FILE)
+        except Exception:  # damaged: rebuilt below
+            pass
+    return collect_variables(out)
 
 
 def consolidate(out, on_damaged=None) -> Results:
@@ -500,7 +575,9 @@ def consolidate(out, on_damaged=None) -> Results:
     write_parquet_atomic(out / "runs.parquet", runs)
     write_parquet_atomic(out / "layers.parquet", layers)
     write_parquet_atomic(out / "history.parquet", history)
-    return Results(out, read_manifest(out) or {}, runs, layers, history)
+    variables = collect_variables(out)
+    write_parquet_atomic(out / VARIABLES_FILE, variables)
+    return Results(out, read_manifest(out) or {}, runs, layers, history, variables)
 
 
 def require_manifest(out, what="Results directory", hint="create one with `vgbench run --out DIR`") -> dict:

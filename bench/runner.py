@@ -22,6 +22,7 @@ refused. Usage::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import sys
@@ -37,6 +38,7 @@ from bench.executors.base import SuiteSummary, drive
 from bench.executors.local import InlineExecutor, PoolExecutor
 from bench.lock import LOCK_NAME, DirectoryLock
 from bench.provenance import git_sha, package_versions, platform_info
+from bench.train import TENSORBOARD_ENV
 
 __all__ = ["SuiteSummary", "prepare_out", "run_suite", "write_manifest"]
 
@@ -223,6 +225,7 @@ def run_suite(
     ray_cpus_per_task: float = 1,
     ray_share_data: bool = True,
     ray_max_retries: int = ray_executor.MAX_RETRIES,
+    tensorboard_dir=None,
 ) -> SuiteSummary:
     """Runs every config not yet complete in ``out``; returns a summary.
 
@@ -244,6 +247,10 @@ def run_suite(
         ray_share_data: ship the driver's arrays to Ray workers through the
             object store (True), or let each worker load its own copy.
         ray_max_retries: retries of a Ray task whose worker died.
+        tensorboard_dir: also write each run's per-layer quantities and
+            gradient histograms as TensorBoard events into
+            ``tensorboard_dir/RUN_ID`` (see `bench.train.train_run`; Ray
+            workers on other machines write on their own disks).
 
     Raises:
         UsageError: bad ``out``, ``out`` locked by another process (unless
@@ -259,6 +266,7 @@ def run_suite(
     if executor == "ray":
         ray_executor.check_options(ray_cpus_per_task, 0, jobs or None, ray_max_retries)
     t0 = time.perf_counter()
+    tensorboard_dir = _check_tensorboard_dir(tensorboard_dir)
     out = check_out(out)
     existed = out.is_dir()
     fresh = not existed or not any(p.name != LOCK_NAME for p in out.iterdir())
@@ -308,7 +316,9 @@ def run_suite(
                 else:
                     checksums = {name: ds.checksum for name, ds in datasets.items()}
                     chosen = PoolExecutor(n, data_path, checksums)
-            drive(chosen, todo, out, summary, progress)
+            # Through the environment, so that every executor's runs see it.
+            with _environment(TENSORBOARD_ENV, tensorboard_dir):
+                drive(chosen, todo, out, summary, progress)
     except BaseException:
         _rebuild_tables(out, quiet=True)
         lock.release()
@@ -317,6 +327,35 @@ def run_suite(
     lock.release()
     summary.wall_time_s = time.perf_counter() - t0
     return summary
+
+
+def _check_tensorboard_dir(path):
+    """The TensorBoard directory as an absolute path (created), or None."""
+    if path is None:
+        return None
+    path = Path(path).expanduser().absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"Argument `--tensorboard` must be a directory that can be created. Received: {path} ({e.strerror})") from None
+    return str(path)
+
+
+@contextlib.contextmanager
+def _environment(name, value):
+    """Sets (or, for None, unsets) an environment variable for the block."""
+    saved = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def _rebuild_tables(out: Path, quiet: bool) -> None:

@@ -13,6 +13,10 @@ from bench.results import RunRecord, empty_result
 
 _configured = False
 
+# Where `train_run` writes TensorBoard event files when not told: set by
+# `run_suite(tensorboard_dir=...)` so that every executor's runs see it.
+TENSORBOARD_ENV = "VGBENCH_TENSORBOARD"
+
 
 def configure_tensorflow(threads: int | None = None) -> None:
     """Deterministic ops and a fixed thread budget, once per process.
@@ -73,7 +77,7 @@ def schedule(config: RunConfig, n_train: int) -> tuple[int, int]:
     return epochs, math.ceil(config.max_steps / epochs)
 
 
-def train_run(config: RunConfig, data=None, data_path=None, callbacks=()) -> RunRecord:
+def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensorboard_dir=None) -> RunRecord:
     """Trains one config and returns its results; failures become a record too.
 
     Args:
@@ -82,6 +86,9 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=()) -> Run
             in a worker that runs many configs on one dataset).
         data_path: where to read the dataset when ``data`` is None.
         callbacks: more Keras callbacks for `fit` (e.g. progress reporting).
+        tensorboard_dir: write the run's per-layer quantities and gradient
+            histograms as TensorBoard events into ``tensorboard_dir/RUN_ID``
+            (default: ``$VGBENCH_TENSORBOARD``, unset: none).
 
     Returns:
         A `RunRecord`. A non-finite loss or gradient gives status
@@ -119,6 +126,7 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=()) -> Run
             log_every=config.log_every,
             act_every=config.act_every,
             run_id=config.run_id,
+            tensorboard_dir=tensorboard_dir or os.environ.get(TENSORBOARD_ENV) or None,
         )
         epochs, per_epoch = schedule(config, len(arrays.x_train))
         if epochs == 0:
@@ -158,7 +166,8 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=()) -> Run
     result["wall_time_s"] = time.perf_counter() - t0
     layers = logger.layers if logger is not None else pd.DataFrame()
     history = logger.history if logger is not None else pd.DataFrame()
-    return RunRecord(config.run_id, config.to_dict(), result, layers, history)
+    variables = logger.variables if logger is not None else pd.DataFrame()
+    return RunRecord(config.run_id, config.to_dict(), result, layers, history, variables)
 
 
 def _init_only(model, logger):

@@ -209,3 +209,33 @@ def test_run_config_round_trip_and_stable_id():
         RunConfig(depth=0)
     with pytest.raises(ValueError, match="Unknown RunConfig field 'detph'"):
         RunConfig.from_dict({"detph": 3})
+
+
+def test_tensorboard_option_writes_each_runs_events_and_the_variables_table(tmp_path, mnist_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, tb = tmp_path / "out", tmp_path / "tb"
+    args = ["run", "--activation", "relu,tanh", "--depth", "2", "--width", "8", "--max-steps", "3", "--act-every", "2"]
+    args += ["--train-samples", "512", "--test-samples", "256", "--data", str(mnist_path), "--jobs", "1"]
+    assert main([*args, "--out", str(out), "--tensorboard", str(tb)]) == 0
+    runs = pd.read_parquet(out / "runs.parquet")
+    layers = pd.read_parquet(out / "layers.parquet")
+    variables = pd.read_parquet(out / "variables.parquet")
+    assert sorted(p.name for p in tb.iterdir()) == sorted(runs.run_id)
+    # kernel and bias of 2 hidden layers and the output, steps 0..3
+    assert (variables.groupby("run_id").size() == 6 * 4).all()
+    for run_id in runs.run_id:
+        acc = EventAccumulator(str(tb / run_id), size_guidance={"scalars": 0, "histograms": 0})
+        acc.Reload()
+        table = layers[(layers.run_id == run_id) & (layers.layer_name == "hidden_1")]
+        events = acc.Scalars("backward_rms/hidden_1")
+        assert [e.step for e in events] == table.step.tolist() == [0, 1, 2, 3]
+        np.testing.assert_allclose([e.value for e in events], table.backward_rms, rtol=1e-6)
+        assert [h.step for h in acc.Histograms("grad_log10/output")] == [0, 2]
+    # A --tensorboard path that cannot be created: one line, exit 2, nothing lost.
+    (tmp_path / "file").write_text("x")
+    capsys.readouterr()
+    assert main([*args, "--out", str(out), "--tensorboard", str(tmp_path / "file" / "tb")]) == 2
+    err = capsys.readouterr().err
+    assert "--tensorboard" in err and err.count("\n") == 1
+    assert len(pd.read_parquet(out / "runs.parquet")) == 2
