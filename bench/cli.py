@@ -112,19 +112,108 @@ _GRID_OPTIONS = {
     "act_every": ("--act-every", _numbers("act-every")),
 }
 
+# What each grid option takes, for `vgbench run --help`; every one is a comma list.
+_GRID_HELP = {
+    "arch": ("{mlp,cnn}", "mlp (dense layers) or cnn (a small convolutional net)"),
+    "activation": (
+        "LIST",
+        "activation names, parameters in parentheses: relu,leaky_relu(negative_slope=0.1) "
+        "(`vgbench list activations`)",
+    ),
+    "initializer": (
+        "LIST", "kernel initializer names: he_normal,random_normal(stddev=0.01) (`vgbench list initializers`)"
+    ),
+    "depth": ("LIST", "hidden layers; integers or ranges LOW-HIGH: 5,10,20 or 2-6"),
+    "width": ("LIST", "units per hidden layer (filters for cnn)"),
+    "fix": (
+        "LIST",
+        "none, batchnorm, batchnorm_after, layernorm, residual(every=2), clipnorm(norm=1.0), dropout(rate=0.1); "
+        "combine with +: batchnorm+residual(every=2) (`vgbench list fixes`)",
+    ),
+    "optimizer": ("LIST", "sgd, momentum (SGD with momentum 0.9) or adam"),
+    "learning_rate": ("LIST", "numbers in (0, 10]"),
+    "batch_size": ("LIST", "examples per optimizer step"),
+    "epochs": ("LIST", "evaluation periods; with --max-steps, the steps are split into this many"),
+    "max_steps": (
+        "LIST",
+        "optimizer steps in all; 0 = measure at initialization only (no update); none = --epochs passes "
+        "over the training set",
+    ),
+    "dataset": ("LIST", "mnist, fashion_mnist or tfds:NAME (a TFDS dataset prepared locally)"),
+    "preprocessing": ("LIST", "scale (pixels to [0, 1]) or standardize (then mean 0, variance 1)"),
+    "train_samples": ("LIST", "use the first N training examples; none = all"),
+    "test_samples": ("LIST", "use the first N test examples; none = all"),
+    "seed": ("LIST", "seeds, e.g. 0-2 or 0,5 (one run per seed); --seeds is the same option"),
+    "log_every": ("LIST", "record gradient norms and signals every N steps"),
+    "act_every": ("LIST", "record activation statistics, kernel norms and update ratios every N steps"),
+}
+
+
+def _adhoc_defaults() -> dict:
+    """The value of every RunConfig field in an ad-hoc `vgbench run`: the default suite's, else RunConfig's."""
+    import dataclasses
+
+    from bench import suites
+    from bench.config import RunConfig
+
+    values = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    try:
+        values.update(suites.default_settings())
+    except UsageError:  # a damaged installation; the run itself reports it
+        pass
+    return values
+
+
+def _shown(value) -> str:
+    return "none" if value is None else str(value)
+
 
 def _add_run(sub):
-    p = sub.add_parser("run", help="run a suite or a grid of runs into a results directory")
-    p.add_argument("--suite", help="a shipped suite name or a YAML file; options below override its values")
+    p = sub.add_parser(
+        "run",
+        help="run a suite or a grid of runs into a results directory",
+        description="Run a suite or a grid of runs into a results directory. Every grid option takes a comma "
+        "list, and the grid is the product of the lists. Without --suite, a value not given is that of the "
+        "`default` suite (shown as default), so that an ad-hoc run compares with the shipped report; with "
+        "--suite, the suite's values apply and the options override them.",
+    )
+    p.add_argument(
+        "--suite", metavar="NAME|FILE",
+        help="a shipped suite (smoke, ci, default, fixes, full; `vgbench list suites`) or a YAML file; "
+        "the options below override its values",
+    )
+    defaults = _adhoc_defaults()
     for field, (flag, _) in _GRID_OPTIONS.items():
-        p.add_argument(flag, dest=field, metavar="LIST", help=f"comma list of {field} values")
-    p.add_argument("--seeds", dest="seeds", metavar="LIST", help="comma list or range of seeds, e.g. 0-2 (same as --seed)")
-    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE", help="keep only runs whose field equals one of the values (repeatable; VALUE may be a comma list)")
-    p.add_argument("--data", metavar="PATH", help="dataset file (MNIST .npz or IDX directory); default: $VGBENCH_MNIST, the Keras cache, then download")
-    p.add_argument("--out", metavar="DIR", default="reports/latest", help="results directory (resumed when it exists; default reports/latest)")
-    p.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel runs (default: number of cores; with --executor ray: the cluster's CPUs)")
-    p.add_argument("--executor", default="local", help="local (default) or ray")
-    p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://HOST:PORT); with --executor ray")
+        metavar, text = _GRID_HELP[field]
+        flags = (flag, "--seeds") if field == "seed" else (flag,)
+        p.add_argument(*flags, dest=field, metavar=metavar, help=f"{text} (default: {_shown(defaults[field])})")
+    p.add_argument(
+        "--only", action="append", default=[], metavar="KEY=VALUE",
+        help="keep only runs whose field KEY (a grid option's name: activation, depth, ...) equals one of the values "
+        "(repeatable; VALUE may be a comma list; default: keep all)",
+    )
+    p.add_argument(
+        "--data", metavar="PATH",
+        help="dataset file: an .npz (x_train, y_train, x_test, y_test) or a directory of IDX files; for tfds:NAME "
+        "the TFDS data directory (default: $VGBENCH_MNIST, the Keras cache, then the download)",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", default="reports/latest",
+        help="results directory (resumed when it exists; default: reports/latest)",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=None, metavar="N",
+        help="parallel runs (default: the number of cores; with --executor ray: the cluster's CPUs)",
+    )
+    p.add_argument(
+        "--executor", default="local", metavar="{local,ray}",
+        help="where runs execute: local (worker processes on this machine) or ray (Ray tasks) (default: local)",
+    )
+    p.add_argument(
+        "--address", default=None, metavar="ADDRESS",
+        help="Ray cluster address: auto, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS, else a private "
+        "local Ray); with --executor ray",
+    )
     p.add_argument(
         "--ray-cpus-per-task", type=float, default=1, metavar="N",
         help="CPUs (and TensorFlow threads) of each Ray task (default 1)",
@@ -163,14 +252,12 @@ def cmd_run(args) -> int:
     from bench import data, sizing, suites
     from bench.runner import run_suite
 
-    suite = suites.load_suite(args.suite) if args.suite else suites.Suite(name="custom")
+    suite = suites.load_suite(args.suite) if args.suite else suites.adhoc_suite()
     overrides = {}
     for field, (_, parse) in _GRID_OPTIONS.items():
         value = getattr(args, field)
         if value is not None:
             overrides[field] = parse(value)
-    if args.seeds is not None:
-        overrides["seed"] = _numbers("seeds")(args.seeds)
     only = {}
     for item in args.only:
         if "=" not in item:
@@ -273,7 +360,7 @@ def _add_list(sub):
 def cmd_list(args) -> int:
     import models
     from bench import suites
-    from bench.config import FIXES
+    from bench.config import FIX_DESCRIPTIONS, FIXES
 
     sections = []
     if args.what in ("all", "activations"):
@@ -288,10 +375,11 @@ def cmd_list(args) -> int:
         if aliases:
             sections[-1][1].append("aliases: " + ", ".join(f"{k}→{v}" for k, v in sorted(aliases.items())))
     if args.what in ("all", "fixes"):
-        lines = ["none           the baseline"]
+        lines = [f"{'none':<22} {FIX_DESCRIPTIONS['none']}"]
         for name, param in FIXES.items():
-            lines.append(f"{name:<14} " + (f"{param[0]}={param[1]!r}" if param else ""))
-        lines.append("combine with '+', e.g. batchnorm+residual(every=2)")
+            spec = f"{name}({param[0]}={param[1]!r})" if param else name
+            lines.append(f"{spec:<22} {FIX_DESCRIPTIONS[name]}")
+        lines.append("combine with '+', e.g. batchnorm+residual(every=2); at most one normalization per run")
         sections.append(("fixes", lines))
     if args.what in ("all", "suites"):
         lines = []

@@ -35,6 +35,17 @@ FIXES = {
 }
 _NORM_FIXES = ("batchnorm", "batchnorm_after", "layernorm")
 
+# What each fix does, in one line (`vgbench list fixes`).
+FIX_DESCRIPTIONS = {
+    "none": "the baseline: each hidden block is its weight layer, then its activation",
+    "batchnorm": "batch normalization between each hidden weight layer (then without bias) and its activation",
+    "batchnorm_after": "batch normalization after each hidden block's activation",
+    "layernorm": "layer normalization between each hidden weight layer and its activation",
+    "residual": "adds the input of every group of `every` hidden blocks to its output (identity skip)",
+    "clipnorm": "clips each weight's gradient to L2 norm at most `norm` before the update (Keras clipnorm)",
+    "dropout": "dropout of rate `rate` after each hidden block, during training",
+}
+
 # Learning rates above this diverge at once in every model here; a typo such
 # as 1e308 or inf would only fill a suite with diverged runs.
 MAX_LEARNING_RATE = 10.0
