@@ -1,4 +1,4 @@
-"""The `vgbench` command line: run, list, report, compare, theory.
+"""The `vgbench` command line: run, list, report, compare, theory, diagnose.
 
 Bad input is one line on stderr and exit status 2, never a traceback; what
 was already computed stays on disk.
@@ -502,6 +502,162 @@ def cmd_theory(args) -> int:
     return 0
 
 
+def _add_diagnose(sub):
+    from bench import diagnose
+
+    settings = diagnose.defaults()
+    p = sub.add_parser(
+        "diagnose",
+        help="measure a saved Keras model of your own: gradient and signals by layer, at its weights and in training",
+        description="Load a saved Keras model (.keras), measure per-layer gradients, backward and forward signals "
+        "and dead/saturated units at its current weights (step 0), train it for --steps steps with the same "
+        "recording as `vgbench run`, and write a results directory of one run and its report. The model is "
+        "compiled with its own compile config (loss, metrics, a fresh copy of its optimizer) unless "
+        "--loss/--optimizer/--learning-rate say otherwise; the model file is not changed.",
+    )
+    p.add_argument("model", metavar="MODEL.keras", help="a model saved with model.save('MODEL.keras')")
+    p.add_argument(
+        "--dataset", default=None, metavar="NAME",
+        help="mnist, fashion_mnist, tfds:NAME, or npz (your own arrays: --data FILE.npz with x_train, y_train, "
+        "x_test, y_test) (default: mnist)",
+    )
+    p.add_argument(
+        "--data", metavar="PATH", default=None,
+        help="the dataset's file: MNIST-like .npz or IDX directory, the TFDS data directory for tfds:NAME, or "
+        "your .npz for --dataset npz (default for mnist: $VGBENCH_MNIST, the Keras cache, then the download)",
+    )
+    p.add_argument(
+        "--preprocessing", default=None, metavar="{scale,standardize,none}",
+        help="scale (x/255), standardize (then mean 0, variance 1) or none (the stored values) (default: "
+        f"{settings['preprocessing']} for images as in the default suite, none for --dataset npz)",
+    )
+    p.add_argument(
+        "--train-samples", default=None, metavar="N",
+        help=f"use the first N training examples; all = every one (default: {settings.get('train_samples')}, or all)",
+    )
+    p.add_argument(
+        "--test-samples", default=None, metavar="N",
+        help=f"use the first N test examples; all = every one (default: {settings.get('test_samples')}, or all)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, metavar="N",
+        help=f"optimizer steps; 0 = measure at the current weights only (default: {settings['max_steps']})",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, metavar="N",
+        help=f"examples per step and in the step-0 batch (default: {settings['batch_size']})",
+    )
+    p.add_argument(
+        "--log-every", type=int, default=None, metavar="N",
+        help=f"record gradient norms and signals every N steps (default: {settings['log_every']})",
+    )
+    p.add_argument(
+        "--act-every", type=int, default=None, metavar="N",
+        help=f"record activation statistics every N steps (default: {settings['act_every']})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, metavar="N",
+        help=f"seed of the data order and of dropout (default: {settings['seed']})",
+    )
+    p.add_argument(
+        "--loss", default=None, metavar="SPEC",
+        help="a Keras loss instead of the model's own, parameters in parentheses: "
+        "'sparse_categorical_crossentropy(from_logits=True)' (needed when the model has no compile config)",
+    )
+    p.add_argument(
+        "--optimizer", default=None, metavar="NAME",
+        help=f"{', '.join(diagnose.OPTIMIZERS)} (momentum: SGD with momentum {diagnose.MOMENTUM:g}) instead of the "
+        f"model's own (default: its own; {settings['optimizer']} when it has none)",
+    )
+    p.add_argument(
+        "--learning-rate", type=float, default=None, metavar="LR",
+        help=f"a number in (0, 10] (default: the optimizer's own; {settings['learning_rate']:g} with --optimizer "
+        "or when the model has none)",
+    )
+    p.add_argument(
+        "--tensorboard", metavar="DIR", default=None,
+        help="also write the per-layer quantities and gradient histograms as TensorBoard events into DIR/RUN_ID",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", default="reports/diagnose",
+        help="results directory: new, empty or one of vgbench's (the run is added) (default: reports/diagnose)",
+    )
+    p.add_argument("--no-report", action="store_true", help="write the tables only, no report")
+    p.add_argument("--wait", action="store_true", help="when another vgbench process writes --out, wait for it")
+    p.add_argument(
+        "--allow-nonstandard-data", action="store_true",
+        help="use a data file that holds another standard dataset (as for `vgbench run`)",
+    )
+    p.set_defaults(func=cmd_diagnose)
+
+
+def _samples(flag, text):
+    """--train-samples/--test-samples: a positive integer, or all/none (None)."""
+    if text is None or str(text).strip().lower() in ("all", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise UsageError(f"Argument `{flag}` must be a positive integer or all. Received: {shorten(repr(text))}")
+    return value
+
+
+def cmd_diagnose(args) -> int:
+    from pathlib import Path
+
+    from bench import data, diagnose
+
+    path = Path(args.model).expanduser()
+    if not path.is_file():
+        raise UsageError(f"Model file {shorten(repr(str(path)))} does not exist.")
+    if path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise UsageError(
+            f"Model file {shorten(repr(str(path)))} is not a saved Keras model: expected MODEL.keras "
+            "(model.save('MODEL.keras')) or a legacy .h5."
+        )
+    settings = diagnose.defaults()
+    dataset_name = (args.dataset or "mnist").strip()
+    own = dataset_name.lower() == diagnose.NPZ_DATASET
+    preprocessing = (args.preprocessing or ("none" if own else settings["preprocessing"])).strip().lower()
+    if preprocessing not in diagnose.PREPROCESSINGS:
+        raise UsageError(
+            f"Argument `--preprocessing` must be one of {', '.join(diagnose.PREPROCESSINGS)}. "
+            f"Received: {shorten(repr(args.preprocessing))}"
+        )
+    train_samples = _samples("--train-samples", args.train_samples)
+    test_samples = _samples("--test-samples", args.test_samples)
+    # Everything the user named is checked before the model is loaded (slow) and before --out is touched.
+    if own:
+        if args.data is None:
+            raise UsageError("Argument `--dataset npz` needs --data FILE.npz (with x_train, y_train, x_test, y_test).")
+        ds = diagnose.read_npz(args.data)
+    else:
+        try:
+            ds = data.load_dataset(dataset_name, args.data, allow_nonstandard=args.allow_nonstandard_data)
+        except data.DataError as e:
+            if args.dataset is None and args.data is not None and str(args.data).endswith(".npz"):
+                raise data.DataError(f"{str(e).splitlines()[0]}; for arrays of your own, pass --dataset npz") from None
+            raise
+    if args.train_samples is None and ds.n_train >= (settings.get("train_samples") or 0):
+        train_samples = settings.get("train_samples")
+    if args.test_samples is None and ds.n_test >= (settings.get("test_samples") or 0):
+        test_samples = settings.get("test_samples")
+    x_train, y_train, x_test, y_test = diagnose.prepare_arrays(ds, preprocessing, train_samples, test_samples)
+    model = diagnose.load_model(path)
+    results = diagnose.diagnose(
+        model, x_train, y_train, x_test, y_test,
+        steps=args.steps, batch_size=args.batch_size, log_every=args.log_every, act_every=args.act_every,
+        seed=args.seed, loss=args.loss, optimizer=args.optimizer, learning_rate=args.learning_rate,
+        out=args.out, tensorboard_dir=args.tensorboard, report=not args.no_report, wait=args.wait,
+        dataset=ds, preprocessing=preprocessing, model_file=path,
+    )
+    for line in diagnose.summary_lines(results, path):
+        print(line)
+    return 0
+
+
 def _add_report(sub):
     from bench import report
 
@@ -524,6 +680,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_list(sub)
     _add_theory(sub)
+    _add_diagnose(sub)
     for add in (_add_report, _add_compare):
         try:
             add(sub)

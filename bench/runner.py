@@ -40,7 +40,7 @@ from bench.lock import LOCK_NAME, DirectoryLock
 from bench.provenance import git_sha, package_versions, platform_info
 from bench.train import TENSORBOARD_ENV
 
-__all__ = ["SuiteSummary", "open_results", "prepare_out", "run_suite", "write_manifest"]
+__all__ = ["SuiteSummary", "check_tensorboard_dir", "open_results", "prepare_out", "run_suite", "write_manifest"]
 
 # The longest file name most file systems accept, in bytes.
 _NAME_MAX = 255
@@ -266,7 +266,7 @@ def run_suite(
     if executor == "ray":
         ray_executor.check_options(ray_cpus_per_task, 0, jobs or None, ray_max_retries)
     t0 = time.perf_counter()
-    tensorboard_dir = _check_tensorboard_dir(tensorboard_dir)
+    tensorboard_dir = check_tensorboard_dir(tensorboard_dir)
     out = check_out(out)
     existed = out.is_dir()
     fresh = not existed or not any(p.name != LOCK_NAME for p in out.iterdir())
@@ -388,7 +388,7 @@ def open_results(out, datasets: dict, *, suite: str, wait: bool = False, manifes
     lock.release()
 
 
-def _check_tensorboard_dir(path):
+def check_tensorboard_dir(path):
     """The TensorBoard directory as an absolute path (created), or None."""
     if path is None:
         return None
