@@ -611,10 +611,10 @@ def cmd_diagnose(args) -> int:
 
     path = Path(args.model).expanduser()
     if not path.is_file():
-        raise UsageError(f"Model file {shorten(repr(str(path)))} does not exist.")
+        raise UsageError(f"Model file {shorten(repr(str(path)), 200)} does not exist.")
     if path.suffix not in (".keras", ".h5", ".hdf5"):
         raise UsageError(
-            f"Model file {shorten(repr(str(path)))} is not a saved Keras model: expected MODEL.keras "
+            f"Model file {shorten(repr(str(path)), 200)} is not a saved Keras model: expected MODEL.keras "
             "(model.save('MODEL.keras')) or a legacy .h5."
         )
     settings = diagnose.defaults()

@@ -419,7 +419,7 @@ def load_model(path):
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UsageError(f"Model file {shorten(repr(str(path)))} does not exist.")
+        raise UsageError(f"Model file {shorten(repr(str(path)), 200)} does not exist.")
     try:
         with warnings.catch_warnings():
             # Keras warns about optimizer variables it skips: the optimizer restarts anyway.
@@ -427,11 +427,11 @@ def load_model(path):
             model = keras.saving.load_model(path)
     except Exception as e:  # Keras raises many types for a file that is not a model it can build
         raise UsageError(
-            f"Cannot load {shorten(repr(str(path)))} as a Keras model ({one_line(e)}); a model with custom "
+            f"Cannot load {shorten(repr(str(path)), 200)} as a Keras model ({one_line(e)}); a model with custom "
             "objects: load it in Python and call bench.diagnose.diagnose."
         ) from None
     if not isinstance(model, keras.Model):
-        raise UsageError(f"{shorten(repr(str(path)))} holds a {type(model).__name__}, not a Keras model.")
+        raise UsageError(f"{shorten(repr(str(path)), 200)} holds a {type(model).__name__}, not a Keras model.")
     return model
 
 
