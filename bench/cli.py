@@ -149,6 +149,14 @@ _GRID_HELP = {
 }
 
 
+class _AsTyped(argparse.Action):
+    """Stores the value and the flag as typed (``--seeds`` or ``--seed``), so that an error names the latter."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_flag", option_string)
+
+
 def _adhoc_defaults() -> dict:
     """The value of every RunConfig field in an ad-hoc `vgbench run`: the default suite's, else RunConfig's."""
     import dataclasses
@@ -186,7 +194,9 @@ def _add_run(sub):
     for field, (flag, _) in _GRID_OPTIONS.items():
         metavar, text = _GRID_HELP[field]
         flags = (flag, "--seeds") if field == "seed" else (flag,)
-        p.add_argument(*flags, dest=field, metavar=metavar, help=f"{text} (default: {_shown(defaults[field])})")
+        p.add_argument(
+            *flags, dest=field, metavar=metavar, action=_AsTyped, help=f"{text} (default: {_shown(defaults[field])})"
+        )
     p.add_argument(
         "--only", action="append", default=[], metavar="KEY=VALUE",
         help="keep only runs whose field KEY (a grid option's name: activation, depth, ...) equals one of the values "
@@ -254,10 +264,11 @@ def cmd_run(args) -> int:
 
     suite = suites.load_suite(args.suite) if args.suite else suites.adhoc_suite()
     overrides = {}
-    for field, (_, parse) in _GRID_OPTIONS.items():
+    for field, (flag, parse) in _GRID_OPTIONS.items():
         value = getattr(args, field)
         if value is not None:
-            overrides[field] = parse(value)
+            typed = getattr(args, f"{field}_flag", None) or flag
+            overrides[field] = parse(value) if typed == flag else _numbers(typed.lstrip("-"))(value)
     only = {}
     for item in args.only:
         if "=" not in item:
