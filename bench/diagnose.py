@@ -49,7 +49,7 @@ import numpy as np
 from bench.config import CUSTOM_ARCH as ARCH
 from bench.config import NOT_APPLICABLE
 from bench.errors import DataError, UsageError
-from bench.utils import one_line, slug
+from bench.utils import closest, one_line, slug
 from models.registry import shorten
 
 # The suite name of a diagnosis in the manifest.
@@ -113,15 +113,16 @@ def get_loss(spec):
                 return keras.losses.get(name)
         except (ValueError, TypeError):
             pass
-        from bench.utils import closest
-
         raise UsageError(
-            f"Unknown loss {shorten(repr(name))}.{closest(name, sorted(names))} Valid losses: {', '.join(sorted(names))}"
+            f"Unknown loss {shorten(repr(name))}.{closest(name, sorted(names))} "
+            f"Valid losses: {', '.join(sorted(names))}"
         )
     try:
         return names[name](**kwargs)
     except (TypeError, ValueError) as e:
-        raise UsageError(f"Invalid parameters for loss {name!r}: {one_line(e)}. Received: loss={shorten(repr(spec))}") from None
+        raise UsageError(
+            f"Invalid parameters for loss {name!r}: {one_line(e)}. Received: loss={shorten(repr(spec))}"
+        ) from None
 
 
 def _loss_names() -> dict:
@@ -134,7 +135,8 @@ def _loss_names() -> dict:
     for attr in dir(keras.losses):
         cls = getattr(keras.losses, attr)
         if isinstance(cls, type) and issubclass(cls, keras.losses.Loss) and cls is not keras.losses.Loss:
-            out[re.sub(r"(?<!^)(?=[A-Z])", "_", attr).lower()] = cls
+            # MeanSquaredError → mean_squared_error, KLDivergence → kl_divergence
+            out[re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", attr).lower()] = cls
     return out
 
 
@@ -148,8 +150,6 @@ def get_optimizer(name: str, learning_rate: float):
 
     key = str(name).strip().lower()
     if key not in OPTIMIZERS:
-        from bench.utils import closest
-
         raise UsageError(
             f"Argument `optimizer` must be one of {', '.join(OPTIMIZERS)}. Received: optimizer={shorten(repr(name))}"
             + closest(key, list(OPTIMIZERS))
@@ -193,8 +193,6 @@ def compile_for_diagnosis(model, loss=None, optimizer=None, learning_rate=None) 
     Raises:
         UsageError: no compile config and no ``loss``; a bad name or value.
     """
-    import keras
-
     compiled = bool(getattr(model, "compiled", False)) and getattr(model, "loss", None) is not None
     if not compiled and loss is None:
         raise UsageError(
@@ -291,7 +289,7 @@ def fit_inputs(x, shape, what="x_train"):
     example = tuple(int(d) for d in x.shape[1:])
 
     def matches(candidate):
-        return len(candidate) == len(shape) and all(s is None or s == c for s, c in zip(shape, candidate))
+        return len(candidate) == len(shape) and all(s is None or s == c for s, c in zip(shape, candidate, strict=True))
 
     if matches(example):
         return x
@@ -359,7 +357,9 @@ def read_npz(path):
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
             if missing:
-                raise DataError(f"{path} is missing {', '.join(missing)}; an .npz needs x_train, y_train, x_test, y_test")
+                raise DataError(
+                    f"{path} is missing {', '.join(missing)}; an .npz needs x_train, y_train, x_test, y_test"
+                )
             arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except DataError:
         raise
@@ -661,7 +661,8 @@ def diagnose(
     tensorboard_dir = check_tensorboard_dir(tensorboard_dir)
     if out is None:
         return _in_memory(measure(), dataset, model_info)
-    with open_results(out, {dataset.name: dataset}, suite=SUITE, wait=wait, manifest_extra={"model": model_info}) as path:
+    extra = {"model": model_info}
+    with open_results(out, {dataset.name: dataset}, suite=SUITE, wait=wait, manifest_extra=extra) as path:
         record = measure()
         results_mod.write_run(path, record)
     if report:

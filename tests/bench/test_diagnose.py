@@ -7,14 +7,16 @@ import json
 import re
 from pathlib import Path
 
+import bench  # noqa: F401  (before keras: portable numerics)
+
+# isort: split
+import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 import yaml
 
-import bench  # noqa: F401  (before keras: portable numerics)
-import keras
-import tensorflow as tf
 from bench import data
 from bench.cli import main, make_parser
 from bench.config import RunConfig
@@ -82,7 +84,8 @@ def test_saved_sequential_model_gives_the_tables_and_a_report(saved, mnist_path,
     variables = pd.read_parquet(out / "variables.parquet")
     assert len(runs) == 1 and [p.name for p in (out / "runs").iterdir()] == list(runs.run_id)
     run = runs.iloc[0]
-    assert (run.arch, run.activation, run.initializer, run.model, run.status) == ("custom", "n/a", "n/a", "tiny_seq", "ok")
+    identity = (run.arch, run.activation, run.initializer, run.model, run.status)
+    assert identity == ("custom", "n/a", "n/a", "tiny_seq", "ok")
     assert run.model_sha256 == manifest["model"]["sha256"] and run.steps == 3 and run.depth == 2
     assert list(layers.columns[: len(LAYER_COLUMNS)]) == LAYER_COLUMNS
     assert list(history.columns[: len(HISTORY_COLUMNS)]) == HISTORY_COLUMNS
@@ -120,7 +123,8 @@ def test_functional_model_without_compile_config_needs_a_loss_and_steps_0_measur
     saved, mnist_path, tmp_path, capsys
 ):
     out = tmp_path / "out"
-    argv = [*map(str, ["diagnose", saved / "func.keras", "--data", mnist_path, "--steps", "0", *TINY]), "--out", str(out)]
+    argv = ["diagnose", saved / "func.keras", "--data", mnist_path, "--steps", "0", *TINY, "--out", out]
+    argv = [str(a) for a in argv]
     _one_line_exit_2(capsys, argv, "'tiny_func' has no compile config", "--loss", out=out)
     loss = "sparse_categorical_crossentropy(from_logits=True)"
     assert main([*argv, "--loss", loss, "--no-report"]) == 0
@@ -184,7 +188,8 @@ def test_bad_input_is_one_line_and_exit_2(saved, mnist_path, tmp_path, capsys):
     _one_line_exit_2(capsys, ["diagnose", seq, *base, "--learning-rate", "inf"], "learning_rate=inf", out=out)
     _one_line_exit_2(capsys, ["diagnose", seq, *base, "--steps", "-1"], "steps=-1", out=out)
     # A loss that does not fit the model's output: refused before anything is written.
-    _one_line_exit_2(capsys, ["diagnose", seq, *base, "--loss", "categorical_crossentropy"], "cannot compute its loss", out=out)
+    argv = ["diagnose", seq, *base, "--loss", "categorical_crossentropy"]
+    _one_line_exit_2(capsys, argv, "cannot compute its loss", out=out)
     # An .npz of one's own arrays whose examples do not fit.
     npz = tmp_path / "own.npz"
     np.savez(npz, x_train=np.zeros((8, 5), "float32"), y_train=np.zeros(8, "int64"),
