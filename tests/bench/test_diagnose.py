@@ -21,7 +21,9 @@ from bench import data
 from bench.cli import main, make_parser
 from bench.config import RunConfig
 from bench.diagnose import diagnose
-from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, VARIABLE_COLUMNS
+from bench.errors import UsageError
+from bench.lock import DirectoryLock
+from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, VARIABLE_COLUMNS, load_results
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SUITE = yaml.safe_load((REPO_ROOT / "bench" / "suites" / "default.yaml").read_text())["defaults"]
@@ -170,6 +172,11 @@ def test_python_function_on_a_subclassed_model(tmp_path):
     # The weights after the first diagnosis are other weights: another run, next to the first.
     again = diagnose(model, x[:160], y[:160], steps=2, batch_size=16, out=out, report=False)
     assert len(again.runs) == 2 and again.runs.weights.nunique() == 2
+    # One writer per directory, as for `vgbench run`: nothing is written while another holds it.
+    with DirectoryLock(out).acquire():
+        with pytest.raises(UsageError, match="being written by another vgbench run"):
+            diagnose(model, x[:160], y[:160], steps=1, batch_size=16, out=out, report=False)
+    assert len(load_results(out).runs) == 2
 
 
 @pytest.mark.mnist
