@@ -1,4 +1,4 @@
-"""The `vgbench` command line: run, list, report, compare, theory.
+"""The `vgbench` command line: run, list, report, compare, theory, diagnose.
 
 Bad input is one line on stderr and exit status 2, never a traceback; what
 was already computed stays on disk.
@@ -112,19 +112,118 @@ _GRID_OPTIONS = {
     "act_every": ("--act-every", _numbers("act-every")),
 }
 
+# What each grid option takes, for `vgbench run --help`; every one is a comma list.
+_GRID_HELP = {
+    "arch": ("{mlp,cnn}", "mlp (dense layers) or cnn (a small convolutional net)"),
+    "activation": (
+        "LIST",
+        "activation names, parameters in parentheses: relu,leaky_relu(negative_slope=0.1) "
+        "(`vgbench list activations`)",
+    ),
+    "initializer": (
+        "LIST", "kernel initializer names: he_normal,random_normal(stddev=0.01) (`vgbench list initializers`)"
+    ),
+    "depth": ("LIST", "hidden layers; integers or ranges LOW-HIGH: 5,10,20 or 2-6"),
+    "width": ("LIST", "units per hidden layer (filters for cnn)"),
+    "fix": (
+        "LIST",
+        "none, batchnorm, batchnorm_after, layernorm, residual(every=2), clipnorm(norm=1.0), dropout(rate=0.1); "
+        "combine with +: batchnorm+residual(every=2) (`vgbench list fixes`)",
+    ),
+    "optimizer": ("LIST", "sgd, momentum (SGD with momentum 0.9) or adam"),
+    "learning_rate": ("LIST", "numbers in (0, 10]"),
+    "batch_size": ("LIST", "examples per optimizer step"),
+    "epochs": ("LIST", "evaluation periods; with --max-steps, the steps are split into this many"),
+    "max_steps": (
+        "LIST",
+        "optimizer steps in all; 0 = measure at initialization only (no update); none = --epochs passes "
+        "over the training set",
+    ),
+    "dataset": ("LIST", "mnist, fashion_mnist or tfds:NAME (a TFDS dataset prepared locally)"),
+    "preprocessing": ("LIST", "scale (pixels to [0, 1]) or standardize (then mean 0, variance 1)"),
+    "train_samples": ("LIST", "use the first N training examples; none = all"),
+    "test_samples": ("LIST", "use the first N test examples; none = all"),
+    "seed": ("LIST", "seeds, e.g. 0-2 or 0,5 (one run per seed); --seeds is the same option"),
+    "log_every": ("LIST", "record gradient norms and signals every N steps"),
+    "act_every": ("LIST", "record activation statistics, kernel norms and update ratios every N steps"),
+}
+
+
+class _AsTyped(argparse.Action):
+    """Stores the value and the flag as typed (``--seeds`` or ``--seed``), so that an error names the latter."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_flag", option_string)
+
+
+def _adhoc_defaults() -> dict:
+    """The value of every RunConfig field in an ad-hoc `vgbench run`: the default suite's, else RunConfig's."""
+    import dataclasses
+
+    from bench import suites
+    from bench.config import RunConfig
+
+    values = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    try:
+        values.update(suites.default_settings())
+    except UsageError:  # a damaged installation; the run itself reports it
+        pass
+    return values
+
+
+def _shown(value) -> str:
+    return "none" if value is None else str(value)
+
 
 def _add_run(sub):
-    p = sub.add_parser("run", help="run a suite or a grid of runs into a results directory")
-    p.add_argument("--suite", help="a shipped suite name or a YAML file; options below override its values")
+    p = sub.add_parser(
+        "run",
+        help="run a suite or a grid of runs into a results directory",
+        description="Run a suite or a grid of runs into a results directory. Every grid option takes a comma "
+        "list, and the grid is the product of the lists. Without --suite, a value not given is that of the "
+        "`default` suite (shown as default), so that an ad-hoc run compares with the shipped report; with "
+        "--suite, the suite's values apply and the options override them.",
+    )
+    p.add_argument(
+        "--suite", metavar="NAME|FILE",
+        help="a shipped suite (smoke, ci, default, fixes, full; `vgbench list suites`) or a YAML file; "
+        "the options below override its values",
+    )
+    defaults = _adhoc_defaults()
     for field, (flag, _) in _GRID_OPTIONS.items():
-        p.add_argument(flag, dest=field, metavar="LIST", help=f"comma list of {field} values")
-    p.add_argument("--seeds", dest="seeds", metavar="LIST", help="comma list or range of seeds, e.g. 0-2 (same as --seed)")
-    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE", help="keep only runs whose field equals one of the values (repeatable; VALUE may be a comma list)")
-    p.add_argument("--data", metavar="PATH", help="dataset file (MNIST .npz or IDX directory); default: $VGBENCH_MNIST, the Keras cache, then download")
-    p.add_argument("--out", metavar="DIR", default="reports/latest", help="results directory (resumed when it exists; default reports/latest)")
-    p.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel runs (default: number of cores; with --executor ray: the cluster's CPUs)")
-    p.add_argument("--executor", default="local", help="local (default) or ray")
-    p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://HOST:PORT); with --executor ray")
+        metavar, text = _GRID_HELP[field]
+        flags = (flag, "--seeds") if field == "seed" else (flag,)
+        p.add_argument(
+            *flags, dest=field, metavar=metavar, action=_AsTyped, help=f"{text} (default: {_shown(defaults[field])})"
+        )
+    p.add_argument(
+        "--only", action="append", default=[], metavar="KEY=VALUE",
+        help="keep only runs whose field KEY (a grid option's name: activation, depth, ...) equals one of the values "
+        "(repeatable; VALUE may be a comma list; default: keep all)",
+    )
+    p.add_argument(
+        "--data", metavar="PATH",
+        help="dataset file: an .npz (x_train, y_train, x_test, y_test) or a directory of IDX files; for tfds:NAME "
+        "the TFDS data directory (default: $VGBENCH_MNIST, the Keras cache, then the download)",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", default="reports/latest",
+        help="results directory (resumed when it exists; default: reports/latest)",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=None, metavar="N",
+        help="parallel runs (default: the number of cores; with --executor ray: the cluster's CPUs)",
+    )
+    p.add_argument(
+        "--executor", default="local", metavar="{local,ray}",
+        help="where runs execute: local (worker processes on this machine) or ray (Ray tasks) (default: local)",
+    )
+    p.add_argument(
+        "--address", default=None, metavar="ADDRESS",
+        help="Ray cluster address: auto, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS, else a private "
+        "local Ray); with --executor ray",
+    )
     p.add_argument(
         "--ray-cpus-per-task", type=float, default=1, metavar="N",
         help="CPUs (and TensorFlow threads) of each Ray task (default 1)",
@@ -163,14 +262,13 @@ def cmd_run(args) -> int:
     from bench import data, sizing, suites
     from bench.runner import run_suite
 
-    suite = suites.load_suite(args.suite) if args.suite else suites.Suite(name="custom")
+    suite = suites.load_suite(args.suite) if args.suite else suites.adhoc_suite()
     overrides = {}
-    for field, (_, parse) in _GRID_OPTIONS.items():
+    for field, (flag, parse) in _GRID_OPTIONS.items():
         value = getattr(args, field)
         if value is not None:
-            overrides[field] = parse(value)
-    if args.seeds is not None:
-        overrides["seed"] = _numbers("seeds")(args.seeds)
+            typed = getattr(args, f"{field}_flag", None) or flag
+            overrides[field] = parse(value) if typed == flag else _numbers(typed.lstrip("-"))(value)
     only = {}
     for item in args.only:
         if "=" not in item:
@@ -273,7 +371,7 @@ def _add_list(sub):
 def cmd_list(args) -> int:
     import models
     from bench import suites
-    from bench.config import FIXES
+    from bench.config import FIX_DESCRIPTIONS, FIXES
 
     sections = []
     if args.what in ("all", "activations"):
@@ -288,10 +386,11 @@ def cmd_list(args) -> int:
         if aliases:
             sections[-1][1].append("aliases: " + ", ".join(f"{k}→{v}" for k, v in sorted(aliases.items())))
     if args.what in ("all", "fixes"):
-        lines = ["none           the baseline"]
+        lines = [f"{'none':<22} {FIX_DESCRIPTIONS['none']}"]
         for name, param in FIXES.items():
-            lines.append(f"{name:<14} " + (f"{param[0]}={param[1]!r}" if param else ""))
-        lines.append("combine with '+', e.g. batchnorm+residual(every=2)")
+            spec = f"{name}({param[0]}={param[1]!r})" if param else name
+            lines.append(f"{spec:<22} {FIX_DESCRIPTIONS[name]}")
+        lines.append("combine with '+', e.g. batchnorm+residual(every=2); at most one normalization per run")
         sections.append(("fixes", lines))
     if args.what in ("all", "suites"):
         lines = []
@@ -414,6 +513,162 @@ def cmd_theory(args) -> int:
     return 0
 
 
+def _add_diagnose(sub):
+    from bench import diagnose
+
+    settings = diagnose.defaults()
+    p = sub.add_parser(
+        "diagnose",
+        help="measure a saved Keras model of your own: gradient and signals by layer, at its weights and in training",
+        description="Load a saved Keras model (.keras), measure per-layer gradients, backward and forward signals "
+        "and dead/saturated units at its current weights (step 0), train it for --steps steps with the same "
+        "recording as `vgbench run`, and write a results directory of one run and its report. The model is "
+        "compiled with its own compile config (loss, metrics, a fresh copy of its optimizer) unless "
+        "--loss/--optimizer/--learning-rate say otherwise; the model file is not changed.",
+    )
+    p.add_argument("model", metavar="MODEL.keras", help="a model saved with model.save('MODEL.keras')")
+    p.add_argument(
+        "--dataset", default=None, metavar="NAME",
+        help="mnist, fashion_mnist, tfds:NAME, or npz (your own arrays: --data FILE.npz with x_train, y_train, "
+        "x_test, y_test) (default: mnist)",
+    )
+    p.add_argument(
+        "--data", metavar="PATH", default=None,
+        help="the dataset's file: MNIST-like .npz or IDX directory, the TFDS data directory for tfds:NAME, or "
+        "your .npz for --dataset npz (default for mnist: $VGBENCH_MNIST, the Keras cache, then the download)",
+    )
+    p.add_argument(
+        "--preprocessing", default=None, metavar="{scale,standardize,none}",
+        help="scale (x/255), standardize (then mean 0, variance 1) or none (the stored values) (default: "
+        f"{settings['preprocessing']} for images as in the default suite, none for --dataset npz)",
+    )
+    p.add_argument(
+        "--train-samples", default=None, metavar="N",
+        help=f"use the first N training examples; all = every one (default: {settings.get('train_samples')}, or all)",
+    )
+    p.add_argument(
+        "--test-samples", default=None, metavar="N",
+        help=f"use the first N test examples; all = every one (default: {settings.get('test_samples')}, or all)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, metavar="N",
+        help=f"optimizer steps; 0 = measure at the current weights only (default: {settings['max_steps']})",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, metavar="N",
+        help=f"examples per step and in the step-0 batch (default: {settings['batch_size']})",
+    )
+    p.add_argument(
+        "--log-every", type=int, default=None, metavar="N",
+        help=f"record gradient norms and signals every N steps (default: {settings['log_every']})",
+    )
+    p.add_argument(
+        "--act-every", type=int, default=None, metavar="N",
+        help=f"record activation statistics every N steps (default: {settings['act_every']})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, metavar="N",
+        help=f"seed of the data order and of dropout (default: {settings['seed']})",
+    )
+    p.add_argument(
+        "--loss", default=None, metavar="SPEC",
+        help="a Keras loss instead of the model's own, parameters in parentheses: "
+        "'sparse_categorical_crossentropy(from_logits=True)' (needed when the model has no compile config)",
+    )
+    p.add_argument(
+        "--optimizer", default=None, metavar="NAME",
+        help=f"{', '.join(diagnose.OPTIMIZERS)} (momentum: SGD with momentum {diagnose.MOMENTUM:g}) instead of the "
+        f"model's own (default: its own; {settings['optimizer']} when it has none)",
+    )
+    p.add_argument(
+        "--learning-rate", type=float, default=None, metavar="LR",
+        help=f"a number in (0, 10] (default: the optimizer's own; {settings['learning_rate']:g} with --optimizer "
+        "or when the model has none)",
+    )
+    p.add_argument(
+        "--tensorboard", metavar="DIR", default=None,
+        help="also write the per-layer quantities and gradient histograms as TensorBoard events into DIR/RUN_ID",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", default="reports/diagnose",
+        help="results directory: new, empty or one of vgbench's (the run is added) (default: reports/diagnose)",
+    )
+    p.add_argument("--no-report", action="store_true", help="write the tables only, no report")
+    p.add_argument("--wait", action="store_true", help="when another vgbench process writes --out, wait for it")
+    p.add_argument(
+        "--allow-nonstandard-data", action="store_true",
+        help="use a data file that holds another standard dataset (as for `vgbench run`)",
+    )
+    p.set_defaults(func=cmd_diagnose)
+
+
+def _samples(flag, text):
+    """--train-samples/--test-samples: a positive integer, or all/none (None)."""
+    if text is None or str(text).strip().lower() in ("all", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise UsageError(f"Argument `{flag}` must be a positive integer or all. Received: {shorten(repr(text))}")
+    return value
+
+
+def cmd_diagnose(args) -> int:
+    from pathlib import Path
+
+    from bench import data, diagnose
+
+    path = Path(args.model).expanduser()
+    if not path.is_file():
+        raise UsageError(f"Model file {shorten(repr(str(path)), 200)} does not exist.")
+    if path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise UsageError(
+            f"Model file {shorten(repr(str(path)), 200)} is not a saved Keras model: expected MODEL.keras "
+            "(model.save('MODEL.keras')) or a legacy .h5."
+        )
+    settings = diagnose.defaults()
+    dataset_name = (args.dataset or "mnist").strip()
+    own = dataset_name.lower() == diagnose.NPZ_DATASET
+    preprocessing = (args.preprocessing or ("none" if own else settings["preprocessing"])).strip().lower()
+    if preprocessing not in diagnose.PREPROCESSINGS:
+        raise UsageError(
+            f"Argument `--preprocessing` must be one of {', '.join(diagnose.PREPROCESSINGS)}. "
+            f"Received: {shorten(repr(args.preprocessing))}"
+        )
+    train_samples = _samples("--train-samples", args.train_samples)
+    test_samples = _samples("--test-samples", args.test_samples)
+    # Everything the user named is checked before the model is loaded (slow) and before --out is touched.
+    if own:
+        if args.data is None:
+            raise UsageError("Argument `--dataset npz` needs --data FILE.npz (with x_train, y_train, x_test, y_test).")
+        ds = diagnose.read_npz(args.data)
+    else:
+        try:
+            ds = data.load_dataset(dataset_name, args.data, allow_nonstandard=args.allow_nonstandard_data)
+        except data.DataError as e:
+            if args.dataset is None and args.data is not None and str(args.data).endswith(".npz"):
+                raise data.DataError(f"{str(e).splitlines()[0]}; for arrays of your own, pass --dataset npz") from None
+            raise
+    if args.train_samples is None and ds.n_train >= (settings.get("train_samples") or 0):
+        train_samples = settings.get("train_samples")
+    if args.test_samples is None and ds.n_test >= (settings.get("test_samples") or 0):
+        test_samples = settings.get("test_samples")
+    x_train, y_train, x_test, y_test = diagnose.prepare_arrays(ds, preprocessing, train_samples, test_samples)
+    model = diagnose.load_model(path)
+    results = diagnose.diagnose(
+        model, x_train, y_train, x_test, y_test,
+        steps=args.steps, batch_size=args.batch_size, log_every=args.log_every, act_every=args.act_every,
+        seed=args.seed, loss=args.loss, optimizer=args.optimizer, learning_rate=args.learning_rate,
+        out=args.out, tensorboard_dir=args.tensorboard, report=not args.no_report, wait=args.wait,
+        dataset=ds, preprocessing=preprocessing, model_file=path,
+    )
+    for line in diagnose.summary_lines(results, path):
+        print(line)
+    return 0
+
+
 def _add_report(sub):
     from bench import report
 
@@ -436,6 +691,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_list(sub)
     _add_theory(sub)
+    _add_diagnose(sub)
     for add in (_add_report, _add_compare):
         try:
             add(sub)

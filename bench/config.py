@@ -35,6 +35,17 @@ FIXES = {
 }
 _NORM_FIXES = ("batchnorm", "batchnorm_after", "layernorm")
 
+# What each fix does, in one line (`vgbench list fixes`).
+FIX_DESCRIPTIONS = {
+    "none": "the baseline: each hidden block is its weight layer, then its activation",
+    "batchnorm": "batch normalization between each hidden weight layer (then without bias) and its activation",
+    "batchnorm_after": "batch normalization after each hidden block's activation",
+    "layernorm": "layer normalization between each hidden weight layer and its activation",
+    "residual": "adds the input of every group of `every` hidden blocks to its output (identity skip)",
+    "clipnorm": "clips each weight's gradient to L2 norm at most `norm` before the update (Keras clipnorm)",
+    "dropout": "dropout of rate `rate` after each hidden block, during training",
+}
+
 # Learning rates above this diverge at once in every model here; a typo such
 # as 1e308 or inf would only fill a suite with diverged runs.
 MAX_LEARNING_RATE = 10.0
@@ -262,6 +273,14 @@ class RunConfig:
 
 CONFIG_FIELDS = [f.name for f in dataclasses.fields(RunConfig)]
 
+# A run of a model not built by vgbench (`bench.diagnose`): its `arch`, and
+# the value of the fields that do not apply to it (activation, initializer).
+CUSTOM_ARCH = "custom"
+NOT_APPLICABLE = "n/a"
+# Fields of such a run, beside the RunConfig fields, that tell what was
+# trained: the model's name and its weights at step 0 (a short hash).
+MODEL_FIELDS = ("model", "weights")
+
 # Config fields that tell repetitions of one benchmark apart (their samples).
 SAMPLE_FIELDS = ("seed",)
 # Config fields that say how a run is measured rather than what is trained.
@@ -272,7 +291,9 @@ def benchmark_fields(columns) -> list[str]:
     """The config fields among `columns` that identify a benchmark: what is trained, not seed or cadence.
 
     Runs that agree on these are repetitions of one benchmark (the report's
-    "pair", the comparer's "benchmark").
+    "pair", the comparer's "benchmark"). Diagnosed models of one's own
+    (`bench.diagnose`) are also told apart by `MODEL_FIELDS`.
     """
     excluded = set(SAMPLE_FIELDS) | set(MEASUREMENT_FIELDS)
-    return [c for c in CONFIG_FIELDS if c in set(columns) and c not in excluded]
+    present = set(columns)
+    return [c for c in (*CONFIG_FIELDS, *MODEL_FIELDS) if c in present and c not in excluded]

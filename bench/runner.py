@@ -40,7 +40,7 @@ from bench.lock import LOCK_NAME, DirectoryLock
 from bench.provenance import git_sha, package_versions, platform_info
 from bench.train import TENSORBOARD_ENV
 
-__all__ = ["SuiteSummary", "prepare_out", "run_suite", "write_manifest"]
+__all__ = ["SuiteSummary", "check_tensorboard_dir", "open_results", "prepare_out", "run_suite", "write_manifest"]
 
 # The longest file name most file systems accept, in bytes.
 _NAME_MAX = 255
@@ -266,7 +266,7 @@ def run_suite(
     if executor == "ray":
         ray_executor.check_options(ray_cpus_per_task, 0, jobs or None, ray_max_retries)
     t0 = time.perf_counter()
-    tensorboard_dir = _check_tensorboard_dir(tensorboard_dir)
+    tensorboard_dir = check_tensorboard_dir(tensorboard_dir)
     out = check_out(out)
     existed = out.is_dir()
     fresh = not existed or not any(p.name != LOCK_NAME for p in out.iterdir())
@@ -329,7 +329,66 @@ def run_suite(
     return summary
 
 
-def _check_tensorboard_dir(path):
+@contextlib.contextmanager
+def open_results(out, datasets: dict, *, suite: str, wait: bool = False, manifest_extra: dict | None = None):
+    """Holds a results directory as its one writer, with the guarantees of `run_suite`, for other commands.
+
+    Checks and locks ``out`` (created when new), cleans what an interrupted
+    writer left, moves damaged run folders aside, refuses data other than
+    that of the runs already there, and writes the manifest; the block then
+    writes its runs (`bench.results.write_run`). On leaving, the top-level
+    tables are rebuilt and the lock released; a failure before the
+    manifest leaves no new directory behind. Used by `vgbench diagnose`.
+
+    Args:
+        out: the results directory.
+        datasets: dataset name → `bench.data.Dataset` of the runs to be written.
+        suite: the name the manifest records.
+        wait: when another process writes ``out``, wait for it instead of failing.
+        manifest_extra: more keys of manifest.json.
+
+    Yields:
+        ``out`` as a `Path`.
+
+    Raises:
+        UsageError: see `run_suite`.
+    """
+    from bench.data import describe
+
+    out = check_out(out)
+    existed = out.is_dir()
+    fresh = not existed or not any(p.name != LOCK_NAME for p in out.iterdir())
+    lock = None
+    try:
+        if not existed:
+            prepare_out(out)
+        lock = _lock(out, wait)
+        out = check_out(out)
+        manifest = results_mod.read_manifest(out)
+        results_mod.clean_partial(out)
+        finished = _scan(out)
+        _refuse_other_data(out, manifest, finished, datasets)
+        data_info = {**_manifest_data(manifest), **{name: describe(ds) for name, ds in datasets.items()}}
+        write_manifest(
+            out, suite, data_info if len(data_info) != 1 else next(iter(data_info.values())), manifest_extra
+        )
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        if fresh:
+            _remove_empty(out, existed)
+        raise
+    try:
+        yield out
+    except BaseException:
+        _rebuild_tables(out, quiet=True)
+        lock.release()
+        raise
+    _rebuild_tables(out, quiet=False)
+    lock.release()
+
+
+def check_tensorboard_dir(path):
     """The TensorBoard directory as an absolute path (created), or None."""
     if path is None:
         return None

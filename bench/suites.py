@@ -119,6 +119,25 @@ def load_suite(name_or_path: str) -> Suite:
     )
 
 
+# The suite whose defaults an ad-hoc `vgbench run` (no --suite) and
+# `vgbench diagnose` start from, so that their runs compare with the shipped report.
+DEFAULT_SUITE = "default"
+
+
+def default_settings() -> dict:
+    """The `defaults` of the ``default`` suite: the RunConfig fields an ad-hoc run starts from.
+
+    `RunConfig`'s own dataclass defaults stay as they are (they define the
+    run_ids of stored results); the command line reads these instead.
+    """
+    return dict(load_suite(DEFAULT_SUITE).defaults)
+
+
+def adhoc_suite() -> Suite:
+    """The suite of an ad-hoc `vgbench run`: one grid over the ``default`` suite's defaults."""
+    return Suite(name="custom", description="ad-hoc run", defaults=default_settings())
+
+
 def expand(suite: Suite, overrides: dict | None = None, only: dict | None = None) -> list[RunConfig]:
     """The suite's RunConfigs, in a stable order, without duplicates.
 

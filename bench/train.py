@@ -131,7 +131,7 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensor
         epochs, per_epoch = schedule(config, len(arrays.x_train))
         if epochs == 0:
             # Initialization only: the step-0 measurement, no update.
-            _init_only(model, logger)
+            measure_at_init(model, logger)
         else:
             train_ds = data_mod.make_tf_dataset(
                 arrays.x_train, arrays.y_train, batch_size=config.batch_size, seed=config.seed
@@ -170,8 +170,8 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensor
     return RunRecord(config.run_id, config.to_dict(), result, layers, history, variables)
 
 
-def _init_only(model, logger):
-    """Runs the logger's step-0 measurement without any training step."""
+def measure_at_init(model, logger):
+    """Runs a `GradientNormLogger`'s step-0 measurement on `model` without any training step."""
     logger.set_model(model)
     logger.set_params({"epochs": 0, "steps": 1, "verbose": 0})
     logger.on_train_begin()

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from bench import theory
+from bench.config import CUSTOM_ARCH
 from bench.utils import plain
 
 # Measured and predicted per-layer factors agree when their ratio is within
@@ -233,6 +234,12 @@ def predict_runs(runs: pd.DataFrame, manifest: dict, load: bool = True) -> Predi
 
 
 def _predict(row: dict, inputs: Inputs | None, data: dict) -> theory.Prediction:
+    if plain(row.get("arch")) == CUSTOM_ARCH:
+        return theory.Prediction(
+            activation=str(row.get("activation")), initializer=str(row.get("initializer")), depth=int(row["depth"]),
+            width=0, sigma_b2=0.0, input_second_moment=math.nan, applicable=False,
+            reason=f"{plain(row.get('model')) or 'the model'} was not built by vgbench: the theory models its MLP",
+        )
     config = types.SimpleNamespace(**{k: plain(row.get(k)) for k in ("arch", "activation", "initializer", "fix")})
     config.depth, config.width = int(row["depth"]), int(row["width"])
     config.dataset = plain(row.get("dataset")) or "mnist"

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import stats as _scipy_stats
 
 from bench import metrics
-from bench.config import benchmark_fields
+from bench.config import NOT_APPLICABLE, benchmark_fields
 from bench.quantities import LAYER_QUANTITIES, Quantity
 from bench.report import predictions
 from bench.report.text import CORE_KEYS, describe_slice, pair_label, status_text
@@ -739,7 +739,7 @@ def activation_curves(names, lo: float = -5.0, hi: float = 5.0, num: int = 401) 
         return with_note(pd.DataFrame(columns=columns), f"models.activations is not available ({e})")
     xs = np.linspace(lo, hi, num, dtype="float32")
     frames, failed = [], []
-    for name in sorted(set(names)):
+    for name in sorted(set(names) - {NOT_APPLICABLE}):
         try:
             act = registry.get(name)
             x = tf.constant(xs)

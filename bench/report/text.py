@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from bench.config import CUSTOM_ARCH
 from bench.quantities import Quantity
 from bench.utils import plain
 
@@ -148,10 +149,14 @@ def join_flags(flags) -> str:
 
 def pair_label(row, extra_keys=()) -> str:
     """'sigmoid + glorot_uniform, depth 20' (+ fix and the keys that vary)."""
-    text = f"{row['activation']} + {row['initializer']}, depth {row['depth']}"
+    model = plain(row.get("model"))
+    if model is not None:  # a diagnosed model of one's own (`bench.diagnose`)
+        text = f"{model}, depth {row['depth']}"
+    else:
+        text = f"{row['activation']} + {row['initializer']}, depth {row['depth']}"
     if row.get("fix", "none") != "none":
         text += f", fix {row['fix']}"
-    extra = [f"{k} {short(row[k])}" for k in extra_keys if k in row]
+    extra = [f"{k} {short(row[k])}" for k in extra_keys if k in row and not (k == "model" and model is not None)]
     if extra:
         text += f" ({', '.join(extra)})"
     return text
@@ -167,6 +172,8 @@ def describe_slice(chosen: dict, extra_keys=()) -> str:
     """
     parts = []
     for k in ("arch", "depth", "width"):
+        if k == "width" and chosen.get("arch") == CUSTOM_ARCH:
+            continue  # a model of one's own has no single width
         if k in chosen:
             parts.append(f"{k} {chosen[k]}" if k != "arch" else str(chosen[k]))
     parts += [f"{k} {short(chosen[k])}" for k in extra_keys if k in chosen and k not in CORE_KEYS]

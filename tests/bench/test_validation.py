@@ -12,13 +12,17 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from bench import data, sizing
 from bench.cli import main
 from bench.config import RunConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _refused(capsys, argv, *fragments, out=None):
@@ -88,7 +92,9 @@ def test_large_grid_runs_with_yes_after_filtering(capsys):
     # --only narrows a large grid below the threshold: no confirmation needed.
     code = main(["run", "--seeds", "0-10999", "--only", "seed=3", "--dry-run"])
     assert code == 0
-    assert capsys.readouterr().out.split() == [RunConfig(seed=3).run_id]
+    # An ad-hoc run starts from the default suite's settings.
+    settings = yaml.safe_load((REPO_ROOT / "bench" / "suites" / "default.yaml").read_text())["defaults"]
+    assert capsys.readouterr().out.split() == [RunConfig(**{**settings, "seed": 3}).run_id]
 
 
 def test_long_names_are_echoed_shortened(capsys, tmp_path):
