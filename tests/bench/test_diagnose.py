@@ -250,8 +250,11 @@ def test_readme_python_blocks_run_as_pasted(index, mnist_path, monkeypatch, caps
     block = _python_blocks()[index]
     monkeypatch.setenv("VGBENCH_MNIST", str(mnist_path))
     monkeypatch.chdir(REPO_ROOT)
-    exec(compile(block.replace("/tmp/tb", str(tmp_path / "tb")), f"README.md python block {index}", "exec"),
-         {"__name__": "__readme__"})
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", None, "display.width", 250):
+        code = compile(block.replace("/tmp/tb", str(tmp_path / "tb")), f"README.md python block {index}", "exec")
+        exec(code, {"__name__": "__readme__"})
     if "kernel_grad_norm" in block:  # a block that prints a per-layer table shows its columns
         assert "kernel_grad_norm" in capsys.readouterr().out
 
