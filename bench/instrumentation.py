@@ -38,7 +38,9 @@ Reference:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import keras
 import numpy as np
@@ -72,6 +74,10 @@ class _Layer:
         self.bias_size = int(np.prod(self.bias.shape)) if self.bias is not None else 0
         self.output_layer = activation_layer if activation_layer is not None else weight_layer
         self.activation = _activation_of(activation_layer) if activation_layer is not None else None
+        # The pre-activation is the activation layer's input (after a norm
+        # that precedes it); the output layer's is the logits, the model's output.
+        self.preact = activation_layer.input if activation_layer is not None else None
+        self.slope = getattr(activation_layer, "alpha", None) if type(activation_layer).__name__ == "PReLU" else None
 
 
 def _activation_of(layer):
@@ -90,6 +96,11 @@ def _activation_of(layer):
         if cls == "ReLU" and getattr(layer, "max_value", None) == 6:
             name = "relu6"
     name = {"silu": "swish", "hard_silu": "hard_swish"}.get(name, name)
+    # The parameters the derivative depends on.
+    if cls == "LeakyReLU":
+        name = f"leaky_relu(negative_slope={float(layer.negative_slope)!r})"
+    elif cls == "ELU":
+        name = f"elu(alpha={float(layer.alpha)!r})"
     try:
         return models.activations.get(name)
     except ValueError:
@@ -151,8 +162,12 @@ class GradientNormLogger(keras.callbacks.Callback):
         self._layers.append(_Layer(len(hidden), "output", out, None))
         n = len(self._layers)
 
-        # The forward pass that also returns each instrumented layer's output.
-        self._tap = keras.Model(model.inputs, [model.outputs[0]] + [l.output_layer.output for l in self._layers])
+        # The forward pass that also returns each instrumented layer's output
+        # and each hidden layer's pre-activation (the output layer's is the logits).
+        self._tap = keras.Model(
+            model.inputs,
+            [model.outputs[0]] + [l.output_layer.output for l in self._layers] + [l.preact for l in self._layers[:-1]],
+        )
 
         index = {v.path: i for i, v in enumerate(model.trainable_weights)}
         for layer in self._layers:
@@ -249,15 +264,12 @@ class GradientNormLogger(keras.callbacks.Callback):
         # Training-mode forward pass (as in the first update), but leave the
         # model untouched: batch-norm moving statistics are restored after.
         saved = [v.numpy() for v in model.non_trainable_weights]
-        with tf.GradientTape() as tape:
-            outs = self._tap(x, training=True)
-            y_pred, acts = outs[0], outs[1:]
-            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
-        grads = tape.gradient(loss, model.trainable_weights)
+        p = self._forward_backward(x, y)
+        y_pred, loss = p.y_pred, p.loss
         for v, value in zip(model.non_trainable_weights, saved):
             v.assign(value)
-        g = self._grad_norms(grads).numpy()
-        a = self._act_stats(acts, update_ratio=False).numpy()
+        g = self._grad_norms(p).numpy()
+        a = self._act_stats(p, update_ratio=False).numpy()
         for i, layer in enumerate(self._layers):
             self._layer_rows.append((0, 0, layer.index, layer.name, *g[i], *a[i]))
         acc = float(np.mean(np.argmax(y_pred.numpy(), axis=-1) == np.asarray(y)))
@@ -274,31 +286,91 @@ class GradientNormLogger(keras.callbacks.Callback):
 
     # --------------------------------------------------------- compiled step
 
-    def _values(self, layer, grads=None, output=None, previous=None):
-        """The `quantities.LayerValues` of one layer."""
-        return quantities.LayerValues(
-            kernel_grad=grads[layer.kernel_idx] if grads is not None else None,
-            bias_grad=grads[layer.bias_idx] if grads is not None and layer.bias_idx is not None else None,
-            kernel=layer.kernel.value,
-            previous_kernel=previous,
-            output=output,
-            activation=layer.activation,
+    def _forward_backward(self, x, y, sample_weight=None, track_loss=False):
+        """One forward and backward pass: the optimizer's gradients and the recorded signals.
+
+        The gradients with respect to the weights and to every layer's
+        pre-activation come from one `tape.gradient` call on the loss the
+        optimizer scales, so the backward signal costs no second pass.
+        """
+        model = self.model
+        opt = model.optimizer
+        n = len(self._layers)
+        with tf.GradientTape() as tape:
+            outs = self._tap(x, training=True)
+            y_pred = outs[0]
+            acts, preacts = outs[1 : n + 1], [*outs[n + 1 :], y_pred]
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            batch = tf.shape(tf.nest.flatten(x)[0])[0]
+            if track_loss:
+                tracker = getattr(model, "_loss_tracker", None)
+                if tracker is not None:
+                    tracker.update_state(loss, sample_weight=batch)
+            scaled = opt.scale_loss(loss)
+        weights = model.trainable_weights
+        both = tape.gradient(scaled, [*weights, *preacts])
+        # Loss scaling (mixed precision): the recorded gradients are the
+        # loss's own. The scale is read before the update, which may change it.
+        unscale = None
+        if not (type(opt).scale_loss is keras.optimizers.Optimizer.scale_loss and opt.loss_scale_factor is None):
+            unscale = 1.0 / tf.cast(opt.scale_loss(tf.ones([])), tf.float32)
+        return _Pass(
+            y_pred=y_pred,
+            loss=loss,
+            acts=acts,
+            preacts=preacts,
+            grads=both[: len(weights)],
+            preact_grads=both[len(weights) :],
+            batch_size=tf.cast(batch, tf.float32),
+            unscale=unscale,
         )
 
-    def _grad_norms(self, grads):
+    def _values(self, layer, i, p, act=False, previous=None):
+        """The `quantities.LayerValues` of layer ``i`` from a pass, for the gradient or the activation cadence."""
+        if act:
+            a = p.acts[i]
+            a = tf.cast(tf.reshape(a, [tf.shape(a)[0], -1]), tf.float32)
+            z = p.preacts[i]
+            z = tf.cast(tf.reshape(z, [tf.shape(z)[0], -1]), tf.float32)
+            slope = tf.reshape(layer.slope.value, [-1]) if layer.slope is not None else None
+            return quantities.LayerValues(
+                kernel=layer.kernel.value,
+                previous_kernel=previous,
+                output=a,
+                activation=layer.activation,
+                preact=z,
+                batch_size=p.batch_size,
+                activation_slope=slope,
+            )
+        grads, dz = p.grads, p.preact_grads[i]
+        kernel_grad = grads[layer.kernel_idx]
+        bias_grad = grads[layer.bias_idx] if layer.bias_idx is not None else None
+        if p.unscale is not None:
+            kernel_grad, dz = kernel_grad * p.unscale, dz * p.unscale
+            bias_grad = bias_grad * p.unscale if bias_grad is not None else None
+        return quantities.LayerValues(
+            kernel_grad=kernel_grad,
+            bias_grad=bias_grad,
+            kernel=layer.kernel.value,
+            activation=layer.activation,
+            preact=p.preacts[i],
+            preact_grad=dz,
+            batch_size=p.batch_size,
+        )
+
+    def _grad_norms(self, p):
         """(n_layers, len(_GRAD_FIELDS)) gradient quantities of every layer."""
         rows = []
-        for layer in self._layers:
-            v = self._values(layer, grads=grads)
+        for i, layer in enumerate(self._layers):
+            v = self._values(layer, i, p)
             rows.append(tf.stack([q.compute(v) for q in _GRAD_QUANTITIES]))
         return tf.stack(rows)
 
-    def _act_stats(self, acts, update_ratio=True):
-        """(n_layers, len(_ACT_FIELDS)) statistics of kernels and activations."""
+    def _act_stats(self, p, update_ratio=True):
+        """(n_layers, len(_ACT_FIELDS)) statistics of kernels, activations and pre-activations."""
         rows = []
-        for layer, a, shadow in zip(self._layers, acts, self._shadow):
-            a = tf.cast(tf.reshape(a, [tf.shape(a)[0], -1]), tf.float32)
-            v = self._values(layer, output=a, previous=shadow.read_value() if update_ratio else None)
+        for i, (layer, shadow) in enumerate(zip(self._layers, self._shadow)):
+            v = self._values(layer, i, p, act=True, previous=shadow.read_value() if update_ratio else None)
             rows.append(tf.stack([q.compute(v) for q in _ACT_QUANTITIES]))
         return tf.stack(rows)
 
@@ -350,16 +422,9 @@ class GradientNormLogger(keras.callbacks.Callback):
         model = self.model
         opt = model.optimizer
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            outs = self._tap(x, training=True)
-            y_pred, acts = outs[0], outs[1:]
-            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            tracker = getattr(model, "_loss_tracker", None)
-            if tracker is not None:
-                tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
-            scaled = opt.scale_loss(loss)
+        p = self._forward_backward(x, y, sample_weight, track_loss=True)
+        y_pred, grads = p.y_pred, p.grads
         weights = model.trainable_weights
-        grads = tape.gradient(scaled, weights)
 
         step = opt.iterations + 1  # this update's 1-based step number
 
@@ -369,7 +434,7 @@ class GradientNormLogger(keras.callbacks.Callback):
             return tf.constant(0)
 
         def record_grads():
-            norms = self._grad_norms(grads)
+            norms = self._grad_norms(p)
             row = self._grad_count % self._grad_cap
             self._grad_buf[row].assign(norms)
             self._grad_step[row].assign(step)
@@ -377,7 +442,7 @@ class GradientNormLogger(keras.callbacks.Callback):
             return tf.constant(0)
 
         def record_acts():
-            stats = self._act_stats(acts)
+            stats = self._act_stats(p)
             row = self._act_count % self._act_cap
             self._act_buf[row].assign(stats)
             self._act_step[row].assign(step)
@@ -426,6 +491,20 @@ class GradientNormLogger(keras.callbacks.Callback):
             a = act.get(s, nan_a)
             for i, layer in enumerate(self._layers):
                 self._layer_rows.append((s, self._epoch, layer.index, layer.name, *g[i], *a[i]))
+
+
+@dataclasses.dataclass
+class _Pass:
+    """What one forward and backward pass gives the recording (see `_forward_backward`)."""
+
+    y_pred: Any
+    loss: Any
+    acts: list
+    preacts: list  # hidden layers' pre-activations, then the logits
+    grads: list  # of model.trainable_weights, as the optimizer gets them
+    preact_grads: list  # of the scaled loss, per entry of preacts
+    batch_size: Any
+    unscale: Any  # 1 / loss scale, or None without loss scaling
 
 
 def _drain(buf, step_buf, count_var, flushed, cap):

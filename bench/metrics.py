@@ -15,9 +15,22 @@ Definitions (hidden layers only; index 0 is nearest the input):
 - ``grad_ratio``: first-to-last hidden layer ratio of those per-weight
   gradients, ``rms(∂L/∂W_0) / rms(∂L/∂W_{D-1})``. Below 1 the gradient
   shrinks on its way to the input (vanishing), above 1 it grows (exploding).
-- ``grad_factor``: the geometric-mean per-layer factor,
-  ``grad_ratio ** (1 / (D - 1))``: by how much the gradient is multiplied at
-  each layer it crosses on its way back.
+- ``grad_factor``: the per-layer factor of those per-weight gradients: by
+  how much the gradient is multiplied at each layer it crosses on its way
+  back, fitted robustly (`fit_factor`: least squares of log(value) on the
+  layer index, over the hidden layers whose value is finite and > 0).
+- ``backward_factor``: the same fit of ``backward_rms``, the RMS of the
+  back-propagated signal ``B·∂L/∂z`` at each pre-activation. The kernel
+  gradient is ``∂L/∂W_l = δ_l ⊗ a_(l-1)``: when the forward signal a shrinks
+  layer by layer and δ shrinks the other way, the two cancel and
+  ``grad_factor`` looks healthy; ``backward_factor`` does not.
+- ``forward_factor``: the fit of ``preact_rms`` in the forward direction: by
+  how much the pre-activations' RMS is multiplied at each layer on the way
+  from the input (the square root of mean-field theory's q_(l+1)/q_l).
+- ``underflow_layers``: the number of hidden layers whose kernel gradient is
+  exactly 0 or not finite (at step 0, or at the last step where gradients
+  were recorded); ``deepest_underflow_layer``: the largest index among them
+  (NaN when none). The factors ignore those layers; they are counted here.
 - ``*_init`` is measured at step 0 (before any update, on a fixed batch);
   ``*_final`` is the geometric mean over the last ``FINAL_WINDOW`` logged steps.
 - ``dead_fraction`` / ``saturated_fraction``: mean over hidden layers at
@@ -26,6 +39,9 @@ Definitions (hidden layers only; index 0 is nearest the input):
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -48,19 +64,45 @@ def hidden(layers: pd.DataFrame) -> pd.DataFrame:
     return layers[layers["layer_name"] != "output"]
 
 
-def _ratio_and_factor(per_layer: pd.Series) -> tuple[float, float]:
-    """(first/last ratio, per-layer factor) from norms indexed by layer_index."""
+def _first_last_ratio(per_layer: pd.Series) -> float:
+    """First/last ratio of norms indexed by layer_index (0 when the first underflowed)."""
     per_layer = per_layer.dropna().sort_index()
     if len(per_layer) < 2:
-        return np.nan, np.nan
+        return np.nan
     first, last = float(per_layer.iloc[0]), float(per_layer.iloc[-1])
     n = int(per_layer.index[-1] - per_layer.index[0])
     if not np.isfinite(first) or not np.isfinite(last) or last <= 0 or n <= 0:
-        return np.nan, np.nan
+        return np.nan
     if first <= 0:
-        return 0.0, 0.0
-    ratio = first / last
-    return ratio, ratio ** (1.0 / n)
+        return 0.0
+    return first / last
+
+
+def fit_factor(per_layer: pd.Series, direction: str = "backward") -> float:
+    """Per-layer factor of a signal, fitted over the layers where it was measured.
+
+    Least squares of log(value) on the layer index, over the layers whose
+    value is finite and > 0, exponentiated: an underflowed layer (exactly 0)
+    or a non-finite one is left out rather than turned into a factor of 0.
+
+    Args:
+        per_layer: values indexed by layer_index (0 nearest the input).
+        direction: ``"backward"``: the factor per layer on the way from the
+            output to the input (a gradient; below 1 it vanishes towards
+            the input); ``"forward"``: from the input to the output.
+
+    Returns:
+        The factor, or NaN with fewer than two usable layers.
+    """
+    if direction not in ("backward", "forward"):
+        raise ValueError(f"Argument `direction` must be 'backward' or 'forward'. Received: direction={direction!r}")
+    v = pd.to_numeric(per_layer, errors="coerce").astype("float64")
+    v = v[np.isfinite(v) & (v > 0)]
+    x = np.asarray(v.index, dtype="float64")
+    if len(v) < 2 or np.ptp(x) == 0:
+        return np.nan
+    slope = np.polyfit(x, np.log(v.to_numpy()), 1)[0]
+    return float(np.exp(-slope if direction == "backward" else slope))
 
 
 def _geo_mean(x: pd.Series) -> float:
@@ -146,20 +188,52 @@ class MetricContext:
         return self._profiles[key]
 
 
-def _profile_stat(column: str, which: str, stat: int):
-    """Compute function of a first/last ratio (stat 0) or per-layer factor (stat 1) of a profile."""
+def _profile_stat(column: str, which: str, stat: str):
+    """Compute function of a first/last ratio (stat "ratio") or fitted factor ("backward"/"forward") of a profile."""
 
     def compute(ctx: MetricContext) -> pd.Series:
+        if column not in ctx.layers.columns:  # tables written before the column existed
+            return pd.Series(dtype="float64")
         prof = ctx.profile(which, column)
+        one = _first_last_ratio if stat == "ratio" else lambda v: fit_factor(v, stat)
         return pd.Series(
-            {
-                run_id: _ratio_and_factor(g.set_index("layer_index")["value"])[stat]
-                for run_id, g in prof.groupby("run_id")
-            },
+            {run_id: one(g.set_index("layer_index")["value"]) for run_id, g in prof.groupby("run_id")},
             dtype="float64",
         )
 
     return compute
+
+
+def underflowed_layers(layers: pd.DataFrame, which: str, column: str = "kernel_grad_norm") -> pd.DataFrame:
+    """Per run: the hidden layers whose ``column`` is exactly 0 or not finite.
+
+    Measured at step 0 (``which="init"``) or at the last step after 0 where
+    ``column`` was recorded (``"final"``).
+
+    Returns:
+        DataFrame indexed by run_id with ``underflow_layers`` (their number)
+        and ``deepest_underflow_layer`` (the largest index among them; NaN
+        when none).
+    """
+    df = hidden(layers)[["run_id", "step", "layer_index", column]]
+    measured = df.dropna(subset=[column])
+    if which == "init":
+        steps = measured[measured["step"] == 0][["run_id", "step"]].drop_duplicates()
+    else:
+        steps = measured[measured["step"] > 0].groupby("run_id", as_index=False)["step"].max()
+    df = df.merge(steps, on=["run_id", "step"])
+    values = df[column].to_numpy(dtype="float64")
+    df = df.assign(_under=~np.isfinite(values) | (values == 0))
+    under = df[df["_under"]].groupby("run_id")["layer_index"]
+    out = pd.DataFrame(index=pd.Index(steps["run_id"].unique(), name="run_id"))
+    out["underflow_layers"] = under.size().reindex(out.index).fillna(0).astype("float64")
+    out["deepest_underflow_layer"] = under.max().reindex(out.index).astype("float64")
+    return out
+
+
+def _underflow(which: str, field: str):
+    """Compute function of an underflow metric (see `underflowed_layers`)."""
+    return lambda ctx: underflowed_layers(ctx.layers, which)[field]
 
 
 def _fraction(column: str, which: str):
@@ -183,18 +257,31 @@ def _metrics():  # fmt: skip
         measured = grad if which == "final" else ()
         out += [
             Quantity(f"grad_factor_{which}", "run", f"per-layer gradient factor {_WHEN[which]}",
-                     _profile_stat("kernel_grad_norm", which, 1), direction="one", scale="log", unit="factor",
-                     tolerance=0.1 if which == "final" else None, definition=measured),
+                     _profile_stat("kernel_grad_norm", which, "backward"), direction="one", scale="log",
+                     unit="factor", tolerance=0.1 if which == "final" else None, definition=measured),
             Quantity(f"grad_ratio_{which}", "run", f"first/last gradient ratio {_WHEN[which]}",
-                     _profile_stat("kernel_grad_norm", which, 0), direction="one", scale="log", unit="ratio",
+                     _profile_stat("kernel_grad_norm", which, "ratio"), direction="one", scale="log", unit="ratio",
                      tolerance=0.5, definition=measured),
+            # Same tolerance as the kernel gradient's factor: 0.1 decades per layer.
+            Quantity(f"backward_factor_{which}", "run", f"per-layer backward-signal factor {_WHEN[which]}",
+                     _profile_stat("backward_rms", which, "backward"), direction="one", scale="log",
+                     unit="factor", tolerance=0.1 if which == "final" else None, definition=measured),
+            Quantity(f"forward_factor_{which}", "run", f"per-layer forward-signal factor {_WHEN[which]}",
+                     _profile_stat("preact_rms", which, "forward"), direction="one", scale="log",
+                     unit="factor", definition=measured),
         ]
     for which in ("init", "final"):
-        out.append(
+        measured = grad if which == "final" else ()
+        out += [
             Quantity(f"bias_grad_ratio_{which}", "run", f"first/last bias-gradient ratio {_WHEN[which]}",
-                     _profile_stat("bias_grad_norm", which, 0), direction="one", scale="log", unit="ratio",
-                     definition=grad if which == "final" else ())
-        )
+                     _profile_stat("bias_grad_norm", which, "ratio"), direction="one", scale="log", unit="ratio",
+                     definition=measured),
+            Quantity(f"underflow_layers_{which}", "run", f"hidden layers with exactly zero gradient {_WHEN[which]}",
+                     _underflow(which, "underflow_layers"), direction="lower", unit="count",
+                     bounds=(0.0, np.inf), definition=measured),
+            Quantity(f"deepest_underflow_layer_{which}", "run", f"deepest layer with exactly zero gradient "
+                     f"{_WHEN[which]}", _underflow(which, "deepest_underflow_layer"), definition=measured),
+        ]
     for column in ("dead_fraction", "saturated_fraction"):
         label = LAYER_QUANTITIES[column].label
         for which in ("final", "init"):
@@ -223,25 +310,190 @@ def run_metrics(runs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     return runs.merge(m.reset_index(), on="run_id", how="left")
 
 
-def flags(row) -> list[str]:
-    """Plain-word flags of one run_metrics row: vanishing, exploding, dead units, diverged."""
+@dataclasses.dataclass(frozen=True)
+class FlagKind:
+    """A registered kind of flag: how its short text and its sentence are written.
+
+    Attributes:
+        kind: its name, e.g. ``"vanishing"``.
+        describe: ``fn(flag) -> str``, the words for a reader, from the
+            flag's numbers.
+        timed: whether the flag is raised at a moment (``"init"`` or
+            ``"final"``), written ``kind@when``.
+    """
+
+    kind: str
+    describe: Callable[[Flag], str]
+    timed: bool = True
+
+
+class Flag(str):
+    """A finding about one run: its kind, when it holds and the numbers behind it.
+
+    A flag is its short text (``"vanishing@init"``, ``"dead units"``), so a
+    list of flags is still a list of strings; `describe` gives the words.
+
+    Attributes:
+        kind: one of `FLAG_KINDS`.
+        when: ``"init"``, ``"final"``, or None for untimed kinds.
+        numbers: the values that raised it, e.g. ``{"factor": 0.24}``.
+    """
+
+    kind: str
+    when: str | None
+    numbers: dict
+
+    def __new__(cls, kind: str, when: str | None = None, **numbers):
+        if kind not in FLAG_KINDS:
+            raise ValueError(f"Argument `kind` must be one of {list(FLAG_KINDS)}. Received: kind={kind!r}")
+        spec = FLAG_KINDS[kind]
+        if spec.timed and when not in ("init", "final"):
+            raise ValueError(f"Argument `when` must be 'init' or 'final' for {kind!r}. Received: when={when!r}")
+        self = super().__new__(cls, f"{kind}@{when}" if spec.timed else kind)
+        self.kind, self.when, self.numbers = kind, when if spec.timed else None, dict(numbers)
+        return self
+
+    def describe(self) -> str:
+        """The flag in words, with its numbers."""
+        return FLAG_KINDS[self.kind].describe(self)
+
+    def __reduce__(self):
+        return (_make_flag, (self.kind, self.when, self.numbers))
+
+
+def _make_flag(kind, when, numbers):
+    return Flag(kind, when, **numbers)
+
+
+def _per_layer(x) -> str:
+    return f"×{x:.2f} per layer"
+
+
+def _describe_vanishing(f: Flag) -> str:
+    n = f.numbers
+    if _finite(n.get("backward_factor")):
+        return f"backward signal vanishes {_per_layer(n['backward_factor'])}"
+    if _finite(n.get("grad_factor")) and n["grad_factor"] > 0:
+        return f"kernel gradient vanishes {_per_layer(n['grad_factor'])}"
+    return f"kernel gradient vanishes: first/last layer ratio {n.get('grad_ratio', np.nan):.2g}"
+
+
+def _describe_forward_collapse(f: Flag) -> str:
+    n = f.numbers
+    text = f"forward signal collapses {_per_layer(n['forward_factor'])}"
+    if n.get("kernel_flat"):
+        text += " (the kernel gradient looks flat because the two cancel)"
+    return text
+
+
+def _describe_exploding(f: Flag) -> str:
+    factor = _first_finite(f.numbers.get("backward_factor"), f.numbers.get("grad_factor"))
+    return "exploding" + (f" {_per_layer(factor)}" if factor is not None else "")
+
+
+def _describe_underflow(f: Flag) -> str:
+    n = f.numbers
+    count = int(n["layers"])
+    where = f" below layer {int(n['deepest_layer']) + 1}" if _finite(n.get("deepest_layer")) else ""
+    return f"underflow{where} ({count} hidden layer{'s' * (count != 1)} with exactly zero gradient)"
+
+
+def _describe_dead(f: Flag) -> str:
+    return f"dead units ({f.numbers['dead_fraction']:.0%} of hidden units)"
+
+
+def _describe_diverged(f: Flag) -> str:
+    step = f.numbers.get("step")
+    return "diverged" + (f" at step {int(step)}" if _finite(step) and step >= 0 else "")
+
+
+FLAG_KINDS: dict[str, FlagKind] = {
+    k.kind: k
+    for k in (
+        FlagKind("diverged", _describe_diverged, timed=False),
+        FlagKind("failed", lambda f: "failed", timed=False),
+        FlagKind("vanishing", _describe_vanishing),
+        FlagKind("exploding", _describe_exploding),
+        FlagKind("forward collapse", _describe_forward_collapse),
+        FlagKind("underflow", _describe_underflow),
+        FlagKind("dead units", _describe_dead, timed=False),
+    )
+}
+
+
+def _spans(row) -> float | None:
+    """Layer-to-layer steps between the first and last hidden layer (depth - 1), when the row knows its depth."""
+    depth = row.get("depth")
+    return float(depth) - 1 if _finite(depth) and depth > 1 else None
+
+
+def _vanishes(factor, span) -> bool:
+    """A per-layer factor below the threshold, or one that compounds over the depth below VANISHING_RATIO."""
+    if not _finite(factor):
+        return False
+    return factor < VANISHING_FACTOR or (span is not None and factor**span < VANISHING_RATIO)
+
+
+def _explodes(factor, span) -> bool:
+    if not _finite(factor):
+        return False
+    return factor > EXPLODING_FACTOR or (span is not None and factor**span > EXPLODING_RATIO)
+
+
+def flags(row) -> list[Flag]:
+    """The flags of one run_metrics row, most severe first (each a `Flag`, i.e. its short text).
+
+    - ``diverged``, ``failed``: the run's status.
+    - ``vanishing@when``: the backward signal or the kernel gradient shrinks
+      on its way to the input: a fitted factor below VANISHING_FACTOR, or
+      one that compounds over the depth (or a first/last kernel-gradient
+      ratio) below VANISHING_RATIO.
+    - ``exploding@when``: the same above EXPLODING_FACTOR / EXPLODING_RATIO.
+    - ``forward collapse@when``: the forward signal (pre-activation RMS)
+      shrinks layer by layer by the same criterion, whether or not the
+      backward one does; when the kernel gradient is not flagged, the two
+      cancel in it.
+    - ``underflow@when``: some hidden layers get exactly zero gradient.
+    - ``dead units``: more than DEAD_THRESHOLD of the hidden units dead (at
+      the end of training, else at step 0).
+    """
     out = []
     if row.get("status") == "diverged":
-        out.append("diverged")
+        out.append(Flag("diverged", step=row.get("diverged_step")))
     if row.get("status") == "failed":
-        out.append("failed")
+        out.append(Flag("failed"))
+    span = _spans(row)
     for which in ("init", "final"):
         f, r = row.get(f"grad_factor_{which}"), row.get(f"grad_ratio_{which}")
-        if _finite(f) and f < VANISHING_FACTOR or _finite(r) and r < VANISHING_RATIO:
-            out.append(f"vanishing@{which}")
-        elif _finite(f) and f > EXPLODING_FACTOR or _finite(r) and r > EXPLODING_RATIO:
-            out.append(f"exploding@{which}")
+        b, fw = row.get(f"backward_factor_{which}"), row.get(f"forward_factor_{which}")
+        numbers = {
+            k: float(v) for k, v in (("grad_factor", f), ("grad_ratio", r), ("backward_factor", b)) if _finite(v)
+        }
+        kernel_vanishes = _finite(f) and f < VANISHING_FACTOR or _finite(r) and r < VANISHING_RATIO
+        kernel_explodes = _finite(f) and f > EXPLODING_FACTOR or _finite(r) and r > EXPLODING_RATIO
+        if kernel_vanishes or _vanishes(b, span):
+            out.append(Flag("vanishing", which, **numbers))
+        elif kernel_explodes or _explodes(b, span):
+            out.append(Flag("exploding", which, **numbers))
+        if _vanishes(fw, span):
+            out.append(
+                Flag("forward collapse", which, forward_factor=float(fw),
+                     kernel_flat=not (kernel_vanishes or kernel_explodes), **numbers)
+            )
+        n = row.get(f"underflow_layers_{which}")
+        if _finite(n) and n > 0:
+            deepest = row.get(f"deepest_underflow_layer_{which}")
+            out.append(Flag("underflow", which, layers=int(n), deepest_layer=float(deepest) if _finite(deepest) else None))
     d = row.get("dead_fraction_final")
     if not _finite(d):
         d = row.get("dead_fraction_init")
     if _finite(d) and d > DEAD_THRESHOLD:
-        out.append("dead units")
+        out.append(Flag("dead units", dead_fraction=float(d)))
     return out
+
+
+def _first_finite(*values):
+    return next((float(v) for v in values if _finite(v)), None)
 
 
 def _finite(x) -> bool:

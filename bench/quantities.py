@@ -187,13 +187,25 @@ class LayerValues:
     """What a per-layer compute function may read, for one layer at one step.
 
     Attributes:
-        kernel_grad: gradient of the layer's main weight (the optimizer's).
+        kernel_grad: gradient of the layer's main weight (the optimizer's,
+            loss scaling undone).
         bias_grad: gradient of its bias, or None when it has none.
         kernel: the main weight's current value (after the update).
         previous_kernel: its value before this step's update, or None at
             step 0 (no update yet).
         output: the layer's output (after its activation), ``(batch, units)``.
         activation: the `models.activations.Activation` of the layer, or None.
+        preact: the layer's pre-activation z, the input of its activation
+            layer (after a normalization that precedes the activation; the
+            logits for the output layer), ``(batch, units)`` on the activation
+            cadence and ``(batch, ...)`` on the gradient cadence.
+        preact_grad: ∂L/∂z of the loss L the optimizer minimizes (the batch
+            mean of the per-example losses, loss scaling undone), of the
+            shape of ``preact``; None on the activation cadence.
+        batch_size: the number of examples in the batch (a scalar float32
+            tensor).
+        activation_slope: PReLU only: the learned slope of the negative side,
+            flattened like the units of ``preact``; None otherwise.
     """
 
     kernel_grad: Any = None
@@ -202,6 +214,10 @@ class LayerValues:
     previous_kernel: Any = None
     output: Any = None
     activation: Any = None
+    preact: Any = None
+    preact_grad: Any = None
+    batch_size: Any = None
+    activation_slope: Any = None
 
 
 def _nan():
@@ -277,14 +293,61 @@ def saturated_fraction(v: LayerValues):
     return tf.reduce_mean(tf.cast(d < SATURATION_THRESHOLD * spec.max_derivative, tf.float32))
 
 
+def _rms(x):
+    import tensorflow as tf
+
+    return tf.sqrt(2.0 * tf.nn.l2_loss(x) / tf.cast(tf.size(x), tf.float32))
+
+
+def backward_rms(v: LayerValues):
+    """RMS of the back-propagated signal: of ``batch_size · ∂L/∂z`` over the batch and the units.
+
+    L is the batch mean of the per-example losses, so each example's row of
+    ``batch_size · ∂L/∂z`` is the gradient of that example's own loss with
+    respect to its pre-activation (times its sample weight, when there are
+    any; with batch normalization before the activation, the row also holds
+    what the example's pre-activation does to the others' losses through the
+    batch statistics). It exists for every layer, with or without bias.
+    """
+    return v.batch_size * _rms(v.preact_grad)
+
+
+def preact_rms(v: LayerValues):
+    """RMS of the pre-activations z over the batch and the units: the forward signal's length √q."""
+    return _rms(v.preact)
+
+
 def dead_fraction(v: LayerValues):
-    """ReLU family: share of units that are not positive for any example of the batch."""
+    """Share of units whose activation has derivative exactly 0 for every example of the batch.
+
+    The derivative is that of the layer's activation at its pre-activation,
+    in float32 (`models.activations.Activation.derivative`): such a unit
+    passes no gradient back, whatever the loss. ReLU units are dead where
+    z <= 0, relu6 also where z >= 6; leaky ReLU, PReLU with a positive slope,
+    ELU and SELU never are (0.0); saturating ones only in float underflow.
+    NaN for a layer without activation (the output layer).
+    """
+    import tensorflow as tf
+
+    spec = v.activation
+    if spec is None:
+        return _nan()
+    d = spec.derivative(v.preact, slope=v.activation_slope)
+    return tf.reduce_mean(tf.cast(tf.reduce_all(tf.equal(d, 0.0), axis=0), tf.float32))
+
+
+def inactive_fraction(v: LayerValues):
+    """ReLU family: share of units on the negative side (z <= 0) for every example of the batch.
+
+    A leaky ReLU unit counted here still passes gradient through its slope:
+    this is inactivity, not death (see `dead_fraction`).
+    """
     import tensorflow as tf
 
     spec = v.activation
     if spec is None or spec.family != "relu":
         return _nan()
-    return tf.reduce_mean(tf.cast(tf.reduce_max(v.output, axis=0) <= 0.0, tf.float32))
+    return tf.reduce_mean(tf.cast(tf.reduce_all(v.preact <= 0.0, axis=0), tf.float32))
 
 
 _FRACTION = (0.0, 1.0)
@@ -301,6 +364,8 @@ LAYER_QUANTITIES: dict[str, Quantity] = {
             "bias_grad_norm", "layer", "bias gradient norm", bias_grad_norm, "grad",
             scale="log", unit="norm", size_column="bias_size",
         ),
+        Quantity("backward_rms", "layer", "backward signal RMS", backward_rms, "grad", scale="log", unit="norm"),
+        Quantity("preact_rms", "layer", "pre-activation RMS", preact_rms, "grad", scale="log", unit="norm"),
         Quantity("kernel_norm", "layer", "kernel norm", kernel_norm, "act", unit="norm"),
         Quantity("update_ratio", "layer", "update ratio ‖ΔW‖/‖W‖", update_ratio, "act", scale="log", unit="ratio"),
         Quantity("act_mean", "layer", "activation mean", act_mean, "act"),
@@ -312,6 +377,10 @@ LAYER_QUANTITIES: dict[str, Quantity] = {
         ),
         Quantity(
             "dead_fraction", "layer", "dead fraction", dead_fraction, "act",
+            direction="lower", unit="fraction", bounds=_FRACTION,
+        ),
+        Quantity(
+            "inactive_fraction", "layer", "inactive fraction", inactive_fraction, "act",
             direction="lower", unit="fraction", bounds=_FRACTION,
         ),
     )

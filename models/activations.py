@@ -210,6 +210,69 @@ class Activation:
         """
         return _DERIVATIVES_FROM_OUTPUT.get(self.base)
 
+    def derivative(self, z, slope=None):
+        """The derivative f'(z) at the pre-activation `z`, as backpropagation computes it.
+
+        Built from backend (TensorFlow) ops in `z`'s dtype, so it can run
+        inside a compiled step. A value is exactly 0 only where the gradient
+        TensorFlow propagates through the activation is exactly 0, which is
+        how dead units are told apart from merely small ones:
+
+        - relu: 0 for `z <= 0`; relu6: 0 for `z <= 0` or `z >= 6`;
+          hard_sigmoid: 0 outside `(-3, 3)` (its flat regions);
+        - leaky_relu and prelu: the slope for `z <= 0`, never 0 unless the
+          slope is;
+        - elu, selu: `alpha * exp(z)` for `z <= 0`, 0 only where `exp`
+          underflows (`z < -87` in float32);
+        - the others (sigmoid, tanh, softsign, gelu, swish, mish, softplus,
+          linear): the automatic derivative of the function, 0 only in float
+          underflow (e.g. sigmoid for `z > 17` in float32).
+
+        Args:
+            z: The pre-activation, a tensor or array.
+            slope: prelu only: its learned slope (a tensor broadcastable to
+                `z`); defaults to `PRELU_INITIAL_SLOPE`.
+
+        Returns:
+            A tensor of the shape of `z`.
+        """
+        import keras
+        from keras import ops
+
+        z = ops.convert_to_tensor(z)
+        if not keras.backend.is_float_dtype(z.dtype):
+            z = ops.cast(z, keras.backend.floatx())
+        one, zero = ops.ones_like(z), ops.zeros_like(z)
+        params = self.params
+        if self.base == "relu":
+            return ops.where(z > 0, one, zero)
+        if self.base == "relu6":
+            return ops.where(ops.logical_and(z > 0, z < 6), one, zero)
+        if self.base == "hard_sigmoid":
+            return ops.where(ops.logical_and(z > -3, z < 3), one / 6.0, zero)
+        if self.base in ("leaky_relu", "prelu"):
+            if self.base == "leaky_relu":
+                slope = params["negative_slope"]
+            elif slope is None:
+                slope = PRELU_INITIAL_SLOPE
+            return ops.where(z > 0, one, ops.cast(slope, z.dtype) * one)
+        if self.base in ("elu", "selu"):
+            # Keras' selu constants.
+            alpha = params["alpha"] if self.base == "elu" else 1.6732632423543772
+            scale = 1.0 if self.base == "elu" else 1.0507009873554805
+            return scale * ops.where(z > 0, one, alpha * ops.exp(ops.minimum(z, 0.0)))
+        return _autodiff(self, z)
+
+
+def _autodiff(fn, z):
+    """Elementwise derivative of `fn` at `z` by automatic differentiation (TensorFlow)."""
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        y = fn(z)
+    return tape.gradient(y, z)
+
 
 def _sigmoid_derivative(y):
     return y * (1.0 - y)

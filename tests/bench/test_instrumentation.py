@@ -152,7 +152,12 @@ def test_saturated_fraction_of_a_saturated_sigmoid_net():
         model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[logger])
         h = logger.layers[(logger.layers.step == 0) & (logger.layers.layer_name != "output")]
         fractions[init] = h.saturated_fraction.to_numpy()
-        assert h.dead_fraction.isna().all()  # not a ReLU-family activation
+        # A sigmoid unit is dead only where its float32 derivative underflows
+        # to exactly 0 for every example: a subset of its saturated outputs.
+        assert (h.dead_fraction.to_numpy() <= fractions[init]).all()
+        assert h.inactive_fraction.isna().all()  # not a ReLU-family activation
+        if init == "glorot_uniform":
+            assert (h.dead_fraction == 0.0).all()
     assert (fractions["random_normal(stddev=5.0)"][1:] > 0.5).all()
     assert (fractions["glorot_uniform"] < 0.05).all()
 
@@ -227,3 +232,78 @@ def test_several_steps_per_execution_record_every_step():
     assert df[df.step == 4].act_std.notna().all() and df[df.step == 2].act_std.isna().all()
     assert df[df.step == 2].kernel_grad_norm.notna().all()
 
+
+
+def _reference_signals(model, x, y):
+    """Per layer (hidden, then output): RMS of z and of B·∂L/∂z, from a layer-by-layer forward pass.
+
+    The model is walked layer by layer (no functional tap), keeping the input
+    of every activation layer and the logits; one plain GradientTape gives
+    ∂L/∂z for each.
+    """
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        h = tf.convert_to_tensor(x)
+        zs = []
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            if layer.name.endswith("_act"):
+                zs.append(h)
+            h = layer(h, training=True)
+        zs.append(h)  # the logits
+        loss = loss_fn(y, h)
+    grads = tape.gradient(loss, zs)
+    batch = x.shape[0]
+    rms = lambda t: float(tf.sqrt(tf.reduce_mean(tf.square(t))))  # noqa: E731
+    return np.array([(rms(z), batch * rms(g)) for z, g in zip(zs, grads)])
+
+
+@pytest.mark.parametrize("case", ["mlp", "mlp-batchnorm", "cnn"])
+def test_backward_and_forward_signals_match_plain_gradient_tape(case):
+    kw = CASES[case]
+    model = _compiled(**kw)
+    x, y = _data(32, kw.get("input_shape", (784,)))
+    ref = _reference_signals(model, x, y)
+    assert ref.shape == (kw["depth"] + 1, 2)
+    logger = GradientNormLogger(probe_data=(x, y), log_every=1, act_every=1)
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0, callbacks=[logger])
+    df = logger.layers
+    # Step 0 on the probe batch; step 1's gradients are those of the same weights on the same batch.
+    for step in (0, 1):
+        got = df[df.step == step].sort_values("layer_index")[["preact_rms", "backward_rms"]].to_numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-4)
+    assert (ref > 0).all()
+
+
+def _init_layers(model, x, y):
+    logger = GradientNormLogger(probe_data=(x, y))
+    logger.set_model(model)
+    logger.set_params({"epochs": 0, "steps": 1})
+    logger.on_train_begin()
+    logger.on_train_end()
+    return logger.layers.set_index("layer_index")
+
+
+def test_dead_units_from_the_derivative_at_the_pre_activation():
+    x, y = _data(32)
+    # relu6: units pushed above 6 pass no gradient either; they are not inactive.
+    model = _compiled(arch="mlp", depth=3, width=16, activation="relu6", initializer="he_normal")
+    models.hidden_layers(model)[1].weight_layer.bias.assign(np.full(16, 1e3, np.float32))
+    models.hidden_layers(model)[2].weight_layer.bias.assign(np.full(16, -1e3, np.float32))
+    df = _init_layers(model, x, y)
+    assert df.loc[1, "dead_fraction"] == 1.0 and df.loc[1, "inactive_fraction"] == 0.0
+    assert df.loc[2, "dead_fraction"] == 1.0 and df.loc[2, "inactive_fraction"] == 1.0
+    assert np.isnan(df.loc[3, "dead_fraction"])  # the output layer has no activation
+    # Leaky ReLU and PReLU units on the negative side still pass gradient: inactive, not dead.
+    for activation in ("leaky_relu", "prelu"):
+        model = _compiled(arch="mlp", depth=3, width=16, activation=activation, initializer="he_normal")
+        models.hidden_layers(model)[1].weight_layer.bias.assign(np.full(16, -1e3, np.float32))
+        df = _init_layers(model, x, y)
+        assert (df.loc[[0, 1, 2], "dead_fraction"] == 0.0).all(), activation
+        assert df.loc[1, "inactive_fraction"] == 1.0
+        assert df.loc[0, "kernel_grad_norm"] > 0.0
+    # Leaky ReLU with slope 0 is a ReLU: its negative side is dead.
+    model = _compiled(arch="mlp", depth=3, width=16, activation="leaky_relu(negative_slope=0.0)", initializer="he_normal")
+    models.hidden_layers(model)[1].weight_layer.bias.assign(np.full(16, -1e3, np.float32))
+    assert _init_layers(model, x, y).loc[1, "dead_fraction"] == 1.0
