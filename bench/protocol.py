@@ -105,7 +105,7 @@ def best_learning_rate(runs_m: pd.DataFrame) -> pd.DataFrame:
     # dropna=False: a configuration with train_samples=None is still a configuration.
     for ident, group in runs.groupby(keys, dropna=False, sort=True) if keys else [((), runs)]:
         ident = ident if isinstance(ident, tuple) else (ident,)
-        row = {k: plain(v) for k, v in zip(keys, ident)}
+        row = {k: plain(v) for k, v in zip(keys, ident, strict=True)}
         by_lr = {float(lr): g for lr, g in group.groupby("learning_rate", sort=True)}
         medians = {lr: _median(g["_score"]) for lr, g in by_lr.items()}
         scored = {lr: m for lr, m in medians.items() if not math.isnan(m)}
