@@ -338,6 +338,7 @@ def test_dead_unit_claims_read_the_layers_table():
 
 
 @pytest.mark.mnist
+@pytest.mark.slow
 def test_derivative_bound_on_real_runs_through_the_cli(tmp_path, mnist_path):
     claim = claims.get("sigmoid-derivative-bound")
     doc = {**claims.suite_document([claim]), "name": "bound"}
