@@ -23,6 +23,7 @@ import pytest
 from bench import metrics
 from bench.errors import UsageError
 from bench.report import figures, findings, tables, text
+from bench.report.findings import flatten
 from bench.report.build import build_report
 from bench.results import load_results, write_json_atomic, write_parquet_atomic
 
@@ -32,6 +33,8 @@ ALL_FIGURES = {
     "gradient_depth",
     "gradient_heatmap",
     "pair_heatmaps",
+    "pair_gradients",
+    "pair_outcomes",
     "depth_sweep",
     "learning_curves",
     "activation_stats",
@@ -277,13 +280,19 @@ def test_markdown_table_states_the_same_numbers(report_built, report_summary):
 def test_findings_state_the_numbers_of_their_pairs(report_summary, report_tables):
     _, runs_m = report_tables
     expected = _expected_pairs(runs_m)
-    findings = report_summary["findings"]
-    kinds = [f["kind"] for f in findings]
+    bullets = report_summary["findings"]
+    findings = flatten(bullets)
+    kinds = [f["kind"] for f in bullets]
+    # No claim has its runs here: no claims bullet; the best and the worst of one setting come first.
     assert kinds[:2] == ["best", "worst"]
+    assert len(bullets) <= 12
     best = report_summary["pairs"][0]
     assert findings[0]["text"].startswith("Best: ")
     assert text.pct(best["test_accuracy"]) in findings[0]["text"]
     assert f"×{best['grad_factor_init']:.2f} per layer" in findings[0]["text"]
+    # Best and worst compare like with like: the same depth (the report's slice).
+    assert bullets[0]["pair"]["depth"] == bullets[1]["pair"]["depth"] == MAIN_DEPTH
+    assert bullets[1]["text"].startswith("Worst in the same setting: ")
     for f in findings:
         if f["kind"] in ("best", "worst", "flagged"):
             e = expected[_pair_key(f["pair"])]
@@ -294,6 +303,14 @@ def test_findings_state_the_numbers_of_their_pairs(report_summary, report_tables
     gradient_flags = lambda p: [x for x in p["flags"] if x not in ("diverged", "failed")]  # noqa: E731
     flagged = {_pair_key(p) for p in report_summary["pairs"] if gradient_flags(p) and _pair_key(p) not in ends}
     assert flagged == {_pair_key(f["pair"]) for f in findings if f["kind"] == "flagged"}
+    # One bullet per failure mode, naming every pair flagged with it (the best and the worst included).
+    modes = {b["mode"]: b for b in bullets if b["kind"] == "mode"}
+    assert len(modes) == sum(1 for b in bullets if b["kind"] == "mode")
+    for p in report_summary["pairs"]:
+        for flag in gradient_flags(p):
+            bullet = modes[flag.split("@")[0]]
+            assert _pair_key(p) in {_pair_key(i["pair"]) for i in bullet["items"]}
+            assert text.pair_label(p) in bullet["text"]
     # The diverged run has its own sentence, with the step it diverged at.
     runs = runs_m[runs_m["status"] == "diverged"]
     assert len(runs) == 1
@@ -308,14 +325,14 @@ def test_fix_and_depth_findings_match_the_tables(report_summary, report_tables):
     base = runs_m[(runs_m["activation"] == "sigmoid") & (runs_m["depth"] == MAIN_DEPTH) & (runs_m["initializer"] == "glorot_uniform")]
     fixed = base[base["fix"] == "batchnorm"]
     plain = base[base["fix"] == "none"]
-    fix = next(f for f in report_summary["findings"] if f["kind"] == "fix")
+    fix = next(f for f in flatten(report_summary["findings"]) if f["kind"] == "fix")
     assert fix["fix"] == "batchnorm"
     assert fix["values"]["baseline_test_accuracy"] == pytest.approx(plain["test_accuracy"].mean())
     assert fix["values"]["test_accuracy"] == pytest.approx(fixed["test_accuracy"].mean())
     assert fix["values"]["baseline_grad_ratio_init"] == pytest.approx(_geo_mean(plain["grad_ratio_init"]))
     assert fix["values"]["grad_ratio_init"] == pytest.approx(_geo_mean(fixed["grad_ratio_init"]))
 
-    depth = {f["activation"]: f for f in report_summary["findings"] if f["kind"] == "depth"}
+    depth = {f["activation"]: f for f in flatten(report_summary["findings"]) if f["kind"] == "depth"}
     assert set(depth) == {"relu", "sigmoid"}
     for act, f in depth.items():
         g = runs_m[(runs_m["activation"] == act) & (runs_m["initializer"] == "glorot_uniform") & (runs_m["fix"] == "none")]
@@ -597,7 +614,9 @@ def test_best_and_worst_are_chosen_among_pairs_that_finished_ok():
     found = findings.written(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
     ends = {f["kind"]: f["pair"]["activation"] for f in found if f["kind"] in ("best", "worst")}
     assert ends == {"best": "tanh", "worst": "sigmoid"}
-    assert [f["pair"]["activation"] for f in found if f["kind"] == "problem"] == ["relu", "elu"]
+    assert [f["pair"]["activation"] for f in flatten(found) if f["kind"] == "problem"] == ["relu", "elu"]
+    # Both diverged pairs share one bullet.
+    assert [b["kind"] for b in found].count("problems") == 1
 
 
 def test_flagged_pairs_are_listed_most_severe_first(monkeypatch):
@@ -618,9 +637,16 @@ def test_flagged_pairs_are_listed_most_severe_first(monkeypatch):
         ]
     )
     monkeypatch.setattr(findings, "MAX_PAIR_FINDINGS", 2)
-    found = findings.written(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
-    assert [f["pair"]["activation"] for f in found if f["kind"] == "flagged"] == ["selu", "sigmoid"]
-    assert next(f["text"] for f in found if f["kind"] == "more").startswith("2 more flagged")
+    found = findings.find(pairs, pd.DataFrame(), pd.DataFrame())
+    assert [f.pair["activation"] for f in found if f.kind == "flagged"] == ["selu", "sigmoid"]
+    assert findings.render(next(f for f in found if f.kind == "more"), chance=0.1).startswith("2 more flagged")
+    # The written bullet of the mode names every flagged pair, most severe first.
+    written = findings.written(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
+    (bullet,) = [b for b in written if b["kind"] == "mode"]
+    assert bullet["mode"] == "vanishing" and bullet["text"].startswith("Vanishing gradient in 4 pairs: ")
+    names = [part.split(" + ")[0] for part in bullet["text"].split(": ", 1)[1].split("; ")]
+    # The mode's own number decides: ×0 (underflow), ×0.2, ×0.4, ×0.45.
+    assert names == ["sigmoid", "tanh", "selu", "elu"]
 
 
 def _runs_frame(rows: list[dict]) -> pd.DataFrame:
@@ -682,7 +708,7 @@ def test_facet_lines_draw_a_panel_per_row_with_data_and_initializer():
             assert len(ax.lines) == 3
             sigmoid = next(line for line in ax.lines if line.get_color() == palette["sigmoid"])
             assert list(sigmoid.get_ydata()) == [1.0, 0.1, 0.01, 0.001]
-        assert axes[0].get_ylabel() == "rms ∂L/∂W per weight, step 0"
+        assert axes[0].get_ylabel() == "rms ∂L/∂W per weight\nstep 0"
     finally:
         figures.plt.close(fig)
 
@@ -755,7 +781,8 @@ def test_theory_figure_plots_every_covered_pair_against_its_prediction(report_pa
             d = points[points["signal"] == signal]
             from matplotlib.collections import PathCollection
 
-            offsets = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+            offsets = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)
+                                      and c.get_label() != figures.DIVERGED_ARTIST])
             assert sorted(map(tuple, offsets)) == sorted(zip(d["predicted"], d["measured"]))
             labels = {t.get_text() for t in ax.texts}
             assert {f"{a} + {i}" for a, i in zip(d["activation"], d["initializer"])} <= {
@@ -840,7 +867,7 @@ def test_findings_never_say_zero_per_layer_when_layers_underflowed(report_pairs)
     assert row["backward_factor_init"] == pytest.approx(0.004)
     assert row["underflow_layers_init"] == 2
     pairs = tables.pair_table(runs_m)
-    found = findings.written(pairs, tables.depth_sweep(runs_m), tables.fix_effects(runs_m), chance=0.1)
+    found = flatten(findings.written(pairs, tables.depth_sweep(runs_m), tables.fix_effects(runs_m), chance=0.1))
     for f in found:
         assert "×0.00 per layer" not in f["text"]
         assert "×0.00 per layer" not in " ".join(f.get("flag_words", []))
@@ -861,7 +888,7 @@ def test_disagreements_with_the_theory_are_named_with_the_tolerance_and_reasons(
     edited.loc[off, "predicted_backward_factor"] = edited.loc[off, "backward_factor_init"] * 1.5
     edited.loc[near, "predicted_backward_factor"] = edited.loc[near, "backward_factor_init"]
     edited.loc[near, "predicted_forward_factor"] = edited.loc[near, "forward_factor_init"]
-    found = findings.written(edited, pd.DataFrame(), pd.DataFrame(), chance=0.1)
+    found = flatten(findings.written(edited, pd.DataFrame(), pd.DataFrame(), chance=0.1))
     expected = set()
     for i in covered:
         row = edited.loc[i]
