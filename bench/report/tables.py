@@ -717,6 +717,8 @@ def learning_curves(runs_m: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame
         return with_note(pd.DataFrame(columns=columns), "no training history was recorded")
     h = history[history["run_id"].isin(runs_m["run_id"])]
     h = h.merge(runs_m[["run_id", "activation", "initializer", "status"]], on="run_id")
+    if h.empty:
+        return with_note(pd.DataFrame(columns=columns), "no training history was recorded for the runs shown")
     long = h.melt(
         id_vars=["run_id", "status", "activation", "initializer", "step"],
         value_vars=["train_loss", "test_loss", "train_accuracy", "test_accuracy"],
