@@ -210,7 +210,8 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             "Depth sweep",
             "Test accuracy and first/last gradient ratio at step 0 against depth. On the log axis a straight "
             "falling line is a constant per-layer factor: the gradient at the first layer shrinks exponentially "
-            f"with depth, and accuracy drops once it is too small to learn from. {_interval_text(t.sweep, 'Error bars')} "
+            "with depth, and accuracy drops once it is too small to learn from. "
+            f"{_interval_text(t.sweep, 'Error bars')} "
             f"{_DIVERGED_TEXT}",
             lambda: figures.depth_sweep(t.sweep, t.palette),
         ),

@@ -591,7 +591,8 @@ def _grid_style(quantity, values):
         finite = colour[np.isfinite(colour)]
         lim = max(1.0, float(np.abs(finite).max()) if finite.size else 1.0)
         label = "log10 of the ratio (0: equal; −3: 1/1000)"
-        return "RdBu", {"vmin": -lim, "vmax": lim}, lambda v: "underflow" if np.isneginf(v) else f"{v:.1f}", colour, label
+        fmt = lambda v: "underflow" if np.isneginf(v) else f"{v:.1f}"  # noqa: E731
+        return "RdBu", {"vmin": -lim, "vmax": lim}, fmt, colour, label
     if q.unit == "factor":
         # Coloured by log10 so that ×0.5 and ×2 look equally far from 1.
         with np.errstate(divide="ignore"):
@@ -1015,7 +1016,8 @@ def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float,
                 parts.append(f"lr {r['best_learning_rate']:g}")
             if r["diverged"]:
                 lrs = r.get("diverged_lrs") or ""
-                parts.append(f"{int(r['diverged'])} of {int(r['runs'])} runs diverged" + (f" (lr {lrs})" if lrs else ""))
+                where = f" (lr {lrs})" if lrs else ""
+                parts.append(f"{int(r['diverged'])} of {int(r['runs'])} runs diverged{where}")
             note.append(", ".join(parts))
         if kind == "train":
             at = np.where(np.isfinite(d["median"]), d["median"], 0.0)

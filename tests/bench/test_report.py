@@ -1023,10 +1023,13 @@ def test_the_winning_learning_rate_is_shown_per_configuration_where_the_protocol
         medians = _medians_by_hand(name)
         best = max(medians, key=medians.get)
         act = name.split("_")[0]
-        (row,) = [r for label, r in rows.items() if label.startswith(f"{act} + ") and
-                  (("standard" in name) == ("variance_scaling" in label)) and f"depth {name.split('_d')[1][:2].strip('_')}"
-                  in label and (("batchnorm" in name) == ("batchnorm" in label)) and
-                  (("residual" in name) == ("residual" in label))]
+        depth = name.split("_d")[1].split("_")[0]
+        (row,) = [
+            r for label, r in rows.items()
+            if label.startswith(f"{act} + ") and f"depth {depth}," in label
+            and ("standard" in name) == ("variance_scaling" in label)
+            and ("batchnorm" in name) == ("batchnorm" in label) and ("residual" in name) == ("residual" in label)
+        ]
         assert row["best_learning_rate"] == best
         assert row["median_accuracy"] == pytest.approx(medians[best])
     page = index.read_text()
@@ -1094,7 +1097,7 @@ def test_best_and_worst_are_compared_at_the_same_depth(report_pairs):
     assert set(heat["role"]) == {"best", "worst"} and set(depths) == {MAIN_DEPTH}
 
 
-def test_no_interval_is_promised_or_drawn_with_one_seed(report_results, tmp_path):
+def test_no_interval_is_promised_or_drawn_with_one_seed(report_results, report_built, tmp_path):
     src = _subset(report_results, tmp_path / "one-seed", lambda r: r["seed"] == 0)
     index = build_report(src)
     summary = json.loads((index.parent / "summary.json").read_text())
@@ -1103,7 +1106,8 @@ def test_no_interval_is_promised_or_drawn_with_one_seed(report_results, tmp_path
         assert "95% interval" not in page and "± " not in page
         assert "no interval" in page
     # With two seeds the same captions promise it (the full test results have them).
-    assert "95% interval over seeds, where a point has two or more" in (report_results / "report" / "index.html").read_text()
+    two_seeds = report_built.read_text()
+    assert "95% interval over seeds, where a point has two or more" in two_seeds
     runs_m = tables.run_table(load_results(src).runs, load_results(src).layers)
     sweep = tables.depth_sweep(runs_m)
     fig = figures.depth_sweep(sweep, figures.category_palette(runs_m["activation"]))
