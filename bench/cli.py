@@ -95,6 +95,7 @@ _GRID_OPTIONS = {
     "arch": ("--arch", _split),
     "activation": ("--activation", _split),
     "initializer": ("--initializer", _split),
+    "bias_initializer": ("--bias-initializer", _split),
     "depth": ("--depth", _numbers("depth")),
     "width": ("--width", _numbers("width")),
     "fix": ("--fix", _split),
@@ -313,6 +314,7 @@ def cmd_run(args) -> int:
     # SIGTERM (a scheduler's stop, `kill`) ends the run like Ctrl-C: runs in
     # flight are cancelled, finished ones kept, the tables rebuilt.
     previous = signal.signal(signal.SIGTERM, _terminate)
+    protocols = _previous_protocols(args.out)
     try:
         with data.reusing({(name, args.data): ds for name, ds in datasets.items()}):
             summary = run_suite(
@@ -335,6 +337,7 @@ def cmd_run(args) -> int:
             os.environ.pop(data.ALLOW_NONSTANDARD_ENV, None)
         else:
             os.environ[data.ALLOW_NONSTANDARD_ENV] = saved
+        _record_protocols(args.out, {**protocols, **({suite.name: suite.protocol} if suite.protocol else {})})
     counts = {}
     for s in summary.statuses.values():
         counts[s] = counts.get(s, 0) + 1
@@ -344,6 +347,34 @@ def cmd_run(args) -> int:
         f"{summary.wall_time_s:.1f}s"
     )
     return 0
+
+
+def _previous_protocols(out) -> dict:
+    """{suite: protocol} recorded in OUT's manifest by earlier suites run into it ({} when none)."""
+    from bench import results
+
+    try:
+        manifest = results.read_manifest(out) if os.path.isdir(out) else None
+    except UsageError:
+        return {}  # the run itself reports an unreadable manifest
+    protocols = (manifest or {}).get("protocols")
+    return dict(protocols) if isinstance(protocols, dict) else {}
+
+
+def _record_protocols(out, protocols: dict) -> None:
+    """Keeps {suite: protocol} in OUT's manifest: each `vgbench run` rewrites the manifest, and several
+    suites may share one results directory (`make bench` runs `default` and `claims` into one)."""
+    from bench import results
+
+    if not protocols:
+        return
+    try:
+        manifest = results.read_manifest(out)
+    except UsageError:
+        return
+    if manifest is None:
+        return
+    results.write_json_atomic(os.path.join(out, "manifest.json"), {**manifest, "protocols": protocols})
 
 
 def _confirm(n: int) -> None:

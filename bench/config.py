@@ -46,6 +46,10 @@ FIX_DESCRIPTIONS = {
     "dropout": "dropout of rate `rate` after each hidden block, during training",
 }
 
+# Biases start at zero unless a run says otherwise; a run with the default
+# keeps the run_id it had before the field existed (see `RunConfig.run_id`).
+DEFAULT_BIAS_INITIALIZER = "zeros"
+
 # Learning rates above this diverge at once in every model here; a typo such
 # as 1e308 or inf would only fill a suite with diverged runs.
 MAX_LEARNING_RATE = 10.0
@@ -116,6 +120,15 @@ def fix_params(fix: str) -> dict:
     return out
 
 
+def _bias_initializer_name(spec: str) -> str:
+    """The canonical name of a bias initializer spec; one-line error naming the argument otherwise."""
+    try:
+        return models.initializers.get(spec).name
+    except ValueError as e:
+        # The registry's message names an "initializer"; say which argument it was.
+        raise ValueError(f"Argument `bias_initializer`: {str(e).splitlines()[0]}") from None
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One benchmark run: architecture, training recipe, data and seed.
@@ -144,6 +157,7 @@ class RunConfig:
     seed: int = 0
     log_every: int = 1
     act_every: int = 10
+    bias_initializer: str = DEFAULT_BIAS_INITIALIZER
 
     def __post_init__(self):
         def positive_int(name, allow_none=False, allow_zero=False):
@@ -165,7 +179,7 @@ class RunConfig:
 
         # Names must be strings: a suite's `fix: [[batchnorm]]` is a list of
         # lists, and str() of it would be looked up as a name.
-        for name in ("arch", "activation", "initializer", "optimizer", "dataset", "preprocessing"):
+        for name in ("arch", "activation", "initializer", "optimizer", "dataset", "preprocessing", "bias_initializer"):
             v = getattr(self, name)
             if not isinstance(v, str):
                 raise ValueError(
@@ -204,6 +218,7 @@ class RunConfig:
         choice("preprocessing", PREPROCESSINGS)
         set_("activation", models.activations.get(self.activation).name)
         set_("initializer", models.initializers.get(self.initializer).name)
+        set_("bias_initializer", _bias_initializer_name(self.bias_initializer))
         set_("fix", canonical_fix(self.fix))
         ds = self.dataset
         set_("dataset", ds if ds.startswith("tfds:") else ds.lower().replace("-", "_"))
@@ -238,7 +253,13 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        identity = self.to_dict()
+        # Fields added after results were published join the hash only when
+        # they differ from their default: older runs keep their run_id, so a
+        # resumed directory and reports/baseline still match them.
+        if identity["bias_initializer"] == DEFAULT_BIAS_INITIALIZER:
+            del identity["bias_initializer"]
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
         readable = "-".join(
             slug(s)
@@ -267,6 +288,7 @@ class RunConfig:
             norm=norm,
             residual_every=int(fixes.get("residual") or 0),
             dropout=float(fixes.get("dropout") or 0.0),
+            bias_initializer=self.bias_initializer,
             seed=self.seed,
         )
 

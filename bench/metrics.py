@@ -373,6 +373,8 @@ def _per_layer(x) -> str:
 
 def _describe_vanishing(f: Flag) -> str:
     n = f.numbers
+    if n.get("all_zero"):
+        return "every hidden layer's gradient is exactly 0 (all underflowed)"
     if finite(n.get("backward_factor")):
         return f"backward signal vanishes {_per_layer(n['backward_factor'])}"
     if finite(n.get("grad_factor")) and n["grad_factor"] > 0:
@@ -473,7 +475,13 @@ def flags(row) -> list[Flag]:
         }
         kernel_vanishes = finite(f) and f < VANISHING_FACTOR or finite(r) and r < VANISHING_RATIO
         kernel_explodes = finite(f) and f > EXPLODING_FACTOR or finite(r) and r > EXPLODING_RATIO
-        if kernel_vanishes or _vanishes(b, span):
+        n = row.get(f"underflow_layers_{which}")
+        depth = row.get("depth")
+        # Every hidden layer's gradient exactly 0 leaves no factor to fit: the most vanishing case there is.
+        all_zero = finite(n) and finite(depth) and n >= depth > 0
+        if all_zero:
+            out.append(Flag("vanishing", which, all_zero=True, **numbers))
+        elif kernel_vanishes or _vanishes(b, span):
             out.append(Flag("vanishing", which, **numbers))
         elif kernel_explodes or _explodes(b, span):
             out.append(Flag("exploding", which, **numbers))
@@ -482,7 +490,6 @@ def flags(row) -> list[Flag]:
                 Flag("forward collapse", which, forward_factor=float(fw),
                      kernel_flat=not (kernel_vanishes or kernel_explodes), **numbers)
             )
-        n = row.get(f"underflow_layers_{which}")
         if finite(n) and n > 0:
             deepest = row.get(f"deepest_underflow_layer_{which}")
             deepest = float(deepest) if finite(deepest) else None

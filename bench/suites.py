@@ -12,6 +12,7 @@ A suite file::
         initializer: [glorot_uniform, he_normal]
       - activation: tanh
         depth: [2, 10]
+    protocol: best_lr    # optional: how statements are made (bench.protocol), kept in the manifest
 
 Command-line options override the suite: an option given on the command line
 replaces that field in every grid.
@@ -28,6 +29,7 @@ import yaml
 
 from bench.config import CONFIG_FIELDS, RunConfig
 from bench.errors import UsageError
+from bench.protocol import PROTOCOLS
 from models.registry import shorten
 
 SUITE_DIR = Path(__file__).parent / "suites"
@@ -46,6 +48,8 @@ class Suite:
     defaults: dict = field(default_factory=dict)
     grids: list = field(default_factory=lambda: [{}])
     source: str = ""
+    # How statements about the suite's configurations are made (`bench.protocol.PROTOCOLS`); "" for none.
+    protocol: str = ""
 
 
 def names() -> list[str]:
@@ -79,11 +83,16 @@ def load_suite(name_or_path: str) -> Suite:
         raise UsageError(f"Cannot read suite file {shorten(repr(str(path)), 200)}: {shorten(first, 200)}") from None
     if not isinstance(doc, dict):
         raise UsageError(f"{where} must hold a mapping with `defaults` and `grids`.")
-    unknown = set(doc) - {"name", "description", "defaults", "grids"}
+    unknown = set(doc) - {"name", "description", "protocol", "defaults", "grids"}
     if unknown:
         raise UsageError(
             f"{where}: unknown key {shorten(repr(sorted(map(str, unknown))[0]))}; "
-            "valid keys: name, description, defaults, grids"
+            "valid keys: name, description, protocol, defaults, grids"
+        )
+    protocol = doc.get("protocol") or ""
+    if protocol and (not isinstance(protocol, str) or protocol not in PROTOCOLS):
+        raise UsageError(
+            f"{where}: unknown protocol {shorten(repr(protocol))}; valid protocols: {', '.join(PROTOCOLS)}"
         )
     defaults = doc.get("defaults") or {}
     # A missing `grids` is one grid of the defaults; an empty list selects
@@ -116,6 +125,7 @@ def load_suite(name_or_path: str) -> Suite:
         defaults=defaults,
         grids=grids,
         source=str(path),
+        protocol=str(protocol),
     )
 
 

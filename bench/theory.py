@@ -923,7 +923,7 @@ def predict_config(
     config,
     input_second_moment: float | Sequence[float] = DEFAULT_INPUT_SECOND_MOMENT,
     *,
-    sigma_b2: float = 0.0,
+    sigma_b2: float | None = None,
     input_dim: int | None = None,
     num_classes: int = NUM_CLASSES,
 ) -> Prediction:
@@ -931,11 +931,13 @@ def predict_config(
 
     Args:
         config: A `RunConfig` (only `arch`, `depth`, `width`, `activation`,
-            `initializer`, `fix` and `dataset` are read).
+            `initializer`, `bias_initializer`, `fix` and `dataset` are read).
         input_second_moment: `E[x²]` of the run's preprocessed training
             inputs (see `input_second_moment`), or one value per example of
             the batch measured at step 0 (see `example_second_moments`).
-        sigma_b2: The bias variance; vgbench starts biases at zero.
+        sigma_b2: The bias variance; by default that of the config's
+            `bias_initializer` (0 for `zeros`, stddev² for `random_normal`),
+            see `bias_variance`.
         input_dim: Size of one input; by default 784 for MNIST and
             Fashion-MNIST, unknown (not applicable) for `tfds:NAME`.
         num_classes: Number of logits.
@@ -944,6 +946,13 @@ def predict_config(
         The `Prediction`, not applicable for the CNN and for fixes other
         than `clipnorm`.
     """
+    reason = None
+    if sigma_b2 is None:
+        bias_spec = getattr(config, "bias_initializer", "zeros")
+        mean, sigma_b2 = bias_variance(bias_spec, config.width)
+        if mean != 0.0:
+            sigma_b2 = math.nan
+            reason = f"bias_initializer={bias_spec!r} has mean {mean:g}; the theory models zero-mean biases"
     base = dict(
         activation=config.activation,
         initializer=config.initializer,
@@ -953,6 +962,8 @@ def predict_config(
         input_second_moment=float(np.mean(_check_moments(input_second_moment))),
         input_dim=input_dim or INPUT_DIM,
     )
+    if reason is not None:
+        return Prediction(**base, applicable=False, reason=reason)
     if config.arch != "mlp":
         reason = f"arch={config.arch!r}: the theory models the MLP, not convolutions, pooling and a global average"
         return Prediction(**base, applicable=False, reason=reason)
@@ -996,6 +1007,22 @@ def example_second_moments(x) -> np.ndarray:
         raise ValueError(f"Argument `x` must hold at least one value. Received: x.shape={x.shape}")
     x = x.reshape(len(x), -1)
     return np.mean(np.square(x, dtype=np.float64), axis=1)
+
+
+def bias_variance(initializer, units: int) -> tuple[float, float]:
+    """Returns the mean and the variance σ_b² of one bias entry drawn by `initializer`.
+
+    A bias is a vector of `units` entries; Keras counts both its fans as
+    `units`, which matters for the VarianceScaling family only.
+
+    Args:
+        initializer: An initializer spec or `models.initializers.Initializer`.
+        units: The bias's length (the layer's width).
+
+    Returns:
+        `(mean, variance)`.
+    """
+    return weight_variance(initializer, units, units)
 
 
 def input_second_moment(x) -> float:

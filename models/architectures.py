@@ -77,6 +77,7 @@ def build_model(
     residual_every: int = 0,
     dropout: float = 0.0,
     width_schedule: Sequence[int] | None = None,
+    bias_initializer: str | initializers_lib.Initializer = "zeros",
     seed: int = 0,
 ) -> keras.Model:
     """Builds a deep MLP or CNN classifier that outputs logits.
@@ -102,6 +103,10 @@ def build_model(
         dropout: Dropout rate after every block, in `[0, 1)`.
         width_schedule: Optional per-block widths, `depth` positive integers
             that replace `width`.
+        bias_initializer: Initializer spec or `initializers.Initializer` of
+            every bias, hidden and output layers alike (layers followed by
+            batch norm have none); `"zeros"` by default. Mean-field theory's
+            σ_b² is its variance.
         seed: Non-negative integer from which all initializer and dropout
             seeds are derived.
 
@@ -140,6 +145,7 @@ def build_model(
     input_shape = _input_shape(arch, input_shape)
     act = activations_lib.get(activation)
     init = initializers_lib.get(initializer)
+    bias_init = initializers_lib.get(bias_initializer)
 
     import keras
 
@@ -151,7 +157,7 @@ def build_model(
         kwargs = dict(
             use_bias=use_bias,
             kernel_initializer=init.make(seed + seed_offset),
-            bias_initializer="zeros",
+            bias_initializer=bias_init.make(_bias_seed(seed + seed_offset)),
             name=name,
         )
         if conv:
@@ -195,10 +201,24 @@ def build_model(
     outputs = keras.layers.Dense(
         num_classes,
         kernel_initializer=init.make(seed + depth),
-        bias_initializer="zeros",
+        bias_initializer=bias_init.make(_bias_seed(seed + depth)),
         name="output",
     )(x)
     return keras.Model(inputs, outputs, name=arch)
+
+
+def _bias_seed(kernel_seed: int) -> int:
+    """The seed of a layer's bias initializer, given its kernel's.
+
+    A bias drawn with its kernel's seed from the same distribution would
+    repeat the kernel's first entries; half the 31-bit seed range away keeps
+    the two streams apart and the seed within the range TensorFlow takes.
+    """
+    return (kernel_seed + _BIAS_SEED_SHIFT) % _SEED_RANGE
+
+
+_SEED_RANGE = 2**31
+_BIAS_SEED_SHIFT = 2**30
 
 
 def count_params(

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bench.errors import UsageError
-from bench.report import document, figures, predictions, tables, text
+from bench.report import document, figures, predictions, tables, text, verdicts
 from bench.results import load_results
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class Tables:
     chance: float
     predictions: predictions.Predictions | None = None
     theory: pd.DataFrame = field(default_factory=pd.DataFrame)  # predicted vs measured factors per pair
+    claims: dict = field(default_factory=dict)  # `verdicts.claims_section`
+    protocol: pd.DataFrame = field(default_factory=pd.DataFrame)  # `verdicts.protocol_table`
     palette: dict = field(default_factory=dict)  # activation → colour
     init_palette: dict = field(default_factory=dict)  # initializer → colour
     fix_palette: dict = field(default_factory=dict)  # fix → colour
@@ -73,13 +75,15 @@ def compute_tables(results, load_data: bool = True) -> Tables:
     activations = tables.activation_profiles(main_runs, results.layers)
     for t in (profiles, curves, activations):
         t.attrs.setdefault("slice", slice_text)
+    # The claims read the same run table as every figure and finding of the report.
+    section = verdicts.claims_section(runs_m, results.layers, results.history, results.manifest)
     return Tables(
         runs=runs_m,
         pairs=pairs,
         main=main,
         main_text=slice_text,
         profiles=profiles,
-        heatmap=tables.heatmap_runs(pairs, results.layers),
+        heatmap=tables.heatmap_runs(pairs, results.layers, main),
         grid=tables.pair_grid(pairs, main),
         sweep=tables.depth_sweep(runs_m),
         curves=curves,
@@ -89,6 +93,8 @@ def compute_tables(results, load_data: bool = True) -> Tables:
         chance=tables.chance_accuracy(results.manifest),
         predictions=predicted,
         theory=tables.theory_points(pairs),
+        claims=section,
+        protocol=verdicts.protocol_table(runs_m, results.manifest),
         palette=figures.category_palette(results.runs["activation"]),
         init_palette=figures.category_palette(results.runs["initializer"], "Dark2"),
         fix_palette=figures.fix_palette(results.runs["fix"]),
@@ -105,6 +111,24 @@ class FigureSpec:
     draw: object  # Callable[[], Figure | figures.Skipped]
 
 
+# The panels of the three activation × initializer figures (one image each, legible at the page's width).
+_GRID_PANELS = {
+    "pair_heatmaps": ("backward_factor_init", "forward_factor_init"),
+    "pair_gradients": ("grad_factor_init", "grad_ratio_init"),
+    "pair_outcomes": ("test_accuracy", "dead_fraction", "saturated_fraction"),
+}
+
+_BLANK_TEXT = (
+    "A blank cell says why it has no value: failed or diverged runs, \"all 0\" where every hidden layer's "
+    "gradient is exactly 0 (flagged vanishing), \"underflow\" where some are, n/a for a fraction that does not apply."
+)
+
+
+def _mean_text(grid: pd.DataFrame) -> str:
+    n = grid.attrs.get("max_seeds", 1)
+    return "mean over seeds" if n >= 2 else "one seed each"
+
+
 def _figure_specs(t: Tables) -> list[FigureSpec]:
     where = t.main_text
     chance = text.pct(t.chance)
@@ -117,7 +141,8 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             f"(0 = next to the input), at step 0 and averaged over the last logged steps ({where}). Look for "
             "lines that fall towards layer 0: every decade of drop is ten times less gradient reaching the input "
             "side (vanishing); rising lines are exploding gradients; flat lines are healthy; a line that drops "
-            "off the bottom reaches a gradient that underflowed to exactly 0. Bands: 95% interval over seeds. "
+            f"off the bottom reaches a gradient that underflowed to exactly 0. {_interval_text(t.profiles)} "
+            f"{_DIVERGED_TEXT} "
             "The last two rows, at step 0: the backward signal (RMS of B·∂L/∂z at each pre-activation) and the "
             "forward one (RMS of the pre-activation z), measured (solid) and as mean-field theory predicts them "
             "(dashed; the backward prediction times the measured RMS of the gradient with respect to the logits, "
@@ -136,7 +161,8 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             "Below 1: vanishing (backward) or collapsing (forward); above 1: exploding. Points off the band are "
             "named in the findings with the likely reason (finite width, non-Gaussian inputs, underflow). "
             f"{_inputs_text(t)} Pairs the theory does not cover (normalization, residual or dropout fixes, CNNs) "
-            "are left out and listed under the plot.",
+            "are left out and listed under the plot. A red ✕ marks a pair with a diverged run (step 0 is "
+            "measured before it diverged).",
             lambda: figures.theory_vs_measurement(t.theory, t.palette),
         ),
         FigureSpec(
@@ -144,31 +170,49 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             "Gradient per weight by layer and step",
             "log10 RMS kernel gradient per weight (‖∂L/∂W‖/√|W|) of every layer (rows, input side at the "
             "bottom) at every logged step (columns), for the best pair (highest accuracy) and the worst (most "
-            "unequal gradient across layers), on one colour scale. Dark rows near layer 0 that stay dark through "
-            "training are layers that barely learn.",
+            "unequal gradient across layers) of the same setting "
+            f"({t.heatmap.attrs.get('why') or t.heatmap.attrs.get('slice') or where}), on one colour scale. "
+            "Dark rows near layer 0 that stay dark through training are layers that barely learn; a diverged "
+            "run's panel says so in its title and stops at the step it diverged.",
             lambda: figures.gradient_heatmap(t.heatmap, t.palette),
         ),
         FigureSpec(
             "pair_heatmaps",
-            "Activation × initializer",
-            f"Each activation × initializer pair ({t.grid.attrs.get('slice', where)}), mean over seeds. "
-            "The backward and forward factors at step 0 come first, with the mean-field prediction in brackets: "
-            "a backward factor well under 1 is a vanishing backward signal, a forward factor well under 1 a "
-            "collapsing forward signal, above 1 exploding. The kernel-gradient factor multiplies the two and "
-            "can look healthy (≈ 1) when both fail, as gelu or swish with Glorot init do. "
-            f"Accuracy near chance ({chance}) together with a log10 first/last ratio far below 0 "
-            "(the first layer gets 10^value of the last layer's gradient) "
-            "marks a vanishing pair; dead or saturated fractions near 1 say why. \"underflow\": the first "
-            "layer's gradient is exactly 0 in float32, coloured below every measured ratio. A blank cell says "
-            "why it has no value (failed or diverged runs, n/a for a fraction that does not apply).",
-            lambda: figures.pair_heatmaps(t.grid, t.palette),
+            "Activation × initializer: signals at step 0",
+            f"Each activation × initializer pair ({t.grid.attrs.get('slice', where)}), {_mean_text(t.grid)}. "
+            "Per-layer factor of the backward signal (towards the input) and of the forward signal (towards the "
+            "output) at step 0, with the mean-field prediction in brackets: well under 1 is a vanishing backward "
+            "or a collapsing forward signal, above 1 exploding. Colour: log10 of the factor (blue below ×1, red "
+            f"above). {_BLANK_TEXT}",
+            lambda: figures.pair_heatmaps(t.grid, t.palette, _GRID_PANELS["pair_heatmaps"],
+                                          "Activation × initializer: signals at step 0"),
+        ),
+        FigureSpec(
+            "pair_gradients",
+            "Activation × initializer: kernel gradient at step 0",
+            f"Same pairs. The kernel-gradient factor multiplies the backward and forward signals and can look "
+            "healthy (≈ 1) when both fail, as gelu or swish with Glorot init do. The log10 first/last ratio: "
+            "the first hidden layer gets 10^value of the last one's gradient; \"underflow\" (exactly 0 in "
+            f"float32) is coloured below every measured ratio. {_BLANK_TEXT}",
+            lambda: figures.pair_heatmaps(t.grid, t.palette, _GRID_PANELS["pair_gradients"],
+                                          "Activation × initializer: kernel gradient at step 0"),
+        ),
+        FigureSpec(
+            "pair_outcomes",
+            "Activation × initializer: accuracy and units",
+            f"Same pairs. Test accuracy near chance ({chance}) with a vanishing factor marks a vanishing pair; "
+            f"dead or saturated fractions near 1 say why. {_BLANK_TEXT}",
+            lambda: figures.pair_heatmaps(t.grid, t.palette, _GRID_PANELS["pair_outcomes"],
+                                          "Activation × initializer: accuracy and units"),
         ),
         FigureSpec(
             "depth_sweep",
             "Depth sweep",
             "Test accuracy and first/last gradient ratio at step 0 against depth. On the log axis a straight "
             "falling line is a constant per-layer factor: the gradient at the first layer shrinks exponentially "
-            "with depth, and accuracy drops once it is too small to learn from. Error bars: 95% interval over seeds.",
+            "with depth, and accuracy drops once it is too small to learn from. "
+            f"{_interval_text(t.sweep, 'Error bars')} "
+            f"{_DIVERGED_TEXT}",
             lambda: figures.depth_sweep(t.sweep, t.palette),
         ),
         FigureSpec(
@@ -176,7 +220,8 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             "Learning curves",
             f"Loss and accuracy against step ({where}); colour is the initializer, solid test and dashed train. "
             f"A loss stuck near ln(classes) = {chance_loss:.2f} with accuracy at chance ({chance}) is a network "
-            "that does not learn, the end result of a vanishing gradient.",
+            f"that does not learn, the end result of a vanishing gradient. {_interval_text(t.curves)} A red ✕ "
+            "ends a curve whose runs include a diverged one.",
             lambda: figures.learning_curves(t.curves, t.palette, t.init_palette),
         ),
         FigureSpec(
@@ -185,7 +230,7 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             f"Mean and standard deviation of each hidden layer's output, and the share of dead "
             f"(ReLU family) and saturated (sigmoid family) units, at step 0 (solid) and at the end (dashed) "
             f"({where}). A standard deviation that collapses with depth, or fractions near 1, explain "
-            "where the gradient is lost.",
+            f"where the gradient is lost. {_DIVERGED_TEXT}",
             lambda: figures.activation_stats(t.activations, t.palette),
         ),
         FigureSpec(
@@ -193,7 +238,8 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             "Fixes",
             "Each fix next to its no-fix baseline (grey) for the same activation, initializer and depth. "
             "A fix works when it lifts accuracy and moves the log10 first/last ratio towards 0 "
-            "(equal gradient at the first and last layer). Error bars: 95% interval over seeds.",
+            f"(equal gradient at the first and last layer). {_interval_text(t.fixes, 'Error bars')} "
+            f"{_DIVERGED_TEXT}",
             lambda: figures.fixes(t.fixes, t.fix_palette),
         ),
         FigureSpec(
@@ -205,6 +251,16 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             lambda: figures.activation_functions(t.functions, t.palette),
         ),
     ]
+
+
+def _interval_text(table: pd.DataFrame, what: str = "Bands") -> str:
+    """The caption's sentence on intervals: only where a point rests on two or more seeds, else that there are none."""
+    if figures.has_interval(table):
+        return f"{what}: 95% interval over seeds, where a point has two or more."
+    return "One seed per point: no interval."
+
+
+_DIVERGED_TEXT = "A red ✕ marks a point whose runs include a diverged one (its numbers stop where it diverged)."
 
 
 def _inputs_text(t: Tables) -> str:
@@ -233,6 +289,50 @@ def _draw(spec: FigureSpec):
             logger.exception("figure %s failed", spec.name)
             return figures.Skipped(f"drawing failed: {type(e).__name__}: {e}")
     return figures.Skipped("no data") if fig is None else fig
+
+
+def _save(fig, out: Path, name: str, formats) -> tuple[list[str], bytes]:
+    """Writes a figure in every format asked for; returns its files and its PNG for the page, and closes it."""
+    # Files of formats not asked for this time would outlive the summary that lists them.
+    for ext in set(FORMATS) - set(formats):
+        (out / f"{name}.{ext}").unlink(missing_ok=True)
+    try:
+        files = []
+        for ext in formats:
+            fig.savefig(out / f"{name}.{ext}", format=ext, dpi=figures.DPI)
+            files.append(f"{name}.{ext}")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=figures.DPI)
+        return files, buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def _claim_figures(t: Tables, out: Path, formats, images: dict) -> None:
+    """Draws each decided claim's figure (``claim-<id>``) and records it in the claim's entry as ``figure``."""
+    from bench import claims as registry
+
+    drawn = set()
+    for c in t.claims.get("claims", []):
+        c["figure"] = None
+        table = c.get("evidence_table")
+        if table is None or table.empty:
+            continue
+        name = f"claim-{c['id']}"
+        spec = FigureSpec(name, c["id"], "", lambda table=table, c=c: figures.claim_evidence(
+            table, c["id"], registry.TRAINS_ACCURACY, registry.FAILS_ACCURACY, c.get("bound")))
+        fig = _draw(spec)
+        if isinstance(fig, figures.Skipped):
+            logger.info("figure %s skipped: %s", name, fig.reason)
+            continue
+        files, images[name] = _save(fig, out, name, formats)
+        c["figure"] = {"name": name, "files": files}
+        drawn.add(name)
+    # A claim figure of an earlier report whose claim has none now would contradict the summary.
+    for ext in FORMATS:
+        for path in out.glob(f"claim-*.{ext}"):
+            if path.stem not in drawn:
+                path.unlink(missing_ok=True)
 
 
 def _check_formats(formats) -> tuple[str, ...]:
@@ -292,21 +392,10 @@ def build_report(results_dir, out_dir=None, formats=("png",)) -> Path:
             for ext in FORMATS:
                 (out / f"{spec.name}.{ext}").unlink(missing_ok=True)
             continue
-        # Files of formats not asked for this time would outlive the summary that lists them.
-        for ext in set(FORMATS) - set(formats):
-            (out / f"{spec.name}.{ext}").unlink(missing_ok=True)
-        try:
-            files = []
-            for ext in formats:
-                fig.savefig(out / f"{spec.name}.{ext}", format=ext, dpi=figures.DPI)
-                files.append(f"{spec.name}.{ext}")
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=figures.DPI)
-            images[spec.name] = buf.getvalue()
-        finally:
-            plt.close(fig)
+        files, images[spec.name] = _save(fig, out, spec.name, formats)
         drawn.append({"name": spec.name, "title": spec.title, "caption": spec.caption, "files": files})
 
+    _claim_figures(tables, out, formats, images)
     summary = document.summary_dict(results, tables, drawn, skipped)
     document.write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(document.render_markdown(summary), encoding="utf-8")

@@ -11,11 +11,14 @@ from __future__ import annotations
 import base64
 import html
 
-from bench.report import findings, predictions, tables, text
+from bench.report import findings, predictions, tables, text, verdicts
 from bench.results import write_json_atomic
 from bench.utils import json_safe
 
-REPORT_VERSION = 2
+REPORT_VERSION = 3
+
+# Per claim in summary.json, after the fields of `bench.claims.ClaimResult`.
+CLAIM_EXTRA_FIELDS = ("missing", "key_numbers", "budget_text", "related_figures", "figure")
 
 # The per-pair quantities written to the summary, in table order.
 PAIR_FIELDS = list(tables.PAIR_QUANTITIES)
@@ -74,9 +77,15 @@ def provenance(manifest: dict) -> dict:
 def summary_dict(results, report_tables, drawn: list[dict], skipped: list[dict]) -> dict:
     """Everything the written report says, as one JSON-ready dict.
 
-    Keys: ``report_version, results_dir, provenance, budget, main_slice,
-    chance_accuracy, pairs`` (ranked list of dicts), ``pair_keys,
-    findings, figures, skipped_figures``. Flags stay lists.
+    Keys: ``report_version, claims`` (one dict per claim: the fields of
+    `bench.claims.ClaimResult` and CLAIM_EXTRA_FIELDS, with its
+    ``configurations``: the rows of its figure), ``claims_note`` (one line
+    when no claim has its runs here), ``best_learning_rates`` (per
+    configuration, where a suite declared the ``best_lr`` protocol),
+    ``results_dir, provenance, budget, main_slice, chance_accuracy, pairs``
+    (ranked list of dicts), ``pair_keys, findings`` (at most
+    `findings.MAX_BULLETS` bullets), ``figures, skipped_figures``. Flags
+    stay lists.
 
     Args:
         results: the loaded `bench.results.Results`.
@@ -103,8 +112,12 @@ def summary_dict(results, report_tables, drawn: list[dict], skipped: list[dict])
     budget = tables.budget(results.runs, results.manifest)
     t = report_tables
     inputs = t.predictions.inputs if t.predictions is not None else []
+    section = t.claims or {"claims": [], "present": False, "note": ""}
     summary = {
         "report_version": REPORT_VERSION,
+        "claims": [claim_dict(c) for c in section["claims"]],
+        "claims_note": section["note"],
+        "best_learning_rates": protocol_rows(t.protocol),
         "results_dir": str(results.path),
         "provenance": provenance(results.manifest),
         "budget": {**budget, "text": text.budget_text(budget)},
@@ -114,11 +127,43 @@ def summary_dict(results, report_tables, drawn: list[dict], skipped: list[dict])
         "shown_keys": [*text.CORE_KEYS, *tables.varying_keys(pairs)],
         "pairs": rows,
         "theory": theory_section(t),
-        "findings": findings.written(pairs, t.sweep, t.fixes, t.chance, inputs),
+        "findings": findings.written(pairs, t.sweep, t.fixes, t.chance, inputs, t.main, section["claims"]),
         "figures": drawn,
         "skipped_figures": skipped,
     }
     return json_safe(summary)
+
+
+def claim_dict(c: dict) -> dict:
+    """A claim's entry of summary.json: its result's fields, what the page shows beside it, its figure's rows."""
+    fields = ("id", "statement", "source", "verdict", "evidence", "run_ids", "budget", "rule", "summary")
+    out = {k: c[k] for k in fields}
+    out |= {k: c.get(k) for k in CLAIM_EXTRA_FIELDS}
+    table = c.get("evidence_table")
+    out["configurations"] = [] if table is None or table.empty else table.to_dict("records")
+    return out
+
+
+def protocol_rows(table) -> list[dict]:
+    """The winning learning rate per configuration (`verdicts.protocol_table`) as plain rows."""
+    if table is None or table.empty:
+        return []
+    rows = []
+    for r in table.to_dict("records"):
+        rows.append(
+            {
+                "configuration": r["label"],
+                "best_learning_rate": r["best_learning_rate"],
+                "median_accuracy": r["median_accuracy"],
+                "min_accuracy": r["min_accuracy"],
+                "max_accuracy": r["max_accuracy"],
+                "n_seeds": r["n_seeds"],
+                "median_by_lr": {f"{float(k):g}": v for k, v in (r["median_by_lr"] or {}).items()},
+                "diverged_by_lr": {f"{float(k):g}": v for k, v in (r["diverged_by_lr"] or {}).items()},
+                "text": verdicts.lr_medians_text(r),
+            }
+        )
+    return rows
 
 
 def theory_section(t) -> dict:
@@ -223,6 +268,31 @@ def pair_columns(summary: dict) -> list[tuple[str, callable]]:
     return cols
 
 
+def table_note(summary: dict) -> str:
+    """What the ranked table's numbers are; intervals are promised only where a pair has two or more seeds."""
+    several = any((p.get("n_seeds") or 0) >= 2 for p in summary["pairs"])
+    head = (
+        "Means over seeds (± half of the 95% interval where a pair has two or more seeds)"
+        if several
+        else "One seed per pair: values of single runs, no intervals"
+    )
+    return head + TABLE_NOTE.removeprefix("Means over seeds (± half of the 95% interval)")
+
+
+def _flat_key_numbers(c: dict) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in c.get("key_numbers") or []) or text.MISSING
+
+
+def claim_counts_text(claims: list[dict]) -> str:
+    """'9 pass, 2 fail, 2 inconclusive (of 13 claims)'."""
+    counts = {v: sum(1 for c in claims if c["verdict"] == v) for v in ("pass", "fail", "inconclusive")}
+    return ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" (of {len(claims)} claims)"
+
+
+def _figure_titles(summary: dict) -> dict:
+    return {f["name"]: f["title"] for f in summary["figures"]}
+
+
 def _provenance_rows(summary: dict) -> list[tuple[str, str]]:
     p = summary["provenance"]
     data = p.get("data") or {}
@@ -255,13 +325,14 @@ def _md_cell(text: str) -> str:
 
 
 def render_markdown(summary: dict) -> str:
-    """summary.md: provenance, budget, findings, the ranked table, figures."""
+    """summary.md: claims, provenance, budget, findings, the ranked table, figures."""
     lines = ["# vgbench report", ""]
+    lines += _markdown_claims(summary)
     lines += ["## Provenance", ""]
     lines += [f"- **{k}**: {_md_cell(v)}" for k, v in _provenance_rows(summary)]
     lines += ["", "## Budget", "", summary["budget"]["text"], ""]
     lines += ["## Findings", ""]
-    lines += [f"- {f['text']}" for f in summary["findings"]] or ["- No runs."]
+    lines += [f"{i}. {f['text']}" for i, f in enumerate(summary["findings"], 1)] or ["- No runs."]
     lines += ["", "## Pairs, best first", ""]
     cols = pair_columns(summary)
     lines.append("| " + " | ".join(h for h, _ in cols) + " |")
@@ -270,7 +341,7 @@ def render_markdown(summary: dict) -> str:
         lines.append("| " + " | ".join(_md_cell(f(p)) for _, f in cols) + " |")
     lines += [
         "",
-        TABLE_NOTE,
+        table_note(summary),
         "",
         "## Figures",
         "",
@@ -286,6 +357,53 @@ def render_markdown(summary: dict) -> str:
         lines += [f"- {s['title']} (`{s['name']}`): {s['reason']}" for s in summary["skipped_figures"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def _markdown_claims(summary: dict) -> list[str]:
+    """The Claims section of summary.md: a table, then each claim's statement, rule, result and figure."""
+    claims = summary["claims"]
+    lines = ["## Claims", ""]
+    if summary.get("claims_note"):
+        return lines + [summary["claims_note"], ""]
+    lines += [claim_counts_text(claims) + ".", ""]
+    lines += ["| claim | source | verdict | key numbers | budget |", "|---|---|---|---|---|"]
+    for c in claims:
+        numbers = _flat_key_numbers(c) if not c.get("missing") else c["summary"]
+        cells = [c["id"], c["source"], f"**{c['verdict']}**", numbers, c.get("budget_text") or ""]
+        lines.append("| " + " | ".join(_md_cell(x) for x in cells) + " |")
+    lines.append("")
+    titles = _figure_titles(summary)
+    for c in claims:
+        lines += [f"### {c['id']}: {c['verdict']}", "", f"{c['statement']} *({c['source']})*", ""]
+        lines += [f"- **Rule:** {c['rule']}", f"- **Result:** {c['summary']}"]
+        fig = c.get("figure")
+        if fig and fig.get("files"):
+            png = next((f for f in fig["files"] if f.endswith(".png")), fig["files"][0])
+            lines.append(f"- **Figure:** [{png}]({png})")
+        related = [f"{titles[n]} ({n}.png)" for n in c.get("related_figures") or [] if n in titles]
+        if related:
+            lines.append("- **See also:** " + ", ".join(related))
+        lines.append("")
+    rows = summary.get("best_learning_rates") or []
+    if rows:
+        lines += ["### Best learning rate per configuration", ""]
+        lines += ["| configuration | best lr | median accuracy (seeds' min–max) | seeds | median by learning rate |"]
+        lines += ["|---|---|---|---|---|"]
+        for r in rows:
+            acc = _acc_range(r)
+            best = text.MISSING if r["best_learning_rate"] is None else f"{r['best_learning_rate']:g}"
+            cells = [r["configuration"], best, acc, str(r["n_seeds"]), r["text"]]
+            lines.append("| " + " | ".join(_md_cell(x) for x in cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _acc_range(r: dict) -> str:
+    m, lo, hi = r.get("median_accuracy"), r.get("min_accuracy"), r.get("max_accuracy")
+    if m is None:
+        return text.MISSING
+    spread = f" ({lo:.3f}–{hi:.3f})" if lo is not None and hi is not None and (r.get("n_seeds") or 0) >= 2 else ""
+    return f"{m:.3f}{spread}"
 
 
 # --------------------------------------------------------------------------- #
@@ -304,20 +422,133 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.92em; color: #444; max-width: 60em; }
 .flag { color: #a40000; } .muted { color: #666; } code { font-size: 0.9em; }
+.badge { display: inline-block; padding: 0.05em 0.55em; border-radius: 0.8em; font-size: 0.85em; font-weight: 600;
+         color: #fff; white-space: nowrap; }
+.badge.pass { background: #1a7f37; } .badge.fail { background: #b00000; } .badge.inconclusive { background: #8a6d00; }
+table.claims td { max-width: 26em; } table.claims td.numbers { font-size: 0.92em; overflow-wrap: anywhere; }
+.claim { display: flex; flex-wrap: wrap; gap: 0.4em 1.4em; border-top: 1px solid #eee; padding-top: 0.6em;
+         margin-top: 0.8em; }
+.claim .text { flex: 1 1 20em; min-width: 18em; } .claim figure { flex: 0 1 auto; margin: 0; max-width: 820px; }
+.claim h3 { margin: 0.2em 0 0.3em; font-size: 1.05em; } .claim p { margin: 0.3em 0; font-size: 0.93em; }
+table.pairs { font-size: 0.8em; } table.pairs td.pair { max-width: 17em; overflow-wrap: anywhere; }
+table.pairs td.flags { max-width: 13em; } table.pairs details summary { cursor: pointer; }
+ol.findings li { margin: 0.35em 0; }
 """
 
-_NUMERIC_HEADERS = (
-    "rank", "seeds", "test accuracy", "backward", "forward", "grad factor", "first/last", "dead", "saturated",
-    "wall time",
-)
+
+
+def html_pair_columns(summary: dict) -> list[tuple[str, str, callable]]:
+    """(header, cell class, row → HTML) of the page's ranked table: few columns, so status and flags show at 1,400 px.
+
+    The pair is one cell; each signal's factor sits with its prediction, and
+    each gradient column with its value at step 0 and at the end; the flags
+    are short, with their words behind a click.
+    """
+    e = html.escape
+    extra = [k for k in summary["shown_keys"] if k not in text.CORE_KEYS]
+    # Keys the pair shares with the report's slice go without saying (the slice is named above the table).
+    main = {k: v for k, v in (summary.get("main_slice") or {}).items() if k != "text"}
+    pairs = summary["pairs"]
+    dead, sat = _fraction_column(pairs, "dead_fraction"), _fraction_column(pairs, "saturated_fraction")
+
+    def q(p, name):
+        return text.cell(tables.PAIR_QUANTITIES[name], p[name], p.get(f"{name}_lo"), p.get(f"{name}_hi"))
+
+    def with_theory(p, signal):
+        m, t = q(p, f"{signal}_factor_init"), p.get(f"predicted_{signal}_factor")
+        return e(m) + ("" if t is None else f' <span class="muted">({t:.3g})</span>')
+
+    def flags(p):
+        short = e(text.join_flags(p["flags"])) or ""
+        words = p.get("flag_words") or []
+        if not words:
+            return short
+        return f"<details><summary>{short}</summary>{e('; '.join(words))}</details>"
+
+    return [
+        ("#", "num", lambda p: str(p["rank"])),
+        ("pair", "pair", lambda p: e(text.pair_label(p, [k for k in extra if k not in main or p.get(k) != main[k]]))),
+        ("seeds", "num", lambda p: str(p["n_seeds"])),
+        ("test accuracy", "num", lambda p: e(q(p, "test_accuracy"))),
+        ("backward ×/layer (theory)", "num", lambda p: with_theory(p, "backward")),
+        ("forward ×/layer (theory)", "num", lambda p: with_theory(p, "forward")),
+        ("grad ×/layer step 0 → end", "num",
+         lambda p: e(f"{q(p, 'grad_factor_init')} → {q(p, 'grad_factor_final')}")),
+        ("first/last step 0 → end", "num",
+         lambda p: e(f"{q(p, 'grad_ratio_init')} → {q(p, 'grad_ratio_final')}")),
+        ("dead / saturated", "num", lambda p: e(f"{q(p, dead)} / {q(p, sat)}")),
+        ("status", "", lambda p: e(p["status"])),
+        ("flags", "flags flag", flags),
+    ]
+
+
+def _html_claims(summary: dict, images: dict) -> list[str]:
+    """The Claims section of index.html: a table of verdicts, then each claim with its figure."""
+    e = html.escape
+    claims = summary["claims"]
+    parts = ['<h2 id="claims">Claims</h2>']
+    if summary.get("claims_note"):
+        return parts + [f"<p>{e(summary['claims_note'])}</p>"]
+    parts.append(f"<p>{e(claim_counts_text(claims))}. Each claim is decided by its stated rule on this directory's "
+                 "runs; details and figures below the table.</p>")
+    parts.append('<table class="claims"><thead><tr><th>claim</th><th>source</th><th>verdict</th>'
+                 "<th>key numbers</th><th>budget</th></tr></thead><tbody>")
+    for c in claims:
+        if c.get("missing"):
+            numbers = e(c["summary"])
+        else:
+            numbers = "<br>".join(f"{e(k)}: <b>{e(v)}</b>" for k, v in c.get("key_numbers") or []) or text.MISSING
+        parts.append(
+            f'<tr><td><a href="#claim-{e(c["id"])}">{e(c["id"])}</a></td><td>{e(c["source"])}</td>'
+            f'<td><span class="badge {e(c["verdict"])}">{e(c["verdict"])}</span></td>'
+            f'<td class="numbers">{numbers}</td><td>{e(c.get("budget_text") or "")}</td></tr>'
+        )
+    parts.append("</tbody></table>")
+    titles = _figure_titles(summary)
+    for c in claims:
+        parts.append(f'<div class="claim" id="claim-{e(c["id"])}"><div class="text">')
+        parts.append(f'<h3>{e(c["id"])} <span class="badge {e(c["verdict"])}">{e(c["verdict"])}</span></h3>')
+        parts.append(f'<p>{e(c["statement"])} <span class="muted">({e(c["source"])})</span></p>')
+        parts.append(f"<p><b>Rule:</b> {e(c['rule'])}</p>")
+        parts.append(f"<p><b>Result:</b> {e(c['summary'])}</p>")
+        related = [f'<a href="#{e(n)}">{e(titles[n])}</a>' for n in c.get("related_figures") or [] if n in titles]
+        if related:
+            parts.append("<p><b>See also:</b> " + ", ".join(related) + "</p>")
+        if c.get("evidence") and not c.get("missing"):
+            rows = "".join(
+                f"<tr><th>{e(k)}</th><td>{e(verdicts.value_text(k, v))}</td></tr>" for k, v in c["evidence"].items()
+            )
+            parts.append(f"<details><summary>All {len(c['evidence'])} numbers</summary><table>{rows}</table>"
+                         "</details>")
+        parts.append("</div>")
+        fig = c.get("figure")
+        png = images.get(fig["name"]) if fig else None
+        if png:
+            b64 = base64.b64encode(png).decode("ascii")
+            parts.append(f'<figure><img alt="{e(c["id"])}" src="data:image/png;base64,{b64}"></figure>')
+        parts.append("</div>")
+    rows = summary.get("best_learning_rates") or []
+    if rows:
+        parts.append(f"<details><summary>Best learning rate per configuration ({len(rows)} configurations, "
+                     "protocol best_lr)</summary>")
+        parts.append('<div class="scroll"><table><thead><tr><th>configuration</th><th>best lr</th>'
+                     "<th>median accuracy (seeds' min–max)</th><th>seeds</th><th>median by learning rate</th>"
+                     "</tr></thead><tbody>")
+        for r in rows:
+            best = text.MISSING if r["best_learning_rate"] is None else f"{r['best_learning_rate']:g}"
+            parts.append(f"<tr><td>{e(r['configuration'])}</td><td class=\"num\">{e(best)}</td>"
+                         f"<td class=\"num\">{e(_acc_range(r))}</td><td class=\"num\">{r['n_seeds']}</td>"
+                         f"<td>{e(r['text'])}</td></tr>")
+        parts.append("</tbody></table></div></details>")
+    return parts
 
 
 def render_html(summary: dict, images: dict) -> str:
-    """index.html: the summary with every figure embedded as base64 PNG.
+    """index.html: the claims first, then the summary, with every figure embedded as base64 PNG.
 
     Args:
         summary: the dict of `summary_dict`.
-        images: {figure name: PNG bytes}.
+        images: {figure name: PNG bytes}, the claims' figures included.
     """
     e = html.escape
     prov = summary["provenance"]
@@ -332,27 +563,27 @@ def render_html(summary: dict, images: dict) -> str:
         f"git {e(str(prov.get('git_sha') or 'unknown'))}, data {e(str((prov.get('data') or {}).get('name') or 'unknown'))} "
         f"(checksum {e(str((prov.get('data') or {}).get('checksum') or 'unknown')[:12])}…); "
         "<a href=\"#provenance\">full provenance</a></p>",
+        *_html_claims(summary, images),
+        "<h2>Findings</h2>",
+        '<ol class="findings">',
+        *[f"<li>{e(f['text'])}</li>" for f in summary["findings"]],
+        "</ol>",
         "<h2>Budget</h2>",
         f"<p>{e(summary['budget']['text'])}</p>",
-        "<h2>Findings</h2>",
-        "<ul>",
-        *[f"<li>{e(f['text'])}</li>" for f in summary["findings"]],
-        "</ul>",
         "<h2>Pairs, best first</h2>",
-        '<div class="scroll"><table><thead><tr>',
+        f"<p class=\"muted\">Other settings as in the report's slice ({e(summary['main_slice'].get('text', ''))}) "
+        "unless the pair names them. Click a pair's flags for their words.</p>",
+        '<div class="scroll"><table class="pairs"><thead><tr>',
     ]
-    cols = pair_columns(summary)
-    parts += [f"<th>{e(h)}</th>" for h, _ in cols]
+    cols = html_pair_columns(summary)
+    parts += [f"<th>{e(h)}</th>" for h, _, _ in cols]
     parts.append("</tr></thead><tbody>")
     for p in summary["pairs"]:
-        cells = []
-        for h, f in cols:
-            cls = ' class="num"' if h.startswith(_NUMERIC_HEADERS) else (' class="flag"' if h == "flags" else "")
-            cells.append(f"<td{cls}>{e(f(p))}</td>")
+        cells = [f'<td class="{c}">{f(p)}</td>' if c else f"<td>{f(p)}</td>" for _, c, f in cols]
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts += [
         "</tbody></table></div>",
-        f"<p class=\"muted\">{e(TABLE_NOTE)}</p>",
+        f"<p class=\"muted\">{e(table_note(summary))}</p>",
         "<h2>Figures</h2>",
     ]
     for fig in summary["figures"]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import textwrap
 import warnings
 
@@ -133,7 +134,8 @@ def fix_palette(fixes) -> dict:
     return {"none": (0.55, 0.55, 0.55), **category_palette(others, "Set2")}
 
 
-def _legend(fig, handles, title=None, loc="outside right upper", ncols=1):
+def _legend(fig, handles, title=None, loc="outside right center", ncols=1):
+    # Centred beside the panels: at the top it would meet a title that spans the figure.
     if handles:
         fig.legend(handles=handles, title=title, loc=loc, frameon=False, ncols=ncols)
 
@@ -142,11 +144,43 @@ def _line(colour, label, style="-", marker=None):
     return Line2D([0], [0], color=colour, ls=style, marker=marker, lw=1.6, ms=4, label=label)
 
 
-def _band(ax, x, lo, hi, colour, alpha=0.15):
-    """The 95% interval as a band (only where it has width)."""
+def _band(ax, x, lo, hi, colour, alpha=0.15, n=None):
+    """The 95% interval as a band, only where it has width and (given ``n``) two or more seeds."""
     lo, hi = np.asarray(lo, float), np.asarray(hi, float)
-    if np.any(hi > lo):
-        ax.fill_between(x, lo, hi, color=colour, alpha=alpha, lw=0)
+    where = hi > lo
+    if n is not None:
+        where &= np.asarray(n, float) >= 2
+    if np.any(where):
+        ax.fill_between(np.asarray(x), lo, hi, where=where, color=colour, alpha=alpha, lw=0)
+
+
+# How a point that includes a diverged run is marked, in every figure.
+DIVERGED_MARK = {"marker": "x", "color": "#b00000", "s": 34, "linewidths": 1.4, "zorder": 5}
+DIVERGED_LABEL = "✕ includes a diverged run"
+DIVERGED_ARTIST = "_diverged"  # the label of the crosses' artist (underscore: never in a legend)
+
+
+def _mark_diverged(ax, x, y, diverged) -> bool:
+    """Red crosses on the points whose group holds a diverged run; whether any was drawn."""
+    if diverged is None:
+        return False
+    d = np.asarray(diverged, float) > 0
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    d &= np.isfinite(y)
+    if not d.any():
+        return False
+    ax.scatter(x[d], y[d], label=DIVERGED_ARTIST, **DIVERGED_MARK)
+    return True
+
+
+def _diverged_handle():
+    return Line2D([0], [0], ls="none", marker="x", color=DIVERGED_MARK["color"], mew=1.4, ms=6,
+                  label=DIVERGED_LABEL)
+
+
+def has_interval(table: pd.DataFrame) -> bool:
+    """Whether any point of a long-form table rests on two or more seeds (and so has an interval)."""
+    return "n" in table.columns and bool((pd.to_numeric(table["n"], errors="coerce") >= 2).any())
 
 
 def _log_if_wide(ax, values, axis="y", decades=2.0):
@@ -158,6 +192,15 @@ def _log_if_wide(ax, values, axis="y", decades=2.0):
 
 def _wrap(text, width=48):
     return "\n".join(textwrap.wrap(str(text), width))
+
+
+def _suptitle(fig, title: str, where: str = "") -> None:
+    """The figure's title, with its setting on a second line, wrapped to the figure's width so it is never cut."""
+    chars = max(30, int(fig.get_figwidth() * 72 / (0.62 * 11)))
+    lines = textwrap.wrap(title, chars)
+    if where:
+        lines += textwrap.wrap(f"({where})", int(chars * 1.15))
+    fig.suptitle("\n".join(lines), fontsize=11 if len(lines) == 1 else 10)
 
 
 def _padded(bounds, margin):
@@ -237,16 +280,19 @@ def facet_lines(
     styles = styles or WHEN_STYLES
     rows = [r for r in rows if _selected(table, r.where).any()]
     inits = sorted(table["initializer"].unique())
+    # A single column still gets room for its title and the legend beside it.
+    width = max(2.7 * len(inits) + 1.9, 6.4)
     fig, axes = plt.subplots(
         len(rows),
         len(inits),
-        figsize=(2.7 * len(inits) + 1.9, row_height * len(rows) + extra_height),
+        figsize=(width, row_height * len(rows) + extra_height),
         sharex=True,
         sharey="row",
         squeeze=False,
         layout="constrained",
     )
     hue = ["activation", style] if style else "activation"
+    any_diverged = False
     for i, row in enumerate(rows):
         data = table[_selected(table, row.where)]
         for j, init in enumerate(inits):
@@ -257,16 +303,24 @@ def facet_lines(
                 g = g.sort_values(x)
                 if row.positive:
                     g = g[g["mean"] > 0]
-                if interval == "bars":
+                n = g["n"].to_numpy(float) if "n" in g.columns else None
+                several = n is not None and bool((n >= 2).any())
+                if interval == "bars" and several:
                     yerr = np.clip(np.vstack([g["mean"] - g["lo"], g["hi"] - g["mean"]]), 0, None)
+                    # A point of one seed has no interval: no tick either.
+                    yerr[:, n < 2] = np.nan
                     ax.errorbar(g[x], g["mean"], yerr=yerr, color=colour, marker="o", ms=marker_size, lw=line_width,
                                 capsize=2)
+                elif interval == "bars":
+                    ax.plot(g[x], g["mean"], color=colour, marker="o", ms=marker_size, lw=line_width)
                 else:
                     ls = styles.get(kind, "-") if style else "-"
                     marker = None if ls == "--" and styles is not WHEN_STYLES else "o"
                     ax.plot(g[x], g["mean"], color=colour, ls=ls, marker=marker, ms=marker_size, lw=line_width)
                     if interval == "band":
-                        _band(ax, g[x], g["lo"], g["hi"], colour)
+                        _band(ax, g[x], g["lo"], g["hi"], colour, n=n)
+                if "diverged" in g.columns:
+                    any_diverged |= _mark_diverged(ax, g[x], g["mean"], g["diverged"])
             if row.scale == "log":
                 ax.set_yscale("log")
             elif row.scale == "auto":
@@ -276,7 +330,7 @@ def facet_lines(
             if row.limits is not None:
                 ax.set_ylim(*row.limits)
             if i == 0:
-                ax.set_title(init)
+                ax.set_title(short_name(init, 30))
             if j == 0:
                 ax.set_ylabel(row.label)
             if i == len(rows) - 1:
@@ -289,9 +343,10 @@ def facet_lines(
         handles += [_line("0.3", w, s) for w, s in styles.items() if w in shown]
     else:
         handles = [_line(palette[a], a, marker="o") for a in acts]
+    if any_diverged:
+        handles.append(_diverged_handle())
     _legend(fig, handles, "activation")
-    where = table.attrs.get("slice", "")
-    fig.suptitle(title + (f" ({where})" if where else ""))
+    _suptitle(fig, title, table.attrs.get("slice", ""))
     return fig
 
 
@@ -311,7 +366,7 @@ def gradient_depth(profiles: pd.DataFrame, palette: dict):
     vanishing gradient. Log y.
     """
     rows = [
-        FacetRow({"parameter": parameter, "when": when}, f"rms ∂L/∂{symbol} per weight, {when}", scale="log")
+        FacetRow({"parameter": parameter, "when": when}, f"rms ∂L/∂{symbol} per weight\n{when}", scale="log")
         for parameter, symbol in (("kernel", "W"), ("bias", "b"))
         for when in WHEN_STYLES
     ]
@@ -322,7 +377,7 @@ def gradient_depth(profiles: pd.DataFrame, palette: dict):
     sourced = "source" in profiles.columns
     return facet_lines(
         profiles, rows, palette, x="layer_index", xlabel="layer index (0 = input side)",
-        title="Gradient per weight by layer", row_height=2.0, style="source" if sourced else None,
+        title="Gradient per weight by layer", row_height=2.1, style="source" if sourced else None,
         styles=SOURCE_STYLES if sourced else None,
     )
 
@@ -381,6 +436,7 @@ def theory_vs_measurement(points: pd.DataFrame, palette: dict):
     excluded = list(points.attrs.get("excluded", []))
     inits = sorted(points["initializer"].unique())
     markers = {init: _INIT_MARKERS[k % len(_INIT_MARKERS)] for k, init in enumerate(inits)}
+    any_diverged = False
     fig, axes = plt.subplots(
         1, len(signals), figsize=(5.4 * len(signals) + 2.0, 5.4 + 0.16 * min(len(excluded), 8)), squeeze=False,
         layout="constrained",
@@ -398,6 +454,8 @@ def theory_vs_measurement(points: pd.DataFrame, palette: dict):
         for row in d.to_dict("records"):
             ax.scatter(row["predicted"], row["measured"], color=palette.get(row["activation"], "black"),
                        marker=markers[row["initializer"]], s=28, zorder=3, edgecolors="white", linewidths=0.5)
+        if "diverged" in d.columns:
+            any_diverged |= _mark_diverged(ax, d["predicted"], d["measured"], d["diverged"])
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlim(lo, hi)
@@ -418,6 +476,8 @@ def theory_vs_measurement(points: pd.DataFrame, palette: dict):
     handles = [_line(palette[a], a, style="none", marker="o") for a in sorted(points["activation"].unique())]
     handles += [Line2D([0], [0], color="0.3", ls="none", marker=markers[i], label=i) for i in inits]
     handles += [patches.Patch(color="0.85", label=f"within ×{tolerance:g}")]
+    if any_diverged:
+        handles.append(_diverged_handle())
     _legend(fig, handles, "activation, initializer")
     if excluded:
         shown = excluded[:8] + ([f"... and {len(excluded) - 8} more"] if len(excluded) > 8 else [])
@@ -493,8 +553,10 @@ def gradient_heatmap(table: pd.DataFrame, palette: dict | None = None):
         why = "highest accuracy" if role == "best" else "most unequal gradient"
         ax.set_title(_wrap(f"{role} ({why}): {d['label'].iloc[0]}", 56))
         ax.grid(False)
-    fig.colorbar(mesh, ax=axes[0].tolist(), label="log10 rms ∂L/∂W per weight", shrink=0.9)
-    fig.suptitle("Kernel gradient per weight, by layer and step (grey: exactly 0, underflow)")
+    fig.colorbar(mesh, ax=axes[0].tolist(), label="log10 rms ∂L/∂W per weight (−3: 1/1000)", shrink=0.9)
+    where = table.attrs.get("slice", "")
+    where = table.attrs.get("why") or (f"both {where}" if where else "")
+    _suptitle(fig, "Kernel gradient per weight, by layer and step (grey: exactly 0, underflow)", where)
     return fig
 
 
@@ -519,47 +581,83 @@ def factor_text(v) -> str:
 
 
 def _grid_style(quantity, values):
-    """(cmap, norm kwargs, annotation formatter, colour values) of a grid panel, by the quantity's unit."""
+    """(cmap, norm kwargs, annotation formatter, colour values, colour bar label) of a grid panel, by unit."""
     q = metrics.METRICS.get(quantity) or LAYER_QUANTITIES[quantity]
     if q.unit == "accuracy":
-        return "viridis", {"vmin": 0.0, "vmax": 1.0}, lambda v: f"{100 * v:.0f}%", values
+        return "viridis", {"vmin": 0.0, "vmax": 1.0}, lambda v: f"{100 * v:.0f}%", values, "accuracy (linear, 0–1)"
     if GRID_QUANTITIES.get(quantity):
         # The grid holds log10 of the value (ratios spanning decades).
         colour = _floor_underflow(values, 1.0)
-        lim = max(1.0, float(np.nanmax(np.abs(colour))))
-        return "RdBu", {"vmin": -lim, "vmax": lim}, lambda v: "underflow" if np.isneginf(v) else f"{v:.1f}", colour
+        finite = colour[np.isfinite(colour)]
+        lim = max(1.0, float(np.abs(finite).max()) if finite.size else 1.0)
+        label = "log10 of the ratio (0: equal; −3: 1/1000)"
+        fmt = lambda v: "underflow" if np.isneginf(v) else f"{v:.1f}"  # noqa: E731
+        return "RdBu", {"vmin": -lim, "vmax": lim}, fmt, colour, label
     if q.unit == "factor":
         # Coloured by log10 so that ×0.5 and ×2 look equally far from 1.
         with np.errstate(divide="ignore"):
             logs = _floor_underflow(np.log10(np.where(values >= 0, values, np.nan)), 0.1)
         lim = max(0.3, float(np.nanmax(np.abs(logs))) if np.isfinite(logs).any() else 0.3)
-        return "RdBu", {"vmin": -lim, "vmax": lim}, factor_text, logs
-    return "Reds", {"vmin": 0.0, "vmax": 1.0}, lambda v: f"{v:.2f}", values
+        label = "log10 of the factor (0: ×1; −1: ×0.1)"
+        return "RdBu", {"vmin": -lim, "vmax": lim}, factor_text, logs, label
+    return "Reds", {"vmin": 0.0, "vmax": 1.0}, lambda v: f"{v:.2f}", values, "fraction of units (linear, 0–1)"
+
+
+def short_name(name: str, width: int = 18) -> str:
+    """A tick label of a long initializer spec: numbers to 3 digits, keyword names and quotes dropped, wrapped.
+
+    'variance_scaling(scale=0.3333333333333333, mode='fan_in', distribution='uniform')' becomes
+    'variance_scaling(0.333,\nfan_in, uniform)'.
+    """
+    text = str(name)
+    if len(text) <= width:
+        return text
+    text = re.sub(r"\d+\.\d{4,}", lambda m: f"{float(m.group()):.3g}", text)
+    text = re.sub(r"\b(mode|distribution|scale|stddev|mean|seed)=", "", text).replace("'", "").replace('"', "")
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)) or text
+
+
+# Width, in inches, that a figure of the page may have before the page shrinks it (1,200 px at DPI 110).
+PAGE_WIDTH = 10.6
 
 
 @requires("activation", "initializer", "quantity", "label", "value")
-def pair_heatmaps(grid: pd.DataFrame, palette: dict):
+def pair_heatmaps(grid: pd.DataFrame, palette: dict, quantities=None, title: str = "Activation × initializer"):
     """Annotated activation × initializer heatmaps, one per quantity.
 
     Quantities without any value (e.g. dead fraction when no ReLU-family
     activation ran) are left out. Activation labels carry their colour.
+    Panels are laid out so that the figure fits the page's width
+    (`PAGE_WIDTH`) at full size: its cells and labels are read as drawn.
+    A blank cell says why; colour bars name their scale.
+
+    Args:
+        grid: the table of `tables.pair_grid`.
+        palette: activation → colour.
+        quantities: the quantities to draw, in order (default: all).
+        title: the figure's title; the grid's slice follows it.
     """
-    quantities = [q for q in grid["quantity"].unique() if grid.loc[grid["quantity"] == q, "value"].notna().any()]
+    names = list(quantities) if quantities is not None else list(grid["quantity"].unique())
+    quantities = [q for q in names if grid.loc[grid["quantity"] == q, "value"].notna().any()
+                  or (grid.loc[grid["quantity"] == q, "note"].fillna("") != "").any()]
     if not quantities:
         return skip("pair_heatmaps", "no quantity has a value")
     acts = sorted(grid["activation"].unique())
     inits = sorted(grid["initializer"].unique())
-    ncols = min(3, len(quantities))
+    ticks = [short_name(i) for i in inits]
+    tick_lines = max(t.count("\n") + 1 for t in ticks)
+    w = 0.82 * len(inits) + 2.6
+    h = 0.42 * len(acts) + 1.1 + 0.16 * tick_lines
+    ncols = max(1, min(len(quantities), int(PAGE_WIDTH // w)))
     nrows = math.ceil(len(quantities) / ncols)
-    w = 0.85 * len(inits) + 2.3
-    h = 0.34 * len(acts) + 1.6
-    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows + 0.5), squeeze=False,
+                             layout="constrained")
     for ax, q in zip(axes.flat, quantities):
         d = grid[grid["quantity"] == q]
         table = d.pivot_table(index="activation", columns="initializer", values="value", aggfunc="first", dropna=False)
         table = table.reindex(index=acts, columns=inits)
         values = table.to_numpy(dtype=float)
-        cmap, norm, fmt, colour = _grid_style(q, values)
+        cmap, norm, fmt, colour, bar_label = _grid_style(q, values)
         # -inf is log10 of an underflowed ratio: a value with its own label, not a blank.
         annot = np.vectorize(lambda v: fmt(v) if np.isfinite(v) or np.isneginf(v) else "", otypes=[object])(values)
         if "predicted" in d.columns and d["predicted"].notna().any():
@@ -574,38 +672,42 @@ def pair_heatmaps(grid: pd.DataFrame, palette: dict):
             notes = d.pivot_table(index="activation", columns="initializer", values="note", aggfunc="first",
                                   dropna=False).reindex(index=acts, columns=inits)
         sns.heatmap(
-            pd.DataFrame(colour, index=acts, columns=inits),
+            pd.DataFrame(colour, index=acts, columns=ticks),
             ax=ax,
             cmap=cmap,
             annot=annot,
             fmt="",
-            annot_kws={"fontsize": 6.5, "linespacing": 1.0},
+            annot_kws={"fontsize": 8, "linespacing": 1.0},
             linewidths=0.5,
             linecolor="white",
-            cbar_kws={"shrink": 0.8},
+            cbar_kws={"shrink": 0.9, "label": bar_label},
             **norm,
         )
+        ax.collections[0].colorbar.ax.yaxis.label.set_size(8)
+        ax.collections[0].colorbar.ax.tick_params(labelsize=8)
         if notes is not None:
-            # A blank cell says why it is blank (seaborn writes nothing in a cell without a value).
+            # A blank cell says why it is blank (seaborn writes nothing in a cell without a value);
+            # a pair without a row in the grid was not run in this setting.
             for i, j in np.ndindex(annot.shape):
                 note = notes.iat[i, j]
-                if not annot[i, j] and isinstance(note, str) and note:
-                    ax.text(j + 0.5, i + 0.5, note, ha="center", va="center", fontsize=6.5, color="0.45",
+                note = note if isinstance(note, str) else "not run"
+                if not annot[i, j] and note:
+                    ax.text(j + 0.5, i + 0.5, note, ha="center", va="center", fontsize=8, color="0.3",
                             style="italic")
-        ax.set_title(_wrap(d["label"].iloc[0], 52))
+        ax.set_title(_wrap(d["label"].iloc[0], int(w * 9)), fontsize=9.5)
         ax.grid(False)
         ax.set_facecolor("0.94")  # cells without a value (e.g. dead fraction of sigmoid)
         ax.set_xlabel("")
         ax.set_ylabel("")
-        ax.tick_params(axis="x", rotation=30)
+        ax.tick_params(axis="x", rotation=30, labelsize=8.5)
+        ax.tick_params(axis="y", labelsize=8.5)
         plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
         for label in ax.get_yticklabels():
             label.set_color(palette.get(label.get_text(), "black"))
             label.set_rotation(0)
     for ax in list(axes.flat)[len(quantities):]:
         ax.set_visible(False)
-    where = grid.attrs.get("slice", "")
-    fig.suptitle("Activation × initializer" + (f" ({where})" if where else ""))
+    _suptitle(fig, title, grid.attrs.get("slice", ""))
     return fig
 
 
@@ -658,6 +760,7 @@ def learning_curves(curves: pd.DataFrame, palette: dict, init_palette: dict):
         squeeze=False,
         layout="constrained",
     )
+    any_diverged = False
     for k, act in enumerate(acts):
         b, j = divmod(k, ncols)
         for r, quantity in enumerate(("loss", "accuracy")):
@@ -667,7 +770,12 @@ def learning_curves(curves: pd.DataFrame, palette: dict, init_palette: dict):
                 g = g.sort_values("step")
                 ax.plot(g["step"], g["mean"], color=init_palette[init], ls=SPLIT_STYLES.get(split, "-"), lw=1.3)
                 if split == "test":  # one band per initializer keeps the panel readable
-                    _band(ax, g["step"], g["lo"], g["hi"], init_palette[init], alpha=0.1)
+                    n = g["n"] if "n" in g.columns else None
+                    _band(ax, g["step"], g["lo"], g["hi"], init_palette[init], alpha=0.1, n=n)
+                    if "diverged" in g.columns and (g["diverged"] > 0).any():
+                        # A diverged run's curve stops where it diverged: the cross marks the curve's last point.
+                        last = g.iloc[[-1]]
+                        any_diverged |= _mark_diverged(ax, last["step"], last["mean"], [1])
             if quantity == "loss":
                 ax.set_title(act, color=palette[act], fontweight="bold")
                 _log_if_wide(ax, d["mean"], decades=1.0)
@@ -687,9 +795,11 @@ def learning_curves(curves: pd.DataFrame, palette: dict, init_palette: dict):
     inits = sorted(curves["initializer"].unique())
     handles = [_line(init_palette[i], i) for i in inits]
     handles += [_line("0.3", f"{s} split", style) for s, style in SPLIT_STYLES.items()]
+    if any_diverged:
+        handles.append(_diverged_handle())
     _legend(fig, handles, "initializer")
-    where = curves.attrs.get("slice", "")
-    fig.suptitle("Learning curves, mean over seeds" + (f" ({where})" if where else ""))
+    title = "Learning curves, mean over seeds" if has_interval(curves) else "Learning curves"
+    _suptitle(fig, title, curves.attrs.get("slice", ""))
     return fig
 
 
@@ -745,10 +855,11 @@ def fixes(effects: pd.DataFrame, fix_colours: dict):
         squeeze=False,
         layout="constrained",
     )
+    any_diverged = False
     for ax, (quantity, q) in zip(axes[0], panels):
         d = effects[effects["quantity"] == quantity].set_index(["case", "fix"])
         for k, fix in enumerate(fix_names):
-            y, v, lo, hi = [], [], [], []
+            y, v, lo, hi, div = [], [], [], [], []
             for c_i, case in enumerate(cases):
                 if (case, fix) not in d.index:
                     continue
@@ -762,10 +873,16 @@ def fixes(effects: pd.DataFrame, fix_colours: dict):
                     continue
                 y.append(c_i - 0.4 + height * (k + 0.5))
                 v.append(m)
-                lo.append(max(m - a, 0) if np.isfinite(a) else 0)
-                hi.append(max(b - m, 0) if np.isfinite(b) else 0)
+                several = float(row.get("n", 1)) >= 2
+                # One seed has no interval: no error tick.
+                lo.append(max(m - a, 0) if several and np.isfinite(a) else np.nan)
+                hi.append(max(b - m, 0) if several and np.isfinite(b) else np.nan)
+                div.append(int(row.get("diverged", 0) or 0))
             if y:
-                ax.barh(y, v, height=height * 0.92, color=fix_colours[fix], xerr=[lo, hi], capsize=2, error_kw={"lw": 0.8})
+                bars = np.isfinite(lo).any()
+                ax.barh(y, v, height=height * 0.92, color=fix_colours[fix], xerr=[lo, hi] if bars else None,
+                        capsize=2, error_kw={"lw": 0.8})
+                any_diverged |= _mark_diverged(ax, v, y, div)
         if q.log:
             ax.axvline(0, color="0.3", lw=0.8)
             ax.set_xlabel(_wrap(f"log10 {q.label}", 34))
@@ -778,6 +895,8 @@ def fixes(effects: pd.DataFrame, fix_colours: dict):
     axes[0, 0].set_yticklabels([_wrap(c, 30) for c in cases])
     axes[0, 0].invert_yaxis()
     handles = [patches.Patch(color=fix_colours[f], label=f) for f in fix_names]
+    if any_diverged:
+        handles.append(_diverged_handle())
     _legend(fig, handles, "fix")
     fig.suptitle("Fixes against the no-fix baseline")
     return fig
@@ -822,4 +941,101 @@ def activation_functions(curves: pd.DataFrame, palette: dict):
         ax.set_xlabel("x")
     _legend(fig, [_line("0.3", "f(x)"), _line("black", "f′(x)", "--")], None, loc="outside lower center", ncols=2)
     fig.suptitle("Activations and their derivatives")
+    return fig
+
+
+# --------------------------------------------------------------------------- #
+# 9. A claim's evidence
+# --------------------------------------------------------------------------- #
+
+# Colours of a configuration's outcome under the protocol (bench.claims.trainability).
+TRAINABILITY_COLOURS = {"trains": "#1a7f37", "partial": "#c07000", "fails": "#b00000", "unknown": "0.5"}
+
+
+@requires("run_set", "kind", "median", "min", "max", "n", "best_learning_rate", "diverged")
+def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float, bound: float | None = None):
+    """A claim's runs at a glance: one row per configuration (run set).
+
+    Trained sets: the median test accuracy at the configuration's best
+    learning rate (dot, coloured by trains / partly / fails), the seeds'
+    min–max (a line, only with two or more seeds), the thresholds of the
+    protocol, and the winning learning rate and the diverged runs written
+    (a cross on the dot where seeds diverged at the winning rate)
+    beside it. Sets at initialization: the per-layer backward factor at
+    step 0 (log axis) with the mean-field prediction (diamond) and
+    ``bound`` when the claim states one.
+
+    Args:
+        table: the table of `bench.report.verdicts.evidence_table`.
+        title: the claim's id.
+        trains, fails: the protocol's accuracy thresholds.
+        bound: a per-layer factor the claim bounds the backward signal by.
+    """
+    kinds = [k for k in ("train", "init") if (table["kind"] == k).any()]
+    heights = [len(table[table["kind"] == k]) for k in kinds]
+    fig, axes = plt.subplots(
+        len(kinds), 1, figsize=(7.4, 0.34 * sum(heights) + 0.95 * len(kinds) + 0.3), squeeze=False,
+        layout="constrained", gridspec_kw={"height_ratios": [h + 1.6 for h in heights]},
+    )
+    any_diverged = False
+    for ax, kind in zip(axes[:, 0], kinds):
+        d = table[table["kind"] == kind].reset_index(drop=True)
+        y = np.arange(len(d))
+        several = d["n"].to_numpy(float) >= 2
+        if kind == "train":
+            colours = [TRAINABILITY_COLOURS.get(t, "0.5") for t in d["trainability"]]
+            ax.axvspan(trains, 1.0, color=TRAINABILITY_COLOURS["trains"], alpha=0.07, lw=0)
+            ax.axvspan(0.0, fails, color=TRAINABILITY_COLOURS["fails"], alpha=0.07, lw=0)
+            ax.axvline(trains, color=TRAINABILITY_COLOURS["trains"], lw=0.8, ls="--")
+            ax.axvline(fails, color=TRAINABILITY_COLOURS["fails"], lw=0.8, ls="--")
+            ax.set_xlim(0.0, 1.0)
+            ax.set_xlabel("median test accuracy at the best learning rate (line: seeds' min–max)")
+        else:
+            colours = ["0.2"] * len(d)
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_locator(ticker.NullLocator())
+            ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
+            if bound is not None:
+                ax.axvline(bound, color=TRAINABILITY_COLOURS["fails"], lw=0.8, ls="--")
+                ax.text(bound, -0.7, f" bound {bound:g}", fontsize=7.5, color=TRAINABILITY_COLOURS["fails"],
+                        va="bottom")
+            ax.set_xlabel("per-layer backward factor at step 0 (line: seeds' min–max; ◆ theory)")
+        for i, r in d.iterrows():
+            if several[i] and np.isfinite(r["min"]) and np.isfinite(r["max"]):
+                ax.plot([r["min"], r["max"]], [i, i], color=colours[i], lw=2.2, alpha=0.6, solid_capstyle="butt")
+            if np.isfinite(r["median"]):
+                ax.scatter([r["median"]], [i], color=colours[i], s=36, zorder=4)
+            if kind == "init" and np.isfinite(r.get("predicted", np.nan)):
+                ax.scatter([r["predicted"]], [i], marker="D", facecolor="none", edgecolor="0.2", s=30, zorder=4)
+        note = []
+        for i, r in d.iterrows():
+            parts = []
+            if kind == "train" and np.isfinite(r["best_learning_rate"]):
+                parts.append(f"lr {r['best_learning_rate']:g}")
+            if r["diverged"]:
+                lrs = r.get("diverged_lrs") or ""
+                where = f" (lr {lrs})" if lrs else ""
+                parts.append(f"{int(r['diverged'])} of {int(r['runs'])} runs diverged{where}")
+            note.append(", ".join(parts))
+        if kind == "train":
+            at = np.where(np.isfinite(d["median"]), d["median"], 0.0)
+            any_diverged |= _mark_diverged(ax, at, y, d.get("diverged_at_best", d["diverged"]))
+        for i, text_ in enumerate(note):
+            ax.annotate(text_, (1.0, i), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                        textcoords="offset points", va="center", fontsize=7.5, color="0.25")
+        ax.set_yticks(y)
+        ax.set_yticklabels(d["run_set"], fontsize=8)
+        ax.set_ylim(len(d) - 0.5, -0.9)
+        ax.grid(axis="y", visible=False)
+        ax.tick_params(axis="x", labelsize=7.5)
+        ax.xaxis.label.set_size(8)
+    handles = [Line2D([0], [0], ls="none", marker="o", color=c, label=k) for k, c in TRAINABILITY_COLOURS.items()
+               if k != "unknown" and "train" in kinds]
+    if any_diverged:
+        handles.append(_diverged_handle())
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=7.5)
+    fig.suptitle(title, fontsize=9.5)
     return fig

@@ -3,9 +3,14 @@
 `find` reads the ranked pair table, the depth sweep and the fix effects of
 `bench.report.tables` and returns `Finding` objects: what kind of finding
 it is, which pair, fix case or activation it is about, and its numbers.
-`render` is the one place where a finding becomes a sentence; `written`
-does both for the summary. Nothing reads a sentence back: a finding about
-a diverged pair carries the pair's status counts, not its status text.
+`render` is the one place where a finding becomes a sentence. `group`
+gathers them into at most `MAX_BULLETS` bullets a reader can take in at a
+glance (the claims first, the best and the worst pair of one setting, one
+bullet per failure mode listing the pairs it covers, then the problems,
+the theory, the fixes and the depth trends), and `written` does all of it
+for the summary: each bullet keeps its findings, with their numbers, as
+``items``. Nothing reads a sentence back: a finding about a diverged pair
+carries the pair's status counts, not its status text.
 """
 
 from __future__ import annotations
@@ -29,6 +34,21 @@ MENTION_FRACTION = 0.01
 
 # Findings about single pairs beyond this many are left to the table.
 MAX_PAIR_FINDINGS = 12
+
+# The default of arguments that read a module constant when called (tests may change it).
+_DEFAULT = object()
+
+# The written summary's bullets, at most.
+MAX_BULLETS = 12
+
+# Pairs named in one bullet beyond this many are counted, not listed.
+MAX_LISTED = 5
+
+# The bullets of the written summary, in order (see `group`).
+GROUP_KINDS = ("claims", "best", "worst", "mode", "problems", "theory", "fixes", "depths")
+
+# Failure modes, most severe first: one bullet each.
+MODES = ("vanishing", "exploding", "forward collapse", "underflow", "dead units")
 
 # Disagreements with the theory beyond this many are counted, not listed.
 MAX_THEORY_FINDINGS = 8
@@ -72,6 +92,8 @@ class Finding:
             (`metrics.Flag.describe`).
         reasons: disagreement findings: what may explain it, in words.
         notes: theory findings: how the inputs' second moments were obtained.
+        setting: best and worst findings: why the worst pair is not from
+            the best pair's setting, when it is not ("" when it is).
     """
 
     kind: str
@@ -91,6 +113,7 @@ class Finding:
     words: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    setting: str = ""
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -133,7 +156,14 @@ def _all_ok(row) -> bool:
 # --------------------------------------------------------------------------- #
 
 
-def find(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, inputs=()) -> list[Finding]:
+def find(
+    pairs: pd.DataFrame,
+    sweep: pd.DataFrame,
+    fixes: pd.DataFrame,
+    inputs=(),
+    main: dict | None = None,
+    max_pairs=_DEFAULT,
+) -> list[Finding]:
     """The findings of a report, in the order the summary lists them.
 
     Args:
@@ -142,10 +172,15 @@ def find(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, inputs=(
         fixes: the table of `tables.fix_effects`.
         inputs: how the predictions' input second moments were obtained
             (`bench.report.predictions.Predictions.inputs`).
+        main: the fixed keys of the report's slice (`tables.main_slice`);
+            the best and the worst pair are compared within it.
+        max_pairs: flagged pairs listed at most (default
+            MAX_PAIR_FINDINGS; None lists them all).
 
     Returns:
         The best and the worst pair among those whose runs all finished ok
-        (diverged and failed pairs have their own finding), every flagged
+        (diverged and failed pairs have their own finding), both of one
+        setting where it has two such pairs, else of one depth, every flagged
         pair (up to MAX_PAIR_FINDINGS, most severe first, and a "more"
         finding for the rest), how measurement and theory compare (and
         each pair where they disagree beyond `predictions.TOLERANCE`), each
@@ -172,10 +207,11 @@ def find(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, inputs=(
 
     out = []
     measured = [r for r in rows if _all_ok(r) and finite(r["test_accuracy"])]
+    measured, setting = _like_with_like(measured, main)
     ends = [("best", measured[0])] if measured else []
     if len(measured) > 1:
         ends.append(("worst", measured[-1]))
-    out += [pair_finding(kind, r) for kind, r in ends]
+    out += [pair_finding(kind, r, setting=setting) for kind, r in ends]
     for r in rows:
         if not _all_ok(r):
             step = r.get("diverged_step")
@@ -192,9 +228,10 @@ def find(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, inputs=(
     flagged = [r for r in rows if id(r) not in shown and any(f not in _RUN_FLAGS for f in r["flags"])]
     # Most severe first, so that the cap cuts off the mildest cases.
     flagged.sort(key=_severity, reverse=True)
-    out += [pair_finding("flagged", r) for r in flagged[:MAX_PAIR_FINDINGS]]
-    if len(flagged) > MAX_PAIR_FINDINGS:
-        out.append(Finding("more", count=len(flagged) - MAX_PAIR_FINDINGS))
+    cap = MAX_PAIR_FINDINGS if max_pairs is _DEFAULT else len(flagged) if max_pairs is None else max_pairs
+    out += [pair_finding("flagged", r) for r in flagged[:cap]]
+    if len(flagged) > cap:
+        out.append(Finding("more", count=len(flagged) - cap))
     out += theory_findings(rows, pair_finding, inputs)
     out += fix_findings(fixes)
     out += depth_findings(sweep)
@@ -202,6 +239,37 @@ def find(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, inputs=(
 
 
 _WHENS = ("init", "final")
+
+
+def _like_with_like(measured: list[dict], main: dict | None) -> tuple[list[dict], str]:
+    """The ranked pairs the best and the worst are chosen from, and why they differ in more than the pair.
+
+    Within the slice when it holds two measured pairs; else at the depth of
+    the best pair when another pair was run there; else all of them, saying so.
+    """
+    if not measured:
+        return measured, ""
+    if main:
+        keys = {k: v for k, v in main.items() if k in measured[0]}
+        in_slice = [r for r in measured if all(_same(r[k], v) for k, v in keys.items())]
+        if len(in_slice) >= 2:
+            return in_slice, ""
+    depth = measured[0].get("depth")
+    same = [r for r in measured if r.get("depth") == depth]
+    if len(same) >= 2:
+        return same, "" if not main else "compared at the best pair's depth, in any setting"
+    return measured, f"no other pair finished at depth {depth}: the worst is from another depth"
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _same(a, b) -> bool:
+    """Equal settings; a missing value (None or NaN, as tables hold it) equals a missing one."""
+    if _missing(a) or _missing(b):
+        return _missing(a) and _missing(b)
+    return a == b
 
 
 def theory_findings(rows: list[dict], pair_finding, inputs=()) -> list[Finding]:
@@ -332,8 +400,11 @@ def render(finding: Finding, chance: float, extra_keys=()) -> str:
             results, named in every pair's label.
     """
     kind = finding.kind
-    if kind in ("best", "worst"):
-        return f"{kind.capitalize()}: " + _pair_sentence(finding, chance, extra_keys)
+    if kind == "best":
+        return "Best: " + _pair_sentence(finding, chance, extra_keys)
+    if kind == "worst":
+        where = f"Worst ({finding.setting})" if finding.setting else "Worst in the same setting"
+        return f"{where}: " + _pair_sentence(finding, chance, extra_keys)
     if kind == "flagged":
         return "Flagged: " + _pair_sentence(finding, chance, extra_keys)
     if kind == "theory":
@@ -349,16 +420,228 @@ def render(finding: Finding, chance: float, extra_keys=()) -> str:
     return _depth_sentence(finding)
 
 
-def written(pairs: pd.DataFrame, sweep: pd.DataFrame, fixes: pd.DataFrame, chance: float, inputs=()) -> list[dict]:
-    """The findings as the summary lists them: `Finding.to_dict` with each one's sentence.
+def written(
+    pairs: pd.DataFrame,
+    sweep: pd.DataFrame,
+    fixes: pd.DataFrame,
+    chance: float,
+    inputs=(),
+    main: dict | None = None,
+    claim_results=(),
+) -> list[dict]:
+    """The findings as the summary lists them: at most `MAX_BULLETS` bullets, each with its findings.
+
+    Each bullet is ``{"kind", "text", ...}``: a best or worst pair is
+    `Finding.to_dict` of its finding; the other bullets carry their
+    findings' dicts (each with its own sentence) as ``items``, a mode bullet
+    its flag kind as ``mode`` and the claims bullet its verdict counts.
 
     Args:
-        pairs, sweep, fixes: the tables of `find`.
+        pairs, sweep, fixes, inputs, main: as for `find`.
         chance: the accuracy of guessing.
-        inputs: how the predictions' input second moments were obtained.
+        claim_results: the `bench.claims.ClaimResult`s of the directory
+            (or their dicts); claims whose runs are all absent are left out.
     """
-    extra = varying_keys(pairs)
-    return [f.to_dict(render(f, chance, extra)) for f in find(pairs, sweep, fixes, inputs)]
+    extra = varying_keys(pairs) if not pairs.empty else []
+    found = find(pairs, sweep, fixes, inputs, main, max_pairs=None)
+    return group(found, chance, extra, claim_results, main)
+
+
+def flatten(bullets: list[dict]) -> list[dict]:
+    """Every finding of the written bullets, a bullet's items in place of the bullet (best and worst stay)."""
+    out = []
+    for b in bullets:
+        out += b["items"] if "items" in b else [b]
+    return out
+
+
+class _Keys(tuple):
+    """The extra keys of a pair's label: only those in which the pair differs from the report's slice."""
+
+    main: dict = {}
+
+    def of(self, pair: dict | None) -> list[str]:
+        return [k for k in self if not self.main or k not in self.main or not _same((pair or {}).get(k),
+                                                                                       self.main[k])]
+
+
+def _label(pair: dict, extra_keys) -> str:
+    keys = extra_keys.of(pair) if isinstance(extra_keys, _Keys) else extra_keys
+    return pair_label(pair, keys)
+
+
+def group(found: list[Finding], chance: float, extra_keys=(), claim_results=(), main: dict | None = None) -> list[dict]:
+    """The findings gathered into the summary's bullets (see `written`), in GROUP_KINDS order.
+
+    Pairs are named by their activation, initializer, depth and fix, plus
+    the other keys in which they differ from ``main`` (the report's slice).
+    """
+    extra_keys = _Keys(extra_keys)
+    extra_keys.main = dict(main or {})
+    bullets = []
+    claims_bullet = _claims_bullet(claim_results)
+    if claims_bullet:
+        bullets.append(claims_bullet)
+    for kind in ("best", "worst"):
+        bullets += [f.to_dict(render(f, chance, extra_keys)) for f in found if f.kind == kind]
+    flagged = [f for f in found if f.kind == "flagged"]
+    # Every flagged pair, also those beyond MAX_PAIR_FINDINGS, belongs in its modes' bullets.
+    for mode in MODES:
+        members = [f for f in flagged if any(_flag_kind(x) == mode for x in f.gradient_flags)]
+        members += [f for f in found if f.kind in ("best", "worst") and any(
+            _flag_kind(x) == mode for x in f.gradient_flags)]
+        if members:
+            bullets.append(_mode_bullet(mode, members, chance, extra_keys))
+    problems = [f for f in found if f.kind == "problem"]
+    if problems:
+        bullets.append(_list_bullet("problems", "Diverged or failed", problems, chance, extra_keys))
+    theory = [f for f in found if f.kind in ("theory", "disagreement")]
+    if theory:
+        bullets.append(_theory_bullet(theory, chance, extra_keys))
+    fixes = [f for f in found if f.kind == "fix"]
+    if fixes:
+        bullets.append(_list_bullet("fixes", "Fixes", fixes, chance, extra_keys))
+    depths = [f for f in found if f.kind == "depth"]
+    if depths:
+        bullets.append(_list_bullet("depths", "With depth", depths, chance, extra_keys))
+    return bullets[:MAX_BULLETS]
+
+
+def _flag_kind(flag) -> str:
+    return getattr(flag, "kind", None) or str(flag).split("@", 1)[0]
+
+
+_MODE_TITLES = {
+    "vanishing": "Vanishing gradient",
+    "exploding": "Exploding gradient",
+    "forward collapse": "Forward signal collapses",
+    "underflow": "Underflow (some layers get exactly 0 gradient)",
+    "dead units": "Dead units",
+}
+
+
+def _mode_value(mode: str, f: Finding) -> tuple[float, str]:
+    """(how far from healthy, the number that shows it) of a pair in a mode's bullet, at the moment of its flag.
+
+    Vanishing shows the smaller of the backward and kernel-gradient factors
+    (or the first/last ratio when neither is under 1), exploding the
+    larger: the number that raised the flag.
+    """
+    v = f.values
+    moments = [str(x).split("@", 1)[1] for x in f.flags if _flag_kind(x) == mode and "@" in str(x)]
+    when = "init" if "init" in moments or not moments else "final"
+    at = "" if when == "init" else " at the end"
+    factors = [x for x in (v.get(f"backward_factor_{when}"), v.get(f"grad_factor_{when}")) if finite(x) and x >= 0]
+    if mode == "vanishing":
+        n, depth = v.get(f"underflow_layers_{when}"), (f.pair or {}).get("depth")
+        if finite(n) and finite(depth) and n >= depth:
+            return math.inf, "all 0" + at
+        ratio = v.get(f"grad_ratio_{when}")
+        if factors and min(factors) == 0:
+            return math.inf, "×0, underflow" + at
+        if factors and min(factors) < 1:
+            x = min(factors)
+            return -math.log10(x), _factor(x).removesuffix(" per layer") + at
+        if finite(ratio) and ratio < 1:
+            return -math.log10(ratio) / max((f.pair or {}).get("depth") or 1, 1), \
+                f"first/last {power_of_ten(ratio)}{at}"
+        return 0.0, ""
+    if mode == "exploding":
+        if not factors or max(factors) <= 0:
+            return 0.0, ""
+        x = max(factors)
+        return math.log10(x), _factor(x).removesuffix(" per layer") + at
+    if mode == "forward collapse":
+        x = v.get(f"forward_factor_{when}")
+        return (-math.log10(x), f"forward {_factor(x).removesuffix(' per layer')}{at}") if finite(x) and x > 0 \
+            else (0.0, "")
+    if mode == "underflow":
+        deepest = _firstfinite(v.get("deepest_underflow_layer_init"), v.get("deepest_underflow_layer_final"))
+        return (float(deepest), f"below layer {int(deepest) + 1}") if finite(deepest) else (0.0, "")
+    dead = _firstfinite(v.get("dead_fraction_final"), v.get("dead_fraction_init"))
+    return (float(dead), f"{pct(dead)} dead") if finite(dead) else (0.0, "")
+
+
+def _mode_number(mode: str, f: Finding) -> str:
+    """The one number of a pair that shows its mode, at the moment its flag was raised, for a list in a bullet."""
+    return _mode_value(mode, f)[1]
+
+
+def _listed(parts: list[str]) -> str:
+    shown = parts[:MAX_LISTED]
+    text = "; ".join(shown)
+    if len(parts) > MAX_LISTED:
+        text += f"; and {len(parts) - MAX_LISTED} more (see the table)"
+    return text
+
+
+def _mode_bullet(mode: str, members: list[Finding], chance: float, extra_keys) -> dict:
+    """One bullet per failure mode: how many pairs, each with its number and accuracy."""
+    # Most severe first: the number that shows the mode farthest from healthy.
+    members = sorted(members, key=lambda f: _mode_value(mode, f)[0], reverse=True)
+    parts = []
+    for f in members:
+        numbers = [x for x in (_mode_number(mode, f), _accuracy_word(f.values.get("test_accuracy"), chance)) if x]
+        parts.append(_label(f.pair, extra_keys) + (f" ({', '.join(numbers)})" if numbers else ""))
+    n = len(members)
+    text = f"{_MODE_TITLES[mode]} in {n} pair{'s' * (n != 1)}: {_listed(parts)}."
+    items = [f.to_dict(render(f, chance, extra_keys)) for f in members]
+    return {"kind": "mode", "mode": mode, "text": text, "count": n, "items": items}
+
+
+def _accuracy_word(acc, chance) -> str:
+    if not finite(acc):
+        return ""
+    return f"accuracy {pct(acc)}" + (" = chance" if acc < CHANCE_MARGIN * chance else "")
+
+
+def _list_bullet(kind: str, title: str, members: list[Finding], chance: float, extra_keys) -> dict:
+    """A bullet made of its findings' sentences, the first MAX_LISTED of them."""
+    sentences = [render(f, chance, extra_keys).rstrip(".") for f in members]
+    text = f"{title}: {_listed(sentences)}."
+    items = [f.to_dict(render(f, chance, extra_keys)) for f in members]
+    return {"kind": kind, "text": text, "count": len(members), "items": items}
+
+
+def _theory_bullet(members: list[Finding], chance: float, extra_keys) -> dict:
+    """The comparison with the theory and the pairs that depart from it, in one bullet."""
+    summary = next((f for f in members if f.kind == "theory"), None)
+    off = [f for f in members if f.kind == "disagreement"]
+    text = _theory_sentence(summary).rstrip(".") if summary is not None else "Mean-field theory"
+    if off:
+        parts = []
+        for f in off:
+            devs = [(s, predictions.deviation(f.values.get(f"{s}_factor_init"),
+                                             f.values.get(f"predicted_{s}_factor"))) for s in ("backward", "forward")]
+            s, d = max(((s, d) for s, d in devs if finite(d)), key=lambda x: x[1], default=(None, math.nan))
+            parts.append(_label(f.pair, extra_keys) + (f" ({s} off by ×{10 ** d:.2f})" if s else ""))
+        reasons = []
+        for f in off:
+            for r in f.reasons:
+                head = r.split(":", 1)[0]
+                if head not in reasons:
+                    reasons.append(head)
+        text += f". Outside the tolerance: {_listed(parts)}"
+        if reasons:
+            text += f"; possible reasons: {', '.join(reasons)}"
+    items = [f.to_dict(render(f, chance, extra_keys)) for f in members]
+    return {"kind": "theory", "text": text + ".", "count": len(off), "items": items}
+
+
+def _claims_bullet(claim_results) -> dict | None:
+    """The claims' verdicts in one bullet (None when no claim has its runs here)."""
+    results = [r if isinstance(r, dict) else dataclasses.asdict(r) for r in claim_results]
+    decided = [r for r in results if "missing_runs" not in (r.get("evidence") or {})]
+    if not decided:
+        return None
+    counts = {v: [r["id"] for r in results if r["verdict"] == v] for v in ("pass", "fail", "inconclusive")}
+    parts = [f"{len(counts['pass'])} of {len(results)} pass"]
+    for v in ("fail", "inconclusive"):
+        if counts[v]:
+            parts.append(f"{len(counts[v])} {v} ({', '.join(counts[v])})")
+    text = "Claims: " + "; ".join(parts) + " (see the Claims section)."
+    return {"kind": "claims", "text": text, "counts": {v: len(ids) for v, ids in counts.items()},
+            "ids": counts}
 
 
 def _firstfinite(*xs):
@@ -410,7 +693,7 @@ def _pair_sentence(finding: Finding, chance: float, extra_keys) -> str:
         note = " (chance)" if acc < CHANCE_MARGIN * chance else ""
         parts.append(f"test accuracy {pct(acc)}{note}")
     body = "; ".join(parts) if parts else "nothing was measured"
-    return f"{pair_label(finding.pair, extra_keys)}: {body}."
+    return f"{_label(finding.pair, extra_keys)}: {body}."
 
 
 def _theory_sentence(finding: Finding) -> str:
@@ -436,7 +719,7 @@ def _disagreement_sentence(finding: Finding, extra_keys) -> str:
         if finite(d):
             mark = "" if d <= math.log10(predictions.TOLERANCE) else f" (off by ×{10 ** d:.2f})"
             parts.append(f"{signal} signal {_factor(m)}, theory {_factor(p).removesuffix(' per layer')}{mark}")
-    text = f"{pair_label(finding.pair, extra_keys)} departs from the theory at step 0: " + "; ".join(parts)
+    text = f"{_label(finding.pair, extra_keys)} departs from the theory at step 0: " + "; ".join(parts)
     if finding.reasons:
         text += ". Possible reasons: " + "; ".join(finding.reasons)
     return text + "."
@@ -452,7 +735,7 @@ def _problem_sentence(finding: Finding, extra_keys) -> str:
     if counts.get("failed"):
         error = f" ({finding.error})" if finding.error else ""
         parts.append(f"failed in {counts['failed']} of {n} seed(s){error}")
-    return f"{pair_label(finding.pair, extra_keys)}: {'; '.join(parts)}."
+    return f"{_label(finding.pair, extra_keys)}: {'; '.join(parts)}."
 
 
 def _fix_sentence(finding: Finding) -> str:

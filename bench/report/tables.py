@@ -169,6 +169,34 @@ def _half_width(n: np.ndarray, sd: np.ndarray) -> np.ndarray:
     return np.where(n > 1, half, 0.0)
 
 
+def with_diverged(out: pd.DataFrame, runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """``out`` (a `summarize` result over ``by``) with ``diverged``: how many of each group's runs diverged.
+
+    Args:
+        out: the summarized table.
+        runs: the rows that were summarized, with ``by`` and ``run_id``;
+            ``status`` (or ``diverged`` per run) says which diverged.
+        by: the grouping columns of ``out``.
+    """
+    if "status" in runs.columns:
+        flag = runs["status"].astype(str).eq("diverged")
+    elif "diverged" in runs.columns:
+        flag = runs["diverged"].astype(bool)
+    else:
+        return out.assign(diverged=0)
+    d = runs[list(by)].assign(_div=flag.to_numpy(), _run=runs["run_id"].to_numpy() if "run_id" in runs else 0)
+    # A run counts once in a group however many rows (layers, steps) it has there.
+    counts = d[d["_div"]].drop_duplicates([*by, "_run"]).groupby(list(by), dropna=False).size()
+    counts = counts.rename("diverged").reset_index()
+    merged = out.merge(counts, on=list(by), how="left") if len(counts) else out.assign(diverged=0)
+    merged["diverged"] = merged["diverged"].fillna(0).astype("int64")
+    return merged
+
+
+def _same_value(a, b) -> bool:
+    return (_isna(a) and _isna(b)) or (not _isna(a) and not _isna(b) and a == b)
+
+
 def _match(df: pd.DataFrame, values: dict) -> pd.Series:
     """Rows of ``df`` whose columns equal ``values`` (missing equals missing)."""
     mask = pd.Series(True, index=df.index)
@@ -394,25 +422,37 @@ def gradient_profiles(
         frames.append(t[np.isfinite(t["value"])].assign(parameter=parameter, when="step 0", source="theory"))
     columns = ["activation", "initializer", "parameter", "when", "source", "layer_index", "n", "mean", "lo", "hi"]
     if not frames:
+        columns = [*columns, "diverged"]
         return with_note(pd.DataFrame(columns=columns), "no finite gradient norms were recorded")
     p = pd.concat(frames, ignore_index=True)
     p["source"] = p["source"].fillna("measured") if "source" in p.columns else "measured"
-    p = p.merge(runs_m[["run_id", "activation", "initializer"]], on="run_id")
+    p = p.merge(runs_m[["run_id", "activation", "initializer", "status"]], on="run_id")
     by = ["activation", "initializer", "parameter", "when", "source", "layer_index"]
-    out = summarize(p, by, "value", log=True)
-    return out[columns]
+    out = with_diverged(summarize(p, by, "value", log=True), p, by)
+    return out[[*columns, "diverged"]]
 
 
-def heatmap_runs(pairs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
-    """Layer × step RMS kernel gradient per weight of the best and the worst pair.
+def heatmap_runs(pairs: pd.DataFrame, layers: pd.DataFrame, main: dict | None = None) -> pd.DataFrame:
+    """Layer × step RMS kernel gradient per weight of the best and the worst pair of one setting.
 
-    Best is the top of the ranking of `pair_table` (test accuracy, then the
-    gradient factor); worst is the pair whose gradient is most unequal
-    across layers at the end of training (largest ``|log10 grad_ratio_final|``,
-    at step 0 where there is no end; a ratio of exactly 0, an underflowed
-    first-layer gradient, counts as infinitely unequal). Only pairs with
-    recorded gradient norms count. For each, the run of its lowest seed
-    with recorded norms is shown.
+    Like is compared with like: both pairs come from the report's slice
+    (``main``: the same depth, width, fix and other settings; only the
+    activation and initializer differ). Best is the top of the ranking of
+    `pair_table` (test accuracy, then the gradient factor); worst is the
+    pair whose gradient is most unequal across layers at the end of
+    training (largest ``|log10 grad_ratio_final|``, at step 0 where there
+    is no end; a ratio of exactly 0, an underflowed first-layer gradient,
+    counts as infinitely unequal). Only pairs with recorded gradient norms
+    count. For each, the run of its lowest seed with recorded norms is
+    shown. When the slice holds one such pair only, the worst is taken at
+    the best pair's depth, and failing that anywhere; ``attrs["note"]``
+    then says why.
+
+    Args:
+        pairs: the ranked table of `pair_table`.
+        layers: the stored layers table.
+        main: the fixed keys of the slice (`main_slice`); by default the
+            most common setting of ``pairs``.
 
     Returns:
         DataFrame ``role, label, run_id, step, layer_index, layer_name,
@@ -424,6 +464,23 @@ def heatmap_runs(pairs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     if candidates.empty:
         return with_note(pd.DataFrame(columns=columns), "no run recorded kernel gradient norms")
     extra = varying_keys(pairs)
+    if main is None:
+        _, main = main_slice(pairs)
+    chosen_keys = {k: v for k, v in main.items() if k in candidates.columns}
+    in_slice = candidates[_match(candidates, chosen_keys)]
+    why = ""
+    if len(in_slice) >= 2:
+        candidates = in_slice
+    else:
+        top = in_slice.iloc[0] if len(in_slice) else candidates.iloc[0]
+        same_depth = candidates[candidates["depth"] == top["depth"]]
+        same_depth = pd.concat([same_depth[same_depth.index == top.name], same_depth[same_depth.index != top.name]])
+        if len(same_depth) >= 2:
+            candidates = same_depth
+            why = f"the slice ({describe_slice(main)}) holds one pair: the worst is taken at depth {top['depth']}"
+        else:
+            candidates = pd.concat([candidates[candidates.index == top.name], candidates[candidates.index != top.name]])
+            why = f"no other pair was run at depth {top['depth']}: the worst comes from another depth"
     best = candidates.iloc[0]
     chosen = [("best", best)]
     others = candidates.iloc[1:]
@@ -443,11 +500,30 @@ def heatmap_runs(pairs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
         d = d[["run_id", "step", "layer_index", "layer_name"]].assign(kernel_grad_norm=metrics.per_weight(d))
         d = d.dropna(subset=["kernel_grad_norm"])
         v = d["kernel_grad_norm"].where(d["kernel_grad_norm"] > 0)
-        d = d.assign(role=role, label=pair_label(row, extra), log10_norm=np.log10(v))
+        # The slice is named in the title: a pair names only the keys in which it differs from it.
+        label = pair_label(row, [k for k in extra if k not in chosen_keys or not _same_value(row[k], chosen_keys[k])])
+        status = metrics_status(row)
+        d = d.assign(role=role, label=label + (f" ({status})" if status else ""), log10_norm=np.log10(v))
         frames.append(d)
     out = pd.concat(frames, ignore_index=True)
     out["log10_norm"] = out["log10_norm"].where(np.isfinite(out["log10_norm"]))
-    return out[columns]
+    out = out[columns]
+    out.attrs["slice"] = describe_slice(main, extra)
+    if why:
+        out.attrs["why"] = why
+    return out
+
+
+def metrics_status(pair) -> str:
+    """'' for a pair whose runs all finished ok, else its statuses in words ('1 diverged at step 3')."""
+    counts = dict(pair.get("statuses") or {})
+    if set(counts) <= {"ok"}:
+        return ""
+    step = pair.get("diverged_step")
+    text = status_text(counts)
+    if counts.get("diverged") and step is not None and np.isfinite(step) and step >= 0:
+        text += f", diverged at step {int(step)}"
+    return text
 
 
 # (column of pair_table, label, log10?) of the activation × initializer grid.
@@ -513,6 +589,7 @@ def pair_grid(pairs: pd.DataFrame, main: dict | None = None) -> pd.DataFrame:
         )
     out = pd.concat(frames, ignore_index=True)
     out.attrs["slice"] = describe_slice(chosen, varying_keys(pairs))
+    out.attrs["max_seeds"] = int(sliced["n_seeds"].max()) if "n_seeds" in sliced.columns else 1
     return out
 
 
@@ -528,8 +605,12 @@ def _missing_note(pair: dict, column: str) -> str:
         return "no training"
     if column.startswith("saturated_fraction"):
         return "n/a"
-    if column.startswith(("backward_factor", "forward_factor", "grad_factor")):
+    if column.startswith(("backward_factor", "forward_factor", "grad_factor", "grad_ratio")):
         n_under = pair.get(f"underflow_layers_{column.rsplit('_', 1)[-1]}")
+        depth = pair.get("depth")
+        if n_under is not None and depth is not None and n_under >= depth > 0:
+            # No layer left to fit a factor over: every hidden layer's gradient is exactly 0.
+            return "all 0"
         if n_under is not None and n_under > 0:
             return "underflow"
     return "not measured"
@@ -549,7 +630,7 @@ def theory_points(pairs: pd.DataFrame) -> pd.DataFrame:
         tolerance is in ``attrs["tolerance"]``.
     """
     columns = ["label", "activation", "initializer", "depth", "fix", "signal", "predicted", "measured", "lo", "hi",
-               "deviation"]
+               "deviation", "diverged"]
     if "theory_applicable" not in pairs.columns:
         return with_note(pd.DataFrame(columns=columns), "no predictions were made")
     extra = varying_keys(pairs)
@@ -570,6 +651,7 @@ def theory_points(pairs: pd.DataFrame) -> pd.DataFrame:
                         "predicted": float(predicted), "measured": float(measured),
                         "lo": r.get(f"{signal}_factor_init_lo"), "hi": r.get(f"{signal}_factor_init_hi"),
                         "deviation": d,
+                        "diverged": int((r.get("statuses") or {}).get("diverged", 0)),
                     }
                 )
     out = pd.DataFrame(rows, columns=columns)
@@ -595,9 +677,10 @@ def depth_sweep(runs_m: pd.DataFrame) -> pd.DataFrame:
     sliced, chosen = main_slice(runs_m, free=("activation", "initializer", "depth"))
     by = ["activation", "initializer", "depth"]
     frames = [
-        summarize(sliced, by, name, log=q.log, bounds=q.bounds).assign(quantity=name)
+        with_diverged(summarize(sliced, by, name, log=q.log, bounds=q.bounds), sliced, by).assign(quantity=name)
         for name, q in SWEEP_QUANTITIES.items()
     ]
+    columns = [*columns, "diverged"]
     out = pd.concat(frames, ignore_index=True)[columns]
     # A depth where every run failed has no point; a single point is no sweep.
     out = out[out["mean"].notna()]
@@ -633,9 +716,11 @@ def learning_curves(runs_m: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame
     if history.empty or not needed <= set(history.columns):
         return with_note(pd.DataFrame(columns=columns), "no training history was recorded")
     h = history[history["run_id"].isin(runs_m["run_id"])]
-    h = h.merge(runs_m[["run_id", "activation", "initializer"]], on="run_id")
+    h = h.merge(runs_m[["run_id", "activation", "initializer", "status"]], on="run_id")
+    if h.empty:
+        return with_note(pd.DataFrame(columns=columns), "no training history was recorded for the runs shown")
     long = h.melt(
-        id_vars=["activation", "initializer", "step"],
+        id_vars=["run_id", "status", "activation", "initializer", "step"],
         value_vars=["train_loss", "test_loss", "train_accuracy", "test_accuracy"],
         var_name="metric",
     )
@@ -643,12 +728,13 @@ def learning_curves(runs_m: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame
     long = long[np.isfinite(long["value"].astype("float64"))]
     if long.empty or long["step"].nunique() < 2:
         return with_note(pd.DataFrame(columns=columns), "the history holds fewer than two evaluation steps")
-    out = summarize(long, ["activation", "initializer", "quantity", "split", "step"], "value")
+    by = ["activation", "initializer", "quantity", "split", "step"]
+    out = with_diverged(summarize(long, by, "value"), long, by)
     # Losses are non-negative and accuracies lie in [0, 1]: clip the intervals.
     top = np.where(out["quantity"] == "accuracy", 1.0, np.inf)
     out["lo"] = out["lo"].clip(lower=0.0)
     out["hi"] = np.minimum(out["hi"], top)
-    return out[columns]
+    return out[[*columns, "diverged"]]
 
 
 def activation_profiles(runs_m: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
@@ -668,19 +754,21 @@ def activation_profiles(runs_m: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFr
     init = h[h["step"] == 0].assign(when="step 0")
     end = h[(h["step"] == last) & (h["step"] > 0)].assign(when="end of training")
     both = pd.concat([init, end], ignore_index=True).merge(
-        runs_m[["run_id", "activation", "initializer"]], on="run_id"
+        runs_m[["run_id", "activation", "initializer", "status"]], on="run_id"
     )
     long = both.melt(
-        id_vars=["activation", "initializer", "when", "layer_index"], value_vars=stats, var_name="statistic"
+        id_vars=["run_id", "status", "activation", "initializer", "when", "layer_index"], value_vars=stats,
+        var_name="statistic",
     )
     long = long.dropna(subset=["value"])
-    out = summarize(long, ["activation", "initializer", "statistic", "when", "layer_index"], "value")
+    by = ["activation", "initializer", "statistic", "when", "layer_index"]
+    out = with_diverged(summarize(long, by, "value"), long, by)
     for name, q in ACTIVATION_STATISTICS.items():
         if q.bounds is not None:
             rows = out["statistic"] == name
             out.loc[rows, "lo"] = out.loc[rows, "lo"].clip(*q.bounds)
             out.loc[rows, "hi"] = out.loc[rows, "hi"].clip(*q.bounds)
-    return out[columns]
+    return out[[*columns, "diverged"]]
 
 
 def fix_effects(runs_m: pd.DataFrame) -> pd.DataFrame:
@@ -704,10 +792,12 @@ def fix_effects(runs_m: pd.DataFrame) -> pd.DataFrame:
     cases = runs_m[has_base & has_fix]
     if cases.empty:
         return with_note(pd.DataFrame(columns=columns), "no fix run has a matching run without a fix")
-    extra = varying_keys(runs_m)
+    # Only what tells the cases apart is named in them.
+    extra = varying_keys(cases)
     frames = []
     for name, q in FIX_QUANTITIES.items():
-        frames.append(summarize(cases, keys + ["fix"], name, log=q.log, bounds=q.bounds).assign(quantity=name))
+        s = summarize(cases, keys + ["fix"], name, log=q.log, bounds=q.bounds)
+        frames.append(with_diverged(s, cases, keys + ["fix"]).assign(quantity=name))
     out = pd.concat(frames, ignore_index=True)
     out["case"] = [pair_label({**row, "fix": "none"}, extra) for row in out.to_dict("records")]
     base = out[out["fix"] == "none"].set_index(["case", "quantity"])["mean"]
@@ -716,7 +806,7 @@ def fix_effects(runs_m: pd.DataFrame) -> pd.DataFrame:
     with np.errstate(divide="ignore", invalid="ignore"):
         log_delta = np.log10(out["mean"]) - np.log10(out["baseline"])
     out["delta"] = np.where(ratio_rows, log_delta, out["mean"] - out["baseline"])
-    return out[columns + keys]
+    return out[columns + ["diverged"] + keys]
 
 
 def activation_curves(names, lo: float = -5.0, hi: float = 5.0, num: int = 401) -> pd.DataFrame:

@@ -176,7 +176,11 @@ def describe_slice(chosen: dict, extra_keys=()) -> str:
             continue  # a model of one's own has no single width
         if k in chosen:
             parts.append(f"{k} {chosen[k]}" if k != "arch" else str(chosen[k]))
-    parts += [f"{k} {short(chosen[k])}" for k in extra_keys if k in chosen and k not in CORE_KEYS]
+    parts += [
+        f"{k} {short(chosen[k])}"
+        for k in extra_keys
+        if k in chosen and k not in CORE_KEYS and k not in ("arch", "width")
+    ]
     if "fix" in chosen:
         parts.append("no fix" if chosen["fix"] == "none" else f"fix {chosen['fix']}")
     return ", ".join(parts)

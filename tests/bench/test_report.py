@@ -23,6 +23,7 @@ import pytest
 from bench import metrics
 from bench.errors import UsageError
 from bench.report import figures, findings, tables, text
+from bench.report.findings import flatten
 from bench.report.build import build_report
 from bench.results import load_results, write_json_atomic, write_parquet_atomic
 
@@ -32,6 +33,8 @@ ALL_FIGURES = {
     "gradient_depth",
     "gradient_heatmap",
     "pair_heatmaps",
+    "pair_gradients",
+    "pair_outcomes",
     "depth_sweep",
     "learning_curves",
     "activation_stats",
@@ -277,13 +280,19 @@ def test_markdown_table_states_the_same_numbers(report_built, report_summary):
 def test_findings_state_the_numbers_of_their_pairs(report_summary, report_tables):
     _, runs_m = report_tables
     expected = _expected_pairs(runs_m)
-    findings = report_summary["findings"]
-    kinds = [f["kind"] for f in findings]
+    bullets = report_summary["findings"]
+    findings = flatten(bullets)
+    kinds = [f["kind"] for f in bullets]
+    # No claim has its runs here: no claims bullet; the best and the worst of one setting come first.
     assert kinds[:2] == ["best", "worst"]
+    assert len(bullets) <= 12
     best = report_summary["pairs"][0]
     assert findings[0]["text"].startswith("Best: ")
     assert text.pct(best["test_accuracy"]) in findings[0]["text"]
     assert f"×{best['grad_factor_init']:.2f} per layer" in findings[0]["text"]
+    # Best and worst compare like with like: the same depth (the report's slice).
+    assert bullets[0]["pair"]["depth"] == bullets[1]["pair"]["depth"] == MAIN_DEPTH
+    assert bullets[1]["text"].startswith("Worst in the same setting: ")
     for f in findings:
         if f["kind"] in ("best", "worst", "flagged"):
             e = expected[_pair_key(f["pair"])]
@@ -294,6 +303,14 @@ def test_findings_state_the_numbers_of_their_pairs(report_summary, report_tables
     gradient_flags = lambda p: [x for x in p["flags"] if x not in ("diverged", "failed")]  # noqa: E731
     flagged = {_pair_key(p) for p in report_summary["pairs"] if gradient_flags(p) and _pair_key(p) not in ends}
     assert flagged == {_pair_key(f["pair"]) for f in findings if f["kind"] == "flagged"}
+    # One bullet per failure mode, naming every pair flagged with it (the best and the worst included).
+    modes = {b["mode"]: b for b in bullets if b["kind"] == "mode"}
+    assert len(modes) == sum(1 for b in bullets if b["kind"] == "mode")
+    for p in report_summary["pairs"]:
+        for flag in gradient_flags(p):
+            bullet = modes[flag.split("@")[0]]
+            assert _pair_key(p) in {_pair_key(i["pair"]) for i in bullet["items"]}
+            assert text.pair_label(p) in bullet["text"]
     # The diverged run has its own sentence, with the step it diverged at.
     runs = runs_m[runs_m["status"] == "diverged"]
     assert len(runs) == 1
@@ -308,14 +325,14 @@ def test_fix_and_depth_findings_match_the_tables(report_summary, report_tables):
     base = runs_m[(runs_m["activation"] == "sigmoid") & (runs_m["depth"] == MAIN_DEPTH) & (runs_m["initializer"] == "glorot_uniform")]
     fixed = base[base["fix"] == "batchnorm"]
     plain = base[base["fix"] == "none"]
-    fix = next(f for f in report_summary["findings"] if f["kind"] == "fix")
+    fix = next(f for f in flatten(report_summary["findings"]) if f["kind"] == "fix")
     assert fix["fix"] == "batchnorm"
     assert fix["values"]["baseline_test_accuracy"] == pytest.approx(plain["test_accuracy"].mean())
     assert fix["values"]["test_accuracy"] == pytest.approx(fixed["test_accuracy"].mean())
     assert fix["values"]["baseline_grad_ratio_init"] == pytest.approx(_geo_mean(plain["grad_ratio_init"]))
     assert fix["values"]["grad_ratio_init"] == pytest.approx(_geo_mean(fixed["grad_ratio_init"]))
 
-    depth = {f["activation"]: f for f in report_summary["findings"] if f["kind"] == "depth"}
+    depth = {f["activation"]: f for f in flatten(report_summary["findings"]) if f["kind"] == "depth"}
     assert set(depth) == {"relu", "sigmoid"}
     for act, f in depth.items():
         g = runs_m[(runs_m["activation"] == act) & (runs_m["initializer"] == "glorot_uniform") & (runs_m["fix"] == "none")]
@@ -597,7 +614,9 @@ def test_best_and_worst_are_chosen_among_pairs_that_finished_ok():
     found = findings.written(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
     ends = {f["kind"]: f["pair"]["activation"] for f in found if f["kind"] in ("best", "worst")}
     assert ends == {"best": "tanh", "worst": "sigmoid"}
-    assert [f["pair"]["activation"] for f in found if f["kind"] == "problem"] == ["relu", "elu"]
+    assert [f["pair"]["activation"] for f in flatten(found) if f["kind"] == "problem"] == ["relu", "elu"]
+    # Both diverged pairs share one bullet.
+    assert [b["kind"] for b in found].count("problems") == 1
 
 
 def test_flagged_pairs_are_listed_most_severe_first(monkeypatch):
@@ -618,9 +637,16 @@ def test_flagged_pairs_are_listed_most_severe_first(monkeypatch):
         ]
     )
     monkeypatch.setattr(findings, "MAX_PAIR_FINDINGS", 2)
-    found = findings.written(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
-    assert [f["pair"]["activation"] for f in found if f["kind"] == "flagged"] == ["selu", "sigmoid"]
-    assert next(f["text"] for f in found if f["kind"] == "more").startswith("2 more flagged")
+    found = findings.find(pairs, pd.DataFrame(), pd.DataFrame())
+    assert [f.pair["activation"] for f in found if f.kind == "flagged"] == ["selu", "sigmoid"]
+    assert findings.render(next(f for f in found if f.kind == "more"), chance=0.1).startswith("2 more flagged")
+    # The written bullet of the mode names every flagged pair, most severe first.
+    written = findings.written(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
+    (bullet,) = [b for b in written if b["kind"] == "mode"]
+    assert bullet["mode"] == "vanishing" and bullet["text"].startswith("Vanishing gradient in 4 pairs: ")
+    names = [part.split(" + ")[0] for part in bullet["text"].split(": ", 1)[1].split("; ")]
+    # The mode's own number decides: ×0 (underflow), ×0.2, ×0.4, ×0.45.
+    assert names == ["sigmoid", "tanh", "selu", "elu"]
 
 
 def _runs_frame(rows: list[dict]) -> pd.DataFrame:
@@ -682,7 +708,7 @@ def test_facet_lines_draw_a_panel_per_row_with_data_and_initializer():
             assert len(ax.lines) == 3
             sigmoid = next(line for line in ax.lines if line.get_color() == palette["sigmoid"])
             assert list(sigmoid.get_ydata()) == [1.0, 0.1, 0.01, 0.001]
-        assert axes[0].get_ylabel() == "rms ∂L/∂W per weight, step 0"
+        assert axes[0].get_ylabel() == "rms ∂L/∂W per weight\nstep 0"
     finally:
         figures.plt.close(fig)
 
@@ -755,7 +781,8 @@ def test_theory_figure_plots_every_covered_pair_against_its_prediction(report_pa
             d = points[points["signal"] == signal]
             from matplotlib.collections import PathCollection
 
-            offsets = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+            offsets = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)
+                                      and c.get_label() != figures.DIVERGED_ARTIST])
             assert sorted(map(tuple, offsets)) == sorted(zip(d["predicted"], d["measured"]))
             labels = {t.get_text() for t in ax.texts}
             assert {f"{a} + {i}" for a, i in zip(d["activation"], d["initializer"])} <= {
@@ -840,7 +867,7 @@ def test_findings_never_say_zero_per_layer_when_layers_underflowed(report_pairs)
     assert row["backward_factor_init"] == pytest.approx(0.004)
     assert row["underflow_layers_init"] == 2
     pairs = tables.pair_table(runs_m)
-    found = findings.written(pairs, tables.depth_sweep(runs_m), tables.fix_effects(runs_m), chance=0.1)
+    found = flatten(findings.written(pairs, tables.depth_sweep(runs_m), tables.fix_effects(runs_m), chance=0.1))
     for f in found:
         assert "×0.00 per layer" not in f["text"]
         assert "×0.00 per layer" not in " ".join(f.get("flag_words", []))
@@ -861,7 +888,7 @@ def test_disagreements_with_the_theory_are_named_with_the_tolerance_and_reasons(
     edited.loc[off, "predicted_backward_factor"] = edited.loc[off, "backward_factor_init"] * 1.5
     edited.loc[near, "predicted_backward_factor"] = edited.loc[near, "backward_factor_init"]
     edited.loc[near, "predicted_forward_factor"] = edited.loc[near, "forward_factor_init"]
-    found = findings.written(edited, pd.DataFrame(), pd.DataFrame(), chance=0.1)
+    found = flatten(findings.written(edited, pd.DataFrame(), pd.DataFrame(), chance=0.1))
     expected = set()
     for i in covered:
         row = edited.loc[i]
@@ -880,3 +907,260 @@ def test_disagreements_with_the_theory_are_named_with_the_tolerance_and_reasons(
     one = next(f for f in found if f["kind"] == "disagreement" and _pair_key(f["pair"]) == _pair_key(edited.loc[off]))
     assert "off by ×1.50" in one["text"] and "Possible reasons" in one["text"]
     assert any(r.startswith("finite width: 8 units") for r in one["reasons"])
+
+
+# --------------------------------------------------------------------------- #
+# The Claims section, and the report at a glance
+# --------------------------------------------------------------------------- #
+
+# Claims decided from accuracies alone, with the accuracy of each run set at each learning rate.
+_CLAIM_ACCURACY = {
+    "sigmoid_standard_d5": {0.003: 0.10, 0.03: 0.11, 0.3: 0.12},
+    "tanh_standard_d5": {0.003: 0.60, 0.03: 0.86, 0.3: 0.70},
+    "softsign_standard_d5": {0.003: 0.55, 0.03: 0.80, 0.3: 0.84},
+    "tanh_glorot_d5": {0.003: 0.62, 0.03: 0.90, 0.3: 0.10},  # diverges at 0.3
+    "sigmoid_glorot_d20": {0.003: 0.10, 0.03: 0.11, 0.3: 0.10},
+    "sigmoid_glorot_d20_batchnorm": {0.003: 0.50, 0.03: 0.88, 0.3: 0.91},
+    "sigmoid_glorot_d20_residual": {0.003: 0.40, 0.03: 0.60, 0.3: 0.50},
+}
+_DECIDED = ("glorot2010-sigmoid-worst", "glorot2010-normalized-init", "normalization-residual-fix-deep-sigmoid")
+
+
+@pytest.fixture(scope="module")
+def claims_results(report_results, tmp_path_factory) -> Path:
+    """The test results plus the runs of three claims (tables only), under a manifest declaring best_lr."""
+    from bench import claims
+
+    r = load_results(report_results)
+    rows, seen = [], set()
+    template = r.runs.iloc[0].to_dict()
+    for claim_id in _DECIDED:
+        for rs in claims.get(claim_id).run_sets:
+            for c in rs.configs():
+                if c.run_id in seen:
+                    continue
+                seen.add(c.run_id)
+                acc = _CLAIM_ACCURACY[rs.name][c.learning_rate] + 0.01 * (c.seed - 1)
+                diverged = rs.name == "tanh_glorot_d5" and c.learning_rate == 0.3
+                rows.append(template | c.to_dict() | {
+                    "run_id": c.run_id, "status": "diverged" if diverged else "ok", "test_accuracy": acc,
+                    "diverged_step": 40 if diverged else -1, "error": "", "steps": 300,
+                })
+    runs = pd.concat([r.runs, pd.DataFrame(rows)], ignore_index=True)
+    dst = tmp_path_factory.mktemp("claims") / "results"
+    dst.mkdir()
+    write_json_atomic(dst / "manifest.json", {**r.manifest, "protocols": {"claims": "best_lr"}})
+    write_parquet_atomic(dst / "runs.parquet", runs)
+    write_parquet_atomic(dst / "layers.parquet", r.layers)
+    write_parquet_atomic(dst / "history.parquet", r.history)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def claims_report(claims_results):
+    index = build_report(claims_results)
+    return index, json.loads((index.parent / "summary.json").read_text())
+
+
+def _medians_by_hand(name: str) -> dict:
+    """Per learning rate, the median over seeds 0-2 of the accuracies above (a diverged run scores 0.1)."""
+    out = {}
+    for lr, acc in _CLAIM_ACCURACY[name].items():
+        scores = [0.1 if name == "tanh_glorot_d5" and lr == 0.3 else acc + 0.01 * (s - 1) for s in range(3)]
+        out[lr] = float(np.median(scores))
+    return out
+
+
+def test_the_claims_section_opens_the_report_with_every_claim_and_its_verdict(claims_report):
+    from bench import claims
+
+    index, summary = claims_report
+    page = index.read_text()
+    md = (index.parent / "summary.md").read_text()
+    assert re.findall(r"<h2[^>]*>([^<]*)</h2>", page)[0] == "Claims"
+    assert re.findall(r"^## (.*)$", md, flags=re.M)[0] == "Claims"
+    claims_html = page.split('<h2 id="claims">', 1)[1].split("<h2>", 1)[0]
+    claims_md = md.split("## Claims", 1)[1].split("\n## ", 1)[0]
+    assert [c["id"] for c in summary["claims"]] == list(claims.CLAIMS)
+    for c in summary["claims"]:
+        row = re.search(rf'<tr><td><a href="#claim-{re.escape(c["id"])}">.*?</tr>', claims_html).group(0)
+        assert f'<span class="badge {c["verdict"]}">{c["verdict"]}</span>' in row
+        assert f"| {c['id']} |" in claims_md and f"### {c['id']}: {c['verdict']}" in claims_md
+        for key in ("id", "statement", "source", "verdict", "evidence", "run_ids", "budget", "rule", "summary"):
+            assert key in c
+        assert html.escape(c["statement"]) in claims_html and html.escape(c["rule"]) in claims_html
+    # The three claims with runs here are decided and drawn; the others say their runs are missing.
+    for c in summary["claims"]:
+        if c["id"] in _DECIDED:
+            assert not c["missing"] and c["figure"]["files"] == [f"claim-{c['id']}.png"]
+            assert (index.parent / f"claim-{c['id']}.png").is_file()
+        else:
+            assert c["missing"] and c["verdict"] == "inconclusive" and c["figure"] is None
+            assert "runs not in this results directory" in c["summary"]
+    assert summary["findings"][0]["kind"] == "claims"
+
+
+def test_the_report_states_the_verdicts_claims_evaluate_gives_on_the_same_tables(claims_report, claims_results):
+    from bench import claims
+
+    _, summary = claims_report
+    r = load_results(claims_results)
+    expected = claims.evaluate(metrics.run_metrics(r.runs, r.layers), r.layers, r.history, r.manifest)
+    got = {c["id"]: c for c in summary["claims"]}
+    for e in expected:
+        assert got[e.id]["verdict"] == e.verdict
+        assert got[e.id]["summary"] == e.summary and got[e.id]["run_ids"] == e.run_ids
+    # By hand from the accuracies above: sigmoid is worst by far, Glorot beats standard for tanh (0.90 vs 0.86),
+    # and residual connections learn only partly (0.60) while the plain network fails.
+    assert [got[i]["verdict"] for i in _DECIDED] == ["pass", "pass", "inconclusive"]
+
+
+def test_the_winning_learning_rate_is_shown_per_configuration_where_the_protocol_is_declared(claims_report):
+    index, summary = claims_report
+    rows = {r["configuration"]: r for r in summary["best_learning_rates"]}
+    assert len(rows) == len(_CLAIM_ACCURACY)
+    for name in _CLAIM_ACCURACY:
+        medians = _medians_by_hand(name)
+        best = max(medians, key=medians.get)
+        act = name.split("_")[0]
+        depth = name.split("_d")[1].split("_")[0]
+        (row,) = [
+            r for label, r in rows.items()
+            if label.startswith(f"{act} + ") and f"depth {depth}," in label
+            and ("standard" in name) == ("variance_scaling" in label)
+            and ("batchnorm" in name) == ("batchnorm" in label) and ("residual" in name) == ("residual" in label)
+        ]
+        assert row["best_learning_rate"] == best
+        assert row["median_accuracy"] == pytest.approx(medians[best])
+    page = index.read_text()
+    assert "Best learning rate per configuration" in page
+    # The diverged learning rate is named with its count.
+    assert any("0.3: 0.100 (3 diverged)" in r["text"] for r in summary["best_learning_rates"])
+
+
+def test_a_directory_without_the_claims_suite_gets_one_line_instead_of_a_table(report_built, report_summary):
+    page = report_built.read_text()
+    claims_html = page.split('<h2 id="claims">', 1)[1].split("<h2>", 1)[0]
+    assert '<table class="claims"' not in claims_html
+    assert claims_html.count("<p>") == 1 and "none of the 13 claims is decided" in claims_html
+    assert all(c["verdict"] == "inconclusive" and c["missing"] for c in report_summary["claims"])
+    assert report_summary["claims_note"] and not any(f["kind"] == "claims" for f in report_summary["findings"])
+
+
+def test_findings_stay_at_twelve_numbered_bullets_with_many_pairs():
+    acts = ["sigmoid", "tanh", "relu", "elu", "gelu", "swish", "selu", "softsign"]
+    inits = ["glorot_uniform", "he_normal", "lecun_normal", "orthogonal", "random_normal(stddev=0.01)"]
+    rows = []
+    for i, (a, init) in enumerate((a, i) for a in acts for i in inits):
+        flags = [["vanishing@init"], ["forward collapse@init"], ["dead units"], ["exploding@init"], []][i % 5]
+        rows.append({"activation": a, "initializer": init, "test_accuracy": 0.95 - 0.02 * i,
+                     "grad_factor_init": [0.2, 1.0, 0.9, 3.0, 1.0][i % 5], "forward_factor_init": 0.4,
+                     "dead_fraction_final": 0.6, "flags": flags})
+    rows.append({"activation": "relu", "initializer": "he_normal", "depth": 50, "test_accuracy": 0.1,
+                 "statuses": {"diverged": 1}, "flags": ["diverged"], "diverged_step": 3})
+    pairs = _pairs_frame(rows)
+    bullets = findings.written(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
+    assert 5 <= len(bullets) <= findings.MAX_BULLETS == 12
+    modes = {b["mode"]: b for b in bullets if b["kind"] == "mode"}
+    for flag, mode in (("vanishing@init", "vanishing"), ("forward collapse@init", "forward collapse"),
+                       ("dead units", "dead units"), ("exploding@init", "exploding")):
+        n = sum(flag in r["flags"] for r in rows)
+        # One bullet per mode, counting every pair with it; the pairs beyond the first few are counted.
+        assert modes[mode]["count"] == n == len(modes[mode]["items"])
+        assert f"in {n} pairs" in modes[mode]["text"] and f"and {n - findings.MAX_LISTED} more" in modes[mode]["text"]
+    page = "\n".join(f"{i}. {b['text']}" for i, b in enumerate(bullets, 1))
+    assert page.count("\n") == len(bullets) - 1
+
+
+def test_best_and_worst_are_compared_at_the_same_depth(report_pairs):
+    rows = [
+        {"activation": "relu", "depth": 2, "test_accuracy": 0.97},
+        {"activation": "tanh", "depth": 20, "test_accuracy": 0.90},
+        {"activation": "sigmoid", "depth": 20, "test_accuracy": 0.30},
+        {"activation": "sigmoid", "depth": 50, "test_accuracy": 0.10},
+    ]
+    pairs = _pairs_frame(rows)
+    main = {"depth": 20, "fix": "none"}
+    found = findings.written(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1, main=main)
+    ends = {f["kind"]: f["pair"] for f in found if f["kind"] in ("best", "worst")}
+    assert ends["best"]["depth"] == ends["worst"]["depth"] == 20
+    assert (ends["best"]["activation"], ends["worst"]["activation"]) == ("tanh", "sigmoid")
+    # Without a slice, the worst is taken at the best pair's depth when another pair ran there, and says why not.
+    alone = findings.written(_pairs_frame(rows[:1] + rows[3:]), pd.DataFrame(), pd.DataFrame(), chance=0.1)
+    worst = next(f for f in alone if f["kind"] == "worst")
+    assert "no other pair finished at depth 2" in worst["text"]
+    # The layer × step heatmap: both panels from the report's slice.
+    r, runs_m, real_pairs = report_pairs
+    _, main = tables.main_slice(runs_m)
+    heat = tables.heatmap_runs(real_pairs, r.layers, main)
+    depths = runs_m.set_index("run_id").loc[heat["run_id"].unique(), "depth"]
+    assert set(heat["role"]) == {"best", "worst"} and set(depths) == {MAIN_DEPTH}
+
+
+def test_no_interval_is_promised_or_drawn_with_one_seed(report_results, report_built, tmp_path):
+    src = _subset(report_results, tmp_path / "one-seed", lambda r: r["seed"] == 0)
+    index = build_report(src)
+    summary = json.loads((index.parent / "summary.json").read_text())
+    assert all(p["n_seeds"] == 1 for p in summary["pairs"])
+    for page in (index.read_text(), (index.parent / "summary.md").read_text()):
+        assert "95% interval" not in page and "± " not in page
+        assert "no interval" in page
+    # With two seeds the same captions promise it (the full test results have them).
+    two_seeds = report_built.read_text()
+    assert "95% interval over seeds, where a point has two or more" in two_seeds
+    runs_m = tables.run_table(load_results(src).runs, load_results(src).layers)
+    sweep = tables.depth_sweep(runs_m)
+    fig = figures.depth_sweep(sweep, figures.category_palette(runs_m["activation"]))
+    try:
+        from matplotlib.collections import LineCollection
+
+        # No error tick: no error-bar segments at all.
+        assert not [c for ax in fig.axes for c in ax.collections if isinstance(c, LineCollection)]
+    finally:
+        figures.plt.close(fig)
+
+
+def test_diverged_runs_are_marked_in_the_figures_that_show_them(report_pairs, report_tables):
+    r, runs_m, pairs = report_pairs
+    points = tables.theory_points(pairs)
+    assert points.loc[points["diverged"] > 0, "initializer"].eq("random_normal(stddev=3.0)").all()
+    fig = figures.theory_vs_measurement(points, figures.category_palette(pairs["activation"]))
+    try:
+        marks = [c for ax in fig.axes for c in ax.collections if c.get_label() == figures.DIVERGED_ARTIST]
+        assert marks and sum(len(c.get_offsets()) for c in marks) == int((points["diverged"] > 0).sum())
+        assert figures.DIVERGED_LABEL in [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    finally:
+        figures.plt.close(fig)
+
+
+def test_a_pair_whose_every_gradient_is_zero_says_all_0_and_is_flagged_vanishing():
+    row = {"status": "ok", "depth": 4, "underflow_layers_init": 4, "deepest_underflow_layer_init": 3,
+           "grad_factor_init": np.nan, "backward_factor_init": np.nan, "grad_ratio_init": np.nan}
+    flags = metrics.flags(row)
+    assert "vanishing@init" in flags and "underflow@init" in flags
+    vanishing = next(f for f in flags if f == "vanishing@init")
+    assert "exactly 0" in vanishing.describe()
+    note = tables._missing_note({**row, "statuses": {"ok": 1}}, "backward_factor_init")
+    assert note == "all 0"
+    assert tables._missing_note({**row, "underflow_layers_init": 2, "statuses": {"ok": 1}},
+                                "backward_factor_init") == "underflow"
+
+
+def test_pair_heatmaps_fit_the_page_and_label_their_colour_bars(report_pairs):
+    _, runs_m, pairs = report_pairs
+    _, main = tables.main_slice(runs_m)
+    grid = tables.pair_grid(pairs, main)
+    from bench.report.build import _GRID_PANELS
+
+    for name, panels in _GRID_PANELS.items():
+        fig = figures.pair_heatmaps(grid, figures.category_palette(pairs["activation"]), panels, name)
+        try:
+            # At most the page's width: the page shows it at full size, 8-pt text is ≥ 9 px there.
+            assert fig.get_figwidth() <= figures.PAGE_WIDTH
+            heat = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+            for ax in heat:
+                assert all(t.get_fontsize() * figures.DPI / 72 >= 9 for t in ax.texts)
+            bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+            assert len(bars) == len(heat) and all("(" in ax.get_ylabel() for ax in bars)
+        finally:
+            figures.plt.close(fig)

@@ -1,0 +1,462 @@
+"""Claims: verdicts recomputed from the tables by each claim's stated rule; the protocol; bias initializers.
+
+The synthetic tables hold the config columns of the claims' own runs with
+accuracies and metrics chosen here; the expected verdicts are worked out in
+the tests from those numbers, following the rules in words, not by calling
+the rules under test. One tiny real results directory (the initialization-only
+runs of `sigmoid-derivative-bound`, through the CLI) checks a verdict against
+factors fitted here from its layers table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import models
+from bench import claims, metrics, protocol, suites, theory
+from bench.cli import main
+from bench.config import RunConfig
+from bench.errors import UsageError
+from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, load_results
+
+REPO = Path(__file__).resolve().parents[2]
+NO_LAYERS = pd.DataFrame(columns=LAYER_COLUMNS)
+NO_HISTORY = pd.DataFrame(columns=HISTORY_COLUMNS)
+LRS = claims.LEARNING_RATES["momentum"]
+
+
+def _table(claim, accuracy, **metric_fns) -> pd.DataFrame:
+    """The per-run table of a claim's runs: accuracy(set_name, config) -> (accuracy, status); metrics likewise."""
+    rows, seen = [], set()
+    for rs in claim.run_sets:
+        for c in rs.configs():
+            if c.run_id in seen:
+                continue
+            seen.add(c.run_id)
+            acc, status = accuracy(rs.name, c)
+            row = {"run_id": c.run_id, **c.to_dict(), "status": status, "test_accuracy": acc}
+            row.update({name: fn(rs.name, c) for name, fn in metric_fns.items()})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _best_median(per_lr: dict) -> float:
+    """The protocol by hand: {lr: [(accuracy, status) per seed]} -> median at the best lr."""
+    medians = []
+    for results in per_lr.values():
+        scores = [0.1 if status == "diverged" else acc for acc, status in results if status != "failed"]
+        medians.append(float(np.median(scores)))
+    return max(medians)
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def _protocol_runs():
+    base = RunConfig(depth=3, width=8, optimizer="momentum", max_steps=10)
+    outcomes = {
+        # lr: per seed (accuracy, status); lr 0.3 diverges in two seeds of three.
+        0.003: [(0.60, "ok"), (0.62, "ok"), (0.58, "ok")],
+        0.03: [(0.91, "ok"), (0.89, "ok"), (0.93, "ok")],
+        0.3: [(0.97, "ok"), (math.nan, "diverged"), (0.95, "diverged")],
+    }
+    rows = []
+    for lr, per_seed in outcomes.items():
+        for seed, (acc, status) in enumerate(per_seed):
+            c = base.replace(learning_rate=lr, seed=seed)
+            rows.append({"run_id": c.run_id, **c.to_dict(), "status": status, "test_accuracy": acc})
+    # A second configuration (another depth) in the same table.
+    for lr in LRS:
+        for seed in range(3):
+            c = base.replace(depth=4, learning_rate=lr, seed=seed)
+            rows.append({"run_id": c.run_id, **c.to_dict(), "status": "ok", "test_accuracy": 0.5})
+    return pd.DataFrame(rows), outcomes
+
+
+def test_best_learning_rate_is_not_fooled_by_a_diverged_learning_rate():
+    runs, outcomes = _protocol_runs()
+    table = protocol.best_learning_rate(runs)
+    assert len(table) == 2 and "learning_rate" not in table.columns
+    row = table[table["depth"] == 3].iloc[0]
+    # By hand: medians 0.60, 0.91 and median(0.97, chance, chance) = 0.1 -> 0.03 wins.
+    assert row["best_learning_rate"] == 0.03
+    assert row["median_accuracy"] == pytest.approx(0.91)
+    assert (row["min_accuracy"], row["max_accuracy"]) == (pytest.approx(0.89), pytest.approx(0.93))
+    assert row["n_seeds"] == 3
+    assert row["diverged_by_lr"] == {0.003: 0, 0.03: 0, 0.3: 2}
+    assert row["median_by_lr"][0.3] == pytest.approx(0.1)
+    assert sorted(row["run_ids"]) == sorted(runs[(runs["depth"] == 3) & (runs["learning_rate"] == 0.03)]["run_id"])
+    # Equal medians everywhere: the smaller learning rate.
+    assert table[table["depth"] == 4].iloc[0]["best_learning_rate"] == min(LRS)
+
+
+def test_best_learning_rate_leaves_failed_runs_out_and_names_missing_columns():
+    runs, _ = _protocol_runs()
+    runs = runs[runs["depth"] == 3].copy()
+    runs.loc[runs["learning_rate"] == 0.03, "status"] = "failed"
+    row = protocol.best_learning_rate(runs).iloc[0]
+    # 0.03 has no scored run left; of 0.60 and median(0.97, 0.1, 0.1) = 0.1, 0.003 wins.
+    assert row["best_learning_rate"] == 0.003
+    assert row["failed_by_lr"][0.03] == 3
+    with pytest.raises(ValueError, match="test_accuracy"):
+        protocol.best_learning_rate(runs.drop(columns=["test_accuracy"]))
+
+
+# --------------------------------------------------------------------------- registry and suite
+
+
+def test_the_required_claims_exist_and_state_their_parts():
+    required = {
+        "sigmoid-derivative-bound",
+        "sigmoid-deep-fails",
+        "relu-fixes-vanishing",
+        "relu-dead-units",
+        "leaky-relu-no-dead-units",
+        "init-matters",
+    }
+    assert required <= set(claims.CLAIMS)
+    assert len(claims.CLAIMS) >= len(required) + 5  # the papers' claims
+    for claim in claims.CLAIMS.values():
+        assert claim.statement and claim.source and claim.rule and claim.reports and claim.run_sets
+        for rs in claim.run_sets:
+            configs = rs.configs()
+            assert {c.seed for c in configs} == set(claims.SEEDS) and len(claims.SEEDS) >= 3
+            if rs.kind == "train":
+                lrs = sorted({c.learning_rate for c in configs})
+                assert len(lrs) >= 3 and np.allclose(np.diff(np.log10(lrs)), np.log10(lrs[1] / lrs[0]))
+            else:
+                assert {c.max_steps for c in configs} == {0}
+    with pytest.raises(ValueError, match="Valid claims: sigmoid-derivative-bound"):
+        claims.get("sigmoid-derivtive-bound")
+
+
+def test_the_claims_suite_runs_exactly_the_runs_the_claims_declare():
+    suite = suites.load_suite("claims")
+    assert suite.protocol == "best_lr"
+    shipped = {c.run_id for c in suites.expand(suite)}
+    declared = {c.run_id for claim in claims.CLAIMS.values() for c in claim.configs()}
+    assert shipped == declared
+    # The file is the generated document, so regenerating it changes nothing.
+    assert yaml.safe_load(claims.SUITE_PATH.read_text()) == yaml.safe_load(
+        yaml.safe_dump(claims.suite_document(), sort_keys=False)
+    )
+
+
+def test_a_suite_with_an_unknown_protocol_is_refused(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("protocol: best_learnin_rate\ngrids: [{}]\n")
+    with pytest.raises(UsageError, match="unknown protocol 'best_learnin_rate'; valid protocols: best_lr"):
+        suites.load_suite(str(path))
+    path.write_text("protocol: [best_lr]\ngrids: [{}]\n")
+    with pytest.raises(UsageError, match="valid protocols"):
+        suites.load_suite(str(path))
+
+
+# --------------------------------------------------------------------------- verdicts from synthetic tables
+
+
+def test_missing_runs_make_every_claim_inconclusive():
+    claim = claims.get("sigmoid-deep-fails")
+    runs = _table(claim, lambda name, c: (0.9, "ok"), grad_ratio_init=lambda n, c: 1.0)
+    results = claims.evaluate(runs[runs["depth"] != 20], NO_LAYERS, NO_HISTORY)
+    assert {r.id for r in results} == set(claims.CLAIMS)
+    deep = next(r for r in results if r.id == "sigmoid-deep-fails")
+    assert deep.verdict == "inconclusive"
+    assert "9 of 36 runs not in this results directory" in deep.summary
+    assert all(r.verdict == "inconclusive" for r in results)
+    # JSON-safe as a plain dict.
+    json.dumps([dataclasses.asdict(r) for r in results], allow_nan=False)
+    assert deep.budget["steps"] == claims.BASE["max_steps"] and deep.budget["seeds"] == list(claims.SEEDS)
+    assert deep.budget["examples"] == claims.BASE["max_steps"] * claims.BASE["batch_size"]
+
+
+# Per depth: accuracies of the three seeds at each learning rate.
+_DEEP_CASES = {
+    "pass": {2: (0.95, 0.90, 0.20), 5: (0.90, 0.93, 0.30), 10: (0.40, 0.60, 0.50), 20: (0.11, 0.10, 0.12)},
+    "fail": {2: (0.95, 0.90, 0.20), 5: (0.90, 0.93, 0.30), 10: (0.85, 0.90, 0.50), 20: (0.82, 0.85, 0.20)},
+    "inconclusive": {2: (0.30, 0.50, 0.20), 5: (0.20, 0.30, 0.30), 10: (0.10, 0.10, 0.1), 20: (0.1, 0.1, 0.1)},
+}
+
+
+@pytest.mark.parametrize("case", sorted(_DEEP_CASES))
+def test_sigmoid_deep_fails_verdict_follows_its_rule(case):
+    claim = claims.get("sigmoid-deep-fails")
+    acc = _DEEP_CASES[case]
+    seed_offset = (-0.01, 0.0, 0.01)
+    ratio = {2: 0.5, 5: 2e-2, 10: 1e-4, 20: 1e-9}
+
+    def accuracy(name, c):
+        diverged = c.learning_rate == LRS[-1] and c.seed == 0
+        return acc[c.depth][LRS.index(c.learning_rate)] + seed_offset[c.seed], "diverged" if diverged else "ok"
+
+    runs = _table(claim, accuracy, grad_ratio_init=lambda n, c: ratio[c.depth])
+    (result,) = claims.evaluate(runs, NO_LAYERS, NO_HISTORY, claims=[claim])
+
+    # The rule, by hand: 'trains' = best median >= 0.80.
+    trains = {}
+    for d in acc:
+        per_lr = {
+            lr: [accuracy("", RunConfig(depth=d, learning_rate=lr, seed=s, optimizer="momentum")) for s in range(3)]
+            for lr in LRS
+        }
+        trains[d] = _best_median(per_lr) >= 0.80
+    depths = sorted(acc)
+    if not trains[depths[0]]:
+        expected = "inconclusive"
+    elif all(trains.values()) or trains[depths[-1]]:
+        expected = "fail"
+    else:
+        expected = "pass"
+    assert result.verdict == expected == case
+    if expected == "pass":
+        assert result.evidence["first_depth_not_training"] == 10
+        assert result.evidence["first_depth_gradient_below_fraction"] == 10  # 1e-4 < 1e-3, 2e-2 is not
+        assert result.evidence["sigmoid_glorot_d10.best_learning_rate"] == LRS[1]
+        assert result.evidence["sigmoid_glorot_d10.diverged_runs"] == 1
+
+
+@pytest.mark.parametrize(
+    "accs, expected",
+    [
+        ({"tanh_sw1_d10": 0.9, "tanh_sw1_d40": 0.11, "tanh_sw1.76_d40": 0.85}, "pass"),
+        ({"tanh_sw1_d10": 0.9, "tanh_sw1_d40": 0.88, "tanh_sw1.76_d40": 0.85}, "fail"),
+        ({"tanh_sw1_d10": 0.9, "tanh_sw1_d40": 0.11, "tanh_sw1.76_d40": 0.5}, "inconclusive"),
+    ],
+)
+def test_schoenholz_verdict_follows_its_rule_with_the_theory_depth_scale(accs, expected):
+    claim = claims.get("schoenholz2017-depth-scale")
+    runs = _table(claim, lambda name, c: (accs[name] if c.learning_rate == LRS[1] else 0.1, "ok"))
+    (result,) = claims.evaluate(runs, NO_LAYERS, NO_HISTORY, claims=[claim])
+    status = {n: "trains" if a >= 0.8 else "fails" if a <= 0.15 else "partial" for n, a in accs.items()}
+    by_hand = (
+        "pass"
+        if (status["tanh_sw1_d10"], status["tanh_sw1_d40"], status["tanh_sw1.76_d40"]) == ("trains", "fails", "trains")
+        else "fail"
+        if status["tanh_sw1_d10"] == "fails"
+        or status["tanh_sw1_d40"] == "trains"
+        or status["tanh_sw1.76_d40"] == "fails"
+        else "inconclusive"
+    )
+    assert result.verdict == by_hand == expected
+    # ξ of tanh with σ_w² = 1, σ_b² = 0.05 read from the runs' bias initializer: the paper's ≈ 3.6 (hence 6ξ ≈ 22).
+    xi = theory.predict(
+        "tanh", "variance_scaling(distribution='untruncated_normal')", depth=10, width=64, sigma_b2=0.05
+    ).depth_scale
+    assert result.evidence["tanh_sw1_d10.theory_depth_scale"] == pytest.approx(xi)
+    assert 3.0 < xi < 4.5
+    assert result.evidence["tanh_sw1_d10.theory_sigma_b2"] == pytest.approx(0.05)
+
+
+def test_he2015_counts_steps_to_accuracy_from_the_history():
+    claim = claims.get("he2015-relu-depth30")
+    runs = _table(claim, lambda name, c: (0.9 if c.learning_rate == LRS[1] else 0.5, "ok"))
+    steps = np.arange(50, 301, 50)
+    curves = {"relu_he_d30": [0.5, 0.82, 0.9, 0.9, 0.9, 0.9], "relu_glorot_d30": [0.2, 0.3, 0.5, 0.7, 0.81, 0.9]}
+    rows = []
+    for rs in claim.run_sets:
+        for c in rs.configs():
+            late = 1 if c.seed == 2 else 0  # one seed reaches each level one evaluation later
+            curve = curves[rs.name]
+            for i, s in enumerate(steps):
+                rows.append({"run_id": c.run_id, "step": s, "test_accuracy": curve[max(0, i - late)]})
+    history = pd.DataFrame(rows)
+    (result,) = claims.evaluate(runs, NO_LAYERS, history, claims=[claim])
+    # By hand: He reaches 0.80 at step 100 (seeds 0, 1) and 150 (seed 2): median 100; Glorot 250, 250, 300: 250.
+    assert result.evidence["relu_he_d30.steps_to_accuracy"] == 100
+    assert result.evidence["relu_glorot_d30.steps_to_accuracy"] == 250
+    assert result.verdict == ("pass" if 250 >= claims.MARKEDLY_SLOWER * 100 else "fail") == "pass"
+
+
+@pytest.mark.parametrize("poor_relu_acc, expected", [(0.11, "pass"), (0.92, "fail"), (0.5, "inconclusive")])
+def test_init_matters_verdict_follows_its_rule(poor_relu_acc, expected):
+    claim = claims.get("init-matters")
+    acc = {"relu_he_d10": 0.95, "relu_poor_d10": poor_relu_acc, "tanh_glorot_d10": 0.93, "tanh_poor_d10": 0.1}
+    factor = {"relu_he_d10": 1.0, "relu_poor_d10": 0.06, "tanh_glorot_d10": 0.9, "tanh_poor_d10": 0.08}
+    runs = _table(claim, lambda n, c: (acc[n], "ok"), backward_factor_init=lambda n, c: factor[n])
+    (result,) = claims.evaluate(runs, NO_LAYERS, NO_HISTORY, claims=[claim])
+    per_act = []
+    for act, matched in (("relu", "relu_he_d10"), ("tanh", "tanh_glorot_d10")):
+        poor = f"{act}_poor_d10"
+        if acc[poor] <= 0.15 and acc[matched] >= 0.8 and factor[poor] < 0.5:
+            per_act.append("pass")
+        elif acc[poor] >= 0.8 or acc[matched] <= 0.15 or factor[poor] >= 0.5:
+            per_act.append("fail")
+        else:
+            per_act.append("inconclusive")
+    by_hand = "fail" if "fail" in per_act else "inconclusive" if "inconclusive" in per_act else "pass"
+    assert result.verdict == by_hand == expected
+    assert result.evidence["relu_poor_d10.backward_factor_init.median"] == pytest.approx(0.06)
+
+
+def test_dead_unit_claims_read_the_layers_table():
+    dead_claim, leaky_claim = claims.get("relu-dead-units"), claims.get("leaky-relu-no-dead-units")
+    acc = {"relu_narrow": 0.80, "leaky_relu_narrow": 0.90}
+    runs = _table(dead_claim, lambda n, c: (acc[n], "ok"))
+    rows = []
+    for rs in dead_claim.run_sets:
+        for c in rs.configs():
+            for step in (0, 300):
+                for layer in range(c.depth):
+                    relu = rs.name == "relu_narrow"
+                    # ReLU: 10% dead at init; at the end 20% in the shallow half, 40% in the deep half.
+                    dead = (0.1 if step == 0 else 0.2 if layer < c.depth // 2 else 0.4) if relu else 0.0
+                    rows.append(
+                        {
+                            "run_id": c.run_id,
+                            "step": step,
+                            "layer_index": layer,
+                            "layer_name": f"hidden_{layer}",
+                            "dead_fraction": dead,
+                        }
+                    )
+    layers = pd.DataFrame(rows)
+    dead, leaky = claims.evaluate(runs, layers, NO_HISTORY, claims=[dead_claim, leaky_claim])
+    assert dead.evidence["relu_narrow.dead_fraction_init"] == pytest.approx(0.1)
+    assert dead.evidence["relu_narrow.dead_fraction_final"] == pytest.approx(0.3)
+    assert dead.evidence["relu_narrow.dead_fraction_final_deep_half"] == pytest.approx(0.4)
+    # By hand: dead units grow (0.1 -> 0.3) and cost 0.10 >= 0.02 of accuracy; leaky has none and trains better.
+    assert dead.verdict == "pass" and leaky.verdict == "pass"
+    acc["leaky_relu_narrow"] = 0.805  # no accuracy cost any more: 0.005 < 0.02
+    runs = _table(dead_claim, lambda n, c: (acc[n], "ok"))
+    dead, leaky = claims.evaluate(runs, layers, NO_HISTORY, claims=[dead_claim, leaky_claim])
+    assert dead.verdict == "fail" and leaky.verdict == "pass"
+
+
+# --------------------------------------------------------------------------- a tiny real results directory
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_derivative_bound_on_real_runs_through_the_cli(tmp_path, mnist_path):
+    claim = claims.get("sigmoid-derivative-bound")
+    doc = {**claims.suite_document([claim]), "name": "bound"}
+    suite_file = tmp_path / "bound.yaml"
+    suite_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--suite",
+            str(suite_file),
+            "--data",
+            str(mnist_path),
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = load_results(out)
+    assert res.manifest["protocols"] == {"bound": "best_lr"}
+    runs_m = metrics.run_metrics(res.runs, res.layers)
+    results = claims.evaluate(runs_m, res.layers, res.history, res.manifest)
+    by_id = {r.id: r for r in results}
+    bound = by_id["sigmoid-derivative-bound"]
+
+    # By hand: fit log(backward_rms) on the hidden layer index at step 0, per run.
+    init = res.layers[(res.layers["step"] == 0) & (res.layers["layer_name"] != "output")]
+    largest = {}
+    for rid, g in init.groupby("run_id"):
+        slope = np.polyfit(g["layer_index"].astype(float), np.log(g["backward_rms"].astype(float)), 1)[0]
+        name = res.runs.set_index("run_id").loc[rid, "initializer"]
+        largest[name] = max(largest.get(name, 0.0), float(np.exp(-slope)))
+    assert bound.evidence["sigmoid_glorot_init.backward_factor_init.max"] == pytest.approx(largest["glorot_uniform"])
+    expected = (
+        "pass"
+        if max(largest["glorot_uniform"], largest["lecun_normal"]) <= 0.25 and largest["he_normal"] < 1
+        else "fail"
+    )
+    assert bound.verdict == expected
+    # Theory beside it: He's predicted factor is √2 times Glorot's... and below 1.
+    assert bound.evidence["sigmoid_he_init.theory_factor"] < 1
+    assert bound.budget["steps"] == 0 and bound.budget["data"]["checksum"]
+    assert by_id["sigmoid-deep-fails"].verdict == "inconclusive"
+    json.dumps([dataclasses.asdict(r) for r in results], allow_nan=False)
+
+
+# --------------------------------------------------------------------------- bias initializer
+
+
+def test_bias_initializer_is_validated_and_canonical():
+    assert RunConfig().bias_initializer == "zeros"
+    assert RunConfig(bias_initializer="Random_Normal(stddev=0.5)").bias_initializer == "random_normal(stddev=0.5)"
+    with pytest.raises(ValueError, match=r"Argument `bias_initializer`.*'zeroes'"):
+        RunConfig(bias_initializer="zeroes")
+    with pytest.raises(ValueError, match="Argument `bias_initializer` must be a string"):
+        RunConfig(bias_initializer=0.0)
+
+
+def test_bad_bias_initializer_on_the_command_line_is_one_line_exit_2(tmp_path, capsys):
+    code = main(["run", "--bias-initializer", "zeroes", "--dry-run", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "zeroes" in err and "Traceback" not in err
+    assert main(["run", "--bias-initializer", "random_normal(stddev=0.2)", "--depth", "2", "--dry-run"]) == 0
+
+
+def test_default_bias_keeps_the_run_ids_of_published_results():
+    # Every run of the committed baseline still gets its directory's name.
+    run_dirs = sorted((REPO / "reports" / "baseline" / "runs").iterdir())
+    assert run_dirs
+    for d in run_dirs:
+        config = json.loads((d / "config.json").read_text())
+        assert "bias_initializer" not in config
+        assert RunConfig.from_dict(config).run_id == d.name
+    # A non-default bias is part of the identity.
+    c = RunConfig()
+    assert c.replace(bias_initializer="random_normal(stddev=0.1)").run_id != c.run_id
+    legacy = json.dumps(
+        {k: v for k, v in c.to_dict().items() if k != "bias_initializer"}, sort_keys=True, separators=(",", ":")
+    )
+    assert c.run_id.endswith(hashlib.sha256(legacy.encode()).hexdigest()[:10])
+
+
+def test_bias_initializer_reaches_every_bias_of_the_built_model():
+    c = RunConfig(depth=3, width=512, bias_initializer="random_normal(stddev=0.5)", seed=4)
+    model = models.build_model(input_shape=(784,), **c.model_kwargs())
+    dense = [layer for layer in model.layers if getattr(layer, "bias", None) is not None]
+    assert [layer.name for layer in dense] == ["hidden_0", "hidden_1", "hidden_2", "output"]
+    for layer in dense[:-1]:
+        bias, kernel = layer.bias.numpy(), layer.kernel.numpy()
+        assert abs(bias.std() - 0.5) < 0.05 and abs(bias.mean()) < 0.1
+        # Drawn apart from the kernel, not a rescaled copy of its first entries.
+        assert abs(np.corrcoef(bias, kernel.reshape(-1)[: bias.size])[0, 1]) < 0.2
+    assert np.all(dense[-1].bias.numpy() != 0)
+    zeros = models.build_model(input_shape=(784,), **RunConfig(depth=2, width=8).model_kwargs())
+    assert all(np.all(layer.bias.numpy() == 0) for layer in zeros.layers if getattr(layer, "bias", None) is not None)
+
+
+def test_theory_reads_the_bias_variance_from_the_config():
+    c = RunConfig(activation="tanh", initializer="glorot_uniform", depth=10, width=64)
+    with_bias = theory.predict_config(c.replace(bias_initializer=f"random_normal(stddev={math.sqrt(0.05)!r})"), 1.0)
+    assert with_bias.sigma_b2 == pytest.approx(0.05)
+    direct = theory.predict("tanh", "glorot_uniform", depth=10, width=64, sigma_b2=0.05, input_second_moment=1.0)
+    assert with_bias.chi1 == pytest.approx(direct.chi1) and with_bias.q_star == pytest.approx(direct.q_star)
+    plain = theory.predict_config(c, 1.0)
+    assert plain.sigma_b2 == 0.0 and plain.chi1 != pytest.approx(with_bias.chi1)
+    # An explicit σ_b² still wins; a biased-mean bias is outside the theory.
+    assert theory.predict_config(c, 1.0, sigma_b2=0.05).chi1 == pytest.approx(direct.chi1)
+    shifted = theory.predict_config(c.replace(bias_initializer="random_normal(mean=0.1, stddev=0.1)"), 1.0)
+    assert not shifted.applicable and "mean" in shifted.reason
