@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import quantities as Q
 from bench.config import RunConfig
 from bench.protocol import CHANCE_ACCURACY, best_learning_rate
 from bench.utils import json_safe
@@ -483,17 +484,17 @@ def _dead_sets():
 
 def _dead_profile(layers: pd.DataFrame, run_ids) -> tuple[float, float, float, float]:
     """(init, final, shallow half, deep half) mean dead fraction over hidden layers, medians over runs."""
-    h = layers[(layers["layer_name"] != "output") & layers["run_id"].isin(run_ids)].dropna(subset=["dead_fraction"])
+    h = layers[(layers["layer_name"] != "output") & layers["run_id"].isin(run_ids)].dropna(subset=[Q.DEAD_FRACTION])
     if h.empty:
         return (math.nan,) * 4
     init, final, shallow, deep = [], [], [], []
     for _, g in h.groupby("run_id"):
-        init.append(g[g["step"] == 0]["dead_fraction"].mean())
+        init.append(g[g["step"] == 0][Q.DEAD_FRACTION].mean())
         last = g[g["step"] == g["step"].max()]
-        final.append(last["dead_fraction"].mean())
+        final.append(last[Q.DEAD_FRACTION].mean())
         half = (last["layer_index"].max() + 1) / 2
-        shallow.append(last[last["layer_index"] < half]["dead_fraction"].mean())
-        deep.append(last[last["layer_index"] >= half]["dead_fraction"].mean())
+        shallow.append(last[last["layer_index"] < half][Q.DEAD_FRACTION].mean())
+        deep.append(last[last["layer_index"] >= half][Q.DEAD_FRACTION].mean())
     return tuple(float(np.nanmedian(v)) for v in (init, final, shallow, deep))
 
 
@@ -510,7 +511,7 @@ def _dead_evidence(t: Tables) -> dict:
                 f"{name}.dead_fraction_final_shallow_half": shallow,
                 f"{name}.dead_fraction_final_deep_half": deep,
                 f"{name}.dead_fraction_max": float(
-                    pd.to_numeric(t.layers(name)["dead_fraction"], errors="coerce").max()
+                    pd.to_numeric(t.layers(name)[Q.DEAD_FRACTION], errors="coerce").max()
                 ),
             }
         )
@@ -672,10 +673,10 @@ def _decide_selu(t: Tables):
     best = t.best(name)
     ev = _accuracy_evidence(name, best)
     lay = t.layers(name)
-    init = lay[(lay["step"] == 0) & (lay["layer_name"] != "output")].dropna(subset=["act_mean", "act_std"])
+    init = lay[(lay["step"] == 0) & (lay["layer_name"] != "output")].dropna(subset=[Q.ACT_MEAN, Q.ACT_STD])
     ev["layers_measured"] = int(init["layer_index"].nunique())
-    ev["act_mean_max_abs"] = float(init["act_mean"].abs().max()) if len(init) else math.nan
-    var = init["act_std"] ** 2
+    ev["act_mean_max_abs"] = float(init[Q.ACT_MEAN].abs().max()) if len(init) else math.nan
+    var = init[Q.ACT_STD] ** 2
     ev["act_variance_min"] = float(var.min()) if len(init) else math.nan
     ev["act_variance_max"] = float(var.max()) if len(init) else math.nan
     status = trainability(best["median_accuracy"])

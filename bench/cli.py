@@ -124,6 +124,9 @@ _GRID_HELP = {
     "initializer": (
         "LIST", "kernel initializer names: he_normal,random_normal(stddev=0.01) (`vgbench list initializers`)"
     ),
+    "bias_initializer": (
+        "LIST", "bias initializer names, as for --initializer: zeros,random_normal(stddev=0.2236)"
+    ),
     "depth": ("LIST", "hidden layers; integers or ranges LOW-HIGH: 5,10,20 or 2-6"),
     "width": ("LIST", "units per hidden layer (filters for cnn)"),
     "fix": (
@@ -188,7 +191,7 @@ def _add_run(sub):
     )
     p.add_argument(
         "--suite", metavar="NAME|FILE",
-        help="a shipped suite (smoke, ci, default, fixes, full; `vgbench list suites`) or a YAML file; "
+        help="a shipped suite (smoke, ci, default, claims, fixes, full; `vgbench list suites`) or a YAML file; "
         "the options below override its values",
     )
     defaults = _adhoc_defaults()

@@ -90,6 +90,7 @@ import tensorflow as tf
 
 import models
 from bench import quantities
+from bench import quantities as Q
 from bench.quantities import SATURATION_THRESHOLD  # noqa: F401  (public name)
 from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, VARIABLE_COLUMNS
 from bench.summaries import HISTOGRAM_EDGES as _HIST_EDGES
@@ -100,8 +101,8 @@ _GRAD_FIELDS = quantities.cadence_fields("grad")
 _ACT_FIELDS = quantities.cadence_fields("act")
 _GRAD_QUANTITIES = [quantities.LAYER_QUANTITIES[name] for name in _GRAD_FIELDS]
 _ACT_QUANTITIES = [quantities.LAYER_QUANTITIES[name] for name in _ACT_FIELDS]
-_KERNEL_FIELD = _GRAD_FIELDS.index("kernel_grad_norm")
-_BIAS_FIELD = _GRAD_FIELDS.index("bias_grad_norm")
+_KERNEL_FIELD = _GRAD_FIELDS.index(Q.KERNEL_GRAD_NORM)
+_BIAS_FIELD = _GRAD_FIELDS.index(Q.BIAS_GRAD_NORM)
 
 # The compiled metrics that fill the history's accuracy columns, by
 # preference; else the first other one whose name ends in "accuracy" or "acc"

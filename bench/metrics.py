@@ -46,6 +46,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from bench import quantities as Q
 from bench.quantities import LAYER_QUANTITIES, Quantity
 from bench.utils import finite
 
@@ -117,7 +118,7 @@ def _geo_mean(x: pd.Series) -> float:
 SIZE_COLUMNS = {name: q.size_column for name, q in LAYER_QUANTITIES.items() if q.size_column}
 
 
-def per_weight(layers: pd.DataFrame, column: str = "kernel_grad_norm") -> pd.Series:
+def per_weight(layers: pd.DataFrame, column: str = Q.KERNEL_GRAD_NORM) -> pd.Series:
     """RMS gradient per weight, ``norm / √size``; the raw norm when sizes are absent."""
     size = SIZE_COLUMNS.get(column)
     if size is None or size not in layers.columns:
@@ -126,7 +127,7 @@ def per_weight(layers: pd.DataFrame, column: str = "kernel_grad_norm") -> pd.Ser
 
 
 def gradient_profile(
-    layers: pd.DataFrame, which: str = "init", column: str = "kernel_grad_norm", normalize: bool = True
+    layers: pd.DataFrame, which: str = "init", column: str = Q.KERNEL_GRAD_NORM, normalize: bool = True
 ) -> pd.DataFrame:
     """Per (run, layer) gradient at init (step 0) or at the end of training.
 
@@ -205,7 +206,7 @@ def _profile_stat(column: str, which: str, stat: str):
     return compute
 
 
-def underflowed_layers(layers: pd.DataFrame, which: str, column: str = "kernel_grad_norm") -> pd.DataFrame:
+def underflowed_layers(layers: pd.DataFrame, which: str, column: str = Q.KERNEL_GRAD_NORM) -> pd.DataFrame:
     """Per run: the hidden layers whose ``column`` is exactly 0 or not finite.
 
     Measured at step 0 (``which="init"``) or at the last step after 0 where
@@ -258,24 +259,24 @@ def _metrics():  # fmt: skip
         measured = grad if which == "final" else ()
         out += [
             Quantity(f"grad_factor_{which}", "run", f"per-layer gradient factor {_WHEN[which]}",
-                     _profile_stat("kernel_grad_norm", which, "backward"), direction="one", scale="log",
+                     _profile_stat(Q.KERNEL_GRAD_NORM, which, "backward"), direction="one", scale="log",
                      unit="factor", tolerance=0.1 if which == "final" else None, definition=measured),
             Quantity(f"grad_ratio_{which}", "run", f"first/last gradient ratio {_WHEN[which]}",
-                     _profile_stat("kernel_grad_norm", which, "ratio"), direction="one", scale="log", unit="ratio",
+                     _profile_stat(Q.KERNEL_GRAD_NORM, which, "ratio"), direction="one", scale="log", unit="ratio",
                      tolerance=0.5, definition=measured),
             # Same tolerance as the kernel gradient's factor: 0.1 decades per layer.
             Quantity(f"backward_factor_{which}", "run", f"per-layer backward-signal factor {_WHEN[which]}",
-                     _profile_stat("backward_rms", which, "backward"), direction="one", scale="log",
+                     _profile_stat(Q.BACKWARD_RMS, which, "backward"), direction="one", scale="log",
                      unit="factor", tolerance=0.1 if which == "final" else None, definition=measured),
             Quantity(f"forward_factor_{which}", "run", f"per-layer forward-signal factor {_WHEN[which]}",
-                     _profile_stat("preact_rms", which, "forward"), direction="one", scale="log",
+                     _profile_stat(Q.PREACT_RMS, which, "forward"), direction="one", scale="log",
                      unit="factor", definition=measured),
         ]
     for which in ("init", "final"):
         measured = grad if which == "final" else ()
         out += [
             Quantity(f"bias_grad_ratio_{which}", "run", f"first/last bias-gradient ratio {_WHEN[which]}",
-                     _profile_stat("bias_grad_norm", which, "ratio"), direction="one", scale="log", unit="ratio",
+                     _profile_stat(Q.BIAS_GRAD_NORM, which, "ratio"), direction="one", scale="log", unit="ratio",
                      definition=measured),
             Quantity(f"underflow_layers_{which}", "run", f"hidden layers with exactly zero gradient {_WHEN[which]}",
                      _underflow(which, "underflow_layers"), direction="lower", unit="count",
@@ -283,7 +284,7 @@ def _metrics():  # fmt: skip
             Quantity(f"deepest_underflow_layer_{which}", "run", f"deepest layer with exactly zero gradient "
                      f"{_WHEN[which]}", _underflow(which, "deepest_underflow_layer"), definition=measured),
         ]
-    for column in ("dead_fraction", "saturated_fraction"):
+    for column in (Q.DEAD_FRACTION, Q.SATURATED_FRACTION):
         label = LAYER_QUANTITIES[column].label
         for which in ("final", "init"):
             out.append(
@@ -403,7 +404,7 @@ def _describe_underflow(f: Flag) -> str:
 
 
 def _describe_dead(f: Flag) -> str:
-    return f"dead units ({f.numbers['dead_fraction']:.0%} of hidden units)"
+    return f"dead units ({f.numbers[Q.DEAD_FRACTION]:.0%} of hidden units)"
 
 
 def _describe_diverged(f: Flag) -> str:

@@ -59,6 +59,20 @@ UNITS = ("", "accuracy", "fraction", "factor", "ratio", "norm", "seconds", "coun
 # every `act_every` steps ("act"); both at step 0.
 CADENCES = ("grad", "act")
 
+# The per-layer columns, by name: other modules refer to a column through these.
+KERNEL_GRAD_NORM = "kernel_grad_norm"
+BIAS_GRAD_NORM = "bias_grad_norm"
+BACKWARD_RMS = "backward_rms"
+PREACT_RMS = "preact_rms"
+KERNEL_NORM = "kernel_norm"
+UPDATE_RATIO = "update_ratio"
+ACT_MEAN = "act_mean"
+ACT_STD = "act_std"
+ACT_RMS = "act_rms"
+SATURATED_FRACTION = "saturated_fraction"
+DEAD_FRACTION = "dead_fraction"
+INACTIVE_FRACTION = "inactive_fraction"
+
 # A derivative below this share of its maximum counts as saturated.
 SATURATION_THRESHOLD = 0.01
 
@@ -406,36 +420,36 @@ LAYER_QUANTITIES: dict[str, Quantity] = {
     q.name: q
     for q in (
         Quantity(
-            "kernel_grad_norm", "layer", "kernel gradient norm", kernel_grad_norm, "grad",
+            KERNEL_GRAD_NORM, "layer", "kernel gradient norm", kernel_grad_norm, "grad",
             scale="log", unit="norm", size_column="kernel_size", finish=_norm_from_half_sum_sq,
         ),
         Quantity(
-            "bias_grad_norm", "layer", "bias gradient norm", bias_grad_norm, "grad",
+            BIAS_GRAD_NORM, "layer", "bias gradient norm", bias_grad_norm, "grad",
             scale="log", unit="norm", size_column="bias_size", finish=_norm_from_half_sum_sq,
         ),
         Quantity(
-            "backward_rms", "layer", "backward signal RMS", backward_rms, "grad",
+            BACKWARD_RMS, "layer", "backward signal RMS", backward_rms, "grad",
             scale="log", unit="norm", finish=_backward_rms_finish,
         ),
         Quantity(
-            "preact_rms", "layer", "pre-activation RMS", preact_rms, "act",
+            PREACT_RMS, "layer", "pre-activation RMS", preact_rms, "act",
             scale="log", unit="norm", finish=_preact_rms_finish,
         ),
-        Quantity("kernel_norm", "layer", "kernel norm", kernel_norm, "act", unit="norm"),
-        Quantity("update_ratio", "layer", "update ratio ‖ΔW‖/‖W‖", update_ratio, "act", scale="log", unit="ratio"),
-        Quantity("act_mean", "layer", "activation mean", act_mean, "act"),
-        Quantity("act_std", "layer", "activation std", act_std, "act", scale="log"),
-        Quantity("act_rms", "layer", "activation RMS", act_rms, "act", scale="log"),
+        Quantity(KERNEL_NORM, "layer", "kernel norm", kernel_norm, "act", unit="norm"),
+        Quantity(UPDATE_RATIO, "layer", "update ratio ‖ΔW‖/‖W‖", update_ratio, "act", scale="log", unit="ratio"),
+        Quantity(ACT_MEAN, "layer", "activation mean", act_mean, "act"),
+        Quantity(ACT_STD, "layer", "activation std", act_std, "act", scale="log"),
+        Quantity(ACT_RMS, "layer", "activation RMS", act_rms, "act", scale="log"),
         Quantity(
-            "saturated_fraction", "layer", "saturated fraction", saturated_fraction, "act",
+            SATURATED_FRACTION, "layer", "saturated fraction", saturated_fraction, "act",
             direction="lower", unit="fraction", bounds=_FRACTION,
         ),
         Quantity(
-            "dead_fraction", "layer", "dead fraction", dead_fraction, "act",
+            DEAD_FRACTION, "layer", "dead fraction", dead_fraction, "act",
             direction="lower", unit="fraction", bounds=_FRACTION,
         ),
         Quantity(
-            "inactive_fraction", "layer", "inactive fraction", inactive_fraction, "act",
+            INACTIVE_FRACTION, "layer", "inactive fraction", inactive_fraction, "act",
             direction="lower", unit="fraction", bounds=_FRACTION,
         ),
     )

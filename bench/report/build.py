@@ -21,6 +21,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from bench import quantities as Q
 from bench.errors import UsageError
 from bench.report import document, figures, predictions, tables, text, verdicts
 from bench.results import load_results
@@ -115,7 +116,7 @@ class FigureSpec:
 _GRID_PANELS = {
     "pair_heatmaps": ("backward_factor_init", "forward_factor_init"),
     "pair_gradients": ("grad_factor_init", "grad_ratio_init"),
-    "pair_outcomes": ("test_accuracy", "dead_fraction", "saturated_fraction"),
+    "pair_outcomes": ("test_accuracy", Q.DEAD_FRACTION, Q.SATURATED_FRACTION),
 }
 
 _BLANK_TEXT = (

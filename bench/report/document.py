@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 
+from bench import quantities as Q
 from bench.report import findings, predictions, tables, text, verdicts
 from bench.results import write_json_atomic
 from bench.utils import json_safe
@@ -253,8 +254,8 @@ def pair_columns(summary: dict) -> list[tuple[str, callable]]:
         "grad_factor_final",
         "grad_ratio_init",
         "grad_ratio_final",
-        _fraction_column(pairs, "dead_fraction"),
-        _fraction_column(pairs, "saturated_fraction"),
+        _fraction_column(pairs, Q.DEAD_FRACTION),
+        _fraction_column(pairs, Q.SATURATED_FRACTION),
     ]
     cols = [("rank", lambda p: str(p["rank"]))]
     cols += [_key_column(k) for k in summary["shown_keys"]]
@@ -449,7 +450,7 @@ def html_pair_columns(summary: dict) -> list[tuple[str, str, callable]]:
     # Keys the pair shares with the report's slice go without saying (the slice is named above the table).
     main = {k: v for k, v in (summary.get("main_slice") or {}).items() if k != "text"}
     pairs = summary["pairs"]
-    dead, sat = _fraction_column(pairs, "dead_fraction"), _fraction_column(pairs, "saturated_fraction")
+    dead, sat = _fraction_column(pairs, Q.DEAD_FRACTION), _fraction_column(pairs, Q.SATURATED_FRACTION)
 
     def q(p, name):
         return text.cell(tables.PAIR_QUANTITIES[name], p[name], p.get(f"{name}_lo"), p.get(f"{name}_hi"))

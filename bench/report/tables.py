@@ -26,6 +26,7 @@ import pandas as pd
 from scipy import stats as _scipy_stats
 
 from bench import metrics
+from bench import quantities as Q
 from bench.config import NOT_APPLICABLE, benchmark_fields
 from bench.quantities import LAYER_QUANTITIES, Quantity
 from bench.report import predictions
@@ -75,8 +76,8 @@ GRID_QUANTITIES = {
     "forward_factor_init": False,
     "grad_factor_init": False,
     "grad_ratio_init": True,
-    "dead_fraction": False,
-    "saturated_fraction": False,
+    Q.DEAD_FRACTION: False,
+    Q.SATURATED_FRACTION: False,
 }
 
 # Grid quantities with a mean-field prediction beside them: the column of `pair_table` holding it.
@@ -87,7 +88,7 @@ GRID_PREDICTIONS = {
 
 # Per-layer activation statistics of `activation_profiles`.
 ACTIVATION_STATISTICS = {
-    name: LAYER_QUANTITIES[name] for name in ("act_mean", "act_std", "dead_fraction", "saturated_fraction")
+    name: LAYER_QUANTITIES[name] for name in (Q.ACT_MEAN, Q.ACT_STD, Q.DEAD_FRACTION, Q.SATURATED_FRACTION)
 }
 
 # Compared between a fix and its baseline in `fix_effects`.
@@ -392,7 +393,7 @@ def gradient_profiles(
     sel = layers[layers["run_id"].isin(runs_m["run_id"])]
     h = metrics.hidden(sel)
     frames = []
-    for column, parameter in (("kernel_grad_norm", "kernel"), ("bias_grad_norm", "bias")):
+    for column, parameter in ((Q.KERNEL_GRAD_NORM, "kernel"), (Q.BIAS_GRAD_NORM, "bias")):
         for which, when in (("init", "step 0"), ("final", "end of training")):
             p = metrics.gradient_profile(h, which, column)
             # Zeros stay: an underflowed gradient is the most vanishing value, not a missing one.
@@ -404,8 +405,8 @@ def gradient_profiles(
     init = sel[sel["step"] == 0]
     logits = init.loc[init["layer_name"] == "output"].set_index("run_id")
     for column, parameter, predicted in (
-        ("backward_rms", "backward", "predicted_backward_rms"),
-        ("preact_rms", "forward", "predicted_preact_rms"),
+        (Q.BACKWARD_RMS, "backward", "predicted_backward_rms"),
+        (Q.PREACT_RMS, "forward", "predicted_preact_rms"),
     ):
         if column not in init.columns:
             continue
@@ -459,7 +460,7 @@ def heatmap_runs(pairs: pd.DataFrame, layers: pd.DataFrame, main: dict | None = 
         log10_norm``; ``role`` is 'best' or 'worst'.
     """
     columns = ["role", "label", "run_id", "step", "layer_index", "layer_name", "log10_norm"]
-    recorded = set(layers.loc[layers["kernel_grad_norm"].notna(), "run_id"])
+    recorded = set(layers.loc[layers[Q.KERNEL_GRAD_NORM].notna(), "run_id"])
     candidates = pairs[[bool(recorded & set(ids)) for ids in pairs["run_ids"]]]
     if candidates.empty:
         return with_note(pd.DataFrame(columns=columns), "no run recorded kernel gradient norms")
@@ -498,8 +499,8 @@ def heatmap_runs(pairs: pd.DataFrame, layers: pd.DataFrame, main: dict | None = 
         run_id = next(r for r in row["run_ids"] if r in recorded)
         d = layers.loc[layers["run_id"] == run_id]
         d = d[["run_id", "step", "layer_index", "layer_name"]].assign(kernel_grad_norm=metrics.per_weight(d))
-        d = d.dropna(subset=["kernel_grad_norm"])
-        v = d["kernel_grad_norm"].where(d["kernel_grad_norm"] > 0)
+        d = d.dropna(subset=[Q.KERNEL_GRAD_NORM])
+        v = d[Q.KERNEL_GRAD_NORM].where(d[Q.KERNEL_GRAD_NORM] > 0)
         # The slice is named in the title: a pair names only the keys in which it differs from it.
         label = pair_label(row, [k for k in extra if k not in chosen_keys or not _same_value(row[k], chosen_keys[k])])
         status = metrics_status(row)
@@ -603,7 +604,7 @@ def _missing_note(pair: dict, column: str) -> str:
         return "failed" if "failed" in statuses else "diverged"
     if column.endswith("_final") and pair.get("max_steps") == 0:
         return "no training"
-    if column.startswith("saturated_fraction"):
+    if column.startswith(Q.SATURATED_FRACTION):
         return "n/a"
     if column.startswith(("backward_factor", "forward_factor", "grad_factor", "grad_ratio")):
         n_under = pair.get(f"underflow_layers_{column.rsplit('_', 1)[-1]}")
@@ -747,7 +748,7 @@ def activation_profiles(runs_m: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFr
     columns = ["activation", "initializer", "statistic", "when", "layer_index", "n", "mean", "lo", "hi"]
     stats = [c for c in ACTIVATION_STATISTICS if c in layers.columns]
     h = metrics.hidden(layers[layers["run_id"].isin(runs_m["run_id"])])
-    h = h.dropna(subset=["act_std"]) if "act_std" in h.columns else h.iloc[0:0]
+    h = h.dropna(subset=[Q.ACT_STD]) if Q.ACT_STD in h.columns else h.iloc[0:0]
     if h.empty or not stats:
         return with_note(pd.DataFrame(columns=columns), "no activation statistics were recorded")
     last = h.groupby("run_id")["step"].transform("max")

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from bench import quantities as Q
 from bench.config import CUSTOM_ARCH
 from bench.quantities import Quantity
 from bench.utils import plain
@@ -28,8 +29,8 @@ SHORT_LABELS = {
     "forward_factor": "forward factor",
     "grad_factor": "grad factor",
     "grad_ratio": "first/last",
-    "dead_fraction": "dead",
-    "saturated_fraction": "saturated",
+    Q.DEAD_FRACTION: "dead",
+    Q.SATURATED_FRACTION: "saturated",
 }
 
 # A missing value in a table cell.
