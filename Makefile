@@ -32,7 +32,7 @@ bench: install
 	$(BIN)/vgbench run --suite claims --out $(OUT) --jobs $(JOBS) $(DATA_ARG)
 	$(BIN)/vgbench report $(OUT)
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest
 
 # Lint and format check (ruff, configured in pyproject.toml); `make format` applies the formatter.

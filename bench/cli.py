@@ -31,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         # argparse echoes what it received in quotes; a 100 kB word stays short.
-        raise UsageError(re.sub(r"'([^'\n]{%d,})'" % (ECHO_LIMIT + 1), lambda m: shorten(m.group(0)), message))
+        long_quoted = rf"'([^'\n]{{{ECHO_LIMIT + 1},}})'"
+        raise UsageError(re.sub(long_quoted, lambda m: shorten(m.group(0)), message))
 
 
 def _split(text: str) -> list[str]:
@@ -118,15 +119,13 @@ _GRID_HELP = {
     "arch": ("{mlp,cnn}", "mlp (dense layers) or cnn (a small convolutional net)"),
     "activation": (
         "LIST",
-        "activation names, parameters in parentheses: relu,leaky_relu(negative_slope=0.1) "
-        "(`vgbench list activations`)",
+        "activation names, parameters in parentheses: relu,leaky_relu(negative_slope=0.1) (`vgbench list activations`)",
     ),
     "initializer": (
-        "LIST", "kernel initializer names: he_normal,random_normal(stddev=0.01) (`vgbench list initializers`)"
+        "LIST",
+        "kernel initializer names: he_normal,random_normal(stddev=0.01) (`vgbench list initializers`)",
     ),
-    "bias_initializer": (
-        "LIST", "bias initializer names, as for --initializer: zeros,random_normal(stddev=0.2236)"
-    ),
+    "bias_initializer": ("LIST", "bias initializer names, as for --initializer: zeros,random_normal(stddev=0.2236)"),
     "depth": ("LIST", "hidden layers; integers or ranges LOW-HIGH: 5,10,20 or 2-6"),
     "width": ("LIST", "units per hidden layer (filters for cnn)"),
     "fix": (
@@ -190,7 +189,8 @@ def _add_run(sub):
         "--suite, the suite's values apply and the options override them.",
     )
     p.add_argument(
-        "--suite", metavar="NAME|FILE",
+        "--suite",
+        metavar="NAME|FILE",
         help="a shipped suite (smoke, ci, default, claims, fixes, full; `vgbench list suites`) or a YAML file; "
         "the options below override its values",
     )
@@ -202,47 +202,70 @@ def _add_run(sub):
             *flags, dest=field, metavar=metavar, action=_AsTyped, help=f"{text} (default: {_shown(defaults[field])})"
         )
     p.add_argument(
-        "--only", action="append", default=[], metavar="KEY=VALUE",
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="keep only runs whose field KEY (a grid option's name: activation, depth, ...) equals one of the values "
         "(repeatable; VALUE may be a comma list; default: keep all)",
     )
     p.add_argument(
-        "--data", metavar="PATH",
+        "--data",
+        metavar="PATH",
         help="dataset file: an .npz (x_train, y_train, x_test, y_test) or a directory of IDX files; for tfds:NAME "
         "the TFDS data directory (default: $VGBENCH_MNIST, the Keras cache, then the download)",
     )
     p.add_argument(
-        "--out", metavar="DIR", default="reports/latest",
+        "--out",
+        metavar="DIR",
+        default="reports/latest",
         help="results directory (resumed when it exists; default: reports/latest)",
     )
     p.add_argument(
-        "--jobs", type=int, default=None, metavar="N",
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
         help="parallel runs (default: the number of cores; with --executor ray: the cluster's CPUs)",
     )
     p.add_argument(
-        "--executor", default="local", metavar="{local,ray}",
+        "--executor",
+        default="local",
+        metavar="{local,ray}",
         help="where runs execute: local (worker processes on this machine) or ray (Ray tasks) (default: local)",
     )
     p.add_argument(
-        "--address", default=None, metavar="ADDRESS",
+        "--address",
+        default=None,
+        metavar="ADDRESS",
         help="Ray cluster address: auto, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS, else a private "
         "local Ray); with --executor ray",
     )
     p.add_argument(
-        "--ray-cpus-per-task", type=float, default=1, metavar="N",
+        "--ray-cpus-per-task",
+        type=float,
+        default=1,
+        metavar="N",
         help="CPUs (and TensorFlow threads) of each Ray task (default 1)",
     )
     p.add_argument(
-        "--ray-share-data", action=argparse.BooleanOptionalAction, default=True,
+        "--ray-share-data",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="ship the driver's dataset to Ray workers through the object store (default), "
         "or let each worker load its own copy",
     )
     p.add_argument(
-        "--ray-max-retries", type=int, default=None, metavar="N",
+        "--ray-max-retries",
+        type=int,
+        default=None,
+        metavar="N",
         help="retries of a Ray task whose worker died (default 3)",
     )
     p.add_argument(
-        "--tensorboard", metavar="DIR", default=None,
+        "--tensorboard",
+        metavar="DIR",
+        default=None,
         help="also write each run's per-layer quantities and gradient histograms as TensorBoard events "
         "into DIR/RUN_ID (`tensorboard --logdir DIR`)",
     )
@@ -466,7 +489,7 @@ def _add_theory(sub):
         "--train-samples", type=int, default=None, metavar="N", help="first N training examples, for E[x^2] from data"
     )
     p.add_argument(
-        "--json", action="store_true", help="print a JSON list, one object per pair (NaN as null, infinity as \"inf\")"
+        "--json", action="store_true", help='print a JSON list, one object per pair (NaN as null, infinity as "inf")'
     )
     p.set_defaults(func=cmd_theory)
 
@@ -562,75 +585,112 @@ def _add_diagnose(sub):
     )
     p.add_argument("model", metavar="MODEL.keras", help="a model saved with model.save('MODEL.keras')")
     p.add_argument(
-        "--dataset", default=None, metavar="NAME",
+        "--dataset",
+        default=None,
+        metavar="NAME",
         help="mnist, fashion_mnist, tfds:NAME, or npz (your own arrays: --data FILE.npz with x_train, y_train, "
         "x_test, y_test) (default: mnist)",
     )
     p.add_argument(
-        "--data", metavar="PATH", default=None,
+        "--data",
+        metavar="PATH",
+        default=None,
         help="the dataset's file: MNIST-like .npz or IDX directory, the TFDS data directory for tfds:NAME, or "
         "your .npz for --dataset npz (default for mnist: $VGBENCH_MNIST, the Keras cache, then the download)",
     )
     p.add_argument(
-        "--preprocessing", default=None, metavar="{scale,standardize,none}",
+        "--preprocessing",
+        default=None,
+        metavar="{scale,standardize,none}",
         help="scale (x/255), standardize (then mean 0, variance 1) or none (the stored values) (default: "
         f"{settings['preprocessing']} for images as in the default suite, none for --dataset npz)",
     )
     p.add_argument(
-        "--train-samples", default=None, metavar="N",
+        "--train-samples",
+        default=None,
+        metavar="N",
         help=f"use the first N training examples; all = every one (default: {settings.get('train_samples')}, or all)",
     )
     p.add_argument(
-        "--test-samples", default=None, metavar="N",
+        "--test-samples",
+        default=None,
+        metavar="N",
         help=f"use the first N test examples; all = every one (default: {settings.get('test_samples')}, or all)",
     )
     p.add_argument(
-        "--steps", type=int, default=None, metavar="N",
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
         help=f"optimizer steps; 0 = measure at the current weights only (default: {settings['max_steps']})",
     )
     p.add_argument(
-        "--batch-size", type=int, default=None, metavar="N",
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
         help=f"examples per step and in the step-0 batch (default: {settings['batch_size']})",
     )
     p.add_argument(
-        "--log-every", type=int, default=None, metavar="N",
+        "--log-every",
+        type=int,
+        default=None,
+        metavar="N",
         help=f"record gradient norms and signals every N steps (default: {settings['log_every']})",
     )
     p.add_argument(
-        "--act-every", type=int, default=None, metavar="N",
+        "--act-every",
+        type=int,
+        default=None,
+        metavar="N",
         help=f"record activation statistics every N steps (default: {settings['act_every']})",
     )
     p.add_argument(
-        "--seed", type=int, default=None, metavar="N",
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
         help=f"seed of the data order and of dropout (default: {settings['seed']})",
     )
     p.add_argument(
-        "--loss", default=None, metavar="SPEC",
+        "--loss",
+        default=None,
+        metavar="SPEC",
         help="a Keras loss instead of the model's own, parameters in parentheses: "
         "'sparse_categorical_crossentropy(from_logits=True)' (needed when the model has no compile config)",
     )
     p.add_argument(
-        "--optimizer", default=None, metavar="NAME",
+        "--optimizer",
+        default=None,
+        metavar="NAME",
         help=f"{', '.join(diagnose.OPTIMIZERS)} (momentum: SGD with momentum {diagnose.MOMENTUM:g}) instead of the "
         f"model's own (default: its own; {settings['optimizer']} when it has none)",
     )
     p.add_argument(
-        "--learning-rate", type=float, default=None, metavar="LR",
+        "--learning-rate",
+        type=float,
+        default=None,
+        metavar="LR",
         help=f"a number in (0, 10] (default: the optimizer's own; {settings['learning_rate']:g} with --optimizer "
         "or when the model has none)",
     )
     p.add_argument(
-        "--tensorboard", metavar="DIR", default=None,
+        "--tensorboard",
+        metavar="DIR",
+        default=None,
         help="also write the per-layer quantities and gradient histograms as TensorBoard events into DIR/RUN_ID",
     )
     p.add_argument(
-        "--out", metavar="DIR", default="reports/diagnose",
+        "--out",
+        metavar="DIR",
+        default="reports/diagnose",
         help="results directory: new, empty or one of vgbench's (the run is added) (default: reports/diagnose)",
     )
     p.add_argument("--no-report", action="store_true", help="write the tables only, no report")
     p.add_argument("--wait", action="store_true", help="when another vgbench process writes --out, wait for it")
     p.add_argument(
-        "--allow-nonstandard-data", action="store_true",
+        "--allow-nonstandard-data",
+        action="store_true",
         help="use a data file that holds another standard dataset (as for `vgbench run`)",
     )
     p.set_defaults(func=cmd_diagnose)
@@ -692,11 +752,26 @@ def cmd_diagnose(args) -> int:
     x_train, y_train, x_test, y_test = diagnose.prepare_arrays(ds, preprocessing, train_samples, test_samples)
     model = diagnose.load_model(path)
     results = diagnose.diagnose(
-        model, x_train, y_train, x_test, y_test,
-        steps=args.steps, batch_size=args.batch_size, log_every=args.log_every, act_every=args.act_every,
-        seed=args.seed, loss=args.loss, optimizer=args.optimizer, learning_rate=args.learning_rate,
-        out=args.out, tensorboard_dir=args.tensorboard, report=not args.no_report, wait=args.wait,
-        dataset=ds, preprocessing=preprocessing, model_file=path,
+        model,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        log_every=args.log_every,
+        act_every=args.act_every,
+        seed=args.seed,
+        loss=args.loss,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        out=args.out,
+        tensorboard_dir=args.tensorboard,
+        report=not args.no_report,
+        wait=args.wait,
+        dataset=ds,
+        preprocessing=preprocessing,
+        model_file=path,
     )
     for line in diagnose.summary_lines(results, path):
         print(line)

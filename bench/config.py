@@ -50,6 +50,17 @@ FIX_DESCRIPTIONS = {
 # keeps the run_id it had before the field existed (see `RunConfig.run_id`).
 DEFAULT_BIAS_INITIALIZER = "zeros"
 
+# Fields added after results were published, with their defaults: they join an
+# identity (run_id, compare's benchmark names) only when they differ from the
+# default, so older runs keep their names and reports/baseline still matches.
+LATE_FIELD_DEFAULTS = {"bias_initializer": DEFAULT_BIAS_INITIALIZER}
+
+
+def stable_identity(values: dict) -> dict:
+    """`values` without the late fields that hold their default (see LATE_FIELD_DEFAULTS)."""
+    return {k: v for k, v in values.items() if not (k in LATE_FIELD_DEFAULTS and v == LATE_FIELD_DEFAULTS[k])}
+
+
 # Learning rates above this diverge at once in every model here; a typo such
 # as 1e308 or inf would only fill a suite with diverged runs.
 MAX_LEARNING_RATE = 10.0
@@ -78,8 +89,7 @@ def canonical_fix(text: str) -> str:
             raise ValueError(f"Invalid fix {shorten(repr(token))}. Valid fixes: none, {', '.join(FIXES)}") from None
         if name not in FIXES:
             raise ValueError(
-                f"Unknown fix {shorten(repr(name))}.{closest(name, list(FIXES))} "
-                f"Valid fixes: none, {', '.join(FIXES)}"
+                f"Unknown fix {shorten(repr(name))}.{closest(name, list(FIXES))} Valid fixes: none, {', '.join(FIXES)}"
             )
         param = FIXES[name]
         if param is None:
@@ -234,7 +244,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict) -> RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -244,7 +254,7 @@ class RunConfig:
             )
         return cls(**d)
 
-    def replace(self, **changes) -> "RunConfig":
+    def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
     @property
@@ -253,12 +263,7 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        identity = self.to_dict()
-        # Fields added after results were published join the hash only when
-        # they differ from their default: older runs keep their run_id, so a
-        # resumed directory and reports/baseline still match them.
-        if identity["bias_initializer"] == DEFAULT_BIAS_INITIALIZER:
-            del identity["bias_initializer"]
+        identity = stable_identity(self.to_dict())
         blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
         readable = "-".join(

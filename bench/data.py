@@ -275,7 +275,7 @@ def load_dataset(
         return reused
     key = name.strip()
     if key.lower().startswith("tfds:"):
-        tfds_name = key[len("tfds:"):].strip()
+        tfds_name = key[len("tfds:") :].strip()
         if not tfds_name:
             raise DataError(f"Invalid dataset name {name!r}: missing the TFDS name after 'tfds:' (e.g. tfds:mnist)")
         return _load_tfds(tfds_name, data_dir=path)
@@ -701,7 +701,7 @@ def _build(
     num_classes: int | None = None,
     allow: bool = False,
 ) -> Dataset:
-    base = name[len("tfds:"):] if name.startswith("tfds:") else name
+    base = name[len("tfds:") :] if name.startswith("tfds:") else name
     if num_classes is None:
         num_classes = _NUM_CLASSES[base]
     arrays = _validate(arrays, where=where, num_classes=num_classes)
@@ -817,5 +817,3 @@ def _check_samples(arg: str, value, available: int, name: str) -> int:
         split = "training" if arg.startswith("train") else "test"
         raise DataError(f"{arg}={value} exceeds the {available} {split} examples in {name}; expected 1..{available}")
     return int(value)
-
-

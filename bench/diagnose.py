@@ -327,8 +327,13 @@ def arrays_dataset(name, source, x_train, y_train, x_test=None, y_test=None):
     checksums = {key: data_mod.array_checksum(a) for key, a in arrays.items()}
     num_classes = _num_classes(y_train, y_test)
     return data_mod.Dataset(
-        name=name, num_classes=num_classes, source=str(source), checksums=checksums,
-        checksum=data_mod.data_checksum(checksums), standard=False, **arrays,
+        name=name,
+        num_classes=num_classes,
+        source=str(source),
+        checksums=checksums,
+        checksum=data_mod.data_checksum(checksums),
+        standard=False,
+        **arrays,
     )
 
 
@@ -389,13 +394,15 @@ def prepare_arrays(ds, preprocessing: str, train_samples=None, test_samples=None
     n_train, n_test = data_mod.check_samples(ds, train_samples, test_samples)
     y_train, y_test = ds.y_train[:n_train], ds.y_test[:n_test]
     if preprocessing == "none":
+
         def raw(x):
             return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float32)
 
         x_train, x_test = raw(ds.x_train[:n_train]), raw(ds.x_test[:n_test])
     else:
-        a = data_mod.prepare(ds, preprocessing=preprocessing, flatten=False, train_samples=n_train,
-                             test_samples=n_test or None)
+        a = data_mod.prepare(
+            ds, preprocessing=preprocessing, flatten=False, train_samples=n_train, test_samples=n_test or None
+        )
         x_train, x_test = a.x_train, a.x_test[:n_test]
     if n_test == 0:
         return x_train, y_train, None, None
@@ -703,7 +710,8 @@ def _train(model, settings, run_id, x_train, y_train, x_test, y_test, probe, ten
     t0 = time.perf_counter()
     result = empty_result(**run_provenance())
     test_ds = (
-        data_mod.make_tf_dataset(x_test, y_test, batch_size=512, shuffle=False) if x_test is not None and len(x_test)
+        data_mod.make_tf_dataset(x_test, y_test, batch_size=512, shuffle=False)
+        if x_test is not None and len(x_test)
         else None
     )
     logger = None
@@ -774,10 +782,16 @@ def _in_memory(record, dataset, model_info):
 
     result = {k: v for k, v in record.result.items() if k != "traceback"}
     runs = pd.DataFrame([{"run_id": record.run_id, **record.config, **result}])
-    manifest = {"schema_version": results_mod.SCHEMA_VERSION, "suite": SUITE, "data": data_mod.describe(dataset),
-                "model": model_info}
+    manifest = {
+        "schema_version": results_mod.SCHEMA_VERSION,
+        "suite": SUITE,
+        "data": data_mod.describe(dataset),
+        "model": model_info,
+    }
     return results_mod.Results(
-        None, manifest, runs,
+        None,
+        manifest,
+        runs,
         table(record.layers, results_mod.LAYER_COLUMNS),
         table(record.history, results_mod.HISTORY_COLUMNS),
         table(record.variables, results_mod.VARIABLE_COLUMNS),

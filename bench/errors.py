@@ -29,9 +29,7 @@ class DiskFull(SuiteInterrupted):
 
     def __init__(self, path):
         self.path = str(path)
-        super().__init__(
-            f"no space left on device writing {self.path}; finished runs are kept; free space and rerun"
-        )
+        super().__init__(f"no space left on device writing {self.path}; finished runs are kept; free space and rerun")
 
 
 class Terminated(KeyboardInterrupt):

@@ -950,9 +950,7 @@ def _table(values, quantities_):
     """(n_units, n_quantities): every quantity's ``compute`` per unit, stacked in one op, then its ``finish``."""
     n, k = len(values), len(quantities_)
     raw = tf.reshape(tf.stack([tf.cast(q.compute(v), tf.float32) for v in values for q in quantities_]), [n, k])
-    columns = [
-        q.finish(raw[:, j], values) if q.finish is not None else raw[:, j] for j, q in enumerate(quantities_)
-    ]
+    columns = [q.finish(raw[:, j], values) if q.finish is not None else raw[:, j] for j, q in enumerate(quantities_)]
     return tf.stack(columns, axis=1)
 
 

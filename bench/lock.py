@@ -38,7 +38,7 @@ class DirectoryLock:
         self.path = self.out / LOCK_NAME
         self._fd = None
 
-    def acquire(self, wait: bool = False, on_wait=None) -> "DirectoryLock":
+    def acquire(self, wait: bool = False, on_wait=None) -> DirectoryLock:
         """Takes the lock; ``out`` must exist.
 
         Args:

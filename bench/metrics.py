@@ -60,7 +60,6 @@ EXPLODING_RATIO = 1e3
 DEAD_THRESHOLD = 0.5
 
 
-
 def hidden(layers: pd.DataFrame) -> pd.DataFrame:
     """Rows of hidden layers only (drops the output layer)."""
     return layers[layers["layer_name"] != "output"]
@@ -252,49 +251,124 @@ def _metrics():  # fmt: skip
     act = ("act_every",)
     out = [
         # An outcome column that training writes itself.
-        Quantity("test_accuracy", "run", "test accuracy", direction="higher", unit="accuracy",
-                 bounds=_FRACTION, tolerance=0.02),
+        Quantity(
+            "test_accuracy",
+            "run",
+            "test accuracy",
+            direction="higher",
+            unit="accuracy",
+            bounds=_FRACTION,
+            tolerance=0.02,
+        ),
     ]
     for which in ("final", "init"):
         measured = grad if which == "final" else ()
         out += [
-            Quantity(f"grad_factor_{which}", "run", f"per-layer gradient factor {_WHEN[which]}",
-                     _profile_stat(Q.KERNEL_GRAD_NORM, which, "backward"), direction="one", scale="log",
-                     unit="factor", tolerance=0.1 if which == "final" else None, definition=measured),
-            Quantity(f"grad_ratio_{which}", "run", f"first/last gradient ratio {_WHEN[which]}",
-                     _profile_stat(Q.KERNEL_GRAD_NORM, which, "ratio"), direction="one", scale="log", unit="ratio",
-                     tolerance=0.5, definition=measured),
+            Quantity(
+                f"grad_factor_{which}",
+                "run",
+                f"per-layer gradient factor {_WHEN[which]}",
+                _profile_stat(Q.KERNEL_GRAD_NORM, which, "backward"),
+                direction="one",
+                scale="log",
+                unit="factor",
+                tolerance=0.1 if which == "final" else None,
+                definition=measured,
+            ),
+            Quantity(
+                f"grad_ratio_{which}",
+                "run",
+                f"first/last gradient ratio {_WHEN[which]}",
+                _profile_stat(Q.KERNEL_GRAD_NORM, which, "ratio"),
+                direction="one",
+                scale="log",
+                unit="ratio",
+                tolerance=0.5,
+                definition=measured,
+            ),
             # Same tolerance as the kernel gradient's factor: 0.1 decades per layer.
-            Quantity(f"backward_factor_{which}", "run", f"per-layer backward-signal factor {_WHEN[which]}",
-                     _profile_stat(Q.BACKWARD_RMS, which, "backward"), direction="one", scale="log",
-                     unit="factor", tolerance=0.1 if which == "final" else None, definition=measured),
-            Quantity(f"forward_factor_{which}", "run", f"per-layer forward-signal factor {_WHEN[which]}",
-                     _profile_stat(Q.PREACT_RMS, which, "forward"), direction="one", scale="log",
-                     unit="factor", definition=measured),
+            Quantity(
+                f"backward_factor_{which}",
+                "run",
+                f"per-layer backward-signal factor {_WHEN[which]}",
+                _profile_stat(Q.BACKWARD_RMS, which, "backward"),
+                direction="one",
+                scale="log",
+                unit="factor",
+                tolerance=0.1 if which == "final" else None,
+                definition=measured,
+            ),
+            Quantity(
+                f"forward_factor_{which}",
+                "run",
+                f"per-layer forward-signal factor {_WHEN[which]}",
+                _profile_stat(Q.PREACT_RMS, which, "forward"),
+                direction="one",
+                scale="log",
+                unit="factor",
+                definition=measured,
+            ),
         ]
     for which in ("init", "final"):
         measured = grad if which == "final" else ()
         out += [
-            Quantity(f"bias_grad_ratio_{which}", "run", f"first/last bias-gradient ratio {_WHEN[which]}",
-                     _profile_stat(Q.BIAS_GRAD_NORM, which, "ratio"), direction="one", scale="log", unit="ratio",
-                     definition=measured),
-            Quantity(f"underflow_layers_{which}", "run", f"hidden layers with exactly zero gradient {_WHEN[which]}",
-                     _underflow(which, "underflow_layers"), direction="lower", unit="count",
-                     bounds=(0.0, np.inf), definition=measured),
-            Quantity(f"deepest_underflow_layer_{which}", "run", f"deepest layer with exactly zero gradient "
-                     f"{_WHEN[which]}", _underflow(which, "deepest_underflow_layer"), definition=measured),
+            Quantity(
+                f"bias_grad_ratio_{which}",
+                "run",
+                f"first/last bias-gradient ratio {_WHEN[which]}",
+                _profile_stat(Q.BIAS_GRAD_NORM, which, "ratio"),
+                direction="one",
+                scale="log",
+                unit="ratio",
+                definition=measured,
+            ),
+            Quantity(
+                f"underflow_layers_{which}",
+                "run",
+                f"hidden layers with exactly zero gradient {_WHEN[which]}",
+                _underflow(which, "underflow_layers"),
+                direction="lower",
+                unit="count",
+                bounds=(0.0, np.inf),
+                definition=measured,
+            ),
+            Quantity(
+                f"deepest_underflow_layer_{which}",
+                "run",
+                f"deepest layer with exactly zero gradient {_WHEN[which]}",
+                _underflow(which, "deepest_underflow_layer"),
+                definition=measured,
+            ),
         ]
     for column in (Q.DEAD_FRACTION, Q.SATURATED_FRACTION):
         label = LAYER_QUANTITIES[column].label
         for which in ("final", "init"):
             out.append(
-                Quantity(f"{column}_{which}", "run", f"{label} {_WHEN[which]}", _fraction(column, which),
-                         direction="lower", unit="fraction", bounds=_FRACTION,
-                         tolerance=0.1 if which == "final" else None, definition=act if which == "final" else ())
+                Quantity(
+                    f"{column}_{which}",
+                    "run",
+                    f"{label} {_WHEN[which]}",
+                    _fraction(column, which),
+                    direction="lower",
+                    unit="fraction",
+                    bounds=_FRACTION,
+                    tolerance=0.1 if which == "final" else None,
+                    definition=act if which == "final" else (),
+                )
             )
     # Another outcome column: reported, but too noisy to fail a comparison by default.
-    out.append(Quantity("wall_time_s", "run", "wall time", direction="lower", unit="seconds",
-                        bounds=(0.0, np.inf), tolerance=2.0, gating=False))
+    out.append(
+        Quantity(
+            "wall_time_s",
+            "run",
+            "wall time",
+            direction="lower",
+            unit="seconds",
+            bounds=(0.0, np.inf),
+            tolerance=2.0,
+            gating=False,
+        )
+    )
     return {q.name: q for q in out}
 
 
@@ -471,9 +545,7 @@ def flags(row) -> list[Flag]:
     for which in ("init", "final"):
         f, r = row.get(f"grad_factor_{which}"), row.get(f"grad_ratio_{which}")
         b, fw = row.get(f"backward_factor_{which}"), row.get(f"forward_factor_{which}")
-        numbers = {
-            k: float(v) for k, v in (("grad_factor", f), ("grad_ratio", r), ("backward_factor", b)) if finite(v)
-        }
+        numbers = {k: float(v) for k, v in (("grad_factor", f), ("grad_ratio", r), ("backward_factor", b)) if finite(v)}
         kernel_vanishes = finite(f) and f < VANISHING_FACTOR or finite(r) and r < VANISHING_RATIO
         kernel_explodes = finite(f) and f > EXPLODING_FACTOR or finite(r) and r > EXPLODING_RATIO
         n = row.get(f"underflow_layers_{which}")
@@ -488,8 +560,13 @@ def flags(row) -> list[Flag]:
             out.append(Flag("exploding", which, **numbers))
         if _vanishes(fw, span):
             out.append(
-                Flag("forward collapse", which, forward_factor=float(fw),
-                     kernel_flat=not (kernel_vanishes or kernel_explodes), **numbers)
+                Flag(
+                    "forward collapse",
+                    which,
+                    forward_factor=float(fw),
+                    kernel_flat=not (kernel_vanishes or kernel_explodes),
+                    **numbers,
+                )
             )
         if finite(n) and n > 0:
             deepest = row.get(f"deepest_underflow_layer_{which}")
@@ -505,5 +582,3 @@ def flags(row) -> list[Flag]:
 
 def _firstfinite(*values):
     return next((float(v) for v in values if finite(v)), None)
-
-

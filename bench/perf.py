@@ -210,7 +210,15 @@ def measure_parallel(data_path=None, jobs=2):
 
     configs = [
         RunConfig(
-            depth=20, width=128, activation=a, initializer=i, max_steps=300, epochs=2, train_samples=9600, test_samples=1000, batch_size=64
+            depth=20,
+            width=128,
+            activation=a,
+            initializer=i,
+            max_steps=300,
+            epochs=2,
+            train_samples=9600,
+            test_samples=1000,
+            batch_size=64,
         )
         for a in ("sigmoid", "tanh", "relu")
         for i in ("glorot_uniform", "he_normal")

@@ -13,10 +13,21 @@ import platform
 import subprocess
 from pathlib import Path
 
-PACKAGES = ("vgbench", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "pyarrow", "tensorflow-datasets", "seaborn", "ray")
+PACKAGES = (
+    "vgbench",
+    "tensorflow-cpu",
+    "tensorflow",
+    "keras",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "tensorflow-datasets",
+    "seaborn",
+    "ray",
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def git_sha() -> str:
     """The commit of the vgbench checkout ("+dirty" when modified), or "unknown"."""
     root = Path(__file__).resolve().parents[1]
@@ -42,7 +53,7 @@ def package_versions() -> dict:
     return dict(_package_versions())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _package_versions() -> tuple:
     from importlib import metadata
 

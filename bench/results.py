@@ -454,7 +454,9 @@ def read_manifest(out) -> dict | None:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
     except UnicodeDecodeError as e:
-        raise UsageError(f"Cannot read {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+        raise UsageError(
+            f"Cannot read {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+        ) from None
     except (OSError, ValueError) as e:
         raise UsageError(f"Cannot read {path}: {one_line(e)}") from None
     if not isinstance(manifest, dict):
@@ -642,7 +644,9 @@ def _read_tables(out):
     except Exception as e:  # pyarrow raises several types for a damaged file
         import warnings
 
-        warnings.warn(f"{out} top-level tables unreadable ({first_line(e)}); rebuilding them from the run folders")
+        warnings.warn(
+            f"{out} top-level tables unreadable ({first_line(e)}); rebuilding them from the run folders", stacklevel=3
+        )
         return None
     if [_stamp(out / name) for name in TABLES] != before:
         return None  # replaced while being read: the three may not match

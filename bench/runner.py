@@ -369,9 +369,7 @@ def open_results(out, datasets: dict, *, suite: str, wait: bool = False, manifes
         finished = _scan(out)
         _refuse_other_data(out, manifest, finished, datasets)
         data_info = {**_manifest_data(manifest), **{name: describe(ds) for name, ds in datasets.items()}}
-        write_manifest(
-            out, suite, data_info if len(data_info) != 1 else next(iter(data_info.values())), manifest_extra
-        )
+        write_manifest(out, suite, data_info if len(data_info) != 1 else next(iter(data_info.values())), manifest_extra)
     except BaseException:
         if lock is not None:
             lock.release()

@@ -95,8 +95,17 @@ def check_fits(configs: list[RunConfig], limit: int | None = None) -> None:
     # same memory; sizing one of each shape keeps large grids quick.
     shapes = {}
     for c in configs:
-        key = (c.arch, c.depth, c.width, c.batch_size, c.optimizer, c.fix, c.train_samples, c.test_samples,
-               c.activation == "prelu")
+        key = (
+            c.arch,
+            c.depth,
+            c.width,
+            c.batch_size,
+            c.optimizer,
+            c.fix,
+            c.train_samples,
+            c.test_samples,
+            c.activation == "prelu",
+        )
         shapes.setdefault(key, c)
     configs = list(shapes.values())
     # The per-block overhead alone bounds the estimate from below; checking it

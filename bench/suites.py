@@ -75,9 +75,7 @@ def load_suite(name_or_path: str) -> Suite:
     except FileNotFoundError:
         raise UsageError(f"{where} does not exist.") from None
     except UnicodeDecodeError as e:
-        raise UsageError(
-            f"{where} is not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start}."
-        ) from None
+        raise UsageError(f"{where} is not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start}.") from None
     except (OSError, yaml.YAMLError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"Cannot read suite file {shorten(repr(str(path)), 200)}: {shorten(first, 200)}") from None
@@ -207,9 +205,7 @@ def _matches(config: RunConfig, only: dict) -> bool:
     d = config.to_dict()
     for key, allowed in only.items():
         if key not in d:
-            raise UsageError(
-                f"Unknown field {shorten(repr(key))} in --only; valid fields: {', '.join(CONFIG_FIELDS)}"
-            )
+            raise UsageError(f"Unknown field {shorten(repr(key))} in --only; valid fields: {', '.join(CONFIG_FIELDS)}")
         if str(d[key]) not in {str(a) for a in allowed}:
             return False
     return True

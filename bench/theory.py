@@ -275,9 +275,7 @@ _INF = math.inf
 _MODELS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "relu": lambda p: _PiecewiseLinear(((-_INF, 0.0, 0.0, 0.0), (0.0, _INF, 1.0, 0.0))),
     "relu6": lambda p: _PiecewiseLinear(((-_INF, 0.0, 0.0, 0.0), (0.0, 6.0, 1.0, 0.0), (6.0, _INF, 0.0, 6.0))),
-    "leaky_relu": lambda p: _PiecewiseLinear(
-        ((-_INF, 0.0, float(p["negative_slope"]), 0.0), (0.0, _INF, 1.0, 0.0))
-    ),
+    "leaky_relu": lambda p: _PiecewiseLinear(((-_INF, 0.0, float(p["negative_slope"]), 0.0), (0.0, _INF, 1.0, 0.0))),
     # A fresh PReLU layer: every slope at its initial value.
     "prelu": lambda p: _PiecewiseLinear(
         ((-_INF, 0.0, activations_lib.PRELU_INITIAL_SLOPE, 0.0), (0.0, _INF, 1.0, 0.0))
@@ -312,8 +310,7 @@ def _model(activation):
     model = _model_of(act.name)
     if model is None:
         raise ValueError(
-            f"No mean-field model for activation '{act.name}'. "
-            f"Modelled activations: {', '.join(sorted(_MODELS))}"
+            f"No mean-field model for activation '{act.name}'. Modelled activations: {', '.join(sorted(_MODELS))}"
         )
     return model
 

@@ -11,8 +11,9 @@ import numpy as np
 
 __all__ = ["closest", "finite", "first_line", "json_safe", "one_line", "plain", "slug"]
 
+
 def closest(name, choices) -> str:
-    """" Did you mean 'x'?" for the nearest of `choices`, or "" when none is near."""
+    """ " Did you mean 'x'?" for the nearest of `choices`, or "" when none is near."""
     match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
     return f" Did you mean {match[0]!r}?" if match else ""
 

@@ -45,9 +45,7 @@ PRELU_INITIAL_SLOPE = 0.25
 @dataclasses.dataclass(frozen=True)
 class _Entry:
     family: str
-    params: Mapping[str, Any] = dataclasses.field(
-        default_factory=lambda: types.MappingProxyType({})
-    )
+    params: Mapping[str, Any] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
     max_derivative: float | None = None
     # {param: (test, what the value must be)}: the checks the Keras layer's
     # constructor makes, repeated here so that a bad value is reported when
@@ -75,9 +73,7 @@ _REGISTRY: dict[str, _Entry] = {
     "leaky_relu": _Entry(
         "relu",
         _params(negative_slope=0.2),
-        checks=types.MappingProxyType(
-            {"negative_slope": (lambda v: v >= 0, "non-negative")}
-        ),
+        checks=types.MappingProxyType({"negative_slope": (lambda v: v >= 0, "non-negative")}),
     ),
     "prelu": _Entry("relu"),
     "elu": _Entry("smooth", _params(alpha=1.0)),
@@ -144,9 +140,7 @@ class Activation:
 
         params = self.params
         if self.base == "leaky_relu":
-            return keras.layers.LeakyReLU(
-                negative_slope=params["negative_slope"], name=name
-            )
+            return keras.layers.LeakyReLU(negative_slope=params["negative_slope"], name=name)
         if self.base == "elu":
             return keras.layers.ELU(alpha=params["alpha"], name=name)
         if self.base == "prelu":
@@ -329,10 +323,7 @@ def get(spec: str | Activation) -> Activation:
     for key, value in bound.items():
         test, expected = entry.checks.get(key, (None, None))
         if test is not None and not test(value):
-            raise ValueError(
-                f"Parameter '{key}' of activation '{base}' must be {expected}. "
-                f"Received: {key}={value!r}"
-            )
+            raise ValueError(f"Parameter '{key}' of activation '{base}' must be {expected}. Received: {key}={value!r}")
     return Activation(
         name=registry.canonical(base, bound),
         base=base,

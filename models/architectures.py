@@ -118,29 +118,16 @@ def build_model(
         UnknownNameError: For an unknown activation or initializer.
     """
     if arch not in ARCHS:
-        raise ValueError(
-            f"Argument `arch` must be one of {', '.join(map(repr, ARCHS))}. "
-            f"Received: arch={arch!r}"
-        )
+        raise ValueError(f"Argument `arch` must be one of {', '.join(map(repr, ARCHS))}. Received: arch={arch!r}")
     _check_int("depth", depth, minimum=1)
     _check_int("width", width, minimum=1)
     _check_int("num_classes", num_classes, minimum=1)
     _check_int("residual_every", residual_every, minimum=0)
     _check_int("seed", seed, minimum=0)
     if norm not in NORMS:
-        raise ValueError(
-            f"Argument `norm` must be one of {', '.join(map(repr, NORMS))}. "
-            f"Received: norm={norm!r}"
-        )
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, (int, float))
-        or not 0.0 <= dropout < 1.0
-    ):
-        raise ValueError(
-            "Argument `dropout` must be a number in [0, 1). "
-            f"Received: dropout={dropout!r}"
-        )
+        raise ValueError(f"Argument `norm` must be one of {', '.join(map(repr, NORMS))}. Received: norm={norm!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"Argument `dropout` must be a number in [0, 1). Received: dropout={dropout!r}")
     widths = _widths(depth, width, width_schedule)
     input_shape = _input_shape(arch, input_shape)
     act = activations_lib.get(activation)
@@ -193,9 +180,7 @@ def build_model(
         if dropout > 0:
             x = keras.layers.Dropout(dropout, seed=seed + i, name=f"{prefix}_dropout")(x)
         if i in pool_after:
-            x = keras.layers.MaxPooling2D(
-                2, padding="same", name=f"pool_{pool_after.index(i)}"
-            )(x)
+            x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool_{pool_after.index(i)}")(x)
     if conv:
         x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
     outputs = keras.layers.Dense(
@@ -268,9 +253,7 @@ def count_params(
     return total + width * num_classes + num_classes
 
 
-def block_sizes(
-    arch: str = "mlp", *, depth: int, width: int, input_shape: Sequence[int] | None = None
-) -> list[int]:
+def block_sizes(arch: str = "mlp", *, depth: int, width: int, input_shape: Sequence[int] | None = None) -> list[int]:
     """Values per example in the output of each hidden block, as `build_model` lays them out.
 
     With `count_params`, this sizes the activations a batch keeps for the
@@ -305,9 +288,7 @@ def _check_int(arg: str, value, *, minimum: int) -> None:
 def _widths(depth: int, width: int, width_schedule) -> list[int]:
     if width_schedule is None:
         return [width] * depth
-    if isinstance(width_schedule, (str, bytes)) or not isinstance(
-        width_schedule, Sequence
-    ):
+    if isinstance(width_schedule, (str, bytes)) or not isinstance(width_schedule, Sequence):
         widths = None
     else:
         widths = list(width_schedule)
@@ -352,9 +333,7 @@ def _pool_positions(depth: int) -> list[int]:
     return [count - 1 for count in ends if count > 0]
 
 
-def _residual_groups(
-    depth: int, every: int, pool_after: Sequence[int]
-) -> dict[int, int]:
+def _residual_groups(depth: int, every: int, pool_after: Sequence[int]) -> dict[int, int]:
     """Maps the first block of each residual group to its last block."""
     if every == 0:
         return {}
@@ -409,10 +388,7 @@ def hidden_layers(model: keras.Model) -> list[HiddenLayer]:
             continue
         act = by_name.get(f"{name}_act")
         if act is None:
-            raise ValueError(
-                f"Layer '{name}' has no activation layer '{name}_act'. "
-                f"Received: model={model.name!r}"
-            )
+            raise ValueError(f"Layer '{name}' has no activation layer '{name}_act'. Received: model={model.name!r}")
         blocks.append(HiddenLayer(int(match.group(1)), name, layer, act))
     blocks.sort(key=lambda block: block.index)
     if [block.index for block in blocks] != list(range(len(blocks))) or not blocks:
@@ -433,6 +409,4 @@ def output_layer(model: keras.Model) -> keras.layers.Dense:
     for layer in model.layers:
         if layer.name == "output":
             return layer
-    raise ValueError(
-        f"Argument `model` must have a layer named 'output'. Received: model={model.name!r}"
-    )
+    raise ValueError(f"Argument `model` must have a layer named 'output'. Received: model={model.name!r}")

@@ -88,8 +88,7 @@ def _defaults(base: str) -> Mapping[str, Any]:
             name: param.default
             for name, param in signature.parameters.items()
             if name not in _NOT_PARAMS
-            and param.kind
-            in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            and param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
             and param.default is not inspect.Parameter.empty
         }
     )
@@ -137,9 +136,7 @@ class Initializer:
             A new `keras.initializers.Initializer`.
         """
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(
-                f"Argument `seed` must be a non-negative integer. Received: seed={seed!r}"
-            )
+            raise ValueError(f"Argument `seed` must be a non-negative integer. Received: seed={seed!r}")
         kwargs = dict(self.kwargs)
         if _takes_seed(self.base):
             kwargs["seed"] = seed
@@ -175,16 +172,12 @@ def get(spec: str | Initializer) -> Initializer:
     for keys, test, expected in _CHECKS.get(base, ()):
         if not test(*(params[key] for key in keys)):
             received = ", ".join(f"{key}={params[key]!r}" for key in keys)
-            raise ValueError(
-                f"Parameters of initializer '{base}' must satisfy {expected}. Received: {received}"
-            )
+            raise ValueError(f"Parameters of initializer '{base}' must satisfy {expected}. Received: {received}")
     # Keras checks values (a mode, a positive scale) in the constructor; doing
     # it here reports a bad spec when it is read, not when a model is built.
     try:
         init.make(seed=0)
     except (ValueError, TypeError) as e:
         detail = " ".join(str(e).split())
-        raise ValueError(
-            f"Invalid spec {registry.shorten(repr(spec))} for initializer '{base}': {detail}"
-        ) from None
+        raise ValueError(f"Invalid spec {registry.shorten(repr(spec))} for initializer '{base}': {detail}") from None
     return init

@@ -115,8 +115,7 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
     """
     if not isinstance(text, str):
         raise ValueError(
-            f"A spec must be a string. {_EXAMPLE}. "
-            f"Received: spec={shorten(repr(text))} (of type {type(text).__name__})"
+            f"A spec must be a string. {_EXAMPLE}. Received: spec={shorten(repr(text))} (of type {type(text).__name__})"
         )
     match = _SPEC.fullmatch(text)
     if match is None:
@@ -130,11 +129,7 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
         call = None
     # "a(x=1)(y=2)" parses too, as a call of a call; only a single call of
     # the placeholder is a spec.
-    if not (
-        isinstance(call, ast.Call)
-        and isinstance(call.func, ast.Name)
-        and call.func.id == "_"
-    ):
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "_"):
         raise ValueError(f"Malformed spec. {_EXAMPLE}. Received: spec={shorten(repr(text))}")
     if call.args or any(kw.arg is None for kw in call.keywords):
         raise ValueError(
@@ -207,9 +202,7 @@ def unknown_name(
     )
 
 
-def invalid_parameter(
-    kind: str, base: str, param: str, valid: Iterable[str]
-) -> UnknownNameError:
+def invalid_parameter(kind: str, base: str, param: str, valid: Iterable[str]) -> UnknownNameError:
     """Builds the error for a parameter that an entry does not take.
 
     Args:
@@ -311,7 +304,6 @@ def _coerce(kind: str, base: str, key: str, value: Any, default: Any) -> Any:
         expected = "a quoted string"
     if expected is not None:
         raise ValueError(
-            f"Parameter '{key}' of {kind} '{base}' must be {expected}. "
-            f"Received: {key}={shorten(repr(value))}"
+            f"Parameter '{key}' of {kind} '{base}' must be {expected}. Received: {key}={shorten(repr(value))}"
         )
     return coerced

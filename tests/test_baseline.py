@@ -20,14 +20,33 @@ def test_ci_suite_matches_the_committed_baseline(mnist_path, tmp_path):
     current = tmp_path / "ci-current"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--suite", "ci", "--data", str(mnist_path), "--out", str(current), "--jobs", "2"],
-        capture_output=True, text=True, timeout=900, env=env,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--suite",
+            "ci",
+            "--data",
+            str(mnist_path),
+            "--out",
+            str(current),
+            "--jobs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert run.returncode == 0, run.stderr
     report = tmp_path / "compare.md"
     cmp = subprocess.run(
         [sys.executable, "-m", "bench", "compare", str(BASELINE), str(current), "--markdown", str(report)],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     text = report.read_text() if report.exists() else cmp.stderr
     assert cmp.returncode == 0, f"training dynamics changed against reports/baseline:\n{text}"

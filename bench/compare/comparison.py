@@ -167,4 +167,3 @@ def _incomparable_schema(base_path, base_manifest, current, settings) -> Compari
     notice = Note(Notice.SCHEMA, {"path": str(base_path), "version": version, "reads": SCHEMA_VERSION})
     settings = dict(settings, baseline=_provenance(base_path, base_manifest, None))
     return _outcome(rows, benchmarks, "not comparable", [notice], **settings)
-

@@ -15,7 +15,7 @@ import json
 import pandas as pd
 
 from bench.compare.records import Note, Reason
-from bench.config import CONFIG_FIELDS, MEASUREMENT_FIELDS, SAMPLE_FIELDS, benchmark_fields
+from bench.config import CONFIG_FIELDS, MEASUREMENT_FIELDS, SAMPLE_FIELDS, benchmark_fields, stable_identity
 from bench.utils import plain, slug
 
 # The sample field (of SAMPLE_FIELDS) that orders a benchmark's runs.
@@ -44,7 +44,7 @@ def key_fields(base_runs: pd.DataFrame, cur_runs: pd.DataFrame) -> tuple[list[st
 
 def benchmark_name(config: dict) -> str:
     """A readable, stable name: ``arch-dDEPTH-wWIDTH-activation-initializer-fix-HASH`` of the identifying config."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    blob = json.dumps(stable_identity(config), sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
     parts = [config.get("arch")]
     for f, prefix in (("depth", "d"), ("width", "w")):

@@ -171,9 +171,7 @@ def frames(rows: list[Row], benchmarks: list[Benchmark]) -> tuple[pd.DataFrame, 
     benchmarks = sorted(benchmarks, key=lambda b: (not b.fails, RANK[b.mark], b.name))
     order = {b.name: i for i, b in enumerate(benchmarks)}
     metric_order = {m: i for i, m in enumerate([WHOLE, *METRICS])}
-    rows = sorted(
-        rows, key=lambda r: (order[r.benchmark], not r.gating, RANK[r.mark], metric_order.get(r.metric, 99))
-    )
+    rows = sorted(rows, key=lambda r: (order[r.benchmark], not r.gating, RANK[r.mark], metric_order.get(r.metric, 99)))
     bench_df = pd.DataFrame(
         [
             {

@@ -266,4 +266,3 @@ def is_tolerance_only(b: pd.DataFrame, c: pd.DataFrame) -> bool:
     """Whether a benchmark on both sides has too few successful seeds on a side for a significance test."""
     ok_b, ok_c = (b["status"] == "ok").sum(), (c["status"] == "ok").sum()
     return bool(min(ok_b, ok_c) < MIN_SAMPLES)
-

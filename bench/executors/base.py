@@ -84,7 +84,7 @@ class Executor(abc.ABC):
     def cancel(self, handles) -> None:
         """Stops the tasks in flight now; their runs stay unwritten."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most executors hold nothing to release
         """Releases what the executor started (processes, a Ray instance)."""
 
 

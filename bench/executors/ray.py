@@ -142,9 +142,7 @@ class RayExecutor(Executor):
             self.datasets.update({name: load_dataset(name, self.data_path) for name in missing})
         # Only the datasets the runs use go to the object store.
         datasets = {name: self.datasets[name] for name in self.needed}
-        self._started = _connect(
-            ray, self.address, self.jobs, self.cpus_per_task, self.gpus_per_task, self.runtime_env
-        )
+        self._started = _connect(ray, self.address, self.jobs, self.cpus_per_task, self.gpus_per_task, self.runtime_env)
         try:
             # Checked whatever `jobs` says: a task that fits on no node would
             # wait for resources forever.
@@ -174,7 +172,10 @@ class RayExecutor(Executor):
 
     def submit(self, config):
         return self._task.remote(
-            config.to_dict(), self._data_args[config.dataset], self._checksums[config.dataset], self._path_arg,
+            config.to_dict(),
+            self._data_args[config.dataset],
+            self._checksums[config.dataset],
+            self._path_arg,
             self._threads,
         )
 
@@ -356,7 +357,7 @@ def _host_port(address: str) -> tuple[str, int]:
     text = address
     client = text.startswith("ray://")
     if client:
-        text = text[len("ray://"):]
+        text = text[len("ray://") :]
     text = text.split("/", 1)[0]
     host, sep, port = text.rpartition(":")
     if not sep or "]" in port:
@@ -398,5 +399,3 @@ def _env(name, value):
         yield
     finally:
         os.environ.pop(name, None)
-
-

@@ -120,8 +120,8 @@ _GRID_PANELS = {
 }
 
 _BLANK_TEXT = (
-    "A blank cell says why it has no value: failed or diverged runs, \"all 0\" where every hidden layer's "
-    "gradient is exactly 0 (flagged vanishing), \"underflow\" where some are, n/a for a fraction that does not apply."
+    'A blank cell says why it has no value: failed or diverged runs, "all 0" where every hidden layer\'s '
+    'gradient is exactly 0 (flagged vanishing), "underflow" where some are, n/a for a fraction that does not apply.'
 )
 
 
@@ -185,26 +185,29 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             "output) at step 0, with the mean-field prediction in brackets: well under 1 is a vanishing backward "
             "or a collapsing forward signal, above 1 exploding. Colour: log10 of the factor (blue below ×1, red "
             f"above). {_BLANK_TEXT}",
-            lambda: figures.pair_heatmaps(t.grid, t.palette, _GRID_PANELS["pair_heatmaps"],
-                                          "Activation × initializer: signals at step 0"),
+            lambda: figures.pair_heatmaps(
+                t.grid, t.palette, _GRID_PANELS["pair_heatmaps"], "Activation × initializer: signals at step 0"
+            ),
         ),
         FigureSpec(
             "pair_gradients",
             "Activation × initializer: kernel gradient at step 0",
             f"Same pairs. The kernel-gradient factor multiplies the backward and forward signals and can look "
             "healthy (≈ 1) when both fail, as gelu or swish with Glorot init do. The log10 first/last ratio: "
-            "the first hidden layer gets 10^value of the last one's gradient; \"underflow\" (exactly 0 in "
+            'the first hidden layer gets 10^value of the last one\'s gradient; "underflow" (exactly 0 in '
             f"float32) is coloured below every measured ratio. {_BLANK_TEXT}",
-            lambda: figures.pair_heatmaps(t.grid, t.palette, _GRID_PANELS["pair_gradients"],
-                                          "Activation × initializer: kernel gradient at step 0"),
+            lambda: figures.pair_heatmaps(
+                t.grid, t.palette, _GRID_PANELS["pair_gradients"], "Activation × initializer: kernel gradient at step 0"
+            ),
         ),
         FigureSpec(
             "pair_outcomes",
             "Activation × initializer: accuracy and units",
             f"Same pairs. Test accuracy near chance ({chance}) with a vanishing factor marks a vanishing pair; "
             f"dead or saturated fractions near 1 say why. {_BLANK_TEXT}",
-            lambda: figures.pair_heatmaps(t.grid, t.palette, _GRID_PANELS["pair_outcomes"],
-                                          "Activation × initializer: accuracy and units"),
+            lambda: figures.pair_heatmaps(
+                t.grid, t.palette, _GRID_PANELS["pair_outcomes"], "Activation × initializer: accuracy and units"
+            ),
         ),
         FigureSpec(
             "depth_sweep",
@@ -320,8 +323,14 @@ def _claim_figures(t: Tables, out: Path, formats, images: dict) -> None:
         if table is None or table.empty:
             continue
         name = f"claim-{c['id']}"
-        spec = FigureSpec(name, c["id"], "", lambda table=table, c=c: figures.claim_evidence(
-            table, c["id"], registry.TRAINS_ACCURACY, registry.FAILS_ACCURACY, c.get("bound")))
+        spec = FigureSpec(
+            name,
+            c["id"],
+            "",
+            lambda table=table, c=c: figures.claim_evidence(
+                table, c["id"], registry.TRAINS_ACCURACY, registry.FAILS_ACCURACY, c.get("bound")
+            ),
+        )
         fig = _draw(spec)
         if isinstance(fig, figures.Skipped):
             logger.info("figure %s skipped: %s", name, fig.reason)

@@ -437,7 +437,6 @@ ol.findings li { margin: 0.35em 0; }
 """
 
 
-
 def html_pair_columns(summary: dict) -> list[tuple[str, str, callable]]:
     """(header, cell class, row → HTML) of the page's ranked table: few columns, so status and flags show at 1,400 px.
 
@@ -473,10 +472,8 @@ def html_pair_columns(summary: dict) -> list[tuple[str, str, callable]]:
         ("test accuracy", "num", lambda p: e(q(p, "test_accuracy"))),
         ("backward ×/layer (theory)", "num", lambda p: with_theory(p, "backward")),
         ("forward ×/layer (theory)", "num", lambda p: with_theory(p, "forward")),
-        ("grad ×/layer step 0 → end", "num",
-         lambda p: e(f"{q(p, 'grad_factor_init')} → {q(p, 'grad_factor_final')}")),
-        ("first/last step 0 → end", "num",
-         lambda p: e(f"{q(p, 'grad_ratio_init')} → {q(p, 'grad_ratio_final')}")),
+        ("grad ×/layer step 0 → end", "num", lambda p: e(f"{q(p, 'grad_factor_init')} → {q(p, 'grad_factor_final')}")),
+        ("first/last step 0 → end", "num", lambda p: e(f"{q(p, 'grad_ratio_init')} → {q(p, 'grad_ratio_final')}")),
         ("dead / saturated", "num", lambda p: e(f"{q(p, dead)} / {q(p, sat)}")),
         ("status", "", lambda p: e(p["status"])),
         ("flags", "flags flag", flags),
@@ -490,10 +487,14 @@ def _html_claims(summary: dict, images: dict) -> list[str]:
     parts = ['<h2 id="claims">Claims</h2>']
     if summary.get("claims_note"):
         return parts + [f"<p>{e(summary['claims_note'])}</p>"]
-    parts.append(f"<p>{e(claim_counts_text(claims))}. Each claim is decided by its stated rule on this directory's "
-                 "runs; details and figures below the table.</p>")
-    parts.append('<table class="claims"><thead><tr><th>claim</th><th>source</th><th>verdict</th>'
-                 "<th>key numbers</th><th>budget</th></tr></thead><tbody>")
+    parts.append(
+        f"<p>{e(claim_counts_text(claims))}. Each claim is decided by its stated rule on this directory's "
+        "runs; details and figures below the table.</p>"
+    )
+    parts.append(
+        '<table class="claims"><thead><tr><th>claim</th><th>source</th><th>verdict</th>'
+        "<th>key numbers</th><th>budget</th></tr></thead><tbody>"
+    )
     for c in claims:
         if c.get("missing"):
             numbers = e(c["summary"])
@@ -519,8 +520,7 @@ def _html_claims(summary: dict, images: dict) -> list[str]:
             rows = "".join(
                 f"<tr><th>{e(k)}</th><td>{e(verdicts.value_text(k, v))}</td></tr>" for k, v in c["evidence"].items()
             )
-            parts.append(f"<details><summary>All {len(c['evidence'])} numbers</summary><table>{rows}</table>"
-                         "</details>")
+            parts.append(f"<details><summary>All {len(c['evidence'])} numbers</summary><table>{rows}</table></details>")
         parts.append("</div>")
         fig = c.get("figure")
         png = images.get(fig["name"]) if fig else None
@@ -530,16 +530,22 @@ def _html_claims(summary: dict, images: dict) -> list[str]:
         parts.append("</div>")
     rows = summary.get("best_learning_rates") or []
     if rows:
-        parts.append(f"<details><summary>Best learning rate per configuration ({len(rows)} configurations, "
-                     "protocol best_lr)</summary>")
-        parts.append('<div class="scroll"><table><thead><tr><th>configuration</th><th>best lr</th>'
-                     "<th>median accuracy (seeds' min–max)</th><th>seeds</th><th>median by learning rate</th>"
-                     "</tr></thead><tbody>")
+        parts.append(
+            f"<details><summary>Best learning rate per configuration ({len(rows)} configurations, "
+            "protocol best_lr)</summary>"
+        )
+        parts.append(
+            '<div class="scroll"><table><thead><tr><th>configuration</th><th>best lr</th>'
+            "<th>median accuracy (seeds' min–max)</th><th>seeds</th><th>median by learning rate</th>"
+            "</tr></thead><tbody>"
+        )
         for r in rows:
             best = text.MISSING if r["best_learning_rate"] is None else f"{r['best_learning_rate']:g}"
-            parts.append(f"<tr><td>{e(r['configuration'])}</td><td class=\"num\">{e(best)}</td>"
-                         f"<td class=\"num\">{e(_acc_range(r))}</td><td class=\"num\">{r['n_seeds']}</td>"
-                         f"<td>{e(r['text'])}</td></tr>")
+            parts.append(
+                f'<tr><td>{e(r["configuration"])}</td><td class="num">{e(best)}</td>'
+                f'<td class="num">{e(_acc_range(r))}</td><td class="num">{r["n_seeds"]}</td>'
+                f"<td>{e(r['text'])}</td></tr>"
+            )
         parts.append("</tbody></table></div></details>")
     return parts
 
@@ -560,10 +566,12 @@ def render_html(summary: dict, images: dict) -> str:
         f"<title>vgbench report: {e(str(prov.get('suite') or ''))}</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>vgbench report</h1>",
-        f"<p class=\"muted\">Suite <b>{e(str(prov.get('suite')))}</b>, results in <code>{e(summary['results_dir'])}</code>; "
-        f"git {e(str(prov.get('git_sha') or 'unknown'))}, data {e(str((prov.get('data') or {}).get('name') or 'unknown'))} "
+        f'<p class="muted">Suite <b>{e(str(prov.get("suite")))}</b>, '
+        f"results in <code>{e(summary['results_dir'])}</code>; "
+        f"git {e(str(prov.get('git_sha') or 'unknown'))}, "
+        f"data {e(str((prov.get('data') or {}).get('name') or 'unknown'))} "
         f"(checksum {e(str((prov.get('data') or {}).get('checksum') or 'unknown')[:12])}…); "
-        "<a href=\"#provenance\">full provenance</a></p>",
+        '<a href="#provenance">full provenance</a></p>',
         *_html_claims(summary, images),
         "<h2>Findings</h2>",
         '<ol class="findings">',
@@ -572,7 +580,7 @@ def render_html(summary: dict, images: dict) -> str:
         "<h2>Budget</h2>",
         f"<p>{e(summary['budget']['text'])}</p>",
         "<h2>Pairs, best first</h2>",
-        f"<p class=\"muted\">Other settings as in the report's slice ({e(summary['main_slice'].get('text', ''))}) "
+        f'<p class="muted">Other settings as in the report\'s slice ({e(summary["main_slice"].get("text", ""))}) '
         "unless the pair names them. Click a pair's flags for their words.</p>",
         '<div class="scroll"><table class="pairs"><thead><tr>',
     ]
@@ -584,12 +592,12 @@ def render_html(summary: dict, images: dict) -> str:
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts += [
         "</tbody></table></div>",
-        f"<p class=\"muted\">{e(table_note(summary))}</p>",
+        f'<p class="muted">{e(table_note(summary))}</p>',
         "<h2>Figures</h2>",
     ]
     for fig in summary["figures"]:
         png = images.get(fig["name"])
-        parts.append(f"<figure id=\"{e(fig['name'])}\"><h3>{e(fig['title'])}</h3>")
+        parts.append(f'<figure id="{e(fig["name"])}"><h3>{e(fig["title"])}</h3>')
         if png:
             b64 = base64.b64encode(png).decode("ascii")
             parts.append(f'<img alt="{e(fig["title"])}" src="data:image/png;base64,{b64}">')

@@ -29,16 +29,16 @@ import matplotlib
 # Reports are written to files, often on machines without a display.
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib import patches, ticker, transforms  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import patches, ticker, transforms
+from matplotlib.lines import Line2D
 
-from bench import metrics  # noqa: E402
-from bench.quantities import LAYER_QUANTITIES, Quantity  # noqa: E402
-from bench.report.tables import (  # noqa: E402
+from bench import metrics
+from bench.quantities import LAYER_QUANTITIES, Quantity
+from bench.report.tables import (
     ACTIVATION_STATISTICS,
     FIX_QUANTITIES,
     GRID_QUANTITIES,
@@ -174,8 +174,7 @@ def _mark_diverged(ax, x, y, diverged) -> bool:
 
 
 def _diverged_handle():
-    return Line2D([0], [0], ls="none", marker="x", color=DIVERGED_MARK["color"], mew=1.4, ms=6,
-                  label=DIVERGED_LABEL)
+    return Line2D([0], [0], ls="none", marker="x", color=DIVERGED_MARK["color"], mew=1.4, ms=6, label=DIVERGED_LABEL)
 
 
 def has_interval(table: pd.DataFrame) -> bool:
@@ -309,8 +308,9 @@ def facet_lines(
                     yerr = np.clip(np.vstack([g["mean"] - g["lo"], g["hi"] - g["mean"]]), 0, None)
                     # A point of one seed has no interval: no tick either.
                     yerr[:, n < 2] = np.nan
-                    ax.errorbar(g[x], g["mean"], yerr=yerr, color=colour, marker="o", ms=marker_size, lw=line_width,
-                                capsize=2)
+                    ax.errorbar(
+                        g[x], g["mean"], yerr=yerr, color=colour, marker="o", ms=marker_size, lw=line_width, capsize=2
+                    )
                 elif interval == "bars":
                     ax.plot(g[x], g["mean"], color=colour, marker="o", ms=marker_size, lw=line_width)
                 else:
@@ -376,8 +376,14 @@ def gradient_depth(profiles: pd.DataFrame, palette: dict):
     ]
     sourced = "source" in profiles.columns
     return facet_lines(
-        profiles, rows, palette, x="layer_index", xlabel="layer index (0 = input side)",
-        title="Gradient per weight by layer", row_height=2.1, style="source" if sourced else None,
+        profiles,
+        rows,
+        palette,
+        x="layer_index",
+        xlabel="layer index (0 = input side)",
+        title="Gradient per weight by layer",
+        row_height=2.1,
+        style="source" if sourced else None,
         styles=SOURCE_STYLES if sourced else None,
     )
 
@@ -393,8 +399,20 @@ def _place_labels(ax, points, texts, colours, fontsize=6.5):
     """Labels beside their points, each moved to the first of a few offsets where it overlaps no other label."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
-    offsets = [(6, 0), (-6, 0), (6, 8), (6, -8), (-6, 8), (-6, -8), (6, 16), (6, -16), (-6, 16), (-6, -16),
-               (6, 24), (6, -24)]
+    offsets = [
+        (6, 0),
+        (-6, 0),
+        (6, 8),
+        (6, -8),
+        (-6, 8),
+        (-6, -8),
+        (6, 16),
+        (6, -16),
+        (-6, 16),
+        (-6, -16),
+        (6, 24),
+        (6, -24),
+    ]
     # The markers themselves are taken too: a label must not cover another point.
     placed = []
     for px, py in points:
@@ -406,19 +424,36 @@ def _place_labels(ax, points, texts, colours, fontsize=6.5):
         best = None
         for dx, dy in offsets:
             t = ax.annotate(
-                label, (px, py), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, color=colour,
-                ha="left" if dx > 0 else "right", va="center",
+                label,
+                (px, py),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=fontsize,
+                color=colour,
+                ha="left" if dx > 0 else "right",
+                va="center",
             )
             box = t.get_window_extent(renderer).expanded(1.02, 1.15)
-            if not any(box.overlaps(other) for other in placed) and ax.bbox.contains(box.x0, box.y0) \
-                    and ax.bbox.contains(box.x1, box.y1):
+            if (
+                not any(box.overlaps(other) for other in placed)
+                and ax.bbox.contains(box.x0, box.y0)
+                and ax.bbox.contains(box.x1, box.y1)
+            ):
                 best = (t, box)
                 break
             t.remove()
         if best is None:  # every offset is taken: the first one, overlapping
             dx, dy = offsets[0]
-            t = ax.annotate(label, (px, py), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                            color=colour, ha="left", va="center")
+            t = ax.annotate(
+                label,
+                (px, py),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=fontsize,
+                color=colour,
+                ha="left",
+                va="center",
+            )
             best = (t, t.get_window_extent(renderer))
         placed.append(best[1])
 
@@ -438,7 +473,10 @@ def theory_vs_measurement(points: pd.DataFrame, palette: dict):
     markers = {init: _INIT_MARKERS[k % len(_INIT_MARKERS)] for k, init in enumerate(inits)}
     any_diverged = False
     fig, axes = plt.subplots(
-        1, len(signals), figsize=(5.4 * len(signals) + 2.0, 5.4 + 0.16 * min(len(excluded), 8)), squeeze=False,
+        1,
+        len(signals),
+        figsize=(5.4 * len(signals) + 2.0, 5.4 + 0.16 * min(len(excluded), 8)),
+        squeeze=False,
         layout="constrained",
     )
     for ax, signal in zip(axes[0], signals):
@@ -452,8 +490,16 @@ def theory_vs_measurement(points: pd.DataFrame, palette: dict):
         ax.axhline(1.0, color="0.6", lw=0.6, ls=":")
         ax.axvline(1.0, color="0.6", lw=0.6, ls=":")
         for row in d.to_dict("records"):
-            ax.scatter(row["predicted"], row["measured"], color=palette.get(row["activation"], "black"),
-                       marker=markers[row["initializer"]], s=28, zorder=3, edgecolors="white", linewidths=0.5)
+            ax.scatter(
+                row["predicted"],
+                row["measured"],
+                color=palette.get(row["activation"], "black"),
+                marker=markers[row["initializer"]],
+                s=28,
+                zorder=3,
+                edgecolors="white",
+                linewidths=0.5,
+            )
         if "diverged" in d.columns:
             any_diverged |= _mark_diverged(ax, d["predicted"], d["measured"], d["diverged"])
         ax.set_xscale("log")
@@ -471,8 +517,9 @@ def theory_vs_measurement(points: pd.DataFrame, palette: dict):
         fig.canvas.draw()  # label sizes need a renderer with the final layout
         several_depths = "depth" in points.columns and points["depth"].nunique() > 1
         labels = [_short_label(r, several_depths) for r in d.to_dict("records")]
-        _place_labels(ax, list(zip(d["predicted"], d["measured"])), labels,
-                      [palette.get(a, "black") for a in d["activation"]])
+        _place_labels(
+            ax, list(zip(d["predicted"], d["measured"])), labels, [palette.get(a, "black") for a in d["activation"]]
+        )
     handles = [_line(palette[a], a, style="none", marker="o") for a in sorted(points["activation"].unique())]
     handles += [Line2D([0], [0], color="0.3", ls="none", marker=markers[i], label=i) for i in inits]
     handles += [patches.Patch(color="0.85", label=f"within ×{tolerance:g}")]
@@ -481,8 +528,15 @@ def theory_vs_measurement(points: pd.DataFrame, palette: dict):
     _legend(fig, handles, "activation, initializer")
     if excluded:
         shown = excluded[:8] + ([f"... and {len(excluded) - 8} more"] if len(excluded) > 8 else [])
-        fig.text(0.01, 0.005, "Not covered by the theory: " + "; ".join(shown), fontsize=6.5, color="0.3",
-                 va="bottom", wrap=True)
+        fig.text(
+            0.01,
+            0.005,
+            "Not covered by the theory: " + "; ".join(shown),
+            fontsize=6.5,
+            color="0.3",
+            va="bottom",
+            wrap=True,
+        )
     fig.suptitle("Mean-field theory against measurement at step 0")
     return fig
 
@@ -523,9 +577,7 @@ def gradient_heatmap(table: pd.DataFrame, palette: dict | None = None):
     if finite.empty:
         return skip("gradient_heatmap", "every recorded gradient norm is zero or not finite")
     vmin, vmax = float(finite.min()), float(finite.max())
-    fig, axes = plt.subplots(
-        1, len(roles), figsize=(4.4 * len(roles) + 1.0, 3.6), squeeze=False, layout="constrained"
-    )
+    fig, axes = plt.subplots(1, len(roles), figsize=(4.4 * len(roles) + 1.0, 3.6), squeeze=False, layout="constrained")
     mesh = None
     # Exactly-zero gradients (underflow in float32) have no logarithm: grey.
     cmap = plt.get_cmap("magma").with_extremes(bad="#c8c8c8")
@@ -534,7 +586,12 @@ def gradient_heatmap(table: pd.DataFrame, palette: dict | None = None):
         z = d.pivot_table(index="layer_index", columns="step", values="log10_norm", aggfunc="first", dropna=False)
         z = z.sort_index().sort_index(axis=1)
         mesh = ax.pcolormesh(
-            _edges(z.columns), _edges(z.index), np.ma.masked_invalid(z.to_numpy()), cmap=cmap, vmin=vmin, vmax=vmax,
+            _edges(z.columns),
+            _edges(z.index),
+            np.ma.masked_invalid(z.to_numpy()),
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
             shading="flat",
         )
         names = d.drop_duplicates("layer_index").set_index("layer_index")["layer_name"]
@@ -638,8 +695,12 @@ def pair_heatmaps(grid: pd.DataFrame, palette: dict, quantities=None, title: str
         title: the figure's title; the grid's slice follows it.
     """
     names = list(quantities) if quantities is not None else list(grid["quantity"].unique())
-    quantities = [q for q in names if grid.loc[grid["quantity"] == q, "value"].notna().any()
-                  or (grid.loc[grid["quantity"] == q, "note"].fillna("") != "").any()]
+    quantities = [
+        q
+        for q in names
+        if grid.loc[grid["quantity"] == q, "value"].notna().any()
+        or (grid.loc[grid["quantity"] == q, "note"].fillna("") != "").any()
+    ]
     if not quantities:
         return skip("pair_heatmaps", "no quantity has a value")
     acts = sorted(grid["activation"].unique())
@@ -650,8 +711,7 @@ def pair_heatmaps(grid: pd.DataFrame, palette: dict, quantities=None, title: str
     h = 0.42 * len(acts) + 1.1 + 0.16 * tick_lines
     ncols = max(1, min(len(quantities), int(PAGE_WIDTH // w)))
     nrows = math.ceil(len(quantities) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows + 0.5), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows + 0.5), squeeze=False, layout="constrained")
     for ax, q in zip(axes.flat, quantities):
         d = grid[grid["quantity"] == q]
         table = d.pivot_table(index="activation", columns="initializer", values="value", aggfunc="first", dropna=False)
@@ -659,18 +719,26 @@ def pair_heatmaps(grid: pd.DataFrame, palette: dict, quantities=None, title: str
         values = table.to_numpy(dtype=float)
         cmap, norm, fmt, colour, bar_label = _grid_style(q, values)
         # -inf is log10 of an underflowed ratio: a value with its own label, not a blank.
-        annot = np.vectorize(lambda v: fmt(v) if np.isfinite(v) or np.isneginf(v) else "", otypes=[object])(values)
+        annot = np.vectorize(lambda v, fmt=fmt: fmt(v) if np.isfinite(v) or np.isneginf(v) else "", otypes=[object])(
+            values
+        )
         if "predicted" in d.columns and d["predicted"].notna().any():
             # The mean-field prediction under the measurement.
-            pred = d.pivot_table(index="activation", columns="initializer", values="predicted", aggfunc="first",
-                                 dropna=False).reindex(index=acts, columns=inits).to_numpy(dtype=float)
+            pred = (
+                d.pivot_table(
+                    index="activation", columns="initializer", values="predicted", aggfunc="first", dropna=False
+                )
+                .reindex(index=acts, columns=inits)
+                .to_numpy(dtype=float)
+            )
             for i, j in np.ndindex(annot.shape):
                 if annot[i, j] and np.isfinite(pred[i, j]):
                     annot[i, j] = f"{annot[i, j]}\n({factor_text(pred[i, j])})"
         notes = None
         if "note" in d.columns:
-            notes = d.pivot_table(index="activation", columns="initializer", values="note", aggfunc="first",
-                                  dropna=False).reindex(index=acts, columns=inits)
+            notes = d.pivot_table(
+                index="activation", columns="initializer", values="note", aggfunc="first", dropna=False
+            ).reindex(index=acts, columns=inits)
         sns.heatmap(
             pd.DataFrame(colour, index=acts, columns=ticks),
             ax=ax,
@@ -692,8 +760,7 @@ def pair_heatmaps(grid: pd.DataFrame, palette: dict, quantities=None, title: str
                 note = notes.iat[i, j]
                 note = note if isinstance(note, str) else "not run"
                 if not annot[i, j] and note:
-                    ax.text(j + 0.5, i + 0.5, note, ha="center", va="center", fontsize=8, color="0.3",
-                            style="italic")
+                    ax.text(j + 0.5, i + 0.5, note, ha="center", va="center", fontsize=8, color="0.3", style="italic")
         ax.set_title(_wrap(d["label"].iloc[0], int(w * 9)), fontsize=9.5)
         ax.grid(False)
         ax.set_facecolor("0.94")  # cells without a value (e.g. dead fraction of sigmoid)
@@ -705,7 +772,7 @@ def pair_heatmaps(grid: pd.DataFrame, palette: dict, quantities=None, title: str
         for label in ax.get_yticklabels():
             label.set_color(palette.get(label.get_text(), "black"))
             label.set_rotation(0)
-    for ax in list(axes.flat)[len(quantities):]:
+    for ax in list(axes.flat)[len(quantities) :]:
         ax.set_visible(False)
     _suptitle(fig, title, grid.attrs.get("slice", ""))
     return fig
@@ -732,8 +799,16 @@ def depth_sweep(sweep: pd.DataFrame, palette: dict):
     """
     rows = [_sweep_row(name, q) for name, q in SWEEP_QUANTITIES.items()]
     return facet_lines(
-        sweep, rows, palette, x="depth", xlabel="depth (hidden layers)", title="Depth sweep", row_height=2.2,
-        extra_height=0.6, interval="bars", marker_size=3.5,
+        sweep,
+        rows,
+        palette,
+        x="depth",
+        xlabel="depth (hidden layers)",
+        title="Depth sweep",
+        row_height=2.2,
+        extra_height=0.6,
+        interval="bars",
+        marker_size=3.5,
     )
 
 
@@ -823,8 +898,16 @@ def activation_stats(profiles: pd.DataFrame, palette: dict):
     """
     rows = [_statistic_row(name, q) for name, q in ACTIVATION_STATISTICS.items()]
     return facet_lines(
-        profiles, rows, palette, x="layer_index", xlabel="layer index (0 = input side)",
-        title="Activation statistics by layer", row_height=1.9, interval=None, style="when", marker_size=2,
+        profiles,
+        rows,
+        palette,
+        x="layer_index",
+        xlabel="layer index (0 = input side)",
+        title="Activation statistics by layer",
+        row_height=1.9,
+        interval=None,
+        style="when",
+        marker_size=2,
         line_width=1.3,
     )
 
@@ -832,6 +915,7 @@ def activation_stats(profiles: pd.DataFrame, palette: dict):
 # --------------------------------------------------------------------------- #
 # 7. Fixes against the baseline
 # --------------------------------------------------------------------------- #
+
 
 @requires("case", "fix", "quantity", "mean", "lo", "hi")
 def fixes(effects: pd.DataFrame, fix_colours: dict):
@@ -880,8 +964,15 @@ def fixes(effects: pd.DataFrame, fix_colours: dict):
                 div.append(int(row.get("diverged", 0) or 0))
             if y:
                 bars = np.isfinite(lo).any()
-                ax.barh(y, v, height=height * 0.92, color=fix_colours[fix], xerr=[lo, hi] if bars else None,
-                        capsize=2, error_kw={"lw": 0.8})
+                ax.barh(
+                    y,
+                    v,
+                    height=height * 0.92,
+                    color=fix_colours[fix],
+                    xerr=[lo, hi] if bars else None,
+                    capsize=2,
+                    error_kw={"lw": 0.8},
+                )
                 any_diverged |= _mark_diverged(ax, v, y, div)
         if q.log:
             ax.axvline(0, color="0.3", lw=0.8)
@@ -929,13 +1020,18 @@ def activation_functions(curves: pd.DataFrame, palette: dict):
         ax.plot(d["x"], d["df"], color="black", lw=1.2, ls="--")
         peak = float(np.nanmax(d["df"]))
         ax.text(
-            0.03, 0.95, f"max f′ = {peak:.3g}", transform=ax.transAxes, va="top", fontsize=7,
+            0.03,
+            0.95,
+            f"max f′ = {peak:.3g}",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=7,
             bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
         )
         lo, hi = float(np.nanmin(d[["f", "df"]].to_numpy())), float(np.nanmax(d[["f", "df"]].to_numpy()))
         ax.set_ylim(max(lo, -3.0) - 0.15, min(hi, 5.0) + 0.15)
         ax.set_title(act, color=colour, fontweight="bold")
-    for ax in list(axes.flat)[len(acts):]:
+    for ax in list(axes.flat)[len(acts) :]:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("x")
@@ -974,8 +1070,12 @@ def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float,
     kinds = [k for k in ("train", "init") if (table["kind"] == k).any()]
     heights = [len(table[table["kind"] == k]) for k in kinds]
     fig, axes = plt.subplots(
-        len(kinds), 1, figsize=(7.4, 0.34 * sum(heights) + 0.95 * len(kinds) + 0.3), squeeze=False,
-        layout="constrained", gridspec_kw={"height_ratios": [h + 1.6 for h in heights]},
+        len(kinds),
+        1,
+        figsize=(7.4, 0.34 * sum(heights) + 0.95 * len(kinds) + 0.3),
+        squeeze=False,
+        layout="constrained",
+        gridspec_kw={"height_ratios": [h + 1.6 for h in heights]},
     )
     any_diverged = False
     for ax, kind in zip(axes[:, 0], kinds):
@@ -999,8 +1099,9 @@ def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float,
             ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
             if bound is not None:
                 ax.axvline(bound, color=TRAINABILITY_COLOURS["fails"], lw=0.8, ls="--")
-                ax.text(bound, -0.7, f" bound {bound:g}", fontsize=7.5, color=TRAINABILITY_COLOURS["fails"],
-                        va="bottom")
+                ax.text(
+                    bound, -0.7, f" bound {bound:g}", fontsize=7.5, color=TRAINABILITY_COLOURS["fails"], va="bottom"
+                )
             ax.set_xlabel("per-layer backward factor at step 0 (line: seeds' min–max; ◆ theory)")
         for i, r in d.iterrows():
             if several[i] and np.isfinite(r["min"]) and np.isfinite(r["max"]):
@@ -1010,7 +1111,7 @@ def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float,
             if kind == "init" and np.isfinite(r.get("predicted", np.nan)):
                 ax.scatter([r["predicted"]], [i], marker="D", facecolor="none", edgecolor="0.2", s=30, zorder=4)
         note = []
-        for i, r in d.iterrows():
+        for _, r in d.iterrows():
             parts = []
             if kind == "train" and np.isfinite(r["best_learning_rate"]):
                 parts.append(f"lr {r['best_learning_rate']:g}")
@@ -1023,16 +1124,27 @@ def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float,
             at = np.where(np.isfinite(d["median"]), d["median"], 0.0)
             any_diverged |= _mark_diverged(ax, at, y, d.get("diverged_at_best", d["diverged"]))
         for i, text_ in enumerate(note):
-            ax.annotate(text_, (1.0, i), xycoords=("axes fraction", "data"), xytext=(4, 0),
-                        textcoords="offset points", va="center", fontsize=7.5, color="0.25")
+            ax.annotate(
+                text_,
+                (1.0, i),
+                xycoords=("axes fraction", "data"),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7.5,
+                color="0.25",
+            )
         ax.set_yticks(y)
         ax.set_yticklabels(d["run_set"], fontsize=8)
         ax.set_ylim(len(d) - 0.5, -0.9)
         ax.grid(axis="y", visible=False)
         ax.tick_params(axis="x", labelsize=7.5)
         ax.xaxis.label.set_size(8)
-    handles = [Line2D([0], [0], ls="none", marker="o", color=c, label=k) for k, c in TRAINABILITY_COLOURS.items()
-               if k != "unknown" and "train" in kinds]
+    handles = [
+        Line2D([0], [0], ls="none", marker="o", color=c, label=k)
+        for k, c in TRAINABILITY_COLOURS.items()
+        if k != "unknown" and "train" in kinds
+    ]
     if any_diverged:
         handles.append(_diverged_handle())
     if handles:

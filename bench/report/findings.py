@@ -321,8 +321,9 @@ def _disagreement_reasons(r: dict, exact_inputs: bool) -> list[str]:
         )
     if not exact_inputs or not r.get("input_exact", True):
         reasons.append("E[x²] is the mean alone: the spread of the inputs' second moments across examples is ignored")
-    reasons.append(f"finite width: {r.get('width', 'this')} units per layer and one batch, against the theory's "
-                   "infinite width")
+    reasons.append(
+        f"finite width: {r.get('width', 'this')} units per layer and one batch, against the theory's infinite width"
+    )
     return reasons
 
 
@@ -461,8 +462,7 @@ class _Keys(tuple):
     main: dict = {}
 
     def of(self, pair: dict | None) -> list[str]:
-        return [k for k in self if not self.main or k not in self.main or not _same((pair or {}).get(k),
-                                                                                       self.main[k])]
+        return [k for k in self if not self.main or k not in self.main or not _same((pair or {}).get(k), self.main[k])]
 
 
 def _label(pair: dict, extra_keys) -> str:
@@ -488,8 +488,9 @@ def group(found: list[Finding], chance: float, extra_keys=(), claim_results=(), 
     # Every flagged pair, also those beyond MAX_PAIR_FINDINGS, belongs in its modes' bullets.
     for mode in MODES:
         members = [f for f in flagged if any(_flag_kind(x) == mode for x in f.gradient_flags)]
-        members += [f for f in found if f.kind in ("best", "worst") and any(
-            _flag_kind(x) == mode for x in f.gradient_flags)]
+        members += [
+            f for f in found if f.kind in ("best", "worst") and any(_flag_kind(x) == mode for x in f.gradient_flags)
+        ]
         if members:
             bullets.append(_mode_bullet(mode, members, chance, extra_keys))
     problems = [f for f in found if f.kind == "problem"]
@@ -543,8 +544,9 @@ def _mode_value(mode: str, f: Finding) -> tuple[float, str]:
             x = min(factors)
             return -math.log10(x), _factor(x).removesuffix(" per layer") + at
         if finite(ratio) and ratio < 1:
-            return -math.log10(ratio) / max((f.pair or {}).get("depth") or 1, 1), \
-                f"first/last {power_of_ten(ratio)}{at}"
+            return -math.log10(ratio) / max(
+                (f.pair or {}).get("depth") or 1, 1
+            ), f"first/last {power_of_ten(ratio)}{at}"
         return 0.0, ""
     if mode == "exploding":
         if not factors or max(factors) <= 0:
@@ -553,8 +555,11 @@ def _mode_value(mode: str, f: Finding) -> tuple[float, str]:
         return math.log10(x), _factor(x).removesuffix(" per layer") + at
     if mode == "forward collapse":
         x = v.get(f"forward_factor_{when}")
-        return (-math.log10(x), f"forward {_factor(x).removesuffix(' per layer')}{at}") if finite(x) and x > 0 \
+        return (
+            (-math.log10(x), f"forward {_factor(x).removesuffix(' per layer')}{at}")
+            if finite(x) and x > 0
             else (0.0, "")
+        )
     if mode == "underflow":
         deepest = _firstfinite(v.get("deepest_underflow_layer_init"), v.get("deepest_underflow_layer_final"))
         return (float(deepest), f"below layer {int(deepest) + 1}") if finite(deepest) else (0.0, "")
@@ -611,10 +616,12 @@ def _theory_bullet(members: list[Finding], chance: float, extra_keys) -> dict:
     if off:
         parts = []
         for f in off:
-            devs = [(s, predictions.deviation(f.values.get(f"{s}_factor_init"),
-                                             f.values.get(f"predicted_{s}_factor"))) for s in ("backward", "forward")]
+            devs = [
+                (s, predictions.deviation(f.values.get(f"{s}_factor_init"), f.values.get(f"predicted_{s}_factor")))
+                for s in ("backward", "forward")
+            ]
             s, d = max(((s, d) for s, d in devs if finite(d)), key=lambda x: x[1], default=(None, math.nan))
-            parts.append(_label(f.pair, extra_keys) + (f" ({s} off by ×{10 ** d:.2f})" if s else ""))
+            parts.append(_label(f.pair, extra_keys) + (f" ({s} off by ×{10**d:.2f})" if s else ""))
         reasons = []
         for f in off:
             for r in f.reasons:
@@ -640,8 +647,7 @@ def _claims_bullet(claim_results) -> dict | None:
         if counts[v]:
             parts.append(f"{len(counts[v])} {v} ({', '.join(counts[v])})")
     text = "Claims: " + "; ".join(parts) + " (see the Claims section)."
-    return {"kind": "claims", "text": text, "counts": {v: len(ids) for v, ids in counts.items()},
-            "ids": counts}
+    return {"kind": "claims", "text": text, "counts": {v: len(ids) for v, ids in counts.items()}, "ids": counts}
 
 
 def _firstfinite(*xs):
@@ -717,7 +723,7 @@ def _disagreement_sentence(finding: Finding, extra_keys) -> str:
         m, p = v.get(f"{signal}_factor_init"), v.get(f"predicted_{signal}_factor")
         d = predictions.deviation(m, p)
         if finite(d):
-            mark = "" if d <= math.log10(predictions.TOLERANCE) else f" (off by ×{10 ** d:.2f})"
+            mark = "" if d <= math.log10(predictions.TOLERANCE) else f" (off by ×{10**d:.2f})"
             parts.append(f"{signal} signal {_factor(m)}, theory {_factor(p).removesuffix(' per layer')}{mark}")
     text = f"{_label(finding.pair, extra_keys)} departs from the theory at step 0: " + "; ".join(parts)
     if finding.reasons:

@@ -163,8 +163,11 @@ def input_moments(runs: pd.DataFrame, manifest: dict, load: bool = True) -> dict
             continue
         try:
             arrays = data_mod.prepare(
-                ds, preprocessing=preprocessing, flatten=True,
-                train_samples=int(train_samples) if train_samples is not None else None, test_samples=1,
+                ds,
+                preprocessing=preprocessing,
+                flatten=True,
+                train_samples=int(train_samples) if train_samples is not None else None,
+                test_samples=1,
             )
         except Exception:  # e.g. a preprocessing this data does not allow: as if it were not here
             out[key] = _fallback(dataset, preprocessing, "the data could not be prepared")
@@ -236,16 +239,25 @@ def predict_runs(runs: pd.DataFrame, manifest: dict, load: bool = True) -> Predi
 def _predict(row: dict, inputs: Inputs | None, data: dict) -> theory.Prediction:
     if plain(row.get("arch")) == CUSTOM_ARCH:
         return theory.Prediction(
-            activation=str(row.get("activation")), initializer=str(row.get("initializer")), depth=int(row["depth"]),
-            width=0, sigma_b2=0.0, input_second_moment=math.nan, applicable=False,
+            activation=str(row.get("activation")),
+            initializer=str(row.get("initializer")),
+            depth=int(row["depth"]),
+            width=0,
+            sigma_b2=0.0,
+            input_second_moment=math.nan,
+            applicable=False,
             reason=f"{plain(row.get('model')) or 'the model'} was not built by vgbench: the theory models its MLP",
         )
     config = types.SimpleNamespace(**{k: plain(row.get(k)) for k in ("arch", "activation", "initializer", "fix")})
     config.depth, config.width = int(row["depth"]), int(row["width"])
     config.dataset = plain(row.get("dataset")) or "mnist"
     base = dict(
-        activation=str(config.activation), initializer=str(config.initializer), depth=config.depth,
-        width=config.width, sigma_b2=0.0, input_second_moment=math.nan,
+        activation=str(config.activation),
+        initializer=str(config.initializer),
+        depth=config.depth,
+        width=config.width,
+        sigma_b2=0.0,
+        input_second_moment=math.nan,
     )
     if inputs is None:
         reason = (

@@ -630,8 +630,20 @@ def theory_points(pairs: pd.DataFrame) -> pd.DataFrame:
         listed as ``"label: reason"`` in ``attrs["excluded"]``; the
         tolerance is in ``attrs["tolerance"]``.
     """
-    columns = ["label", "activation", "initializer", "depth", "fix", "signal", "predicted", "measured", "lo", "hi",
-               "deviation", "diverged"]
+    columns = [
+        "label",
+        "activation",
+        "initializer",
+        "depth",
+        "fix",
+        "signal",
+        "predicted",
+        "measured",
+        "lo",
+        "hi",
+        "deviation",
+        "diverged",
+    ]
     if "theory_applicable" not in pairs.columns:
         return with_note(pd.DataFrame(columns=columns), "no predictions were made")
     extra = varying_keys(pairs)
@@ -647,10 +659,16 @@ def theory_points(pairs: pd.DataFrame) -> pd.DataFrame:
             if np.isfinite(d):
                 rows.append(
                     {
-                        "label": label, "activation": r["activation"], "initializer": r["initializer"],
-                        "depth": r.get("depth"), "fix": r.get("fix"), "signal": signal,
-                        "predicted": float(predicted), "measured": float(measured),
-                        "lo": r.get(f"{signal}_factor_init_lo"), "hi": r.get(f"{signal}_factor_init_hi"),
+                        "label": label,
+                        "activation": r["activation"],
+                        "initializer": r["initializer"],
+                        "depth": r.get("depth"),
+                        "fix": r.get("fix"),
+                        "signal": signal,
+                        "predicted": float(predicted),
+                        "measured": float(measured),
+                        "lo": r.get(f"{signal}_factor_init_lo"),
+                        "hi": r.get(f"{signal}_factor_init_hi"),
                         "deviation": d,
                         "diverged": int((r.get("statuses") or {}).get("diverged", 0)),
                     }
@@ -758,7 +776,8 @@ def activation_profiles(runs_m: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFr
         runs_m[["run_id", "activation", "initializer", "status"]], on="run_id"
     )
     long = both.melt(
-        id_vars=["run_id", "status", "activation", "initializer", "when", "layer_index"], value_vars=stats,
+        id_vars=["run_id", "status", "activation", "initializer", "when", "layer_index"],
+        value_vars=stats,
         var_name="statistic",
     )
     long = long.dropna(subset=["value"])
@@ -904,4 +923,3 @@ def chance_accuracy(manifest: dict) -> float:
     data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
     n = data.get("num_classes") or DEFAULT_NUM_CLASSES
     return 1.0 / float(n)
-

@@ -96,7 +96,7 @@ def _expand(pattern: str) -> list[str]:
     m = re.search(r"\{([^{}]*)\}", pattern)
     if not m:
         return [pattern]
-    return [pattern[: m.start()] + alt + pattern[m.end():] for alt in m.group(1).split(",")]
+    return [pattern[: m.start()] + alt + pattern[m.end() :] for alt in m.group(1).split(",")]
 
 
 def key_numbers(result, limit: int = MAX_KEY_NUMBERS) -> list[list[str]]:
@@ -206,8 +206,15 @@ def evidence_table(claim, runs_m: pd.DataFrame) -> pd.DataFrame:
             continue
         diverged = int((runs["status"] == "diverged").sum())
         lrs = sorted(runs.loc[runs["status"] == "diverged", "learning_rate"].unique())
-        row = {"run_set": rs.name, "kind": rs.kind, "diverged": diverged, "runs": len(runs), "predicted": np.nan,
-               "diverged_lrs": "/".join(f"{float(x):g}" for x in lrs), "diverged_at_best": 0}
+        row = {
+            "run_set": rs.name,
+            "kind": rs.kind,
+            "diverged": diverged,
+            "runs": len(runs),
+            "predicted": np.nan,
+            "diverged_lrs": "/".join(f"{float(x):g}" for x in lrs),
+            "diverged_at_best": 0,
+        }
         if rs.kind == "init":
             v = pd.to_numeric(runs.get("backward_factor_init"), errors="coerce").dropna()
             row |= {
@@ -237,8 +244,21 @@ def evidence_table(claim, runs_m: pd.DataFrame) -> pd.DataFrame:
                 "diverged_at_best": int((best["diverged_by_lr"] or {}).get(best["best_learning_rate"], 0)),
             }
         rows.append(row)
-    columns = ["run_set", "kind", "median", "min", "max", "n", "best_learning_rate", "diverged", "runs",
-               "trainability", "predicted", "diverged_lrs", "diverged_at_best"]
+    columns = [
+        "run_set",
+        "kind",
+        "median",
+        "min",
+        "max",
+        "n",
+        "best_learning_rate",
+        "diverged",
+        "runs",
+        "trainability",
+        "predicted",
+        "diverged_lrs",
+        "diverged_at_best",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 

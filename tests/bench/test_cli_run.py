@@ -57,7 +57,10 @@ def test_smoke_suite_writes_the_contract_tables(smoke):
     # The vanishing pair is visible even in the smoke suite.
     init = layers[(layers.step == 0) & (layers.layer_name != "output")]
     ratio = init.groupby("run_id").apply(
-        lambda g: g.sort_values("layer_index").kernel_grad_norm.iloc[0] / g.sort_values("layer_index").kernel_grad_norm.iloc[-1],
+        lambda g: (
+            g.sort_values("layer_index").kernel_grad_norm.iloc[0]
+            / g.sort_values("layer_index").kernel_grad_norm.iloc[-1]
+        ),
         include_groups=False,
     )
     sig = [r for r in ratio.index if "sigmoid-glorot_uniform" in r][0]
@@ -93,7 +96,20 @@ def test_second_invocation_does_no_work(smoke, mnist_path):
 def test_killed_suite_resumes_and_matches_a_clean_run(smoke, mnist_path, tmp_path):
     clean, _ = smoke
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "bench", "run", "--suite", "smoke", "--data", str(mnist_path), "--out", str(out), "--jobs", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        "--suite",
+        "smoke",
+        "--data",
+        str(mnist_path),
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     # Kill it while the second run is in flight: one run done, one half-written at most.
     deadline = time.time() + 240
@@ -123,7 +139,9 @@ def test_killed_suite_resumes_and_matches_a_clean_run(smoke, mnist_path, tmp_pat
 
 
 def test_grid_options_and_dry_run(capsys):
-    code = main(["run", "--activation", "relu,leaky_relu(negative_slope=0.1)", "--depth", "2-4", "--seeds", "0,1", "--dry-run"])
+    code = main(
+        ["run", "--activation", "relu,leaky_relu(negative_slope=0.1)", "--depth", "2-4", "--seeds", "0,1", "--dry-run"]
+    )
     assert code == 0
     ids = capsys.readouterr().out.split()
     assert len(ids) == 2 * 3 * 2
@@ -198,7 +216,12 @@ def test_run_config_round_trip_and_stable_id():
     assert RunConfig.from_dict(c.to_dict()).run_id == c.run_id
     # Identical across processes (no hash randomization in the id).
     other = subprocess.run(
-        [sys.executable, "-c", "from bench.config import RunConfig as R; print(R(activation='relu', initializer='he_normal', fix='batchnorm+residual', depth=7).run_id)"],
+        [
+            sys.executable,
+            "-c",
+            "from bench.config import RunConfig as R; "
+            "print(R(activation='relu', initializer='he_normal', fix='batchnorm+residual', depth=7).run_id)",
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONHASHSEED": "123"},

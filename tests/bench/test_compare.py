@@ -149,9 +149,9 @@ def write_results(out, specs, *, schema_version=SCHEMA_VERSION, git_sha="0123456
     out.mkdir(parents=True, exist_ok=True)
     rows, layers, history = [], [], []
     for s in specs:
-        r, l, h = _tables(s)
+        r, lay, h = _tables(s)
         rows.append(r)
-        layers.append(l)
+        layers.append(lay)
         history.append(h)
     write_json_atomic(out / "manifest.json", {"schema_version": schema_version, "suite": "test", "git_sha": git_sha})
     pd.DataFrame(rows).to_parquet(out / "runs.parquet", index=False)

@@ -24,8 +24,8 @@ from bench.data import (
     IDX_FILES,
     KNOWN_CHECKSUMS,
     Arrays,
-    Dataset,
     DataError,
+    Dataset,
     NonStandardDataWarning,
     array_checksum,
     data_checksum,
@@ -322,15 +322,29 @@ def test_idx_directory_missing_a_file(tmp_path, arrays):
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"x_train": np.zeros((N_TRAIN, H * W), np.uint8)}, r"x_train in .* has shape \(30, 20\); expected \(N, H, W\)"),
+        (
+            {"x_train": np.zeros((N_TRAIN, H * W), np.uint8)},
+            r"x_train in .* has shape \(30, 20\); expected \(N, H, W\)",
+        ),
         ({"y_test": np.zeros((N_TEST, 2), np.uint8)}, r"y_test in .* has shape \(12, 2\); expected \(N,\)"),
         ({"y_train": np.zeros(N_TRAIN - 1, np.uint8)}, r"has 30 x_train images but 29 y_train labels"),
-        ({"x_test": np.zeros((N_TEST, H + 1, W), np.uint8)}, r"train images of shape \(4, 5\) but test images of shape \(5, 5\)"),
+        (
+            {"x_test": np.zeros((N_TEST, H + 1, W), np.uint8)},
+            r"train images of shape \(4, 5\) but test images of shape \(5, 5\)",
+        ),
         ({"x_train": np.zeros((N_TRAIN, H, W), np.float32)}, r"x_train in .* has dtype float32; expected uint8"),
         ({"y_train": np.zeros(N_TRAIN, np.float32)}, r"y_train in .* has dtype float32; expected integer labels"),
         ({"x_train": np.zeros((0, H, W), np.uint8), "y_train": np.zeros(0, np.uint8)}, r"x_train in .* is empty"),
     ],
-    ids=["flat-images", "2d-labels", "length-mismatch", "image-shape-mismatch", "float-images", "float-labels", "empty"],
+    ids=[
+        "flat-images",
+        "2d-labels",
+        "length-mismatch",
+        "image-shape-mismatch",
+        "float-images",
+        "float-labels",
+        "empty",
+    ],
 )
 def test_wrong_shapes_and_dtypes(tmp_path, arrays, change, match):
     path = write_npz(tmp_path / "bad.npz", dict(arrays, **change))

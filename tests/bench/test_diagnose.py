@@ -40,8 +40,12 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     keras.utils.set_random_seed(1)
     seq = keras.Sequential(
-        [keras.Input((784,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(16, activation="relu"),
-         keras.layers.Dense(10)],
+        [
+            keras.Input((784,)),
+            keras.layers.Dense(16, activation="tanh"),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10),
+        ],
         name="tiny_seq",
     )
     seq.compile(optimizer=keras.optimizers.SGD(0.05), loss=_loss(), metrics=["accuracy"])
@@ -185,9 +189,7 @@ def test_bad_input_is_one_line_and_exit_2(saved, mnist_path, tmp_path, capsys):
     base = ["--data", str(mnist_path), "--steps", "1", *TINY, "--out", str(out)]
     _one_line_exit_2(capsys, ["diagnose", str(tmp_path / "nope.keras"), *base], "nope.keras", "does not exist", out=out)
     _one_line_exit_2(capsys, ["diagnose", str(saved / "text.keras"), *base], "Cannot load", "as a Keras model", out=out)
-    _one_line_exit_2(
-        capsys, ["diagnose", str(saved / "rgb.keras"), *base], "(None, 32, 32, 3)", "(28, 28, 1)", out=out
-    )
+    _one_line_exit_2(capsys, ["diagnose", str(saved / "rgb.keras"), *base], "(None, 32, 32, 3)", "(28, 28, 1)", out=out)
     seq = str(saved / "seq.keras")
     _one_line_exit_2(capsys, ["diagnose", seq, *base, "--loss", "hinje"], "Unknown loss 'hinje'", "hinge", out=out)
     _one_line_exit_2(capsys, ["diagnose", seq, *base, "--optimizer", "adamm"], "sgd, momentum, adam", out=out)
@@ -199,10 +201,20 @@ def test_bad_input_is_one_line_and_exit_2(saved, mnist_path, tmp_path, capsys):
     _one_line_exit_2(capsys, argv, "cannot compute its loss", out=out)
     # An .npz of one's own arrays whose examples do not fit.
     npz = tmp_path / "own.npz"
-    np.savez(npz, x_train=np.zeros((8, 5), "float32"), y_train=np.zeros(8, "int64"),
-             x_test=np.zeros((4, 5), "float32"), y_test=np.zeros(4, "int64"))
-    _one_line_exit_2(capsys, ["diagnose", seq, "--dataset", "npz", "--data", str(npz), "--out", str(out)],
-                     "(None, 784)", "(5,)", out=out)
+    np.savez(
+        npz,
+        x_train=np.zeros((8, 5), "float32"),
+        y_train=np.zeros(8, "int64"),
+        x_test=np.zeros((4, 5), "float32"),
+        y_test=np.zeros(4, "int64"),
+    )
+    _one_line_exit_2(
+        capsys,
+        ["diagnose", seq, "--dataset", "npz", "--data", str(npz), "--out", str(out)],
+        "(None, 784)",
+        "(5,)",
+        out=out,
+    )
 
 
 def _run_help() -> dict:

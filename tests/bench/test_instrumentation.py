@@ -56,7 +56,13 @@ CASES = {
     "mlp-batchnorm": dict(arch="mlp", depth=4, width=16, activation="relu", initializer="he_normal", norm="batchnorm"),
     "cnn": dict(arch="cnn", depth=3, width=4, activation="relu", initializer="he_normal", input_shape=(28, 28, 1)),
     "cnn-batchnorm": dict(
-        arch="cnn", depth=3, width=4, activation="elu", initializer="glorot_uniform", norm="batchnorm", input_shape=(28, 28, 1)
+        arch="cnn",
+        depth=3,
+        width=4,
+        activation="elu",
+        initializer="glorot_uniform",
+        norm="batchnorm",
+        input_shape=(28, 28, 1),
     ),
 }
 
@@ -85,7 +91,9 @@ def test_logged_norms_match_plain_gradient_tape(case):
 def test_tables_follow_the_contract_and_cadence():
     model = _compiled(arch="mlp", depth=3, width=8, activation="sigmoid", initializer="glorot_uniform")
     x, y = _data(128)
-    logger = GradientNormLogger(probe_data=(x[:16], y[:16]), test_data=(x[:32], y[:32]), log_every=2, act_every=3, run_id="r1")
+    logger = GradientNormLogger(
+        probe_data=(x[:16], y[:16]), test_data=(x[:32], y[:32]), log_every=2, act_every=3, run_id="r1"
+    )
     model.fit(
         x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[logger], validation_data=(x[:32], y[:32])
     )
@@ -140,7 +148,13 @@ def test_step_zero_is_measured_before_any_update():
         np.testing.assert_array_equal(a, b)
     df = logger.layers
     assert df.step.unique().tolist() == [0]
-    assert df[["kernel_grad_norm", "kernel_norm", "act_mean", "act_std", "act_rms", "dead_fraction"]].iloc[:3].notna().all().all()
+    assert (
+        df[["kernel_grad_norm", "kernel_norm", "act_mean", "act_std", "act_rms", "dead_fraction"]]
+        .iloc[:3]
+        .notna()
+        .all()
+        .all()
+    )
 
 
 def test_saturated_fraction_of_a_saturated_sigmoid_net():
@@ -218,7 +232,9 @@ def test_invalid_cadence_is_rejected():
 def test_several_steps_per_execution_record_every_step():
     # With steps_per_execution > 1 the cadence is decided inside the graph.
     keras.utils.set_random_seed(0)
-    model = models.build_model("mlp", depth=3, width=8, activation="tanh", initializer="glorot_uniform", input_shape=(784,))
+    model = models.build_model(
+        "mlp", depth=3, width=8, activation="tanh", initializer="glorot_uniform", input_shape=(784,)
+    )
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -231,7 +247,6 @@ def test_several_steps_per_execution_record_every_step():
     assert sorted(df.step.unique()) == [0, 2, 4, 6, 8]
     assert df[df.step == 4].act_std.notna().all() and df[df.step == 2].act_std.isna().all()
     assert df[df.step == 2].kernel_grad_norm.notna().all()
-
 
 
 def _reference_signals(model, x, y):

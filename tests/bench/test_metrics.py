@@ -159,7 +159,13 @@ def test_flags_name_forward_collapse_when_the_kernel_gradient_looks_flat():
 
 def test_flags_are_registered_kinds():
     assert set(metrics.FLAG_KINDS) == {
-        "vanishing", "forward collapse", "exploding", "dead units", "underflow", "diverged", "failed"
+        "vanishing",
+        "forward collapse",
+        "exploding",
+        "dead units",
+        "underflow",
+        "diverged",
+        "failed",
     }
     d = metrics.flags({"status": "ok", "dead_fraction_init": 0.75})[0]
     assert (d, d.kind, d.when, d.describe()) == ("dead units", "dead units", None, "dead units (75% of hidden units)")

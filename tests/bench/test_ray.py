@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 from bench import suites
-from bench.executors import ray as ray_executor
 from bench.errors import UsageError
+from bench.executors import ray as ray_executor
 from bench.results import load_results
 from bench.runner import run_suite
 
@@ -132,8 +132,20 @@ def test_killed_worker_is_retried_without_loss_or_duplicates(clean_ray, tmp_path
 def test_unreachable_address_is_one_line_exit_2(address, tmp_path, mnist_path):
     _ray()
     cmd = [
-        sys.executable, "-m", "bench", "run", "--suite", "smoke", "--executor", "ray",
-        "--address", address, "--data", str(mnist_path), "--out", str(tmp_path / "out"),
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        "--suite",
+        "smoke",
+        "--executor",
+        "ray",
+        "--address",
+        address,
+        "--data",
+        str(mnist_path),
+        "--out",
+        str(tmp_path / "out"),
     ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)

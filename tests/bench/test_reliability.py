@@ -27,8 +27,22 @@ from bench.results import DAMAGED_DIR, check_run, load_results, run_dir_name
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Tiny runs: a 2-layer, 8-wide MLP on 256 images.
-TINY = ["--activation", "relu", "--initializer", "he_normal", "--depth", "2", "--width", "8",
-        "--train-samples", "256", "--test-samples", "128", "--batch-size", "32"]
+TINY = [
+    "--activation",
+    "relu",
+    "--initializer",
+    "he_normal",
+    "--depth",
+    "2",
+    "--width",
+    "8",
+    "--train-samples",
+    "256",
+    "--test-samples",
+    "128",
+    "--batch-size",
+    "32",
+]
 
 
 def _npz(path, seed):
@@ -49,8 +63,22 @@ def data(tmp_path_factory):
 
 
 def _cmd(out, data, *extra, seeds="0-3", steps=2):
-    return [sys.executable, "-m", "bench", "run", *TINY, "--seeds", seeds, "--max-steps", str(steps),
-            "--data", str(data), "--out", str(out), *map(str, extra)]
+    return [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        *TINY,
+        "--seeds",
+        seeds,
+        "--max-steps",
+        str(steps),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *map(str, extra),
+    ]
 
 
 def _env():
@@ -58,13 +86,20 @@ def _env():
 
 
 def _run(out, data, *extra, timeout=300, **kw):
-    return subprocess.run(_cmd(out, data, *extra, **kw), capture_output=True, text=True, timeout=timeout,
-                          env=_env(), cwd=REPO_ROOT)
+    return subprocess.run(
+        _cmd(out, data, *extra, **kw), capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO_ROOT
+    )
 
 
 def _start(out, data, *extra, **kw):
-    return subprocess.Popen(_cmd(out, data, *extra, **kw), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(), cwd=REPO_ROOT)
+    return subprocess.Popen(
+        _cmd(out, data, *extra, **kw),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=REPO_ROOT,
+    )
 
 
 def _folders(out):
@@ -256,8 +291,14 @@ def test_damaged_run_folders_are_moved_aside_and_redone(tmp_path, data):
         damage(out / "runs" / name)
     (out / "runs.parquet").unlink()
     # Readers refuse a damaged folder that the tables do not cover: one line, exit 2.
-    report = subprocess.run([sys.executable, "-m", "bench", "report", str(out)], capture_output=True, text=True,
-                            env=_env(), cwd=REPO_ROOT, timeout=120)
+    report = subprocess.run(
+        [sys.executable, "-m", "bench", "report", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
     assert report.returncode == 2
     assert "is damaged" in _one_line(report.stderr, "vgbench: error: ")
     proc = _run(out, data, seeds="0-5")
@@ -288,8 +329,11 @@ def _main_fails(args, capsys, message):
 def test_foreign_directory_is_not_touched(tmp_path, data, capsys):
     foreign = tmp_path / "foreign"
     (foreign / "runs" / ".build.tmp").mkdir(parents=True)
-    _main_fails(["run", *TINY, "--max-steps", "0", "--data", str(data), "--out", str(foreign)], capsys,
-                "holds no vgbench results")
+    _main_fails(
+        ["run", *TINY, "--max-steps", "0", "--data", str(data), "--out", str(foreign)],
+        capsys,
+        "holds no vgbench results",
+    )
     assert (foreign / "runs" / ".build.tmp").is_dir()
     assert sorted(p.name for p in foreign.rglob("*")) == [".build.tmp", "runs"]
 
@@ -308,8 +352,9 @@ def test_bad_output_paths_are_one_line_errors(tmp_path, data, capsys):
 
 def test_missing_data_leaves_no_directory(tmp_path, capsys):
     out = tmp_path / "new" / "out"
-    _main_fails(["run", *TINY, "--max-steps", "0", "--data", str(tmp_path / "nope.npz"), "--out", str(out)], capsys,
-                "nope.npz")
+    _main_fails(
+        ["run", *TINY, "--max-steps", "0", "--data", str(tmp_path / "nope.npz"), "--out", str(out)], capsys, "nope.npz"
+    )
     assert not (tmp_path / "new").exists()
 
 
@@ -413,7 +458,8 @@ def test_read_only_file_system_is_a_usage_error(tmp_path, data, capsys):
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
     try:
-        _main_fails(["run", *TINY, "--max-steps", "0", "--data", str(data), "--out", str(mnt / "out")], capsys,
-                    "not writable")
+        _main_fails(
+            ["run", *TINY, "--max-steps", "0", "--data", str(data), "--out", str(mnt / "out")], capsys, "not writable"
+        )
     finally:
         subprocess.run(["umount", "-l", str(mnt)])

@@ -23,8 +23,8 @@ import pytest
 from bench import metrics
 from bench.errors import UsageError
 from bench.report import figures, findings, tables, text
-from bench.report.findings import flatten
 from bench.report.build import build_report
+from bench.report.findings import flatten
 from bench.results import load_results, write_json_atomic, write_parquet_atomic
 
 pytestmark = pytest.mark.filterwarnings("ignore::bench.data.NonStandardDataWarning")
@@ -84,8 +84,12 @@ def report_results(tmp_path_factory) -> Path:
         RunConfig(depth=MAIN_DEPTH, activation="relu", initializer="he_normal", **common),
         RunConfig(depth=MAIN_DEPTH, activation="sigmoid", initializer="glorot_uniform", fix="batchnorm", **common),
         # Large weights and the largest learning rate allowed overflow within a few steps: a diverged run.
-        RunConfig(depth=MAIN_DEPTH, activation="relu", initializer="random_normal(stddev=3.0)",
-                  **{**common, "learning_rate": 10.0}),
+        RunConfig(
+            depth=MAIN_DEPTH,
+            activation="relu",
+            initializer="random_normal(stddev=3.0)",
+            **{**common, "learning_rate": 10.0},
+        ),
     ]
     out = root / "results"
     run_suite(configs, out, data_path=data, jobs=1, suite="report-test", progress=False)
@@ -228,7 +232,9 @@ def test_two_seed_interval_is_the_student_t_interval(report_summary, report_tabl
     from scipy import stats as st
 
     _, runs_m = report_tables
-    g = runs_m[(runs_m["activation"] == "relu") & (runs_m["depth"] == MAIN_DEPTH) & (runs_m["initializer"] == "glorot_uniform")]
+    g = runs_m[
+        (runs_m["activation"] == "relu") & (runs_m["depth"] == MAIN_DEPTH) & (runs_m["initializer"] == "glorot_uniform")
+    ]
     g = g[(g["fix"] == "none") & (g["learning_rate"] == 0.1)]
     assert len(g) == 2
     acc = g["test_accuracy"].to_numpy()
@@ -262,7 +268,13 @@ def test_markdown_table_states_the_same_numbers(report_built, report_summary):
     pairs = report_summary["pairs"]
     assert len(rows) == len(pairs)
     for row, p in zip(rows, pairs):
-        assert (row["activation"], row["initializer"], int(row["depth"]), row["fix"], float(row["learning_rate"])) == _pair_key(p)
+        assert (
+            row["activation"],
+            row["initializer"],
+            int(row["depth"]),
+            row["fix"],
+            float(row["learning_rate"]),
+        ) == _pair_key(p)
         assert int(row["seeds"]) == p["n_seeds"]
         accuracy = _cell(row["test accuracy"].split("%")[0])
         assert accuracy == (None if p["test_accuracy"] is None else pytest.approx(100 * p["test_accuracy"], abs=0.051))
@@ -322,7 +334,11 @@ def test_findings_state_the_numbers_of_their_pairs(report_summary, report_tables
 
 def test_fix_and_depth_findings_match_the_tables(report_summary, report_tables):
     _, runs_m = report_tables
-    base = runs_m[(runs_m["activation"] == "sigmoid") & (runs_m["depth"] == MAIN_DEPTH) & (runs_m["initializer"] == "glorot_uniform")]
+    base = runs_m[
+        (runs_m["activation"] == "sigmoid")
+        & (runs_m["depth"] == MAIN_DEPTH)
+        & (runs_m["initializer"] == "glorot_uniform")
+    ]
     fixed = base[base["fix"] == "batchnorm"]
     plain = base[base["fix"] == "none"]
     fix = next(f for f in flatten(report_summary["findings"]) if f["kind"] == "fix")
@@ -335,7 +351,9 @@ def test_fix_and_depth_findings_match_the_tables(report_summary, report_tables):
     depth = {f["activation"]: f for f in flatten(report_summary["findings"]) if f["kind"] == "depth"}
     assert set(depth) == {"relu", "sigmoid"}
     for act, f in depth.items():
-        g = runs_m[(runs_m["activation"] == act) & (runs_m["initializer"] == "glorot_uniform") & (runs_m["fix"] == "none")]
+        g = runs_m[
+            (runs_m["activation"] == act) & (runs_m["initializer"] == "glorot_uniform") & (runs_m["fix"] == "none")
+        ]
         assert f["depths"] == [3, MAIN_DEPTH]
         want = [_geo_mean(g.loc[g["depth"] == d, "grad_ratio_init"]) for d in (3, MAIN_DEPTH)]
         assert f["values"]["grad_ratio_init"] == pytest.approx(want)
@@ -662,8 +680,13 @@ def test_pairs_group_by_benchmark_fields_and_keep_statuses_and_flags_as_data():
         [
             # Provenance and measurement settings differ: still one benchmark.
             {"seed": 0, "git_sha": "aaa", "act_every": 5, "flags": ["vanishing@init"]},
-            {"seed": 1, "git_sha": "bbb", "status": "diverged", "diverged_step": 7,
-             "flags": ["diverged", "vanishing@init"]},
+            {
+                "seed": 1,
+                "git_sha": "bbb",
+                "status": "diverged",
+                "diverged_step": 7,
+                "flags": ["diverged", "vanishing@init"],
+            },
             {"seed": 2, "git_sha": "aaa", "status": "failed", "error": "ValueError: boom", "flags": ["failed"]},
             {"seed": 0, "git_sha": "aaa", "depth": 8},
         ]
@@ -682,8 +705,12 @@ def test_pairs_group_by_benchmark_fields_and_keep_statuses_and_flags_as_data():
     assert "failed in 1 of 3 seed(s) (ValueError: boom)" in sentence
     # Rendering reads the counts, never the status text.
     other = pairs.assign(status="unreadable")
-    assert findings.render(next(f for f in findings.find(other, pd.DataFrame(), pd.DataFrame()) if f.kind == "problem"),
-                           chance=0.1) == sentence
+    assert (
+        findings.render(
+            next(f for f in findings.find(other, pd.DataFrame(), pd.DataFrame()) if f.kind == "problem"), chance=0.1
+        )
+        == sentence
+    )
 
 
 def test_facet_lines_draw_a_panel_per_row_with_data_and_initializer():
@@ -691,10 +718,19 @@ def test_facet_lines_draw_a_panel_per_row_with_data_and_initializer():
     for init in ("glorot_uniform", "he_normal"):
         for act in ("relu", "sigmoid", "tanh"):
             for i in range(4):
-                v = 10.0 ** -i if act == "sigmoid" else 1.0
+                v = 10.0**-i if act == "sigmoid" else 1.0
                 rows.append(
-                    {"activation": act, "initializer": init, "parameter": "kernel", "when": "step 0",
-                     "layer_index": i, "n": 1, "mean": v, "lo": v, "hi": v}
+                    {
+                        "activation": act,
+                        "initializer": init,
+                        "parameter": "kernel",
+                        "when": "step 0",
+                        "layer_index": i,
+                        "n": 1,
+                        "mean": v,
+                        "lo": v,
+                        "hi": v,
+                    }
                 )
     profiles = pd.DataFrame(rows)
     palette = figures.category_palette(profiles["activation"])
@@ -781,8 +817,13 @@ def test_theory_figure_plots_every_covered_pair_against_its_prediction(report_pa
             d = points[points["signal"] == signal]
             from matplotlib.collections import PathCollection
 
-            offsets = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)
-                                      and c.get_label() != figures.DIVERGED_ARTIST])
+            offsets = np.concatenate(
+                [
+                    c.get_offsets()
+                    for c in ax.collections
+                    if isinstance(c, PathCollection) and c.get_label() != figures.DIVERGED_ARTIST
+                ]
+            )
             assert sorted(map(tuple, offsets)) == sorted(zip(d["predicted"], d["measured"]))
             labels = {t.get_text() for t in ax.texts}
             assert {f"{a} + {i}" for a, i in zip(d["activation"], d["initializer"])} <= {
@@ -871,8 +912,14 @@ def test_findings_never_say_zero_per_layer_when_layers_underflowed(report_pairs)
     for f in found:
         assert "×0.00 per layer" not in f["text"]
         assert "×0.00 per layer" not in " ".join(f.get("flag_words", []))
-    sigmoid = next(f for f in found if f.get("pair", {}).get("activation") == "sigmoid" and f["pair"]["depth"] ==
-                   MAIN_DEPTH and f["pair"]["fix"] == "none" and f["kind"] in ("worst", "flagged"))
+    sigmoid = next(
+        f
+        for f in found
+        if f.get("pair", {}).get("activation") == "sigmoid"
+        and f["pair"]["depth"] == MAIN_DEPTH
+        and f["pair"]["fix"] == "none"
+        and f["kind"] in ("worst", "flagged")
+    )
     assert "underflow below layer 2" in sigmoid["text"]
     assert "backward signal vanishes ×0.004 per layer" in sigmoid["text"]
     for words in pairs["flag_words"]:
@@ -942,10 +989,18 @@ def claims_results(report_results, tmp_path_factory) -> Path:
                 seen.add(c.run_id)
                 acc = _CLAIM_ACCURACY[rs.name][c.learning_rate] + 0.01 * (c.seed - 1)
                 diverged = rs.name == "tanh_glorot_d5" and c.learning_rate == 0.3
-                rows.append(template | c.to_dict() | {
-                    "run_id": c.run_id, "status": "diverged" if diverged else "ok", "test_accuracy": acc,
-                    "diverged_step": 40 if diverged else -1, "error": "", "steps": 300,
-                })
+                rows.append(
+                    template
+                    | c.to_dict()
+                    | {
+                        "run_id": c.run_id,
+                        "status": "diverged" if diverged else "ok",
+                        "test_accuracy": acc,
+                        "diverged_step": 40 if diverged else -1,
+                        "error": "",
+                        "steps": 300,
+                    }
+                )
     runs = pd.concat([r.runs, pd.DataFrame(rows)], ignore_index=True)
     dst = tmp_path_factory.mktemp("claims") / "results"
     dst.mkdir()
@@ -1025,10 +1080,13 @@ def test_the_winning_learning_rate_is_shown_per_configuration_where_the_protocol
         act = name.split("_")[0]
         depth = name.split("_d")[1].split("_")[0]
         (row,) = [
-            r for label, r in rows.items()
-            if label.startswith(f"{act} + ") and f"depth {depth}," in label
+            r
+            for label, r in rows.items()
+            if label.startswith(f"{act} + ")
+            and f"depth {depth}," in label
             and ("standard" in name) == ("variance_scaling" in label)
-            and ("batchnorm" in name) == ("batchnorm" in label) and ("residual" in name) == ("residual" in label)
+            and ("batchnorm" in name) == ("batchnorm" in label)
+            and ("residual" in name) == ("residual" in label)
         ]
         assert row["best_learning_rate"] == best
         assert row["median_accuracy"] == pytest.approx(medians[best])
@@ -1053,17 +1111,38 @@ def test_findings_stay_at_twelve_numbered_bullets_with_many_pairs():
     rows = []
     for i, (a, init) in enumerate((a, i) for a in acts for i in inits):
         flags = [["vanishing@init"], ["forward collapse@init"], ["dead units"], ["exploding@init"], []][i % 5]
-        rows.append({"activation": a, "initializer": init, "test_accuracy": 0.95 - 0.02 * i,
-                     "grad_factor_init": [0.2, 1.0, 0.9, 3.0, 1.0][i % 5], "forward_factor_init": 0.4,
-                     "dead_fraction_final": 0.6, "flags": flags})
-    rows.append({"activation": "relu", "initializer": "he_normal", "depth": 50, "test_accuracy": 0.1,
-                 "statuses": {"diverged": 1}, "flags": ["diverged"], "diverged_step": 3})
+        rows.append(
+            {
+                "activation": a,
+                "initializer": init,
+                "test_accuracy": 0.95 - 0.02 * i,
+                "grad_factor_init": [0.2, 1.0, 0.9, 3.0, 1.0][i % 5],
+                "forward_factor_init": 0.4,
+                "dead_fraction_final": 0.6,
+                "flags": flags,
+            }
+        )
+    rows.append(
+        {
+            "activation": "relu",
+            "initializer": "he_normal",
+            "depth": 50,
+            "test_accuracy": 0.1,
+            "statuses": {"diverged": 1},
+            "flags": ["diverged"],
+            "diverged_step": 3,
+        }
+    )
     pairs = _pairs_frame(rows)
     bullets = findings.written(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
     assert 5 <= len(bullets) <= findings.MAX_BULLETS == 12
     modes = {b["mode"]: b for b in bullets if b["kind"] == "mode"}
-    for flag, mode in (("vanishing@init", "vanishing"), ("forward collapse@init", "forward collapse"),
-                       ("dead units", "dead units"), ("exploding@init", "exploding")):
+    for flag, mode in (
+        ("vanishing@init", "vanishing"),
+        ("forward collapse@init", "forward collapse"),
+        ("dead units", "dead units"),
+        ("exploding@init", "exploding"),
+    ):
         n = sum(flag in r["flags"] for r in rows)
         # One bullet per mode, counting every pair with it; the pairs beyond the first few are counted.
         assert modes[mode]["count"] == n == len(modes[mode]["items"])
@@ -1134,16 +1213,25 @@ def test_diverged_runs_are_marked_in_the_figures_that_show_them(report_pairs, re
 
 
 def test_a_pair_whose_every_gradient_is_zero_says_all_0_and_is_flagged_vanishing():
-    row = {"status": "ok", "depth": 4, "underflow_layers_init": 4, "deepest_underflow_layer_init": 3,
-           "grad_factor_init": np.nan, "backward_factor_init": np.nan, "grad_ratio_init": np.nan}
+    row = {
+        "status": "ok",
+        "depth": 4,
+        "underflow_layers_init": 4,
+        "deepest_underflow_layer_init": 3,
+        "grad_factor_init": np.nan,
+        "backward_factor_init": np.nan,
+        "grad_ratio_init": np.nan,
+    }
     flags = metrics.flags(row)
     assert "vanishing@init" in flags and "underflow@init" in flags
     vanishing = next(f for f in flags if f == "vanishing@init")
     assert "exactly 0" in vanishing.describe()
     note = tables._missing_note({**row, "statuses": {"ok": 1}}, "backward_factor_init")
     assert note == "all 0"
-    assert tables._missing_note({**row, "underflow_layers_init": 2, "statuses": {"ok": 1}},
-                                "backward_factor_init") == "underflow"
+    assert (
+        tables._missing_note({**row, "underflow_layers_init": 2, "statuses": {"ok": 1}}, "backward_factor_init")
+        == "underflow"
+    )
 
 
 def test_pair_heatmaps_fit_the_page_and_label_their_colour_bars(report_pairs):

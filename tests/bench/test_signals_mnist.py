@@ -24,8 +24,15 @@ def at_init(mnist_path):
         ("leaky_relu", "he_normal"),
     ]:
         config = RunConfig(
-            depth=20, width=256, activation=activation, initializer=initializer, batch_size=256, max_steps=0,
-            preprocessing="standardize", train_samples=1024, test_samples=256,
+            depth=20,
+            width=256,
+            activation=activation,
+            initializer=initializer,
+            batch_size=256,
+            max_steps=0,
+            preprocessing="standardize",
+            train_samples=1024,
+            test_samples=256,
         )
         record = train_run(config, data=ds)
         assert record.result["status"] == "ok", record.result.get("error")

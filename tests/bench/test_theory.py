@@ -194,9 +194,7 @@ def test_recursions_match_random_networks(activation, phi, dphi, initializer):
 # ------------------------------------------------------------ Keras agreement
 
 
-@pytest.mark.parametrize(
-    "name", [*models.activations.names(), "leaky_relu(negative_slope=0.05)", "elu(alpha=0.3)"]
-)
+@pytest.mark.parametrize("name", [*models.activations.names(), "leaky_relu(negative_slope=0.05)", "elu(alpha=0.3)"])
 def test_numpy_activations_are_the_keras_ones(name):
     x = np.concatenate([np.linspace(-12, 12, 481), [-40.0, -7.5, -3.0, -1e-3, 1e-3, 3.0, 6.0, 7.5, 40.0]])
     keras_y = np.asarray(models.activations.get(name)(x.astype(np.float32)), dtype=np.float64)
@@ -374,9 +372,7 @@ assert main(["theory", "--json", "--depth", "3"]) == 0
 loaded = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)
 assert not loaded, loaded
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 

@@ -31,8 +31,15 @@ def mnist(mnist_path):
 def test_measured_backward_factor_at_init_is_the_predicted_one(mnist, activation, initializer):
     # Depth 20, width 256, batch 256, standardized inputs, one seed, no update.
     config = RunConfig(
-        depth=20, width=256, activation=activation, initializer=initializer, batch_size=256, max_steps=0,
-        preprocessing="standardize", train_samples=2048, test_samples=256,
+        depth=20,
+        width=256,
+        activation=activation,
+        initializer=initializer,
+        batch_size=256,
+        max_steps=0,
+        preprocessing="standardize",
+        train_samples=2048,
+        test_samples=256,
     )
     record = train_run(config, data=mnist)
     assert record.result["status"] == "ok", record.result.get("error")

@@ -88,7 +88,10 @@ def test_a_typo_names_the_closest_activation_and_lists_the_valid_ones():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("leaky_relu(slope=0.1)", "Invalid parameter 'slope' for activation 'leaky_relu'; valid parameters: negative_slope"),
+        (
+            "leaky_relu(slope=0.1)",
+            "Invalid parameter 'slope' for activation 'leaky_relu'; valid parameters: negative_slope",
+        ),
         ("relu(alpha=1.0)", "Invalid parameter 'alpha' for activation 'relu'; valid parameters: (none)"),
         ("elu(beta=1.0)", "Invalid parameter 'beta' for activation 'elu'; valid parameters: alpha"),
     ],
@@ -108,8 +111,7 @@ def test_a_value_the_keras_layer_rejects_is_a_value_error_when_read():
     with pytest.raises(ValueError) as info:
         activations.get("leaky_relu(negative_slope=-0.1)")
     assert str(info.value) == (
-        "Parameter 'negative_slope' of activation 'leaky_relu' must be non-negative. "
-        "Received: negative_slope=-0.1"
+        "Parameter 'negative_slope' of activation 'leaky_relu' must be non-negative. Received: negative_slope=-0.1"
     )
     # The check mirrors Keras: it refuses the same value and accepts the boundary.
     with pytest.raises(ValueError):

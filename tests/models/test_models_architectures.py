@@ -69,9 +69,12 @@ def test_mlp_follows_the_naming_contract():
     model = mlp(depth=3)
     assert layer_names(model) == [
         "input",
-        "hidden_0", "hidden_0_act",
-        "hidden_1", "hidden_1_act",
-        "hidden_2", "hidden_2_act",
+        "hidden_0",
+        "hidden_0_act",
+        "hidden_1",
+        "hidden_1_act",
+        "hidden_2",
+        "hidden_2_act",
         "output",
     ]
     assert model.input_shape == (None, 784)
@@ -301,9 +304,16 @@ def test_custom_input_shape_and_classes():
         ({"depth": True}, "Argument `depth` must be a positive integer. Received: depth=True"),
         ({"width": -1}, "Argument `width` must be a positive integer. Received: width=-1"),
         ({"num_classes": 0}, "Argument `num_classes` must be a positive integer. Received: num_classes=0"),
-        ({"residual_every": -1}, "Argument `residual_every` must be a non-negative integer. Received: residual_every=-1"),
+        (
+            {"residual_every": -1},
+            "Argument `residual_every` must be a non-negative integer. Received: residual_every=-1",
+        ),
         ({"seed": -2}, "Argument `seed` must be a non-negative integer. Received: seed=-2"),
-        ({"norm": "groupnorm"}, "Argument `norm` must be one of None, 'batchnorm', 'batchnorm_after', 'layernorm'. Received: norm='groupnorm'"),
+        (
+            {"norm": "groupnorm"},
+            "Argument `norm` must be one of None, 'batchnorm', 'batchnorm_after', 'layernorm'. "
+            "Received: norm='groupnorm'",
+        ),
         ({"dropout": 1.0}, "Argument `dropout` must be a number in [0, 1). Received: dropout=1.0"),
         ({"dropout": -0.1}, "Argument `dropout` must be a number in [0, 1). Received: dropout=-0.1"),
         ({"dropout": "0.1"}, "Argument `dropout` must be a number in [0, 1). Received: dropout='0.1'"),

@@ -68,10 +68,7 @@ def test_canonical_round_trips_through_parse_spec(kwargs):
 def test_unknown_name_suggests_the_closest_match():
     error = registry.unknown_name("activation", "sigmod", ["tanh", "sigmoid", "elu"])
     assert isinstance(error, ValueError)
-    assert str(error) == (
-        "Unknown activation 'sigmod'. Did you mean 'sigmoid'? "
-        "Valid activations: elu, sigmoid, tanh"
-    )
+    assert str(error) == ("Unknown activation 'sigmod'. Did you mean 'sigmoid'? Valid activations: elu, sigmoid, tanh")
     assert error.suggestion == "sigmoid"
     assert error.choices == ("elu", "sigmoid", "tanh")
 

@@ -15,9 +15,7 @@ WIDTH = 64
 
 def kernel_gradient_norms(mnist_batch, activation, initializer):
     x, y = mnist_batch
-    model = build_model(
-        "mlp", depth=DEPTH, width=WIDTH, activation=activation, initializer=initializer, seed=0
-    )
+    model = build_model("mlp", depth=DEPTH, width=WIDTH, activation=activation, initializer=initializer, seed=0)
     kernels = [block.weight_layer.kernel for block in hidden_layers(model)]
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     with tf.GradientTape() as tape:
