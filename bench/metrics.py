@@ -246,9 +246,16 @@ _WHEN = {"init": "at step 0", "final": "at the end of training"}
 _FRACTION = (0.0, 1.0)
 
 
-def _metrics():  # fmt: skip
-    grad = ("log_every",)
-    act = ("act_every",)
+# The config field that sets how often a per-layer quantity is recorded, by cadence.
+_CADENCE_FIELD = {"grad": "log_every", "act": "act_every"}
+
+
+def _measured_by(column: str, which: str) -> tuple[str, ...]:
+    """The config fields that define how a metric of `column` is measured: its cadence's, except at step 0."""
+    return () if which == "init" else (_CADENCE_FIELD[LAYER_QUANTITIES[column].cadence],)
+
+
+def _metrics():
     out = [
         # An outcome column that training writes itself.
         Quantity(
@@ -262,7 +269,6 @@ def _metrics():  # fmt: skip
         ),
     ]
     for which in ("final", "init"):
-        measured = grad if which == "final" else ()
         out += [
             Quantity(
                 f"grad_factor_{which}",
@@ -273,7 +279,7 @@ def _metrics():  # fmt: skip
                 scale="log",
                 unit="factor",
                 tolerance=0.1 if which == "final" else None,
-                definition=measured,
+                definition=_measured_by(Q.KERNEL_GRAD_NORM, which),
             ),
             Quantity(
                 f"grad_ratio_{which}",
@@ -284,7 +290,7 @@ def _metrics():  # fmt: skip
                 scale="log",
                 unit="ratio",
                 tolerance=0.5,
-                definition=measured,
+                definition=_measured_by(Q.KERNEL_GRAD_NORM, which),
             ),
             # Same tolerance as the kernel gradient's factor: 0.1 decades per layer.
             Quantity(
@@ -296,7 +302,7 @@ def _metrics():  # fmt: skip
                 scale="log",
                 unit="factor",
                 tolerance=0.1 if which == "final" else None,
-                definition=measured,
+                definition=_measured_by(Q.BACKWARD_RMS, which),
             ),
             Quantity(
                 f"forward_factor_{which}",
@@ -306,11 +312,10 @@ def _metrics():  # fmt: skip
                 direction="one",
                 scale="log",
                 unit="factor",
-                definition=measured,
+                definition=_measured_by(Q.PREACT_RMS, which),
             ),
         ]
     for which in ("init", "final"):
-        measured = grad if which == "final" else ()
         out += [
             Quantity(
                 f"bias_grad_ratio_{which}",
@@ -320,7 +325,7 @@ def _metrics():  # fmt: skip
                 direction="one",
                 scale="log",
                 unit="ratio",
-                definition=measured,
+                definition=_measured_by(Q.BIAS_GRAD_NORM, which),
             ),
             Quantity(
                 f"underflow_layers_{which}",
@@ -330,14 +335,14 @@ def _metrics():  # fmt: skip
                 direction="lower",
                 unit="count",
                 bounds=(0.0, np.inf),
-                definition=measured,
+                definition=_measured_by(Q.KERNEL_GRAD_NORM, which),
             ),
             Quantity(
                 f"deepest_underflow_layer_{which}",
                 "run",
                 f"deepest layer with exactly zero gradient {_WHEN[which]}",
                 _underflow(which, "deepest_underflow_layer"),
-                definition=measured,
+                definition=_measured_by(Q.KERNEL_GRAD_NORM, which),
             ),
         ]
     for column in (Q.DEAD_FRACTION, Q.SATURATED_FRACTION):
@@ -353,7 +358,7 @@ def _metrics():  # fmt: skip
                     unit="fraction",
                     bounds=_FRACTION,
                     tolerance=0.1 if which == "final" else None,
-                    definition=act if which == "final" else (),
+                    definition=_measured_by(column, which),
                 )
             )
     # Another outcome column: reported, but too noisy to fail a comparison by default.
