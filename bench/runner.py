@@ -260,7 +260,7 @@ def run_suite(
         KeyboardInterrupt: Ctrl-C or SIGTERM; finished runs are kept and the
             tables rebuilt.
     """
-    from bench.data import describe, load_dataset
+    from bench.data import load_dataset
 
     executors.check_name(executor)
     if executor == "ray":
@@ -279,14 +279,7 @@ def run_suite(
         if lock is None:
             prepare_out(out)
             lock = _lock(out, wait)
-        # Read again under the lock: another writer may have been first.
-        out = check_out(out)
-        manifest = results_mod.read_manifest(out)
-        results_mod.clean_partial(out)
-        finished = _scan(out)
-        _refuse_other_data(out, manifest, finished, datasets)
-        data_info = {**_manifest_data(manifest), **{name: describe(ds) for name, ds in datasets.items()}}
-        write_manifest(out, suite, data_info if len(data_info) != 1 else next(iter(data_info.values())))
+        out, finished = _start_writing(out, datasets, suite)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -353,8 +346,6 @@ def open_results(out, datasets: dict, *, suite: str, wait: bool = False, manifes
     Raises:
         UsageError: see `run_suite`.
     """
-    from bench.data import describe
-
     out = check_out(out)
     existed = out.is_dir()
     fresh = not existed or not any(p.name != LOCK_NAME for p in out.iterdir())
@@ -363,13 +354,7 @@ def open_results(out, datasets: dict, *, suite: str, wait: bool = False, manifes
         if not existed:
             prepare_out(out)
         lock = _lock(out, wait)
-        out = check_out(out)
-        manifest = results_mod.read_manifest(out)
-        results_mod.clean_partial(out)
-        finished = _scan(out)
-        _refuse_other_data(out, manifest, finished, datasets)
-        data_info = {**_manifest_data(manifest), **{name: describe(ds) for name, ds in datasets.items()}}
-        write_manifest(out, suite, data_info if len(data_info) != 1 else next(iter(data_info.values())), manifest_extra)
+        out, _ = _start_writing(out, datasets, suite, manifest_extra)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -384,6 +369,21 @@ def open_results(out, datasets: dict, *, suite: str, wait: bool = False, manifes
         raise
     _rebuild_tables(out, quiet=False)
     lock.release()
+
+
+def _start_writing(out, datasets: dict, suite: str, manifest_extra: dict | None = None):
+    """What the lock holder does first: checks, cleaning, the data check and the manifest; (out, finished runs)."""
+    from bench.data import describe
+
+    # Read again under the lock: another writer may have been first.
+    out = check_out(out)
+    manifest = results_mod.read_manifest(out)
+    results_mod.clean_partial(out)
+    finished = _scan(out)
+    _refuse_other_data(out, manifest, finished, datasets)
+    data_info = {**_manifest_data(manifest), **{name: describe(ds) for name, ds in datasets.items()}}
+    write_manifest(out, suite, data_info if len(data_info) != 1 else next(iter(data_info.values())), manifest_extra)
+    return out, finished
 
 
 def check_tensorboard_dir(path):
