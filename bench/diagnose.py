@@ -705,7 +705,7 @@ def _train(model, settings, run_id, x_train, y_train, x_test, y_test, probe, ten
     from bench.instrumentation import GradientNormLogger
     from bench.provenance import run_provenance
     from bench.results import RunRecord, empty_result
-    from bench.train import measure_at_init
+    from bench.train import fit_logged
 
     t0 = time.perf_counter()
     result = empty_result(**run_provenance())
@@ -726,30 +726,12 @@ def _train(model, settings, run_id, x_train, y_train, x_test, y_test, probe, ten
             tensorboard_dir=tensorboard_dir,
         )
         epochs, per_epoch = schedule(settings.steps)
-        if epochs == 0:
-            measure_at_init(model, logger)
-        else:
-            train_ds = data_mod.make_tf_dataset(
-                x_train, y_train, batch_size=settings.batch_size, seed=settings.seed
-            ).repeat()
-            model.fit(
-                train_ds,
-                epochs=epochs,
-                steps_per_epoch=per_epoch,
-                validation_data=test_ds,
-                callbacks=[logger],
-                shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
-                verbose=0,
+        result.update(
+            fit_logged(
+                model, logger, x_train, y_train, test_ds,
+                epochs=epochs, per_epoch=per_epoch, batch_size=settings.batch_size, seed=settings.seed,
             )
-        result["steps"] = int(model.optimizer.iterations.numpy())
-        hist = logger.history
-        if len(hist):
-            last = hist.iloc[-1]
-            for k in ("test_accuracy", "test_loss", "train_loss", "train_accuracy"):
-                result[k] = float(last[k])
-        if logger.diverged_step is not None:
-            result["status"] = "diverged"
-            result["diverged_step"] = int(logger.diverged_step)
+        )  # fmt: skip
     except Exception as e:  # a failed run is a result: what was measured until then is kept
         result["status"] = "failed"
         result["error"] = one_line(e)[:500]

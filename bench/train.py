@@ -77,6 +77,42 @@ def schedule(config: RunConfig, n_train: int) -> tuple[int, int]:
     return epochs, math.ceil(config.max_steps / epochs)
 
 
+def fit_logged(model, logger, x_train, y_train, test_ds, *, epochs, per_epoch, batch_size, seed, callbacks=()):
+    """Trains `model` with `logger` (only measures at initialization when ``epochs == 0``).
+
+    Returns:
+        The outcome fields the logger gives: ``steps``, the last history
+        row's losses and accuracies, and ``status``/``diverged_step`` when
+        the run diverged.
+    """
+    from bench import data as data_mod
+
+    if epochs == 0:
+        # Initialization only: the step-0 measurement, no update.
+        measure_at_init(model, logger)
+    else:
+        train_ds = data_mod.make_tf_dataset(x_train, y_train, batch_size=batch_size, seed=seed).repeat()
+        model.fit(
+            train_ds,
+            epochs=epochs,
+            steps_per_epoch=per_epoch,
+            validation_data=test_ds,
+            callbacks=[logger, *callbacks],
+            shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
+            verbose=0,
+        )
+    out = {"steps": int(model.optimizer.iterations.numpy())}
+    hist = logger.history
+    if len(hist):
+        last = hist.iloc[-1]
+        for k in ("test_accuracy", "test_loss", "train_loss", "train_accuracy"):
+            out[k] = float(last[k])
+    if logger.diverged_step is not None:
+        out["status"] = "diverged"
+        out["diverged_step"] = int(logger.diverged_step)
+    return out
+
+
 def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensorboard_dir=None) -> RunRecord:
     """Trains one config and returns its results; failures become a record too.
 
@@ -129,31 +165,13 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensor
             tensorboard_dir=tensorboard_dir or os.environ.get(TENSORBOARD_ENV) or None,
         )
         epochs, per_epoch = schedule(config, len(arrays.x_train))
-        if epochs == 0:
-            # Initialization only: the step-0 measurement, no update.
-            measure_at_init(model, logger)
-        else:
-            train_ds = data_mod.make_tf_dataset(
-                arrays.x_train, arrays.y_train, batch_size=config.batch_size, seed=config.seed
-            ).repeat()
-            model.fit(
-                train_ds,
-                epochs=epochs,
-                steps_per_epoch=per_epoch,
-                validation_data=test_ds,
-                callbacks=[logger, *callbacks],
-                shuffle=False,  # the tf.data pipeline shuffles, with the run's seed
-                verbose=0,
+        result.update(
+            fit_logged(
+                model, logger, arrays.x_train, arrays.y_train, test_ds,
+                epochs=epochs, per_epoch=per_epoch, batch_size=config.batch_size, seed=config.seed,
+                callbacks=callbacks,
             )
-        result["steps"] = int(model.optimizer.iterations.numpy())
-        hist = logger.history
-        last = hist.iloc[-1] if len(hist) else None
-        if last is not None:
-            for k in ("test_accuracy", "test_loss", "train_loss", "train_accuracy"):
-                result[k] = float(last[k])
-        if logger.diverged_step is not None:
-            result["status"] = "diverged"
-            result["diverged_step"] = int(logger.diverged_step)
+        )  # fmt: skip
     except Exception as e:  # a failed run is a result, not the end of the suite
         result["status"] = "failed"
         result["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
