@@ -41,6 +41,7 @@ import time
 import warnings
 from pathlib import Path
 
+from bench import backend as backend_mod
 from bench.errors import UsageError
 from bench.executors.base import Executor, TaskFailed, drive
 from bench.task import run_task
@@ -154,6 +155,7 @@ class RayExecutor(Executor):
                 max_retries=self.max_retries,
                 retry_exceptions=False,
             )
+            self._tasks_by_backend = {}
             self._threads = max(1, int(self.cpus_per_task))
             if self.share_data:
                 # One copy per dataset in the object store, shared by every
@@ -171,13 +173,25 @@ class RayExecutor(Executor):
         return self
 
     def submit(self, config):
-        return self._task.remote(
+        return self._task_on(config.backend).remote(
             config.to_dict(),
             self._data_args[config.dataset],
             self._checksums[config.dataset],
             self._path_arg,
             self._threads,
         )
+
+    def _task_on(self, backend):
+        """The task, run by workers whose Keras uses ``backend``.
+
+        Ray keeps separate worker processes per runtime environment, so a
+        worker that imported Keras on one backend never gets a run of another.
+        """
+        if backend not in self._tasks_by_backend:
+            env = dict(self.runtime_env or {})
+            env["env_vars"] = {**(env.get("env_vars") or {}), backend_mod.ENV: backend}
+            self._tasks_by_backend[backend] = self._task.options(runtime_env=env)
+        return self._tasks_by_backend[backend]
 
     def wait(self, handles, timeout):
         # A bounded wait keeps Ctrl-C responsive while tasks run.
