@@ -97,3 +97,37 @@ def versions(name: str) -> dict:
         if version is not None:
             out[package] = version
     return out
+
+
+def with_backend(runs):
+    """``runs`` (a runs table) with a ``backend`` column; runs recorded before the field existed ran TensorFlow."""
+    runs = runs.copy()
+    if "backend" in runs.columns:
+        runs["backend"] = runs["backend"].fillna(DEFAULT_BACKEND).astype(str)
+    else:
+        runs["backend"] = DEFAULT_BACKEND
+    return runs
+
+
+def describe_runs(runs) -> dict:
+    """{backend: {package: version}} of the runs in a runs table, from their provenance columns.
+
+    The backend is the one Keras ran on (``keras_backend``), else the one the
+    config asked for, else TensorFlow (runs recorded before either existed).
+    """
+    if runs is None or not len(runs):
+        return {}
+    asked = with_backend(runs)["backend"]
+    ran = runs["keras_backend"].fillna(asked) if "keras_backend" in runs.columns else asked
+    out = {}
+    for name in sorted(set(ran.astype(str))):
+        mine = runs[ran.astype(str) == name]
+        packages = {}
+        for package in ("keras", *PACKAGES.get(name, ())):
+            column = f"{package}_version"
+            if column in mine.columns:
+                values = sorted({str(v) for v in mine[column].dropna() if str(v) not in ("", "unknown")})
+                if values:
+                    packages[package] = ", ".join(values)
+        out[name] = packages
+    return out
