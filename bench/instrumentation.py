@@ -87,9 +87,10 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from keras import ops
 
 import models
-from bench import quantities
+from bench import instrumentation_jax, quantities
 from bench import quantities as Q
 from bench.quantities import SATURATION_THRESHOLD  # noqa: F401  (public name)
 from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, VARIABLE_COLUMNS
@@ -335,32 +336,59 @@ class _Recording:
         if i not in self.order:
             self.order.append(i)
 
-    def keep(self, table, i, value):
+    def keep(self, table, i, value) -> bool:
+        """Records ``value``'s first tensor as unit ``i``'s entry of ``table``; whether it was recorded."""
         if i in table:
-            return  # a shared layer: its first call counts
+            return False  # a shared layer: its first call counts
         t = _first_tensor(value)
         if t is None:
             self.unrecordable.add(i)
-        else:
-            table[i] = t
+            return False
+        table[i] = t
+        return True
 
 
 def _first_tensor(value):
     """The first output of a layer if it is a floating-point tensor with a batch axis, else None."""
-    flat = tf.nest.flatten(value)
+    flat = keras.tree.flatten(value)
     if not flat:
         return None
     t = flat[0]
-    if not tf.is_tensor(t) or not t.dtype.is_floating or t.shape.rank is None or t.shape.rank < 1:
+    if not keras.ops.is_tensor(t) or not keras.backend.is_float_dtype(keras.backend.standardize_dtype(t.dtype)):
+        return None
+    rank = getattr(t.shape, "rank", None) if isinstance(t, tf.Tensor) else len(t.shape)
+    if rank is None or rank < 1:
         return None
     return t
 
 
+def _with_first(value, t):
+    """``value`` (a layer's output structure) with its first tensor replaced by ``t``."""
+    flat = keras.tree.flatten(value)
+    if len(flat) == 1 and keras.ops.is_tensor(value):
+        return t
+    return keras.tree.pack_sequence_as(value, [t, *flat[1:]])
+
+
 @contextlib.contextmanager
-def _tapped(units):
-    """Wraps the units' `call` (and `activation`) on the instances for one forward pass; restores them after."""
+def _tapped(units, probes=None):
+    """Wraps the units' `call` (and `activation`) on the instances for one forward pass; restores them after.
+
+    Args:
+        units: the `_Unit`s.
+        probes: optional, per unit: an array of the shape of its z, or None.
+            Where given, the forward pass goes on with ``z + probe`` instead
+            of z, so that the gradient with respect to the probe (a zero
+            array) is ∂L/∂z: how the JAX backend, which cannot watch an
+            intermediate value, gets the backward signal from the same
+            differentiation as the weights' gradients.
+    """
     rec = _Recording()
     undo = []
+
+    def probed(i, z):
+        probe = probes[i] if probes is not None else None
+        return z if probe is None else z + probe
 
     def wrap_call(layer, i, z_from_input, z_from_output):
         had = "call" in layer.__dict__
@@ -368,12 +396,18 @@ def _tapped(units):
 
         def call(*args, **kwargs):
             rec.enter(i)
+            if z_from_input:
+                key = "inputs" if not args else None
+                z = args[0] if args else kwargs.get("inputs")
+                if rec.keep(rec.preact, i, z):
+                    if args:
+                        args = (probed(i, z), *args[1:])
+                    else:
+                        kwargs[key] = probed(i, z)
             out = original(*args, **kwargs)
             rec.keep(rec.output, i, out)
-            if z_from_input:
-                rec.keep(rec.preact, i, args[0] if args else kwargs.get("inputs"))
-            elif z_from_output:
-                rec.keep(rec.preact, i, out)
+            if z_from_output and rec.keep(rec.preact, i, out) and probes is not None:
+                out = _with_first(out, probed(i, rec.preact[i]))
             return out
 
         layer.call = call
@@ -383,7 +417,8 @@ def _tapped(units):
         original = layer.__dict__["activation"]
 
         def activation(z, *args, **kwargs):
-            rec.keep(rec.preact, i, z)
+            if rec.keep(rec.preact, i, z):
+                z = probed(i, z)
             return original(z, *args, **kwargs)
 
         layer.activation = activation
@@ -451,6 +486,12 @@ class GradientNormLogger(keras.callbacks.Callback):
         self.act_every = act_every
         self.run_id = run_id
         self.tensorboard_dir = tensorboard_dir
+        # The backend Keras runs (fixed per process): TensorFlow, or JAX.
+        self._jax = keras.backend.backend() == "jax"
+        # JAX: `fit` may hand the per-step logs to the callbacks off the
+        # training thread (so that reading them does not wait for the step);
+        # this logger reads nothing there (see `on_train_batch_end`).
+        self.async_safe = self._jax
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -498,6 +539,7 @@ class GradientNormLogger(keras.callbacks.Callback):
             u.kernel_idx = index.get(id(u.kernel))
             u.bias_idx = index.get(id(u.bias)) if u.bias is not None else None
             u.var_idx = [index.get(id(v)) for v, _ in u.variables]
+            u.slope_idx = index.get(id(u.slope)) if u.slope is not None else None
 
         # Buffers hold one epoch (or 10,000 steps when the epoch length is
         # unknown; they are then flushed whenever they fill up).
@@ -506,19 +548,10 @@ class GradientNormLogger(keras.callbacks.Callback):
         self._grad_cap = max(1, math.ceil(per_epoch / self.log_every)) + 1
         self._act_cap = max(1, math.ceil(per_epoch / self.act_every)) + 1
         self._histograms = self.tensorboard_dir is not None
-        nan = float("nan")
-        bins = len(_HIST_EDGES) - 1
-        with tf.init_scope():
-            self._grad_buf = tf.Variable(tf.fill([self._grad_cap, n, len(_GRAD_FIELDS)], nan), trainable=False)
-            self._var_buf = tf.Variable(tf.fill([self._grad_cap, max(1, len(self._other_idx))], nan), trainable=False)
-            self._grad_step = tf.Variable(tf.zeros([self._grad_cap], tf.int64), trainable=False)
-            self._grad_count = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self._act_buf = tf.Variable(tf.fill([self._act_cap, n, len(_ACT_FIELDS)], nan), trainable=False)
-            hist_rows = self._act_cap if self._histograms else 1
-            self._hist_buf = tf.Variable(tf.zeros([hist_rows, n, bins]), trainable=False)
-            self._act_step = tf.Variable(tf.zeros([self._act_cap], tf.int64), trainable=False)
-            self._act_count = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self._shadow = [tf.Variable(tf.zeros_like(u.kernel.value), trainable=False) for u in self._units]
+        if self._jax:
+            self._jax_steps = instrumentation_jax.Steps(self)
+        else:
+            self._make_buffers(n)
 
         if self.tensorboard_dir is not None:
             from bench.results import run_dir_name
@@ -532,7 +565,26 @@ class GradientNormLogger(keras.callbacks.Callback):
             self._measure_init()
 
         # Swap in the instrumented step for this fit; restored in on_train_end.
-        self._install(model)
+        if self._jax:
+            self._jax_steps.install(model)
+        else:
+            self._install(model)
+
+    def _make_buffers(self, n):
+        """TensorFlow: the preallocated buffers the compiled step writes its records into."""
+        nan = float("nan")
+        bins = len(_HIST_EDGES) - 1
+        with tf.init_scope():
+            self._grad_buf = tf.Variable(tf.fill([self._grad_cap, n, len(_GRAD_FIELDS)], nan), trainable=False)
+            self._var_buf = tf.Variable(tf.fill([self._grad_cap, max(1, len(self._other_idx))], nan), trainable=False)
+            self._grad_step = tf.Variable(tf.zeros([self._grad_cap], tf.int64), trainable=False)
+            self._grad_count = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self._act_buf = tf.Variable(tf.fill([self._act_cap, n, len(_ACT_FIELDS)], nan), trainable=False)
+            hist_rows = self._act_cap if self._histograms else 1
+            self._hist_buf = tf.Variable(tf.zeros([hist_rows, n, bins]), trainable=False)
+            self._act_step = tf.Variable(tf.zeros([self._act_cap], tf.int64), trainable=False)
+            self._act_count = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self._shadow = [tf.Variable(tf.zeros_like(u.kernel.value), trainable=False) for u in self._units]
 
     def on_train_end(self, logs=None):
         self.finalize()
@@ -549,6 +601,8 @@ class GradientNormLogger(keras.callbacks.Callback):
             del model.train_step
         model.train_function = None
         self._functions = {}
+        if self._jax:
+            self._jax_steps.functions.clear()
         if self._events is not None:
             self._events.close()
             self._events = None
@@ -571,6 +625,8 @@ class GradientNormLogger(keras.callbacks.Callback):
         # loss here is free. (Keras' running mean stays non-finite once a
         # step's loss was.) Non-finite gradients under a finite loss are found
         # in the buffers at the end of the epoch.
+        if self._jax:
+            return  # JAX: the step dispatcher watches the loss (see `bench.instrumentation_jax`)
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss) and self.diverged_step is None:
             self._mark_diverged(self._current_step())
@@ -585,7 +641,9 @@ class GradientNormLogger(keras.callbacks.Callback):
     def _mark_diverged(self, step: int):
         if self.diverged_step is None or step < self.diverged_step:
             self.diverged_step = step
-        self.model.stop_training = True
+        # `_model`: on JAX, `Callback.model` syncs the variables with a state
+        # that the running step may already have moved on from.
+        self._model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         self._flush()
@@ -597,26 +655,31 @@ class GradientNormLogger(keras.callbacks.Callback):
     def _measure_init(self):
         model = self.model
         x, y = self.probe_data
-        x = tf.nest.map_structure(tf.convert_to_tensor, x)
-        y = tf.nest.map_structure(tf.convert_to_tensor, y)
-        # Training-mode forward pass (as in the first update), but leave the
-        # model untouched: batch-norm moving statistics are restored after.
-        saved = [v.numpy() for v in model.non_trainable_weights]
-        p = self._forward_backward(x, y)
-        for v, value in zip(model.non_trainable_weights, saved, strict=True):
-            v.assign(value)
-        g = self._grad_norms(p).numpy()
-        var = self._variable_norms(p).numpy()
-        a = self._act_stats(p, update_ratio=False).numpy()
-        h = self._hist(p).numpy() if self._histograms else None
+        if self._jax:
+            # Stateless: the batch-norm moving statistics stay untouched.
+            g, var, a, h, loss, y_pred = self._jax_steps.measure(x, y)
+        else:
+            x = tf.nest.map_structure(tf.convert_to_tensor, x)
+            y = tf.nest.map_structure(tf.convert_to_tensor, y)
+            # Training-mode forward pass (as in the first update), but leave the
+            # model untouched: batch-norm moving statistics are restored after.
+            saved = [v.numpy() for v in model.non_trainable_weights]
+            p = self._forward_backward(x, y)
+            for v, value in zip(model.non_trainable_weights, saved, strict=True):
+                v.assign(value)
+            g = self._grad_norms(p).numpy()
+            var = self._variable_norms(p).numpy()
+            a = self._act_stats(p).numpy()
+            h = self._hist(p).numpy() if self._histograms else None
+            loss, y_pred = float(p.loss), p.y_pred
         self._record(0, 0, g, a, var, h)
         # The step-0 train metrics: the model's own compiled metrics on the
         # probe batch (their state is reset before and after; `fit` resets
         # them at each epoch anyway).
         model.reset_metrics()
-        logs = {k: _float(v) for k, v in model.compute_metrics(x, y, p.y_pred, sample_weight=None).items()}
+        logs = {k: _float(v) for k, v in model.compute_metrics(x, y, y_pred, sample_weight=None).items()}
         model.reset_metrics()
-        logs["loss"] = float(p.loss)
+        logs["loss"] = loss
         if self.test_data is not None:
             test = self.test_data
             if isinstance(test, (tuple, list)):
@@ -624,7 +687,7 @@ class GradientNormLogger(keras.callbacks.Callback):
             res = model.evaluate(test, verbose=0, return_dict=True)
             logs.update({f"val_{k}": _float(v) for k, v in res.items()})
         self._history_rows.append(_history_row(0, 0, logs))
-        if not np.isfinite(self._all_variable_norms(g, var)).all() or not np.isfinite(float(p.loss)):
+        if not np.isfinite(self._all_variable_norms(g, var)).all() or not np.isfinite(loss):
             self._mark_diverged(0)
 
     # --------------------------------------------------------- compiled step
@@ -709,27 +772,31 @@ class GradientNormLogger(keras.callbacks.Callback):
             return self._positions
         return {i: (u.index if u.index is not None else i) for i, u in enumerate(self._units)}
 
+    # The recording below is written with `keras.ops`: the same code runs
+    # inside TensorFlow's compiled step and JAX's jitted one.
+
     def _grad(self, p, k):
         """Gradient of model.trainable_weights[k] as recorded: dense, float32, loss scaling undone (0 when None)."""
         g = p.grads[k] if k is not None else None
         if g is None:
-            return tf.zeros([])
+            return ops.zeros(())
         if isinstance(g, tf.IndexedSlices):
             g = tf.convert_to_tensor(g)
-        g = tf.cast(g, tf.float32)
+        g = ops.cast(g, "float32")
         return g * p.unscale if p.unscale is not None else g
 
     def _values(self, unit, i, p, act=False, previous=None):
         """The `quantities.LayerValues` of unit ``i`` from a pass, for the gradient or the activation cadence."""
         a, z = p.acts[i], p.preacts[i]
+        kernel = p.value(unit.kernel, unit.kernel_idx)
         if act:
             if a is not None:
-                a = tf.cast(tf.reshape(a, [tf.shape(a)[0], -1]), tf.float32)
+                a = ops.cast(ops.reshape(a, (ops.shape(a)[0], -1)), "float32")
             if z is not None:
-                z = tf.cast(tf.reshape(z, [tf.shape(z)[0], -1]), tf.float32)
-            slope = tf.reshape(unit.slope.value, [-1]) if unit.slope is not None else None
+                z = ops.cast(ops.reshape(z, (ops.shape(z)[0], -1)), "float32")
+            slope = ops.reshape(p.value(unit.slope, unit.slope_idx), (-1,)) if unit.slope is not None else None
             return quantities.LayerValues(
-                kernel=unit.kernel.value,
+                kernel=kernel,
                 previous_kernel=previous,
                 output=a,
                 activation=unit.activation,
@@ -739,14 +806,14 @@ class GradientNormLogger(keras.callbacks.Callback):
             )
         dz = p.preact_grads[i]
         if dz is not None:
-            dz = tf.cast(dz, tf.float32)
+            dz = ops.cast(dz, "float32")
             dz = dz * p.unscale if p.unscale is not None else dz
         return quantities.LayerValues(
             kernel_grad=self._grad(p, unit.kernel_idx),
             bias_grad=self._grad(p, unit.bias_idx) if unit.bias_idx is not None else None,
-            kernel=unit.kernel.value,
+            kernel=kernel,
             activation=unit.activation,
-            preact=tf.cast(z, tf.float32) if z is not None else None,
+            preact=ops.cast(z, "float32") if z is not None else None,
             preact_grad=dz,
             batch_size=p.batch_size,
         )
@@ -758,8 +825,8 @@ class GradientNormLogger(keras.callbacks.Callback):
     def _variable_norms(self, p):
         """Gradient norms of the variables that are no unit's main weight or bias (see `_var_source`)."""
         if not self._other_idx:
-            return tf.fill([1], float("nan"))
-        return tf.sqrt(2.0 * tf.stack([tf.nn.l2_loss(self._grad(p, k)) for k in self._other_idx]))
+            return ops.full((1,), float("nan"))
+        return ops.sqrt(2.0 * ops.stack([quantities._half_sum_sq(self._grad(p, k)) for k in self._other_idx]))
 
     def _all_variable_norms(self, g, other):
         """(n_variables,) gradient norm of every trainable variable, from a grad-cadence row and the others'."""
@@ -771,19 +838,23 @@ class GradientNormLogger(keras.callbacks.Callback):
         bins = len(_HIST_EDGES) - 1
         rows = []
         for unit in self._units:
-            counts = tf.zeros([bins], tf.int32)
+            counts = ops.zeros((bins,), "int32")
             for k in unit.var_idx:
-                g = tf.reshape(tf.abs(self._grad(p, k)), [-1])
-                logs = tf.math.log(tf.maximum(g, HISTOGRAM_FLOOR)) / math.log(10.0)
-                counts += tf.histogram_fixed_width(logs, [lo, hi], nbins=bins)
-            rows.append(tf.cast(counts, tf.float32))
-        return tf.stack(rows)
+                g = ops.reshape(ops.abs(self._grad(p, k)), (-1,))
+                logs = ops.log(ops.maximum(g, HISTOGRAM_FLOOR)) / math.log(10.0)
+                counts += _histogram_fixed_width(logs, lo, hi, bins)
+            rows.append(ops.cast(counts, "float32"))
+        return ops.stack(rows)
 
-    def _act_stats(self, p, update_ratio=True):
-        """(n_units, len(_ACT_FIELDS)) statistics of kernels, activations and pre-activations."""
+    def _act_stats(self, p, previous=None):
+        """(n_units, len(_ACT_FIELDS)) statistics of kernels, activations and pre-activations.
+
+        ``previous``: per unit, its main weight before this step's update
+        (for the update ratio), or None (step 0).
+        """
         values = [
-            self._values(unit, i, p, act=True, previous=shadow.read_value() if update_ratio else None)
-            for i, (unit, shadow) in enumerate(zip(self._units, self._shadow, strict=True))
+            self._values(unit, i, p, act=True, previous=previous[i] if previous is not None else None)
+            for i, unit in enumerate(self._units)
         ]
         return _table(values, _ACT_QUANTITIES)
 
@@ -857,7 +928,7 @@ class GradientNormLogger(keras.callbacks.Callback):
             return tf.constant(0)
 
         def record_acts():
-            stats = self._act_stats(p)
+            stats = self._act_stats(p, previous=[shadow.read_value() for shadow in self._shadow])
             row = self._act_count % self._act_cap
             self._act_buf[row].assign(stats)
             if self._histograms:
@@ -884,17 +955,22 @@ class GradientNormLogger(keras.callbacks.Callback):
 
     def _flush(self):
         """Moves buffered records into Python lists (once per epoch)."""
-        if not hasattr(self, "_grad_count"):
-            return
-        if self._counter is not None:
-            self._flushed_at = self._counter[0]
-        grad = _drain(
-            [self._grad_buf, self._var_buf], self._grad_step, self._grad_count, self._flushed_grad, self._grad_cap
-        )
-        act_bufs = [self._act_buf, self._hist_buf] if self._histograms else [self._act_buf]
-        act = _drain(act_bufs, self._act_step, self._act_count, self._flushed_act, self._act_cap)
-        self._flushed_grad = int(self._grad_count.numpy())
-        self._flushed_act = int(self._act_count.numpy())
+        if self._jax:
+            if not hasattr(self, "_jax_steps"):
+                return
+            grad, act = self._jax_steps.drain()
+        else:
+            if not hasattr(self, "_grad_count"):
+                return
+            if self._counter is not None:
+                self._flushed_at = self._counter[0]
+            grad = _drain(
+                [self._grad_buf, self._var_buf], self._grad_step, self._grad_count, self._flushed_grad, self._grad_cap
+            )
+            act_bufs = [self._act_buf, self._hist_buf] if self._histograms else [self._act_buf]
+            act = _drain(act_bufs, self._act_step, self._act_count, self._flushed_act, self._act_cap)
+            self._flushed_grad = int(self._grad_count.numpy())
+            self._flushed_act = int(self._act_count.numpy())
         for s in sorted(grad):
             if not np.isfinite(self._all_variable_norms(*grad[s])).all():
                 self._mark_diverged(s)
@@ -944,14 +1020,29 @@ class _Pass:
     preact_grads: list  # of the scaled loss, per entry of preacts
     batch_size: Any
     unscale: Any  # 1 / loss scale, or None without loss scaling
+    weights: list | None = None  # values of model.trainable_weights to read; None: the variables' own
+
+    def value(self, variable, k):
+        """The value of trainable variable ``variable`` (index ``k``) that this pass's records read."""
+        return self.weights[k] if self.weights is not None else variable.value
 
 
 def _table(values, quantities_):
     """(n_units, n_quantities): every quantity's ``compute`` per unit, stacked in one op, then its ``finish``."""
     n, k = len(values), len(quantities_)
-    raw = tf.reshape(tf.stack([tf.cast(q.compute(v), tf.float32) for v in values for q in quantities_]), [n, k])
+    raw = ops.reshape(ops.stack([ops.cast(q.compute(v), "float32") for v in values for q in quantities_]), (n, k))
     columns = [q.finish(raw[:, j], values) if q.finish is not None else raw[:, j] for j, q in enumerate(quantities_)]
-    return tf.stack(columns, axis=1)
+    return ops.stack(columns, axis=1)
+
+
+def _histogram_fixed_width(x, lo, hi, bins):
+    """Counts of ``x`` in ``bins`` equal bins over [lo, hi], values outside going to the end bins (int32)."""
+    if keras.backend.backend() == "tensorflow":
+        return tf.histogram_fixed_width(x, [lo, hi], nbins=bins)
+    import jax.numpy as jnp
+
+    idx = jnp.clip(jnp.floor((x - lo) * (bins / (hi - lo))), 0, bins - 1).astype("int32")
+    return jnp.bincount(idx, length=bins).astype("int32")
 
 
 def _drain(bufs, step_buf, count_var, flushed, cap):

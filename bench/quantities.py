@@ -12,13 +12,15 @@ columns, compare's metric table and tolerances, the report's labels.
 
 Adding a per-layer quantity is one `Quantity(level="layer", ...)` in
 `LAYER_QUANTITIES` below plus its compute function, which receives a
-`LayerValues` inside the compiled train step and returns a scalar tensor.
+`LayerValues` inside the compiled train step and returns a scalar tensor
+(written with `keras.ops`, so that it runs on every backend).
 Adding a per-run metric is one `Quantity(level="run", ...)` in
 `bench.metrics.METRICS` plus its compute function there.
 
-TensorFlow is imported only inside the compute functions (which run while
-the instrumented step is traced), so reading the registry stays cheap for the
-report and the comparer.
+The compute functions are written with `keras.ops`, so that they run
+unchanged inside the compiled step of either backend (TensorFlow, JAX); Keras
+is imported only inside them (while the instrumented step is traced), so
+reading the registry stays cheap for the report and the comparer.
 
 Reference:
     Schneider, Dangel & Hennig, "Cockpit: A Practical Debugging Tool for the
@@ -247,23 +249,28 @@ class LayerValues:
 
 
 def _nan():
-    import tensorflow as tf
+    from keras import ops
 
-    return tf.constant(float("nan"))
+    return ops.convert_to_tensor(float("nan"), "float32")
 
 
 def _half_sum_sq(x):
-    # l2_loss is one fused kernel (sum of squares / 2) where square+sum are two.
-    import tensorflow as tf
+    """Σx²/2 of a tensor: one fused kernel (``tf.nn.l2_loss``) on TensorFlow, where square+sum are two ops."""
+    import keras
+    from keras import ops
 
-    return tf.nn.l2_loss(x)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.nn.l2_loss(x)
+    return 0.5 * ops.sum(ops.square(x))
 
 
 def _norm_from_half_sum_sq(raw, values):
     """‖x‖ = sqrt(2 · l2_loss(x)), for every layer at once."""
-    import tensorflow as tf
+    from keras import ops
 
-    return tf.sqrt(2.0 * raw)
+    return ops.sqrt(2.0 * raw)
 
 
 def kernel_grad_norm(v: LayerValues):
@@ -276,73 +283,85 @@ def bias_grad_norm(v: LayerValues):
     return _nan() if v.bias_grad is None else _half_sum_sq(v.bias_grad)
 
 
+def _flat_norm(x):
+    from keras import ops
+
+    return ops.sqrt(ops.sum(ops.square(ops.reshape(x, (-1,)))))
+
+
 def kernel_norm(v: LayerValues):
     """L2 norm of the layer's main weight."""
-    import tensorflow as tf
-
-    return tf.norm(tf.reshape(v.kernel, [-1]))
+    return _flat_norm(v.kernel)
 
 
 def update_ratio(v: LayerValues):
     """‖ΔW‖/‖W‖ of this step's update (NaN at step 0)."""
-    import tensorflow as tf
-
     if v.previous_kernel is None:
         return _nan()
     old = v.previous_kernel
-    return tf.norm(tf.reshape(v.kernel - old, [-1])) / tf.norm(tf.reshape(old, [-1]))
+    return _flat_norm(v.kernel - old) / _flat_norm(old)
 
 
 def act_mean(v: LayerValues):
     """Mean of the layer's outputs over the batch and units."""
-    import tensorflow as tf
+    from keras import ops
 
     if v.output is None:
         return _nan()
-    return tf.reduce_mean(v.output)
+    return ops.mean(v.output)
 
 
 def act_std(v: LayerValues):
     """Standard deviation of the layer's outputs over the batch and units."""
-    import tensorflow as tf
+    from keras import ops
 
     if v.output is None:
         return _nan()
-    return tf.math.reduce_std(v.output)
+    return ops.std(v.output)
 
 
 def act_rms(v: LayerValues):
     """Root mean square of the layer's outputs."""
-    import tensorflow as tf
+    from keras import ops
 
     if v.output is None:
         return _nan()
-    return tf.sqrt(tf.reduce_mean(tf.square(v.output)))
+    return ops.sqrt(ops.mean(ops.square(v.output)))
 
 
 def saturated_fraction(v: LayerValues):
     """Saturating activations: share of outputs whose derivative is below 1% of its maximum."""
-    import tensorflow as tf
+    from keras import ops
 
     spec = v.activation
     if spec is None or spec.family != "saturating" or v.output is None:
         return _nan()
     d = spec.derivative_from_output(v.output)
-    return tf.reduce_mean(tf.cast(d < SATURATION_THRESHOLD * spec.max_derivative, tf.float32))
+    return ops.mean(ops.cast(d < SATURATION_THRESHOLD * spec.max_derivative, "float32"))
 
 
 def _per_example_sizes(values, field):
-    """Static number of values per example of a tensor field of every layer's `LayerValues`."""
-    import tensorflow as tf
+    """Number of values per example of a tensor field of every layer's `LayerValues` (static where known)."""
+    from keras import ops
 
     tensors = [getattr(v, field) for v in values]
-    # A layer whose tensor is not recorded has a NaN value: any size will do.
-    sizes = [1 if t is None else t.shape[1:].num_elements() for t in tensors]
+
+    def static(t):
+        # A layer whose tensor is not recorded has a NaN value: any size will do.
+        if t is None:
+            return 1
+        dims = list(t.shape[1:])
+        return None if any(d is None for d in dims) else math.prod(dims)
+
+    sizes = [static(t) for t in tensors]
     if any(n is None for n in sizes):
-        return tf.stack(
-            [tf.constant(1.0) if t is None else tf.cast(tf.reduce_prod(tf.shape(t)[1:]), tf.float32) for t in tensors]
+        return ops.stack(
+            [
+                ops.convert_to_tensor(1.0) if t is None else ops.cast(ops.size(t) // ops.shape(t)[0], "float32")
+                for t in tensors
+            ]
         )
-    return tf.constant(sizes, tf.float32)
+    return ops.convert_to_tensor(sizes, "float32")
 
 
 def backward_rms(v: LayerValues):
@@ -360,10 +379,10 @@ def backward_rms(v: LayerValues):
 
 
 def _backward_rms_finish(raw, values):
-    import tensorflow as tf
+    from keras import ops
 
     # rms(B·g) = sqrt(B² · Σg² / (B · units)) = sqrt(B · 2·l2_loss(g) / units)
-    return tf.sqrt(raw * (2.0 * values[0].batch_size) / _per_example_sizes(values, "preact_grad"))
+    return ops.sqrt(raw * (2.0 * values[0].batch_size) / _per_example_sizes(values, "preact_grad"))
 
 
 def preact_rms(v: LayerValues):
@@ -375,9 +394,9 @@ def preact_rms(v: LayerValues):
 
 
 def _preact_rms_finish(raw, values):
-    import tensorflow as tf
+    from keras import ops
 
-    return tf.sqrt(raw * 2.0 / (_per_example_sizes(values, "preact") * values[0].batch_size))
+    return ops.sqrt(raw * 2.0 / (_per_example_sizes(values, "preact") * values[0].batch_size))
 
 
 def dead_fraction(v: LayerValues):
@@ -390,13 +409,13 @@ def dead_fraction(v: LayerValues):
     ELU and SELU never are (0.0); saturating ones only in float underflow.
     NaN for a layer without activation (the output layer).
     """
-    import tensorflow as tf
+    from keras import ops
 
     spec = v.activation
     if spec is None or v.preact is None:
         return _nan()
     d = spec.derivative(v.preact, slope=v.activation_slope)
-    return tf.reduce_mean(tf.cast(tf.reduce_all(tf.equal(d, 0.0), axis=0), tf.float32))
+    return ops.mean(ops.cast(ops.all(ops.equal(d, 0.0), axis=0), "float32"))
 
 
 def inactive_fraction(v: LayerValues):
@@ -405,12 +424,12 @@ def inactive_fraction(v: LayerValues):
     A leaky ReLU unit counted here still passes gradient through its slope:
     this is inactivity, not death (see `dead_fraction`).
     """
-    import tensorflow as tf
+    from keras import ops
 
     spec = v.activation
     if spec is None or spec.family != "relu" or v.preact is None:
         return _nan()
-    return tf.reduce_mean(tf.cast(tf.reduce_all(v.preact <= 0.0, axis=0), tf.float32))
+    return ops.mean(ops.cast(ops.all(v.preact <= 0.0, axis=0), "float32"))
 
 
 _FRACTION = (0.0, 1.0)

@@ -153,8 +153,8 @@ class Activation:
     def __call__(self, x):
         """Applies the function to a tensor or array.
 
-        Meant for plotting the function and, through `tf.GradientTape`, its
-        derivative. `prelu` has no fixed function, so its initial one is used:
+        Meant for plotting the function and, through the backend's automatic
+        differentiation, its derivative. `prelu` has no fixed function, so its initial one is used:
         slope `PRELU_INITIAL_SLOPE` for negative inputs.
 
         Args:
@@ -192,9 +192,9 @@ class Activation:
     def derivative_from_output(self) -> Callable[[Any], Any] | None:
         """The derivative as a function of the output, for saturating ones.
 
-        Returns a function `y -> f'(x)` where `y = f(x)`, built from backend
-        (TensorFlow) ops so it can run inside a compiled step on a recorded
-        activation, or `None` outside the saturating family:
+        Returns a function `y -> f'(x)` where `y = f(x)`, built from
+        `keras.ops` so it can run inside a compiled step of any backend on a
+        recorded activation, or `None` outside the saturating family:
 
         - sigmoid: `y * (1 - y)`
         - tanh: `1 - y**2`
@@ -207,10 +207,11 @@ class Activation:
     def derivative(self, z, slope=None):
         """The derivative f'(z) at the pre-activation `z`, as backpropagation computes it.
 
-        Built from backend (TensorFlow) ops in `z`'s dtype, so it can run
-        inside a compiled step. A value is exactly 0 only where the gradient
-        TensorFlow propagates through the activation is exactly 0, which is
-        how dead units are told apart from merely small ones:
+        Built from `keras.ops` (and the backend's automatic differentiation)
+        in `z`'s dtype, so it can run inside a compiled step of either
+        backend. A value is exactly 0 only where the gradient the backend
+        propagates through the activation is exactly 0, which is how dead
+        units are told apart from merely small ones:
 
         - relu: 0 for `z <= 0`; relu6: 0 for `z <= 0` or `z >= 6`;
           hard_sigmoid: 0 outside `(-3, 3)` (its flat regions);
@@ -259,13 +260,35 @@ class Activation:
 
 
 def _autodiff(fn, z):
-    """Elementwise derivative of `fn` at `z` by automatic differentiation (TensorFlow)."""
-    import tensorflow as tf
+    """Elementwise derivative of `fn` at `z` by automatic differentiation, on the backend Keras runs.
 
-    with tf.GradientTape() as tape:
-        tape.watch(z)
-        y = fn(z)
-    return tape.gradient(y, z)
+    Differentiation itself has no `keras.ops` form; `fn` is elementwise, so
+    the vector-Jacobian product with ones is the derivative at every element.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            y = fn(z)
+        return tape.gradient(y, z)
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        y, vjp = jax.vjp(fn, z)
+        return vjp(jnp.ones_like(y))[0]
+    if backend == "torch":
+        import torch
+
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = fn(z)
+            return torch.autograd.grad(y, z, torch.ones_like(y))[0]
+    raise NotImplementedError(f"No automatic derivative of activations on the {backend!r} backend")
 
 
 def _sigmoid_derivative(y):

@@ -1,0 +1,254 @@
+"""The JAX backend's instrumented train step for `bench.instrumentation.GradientNormLogger`.
+
+On JAX, `fit` calls ``logs, state = model.train_function(state, iterator)``
+once per step with the whole training state as arrays (Keras' `JAXTrainer`).
+`Steps.install` replaces that function for the duration of a `fit` with a
+Python dispatcher that picks one of up to four jitted steps by what is due at
+this step (gradient norms? activation statistics?), so that steps which record
+nothing compile to Keras' own step. Each jitted step is Keras'
+`JAXTrainer.train_step` (loss scaling, metrics, non-trainable updates such as
+batch-norm moving statistics, as Keras does them) with the recording added:
+from the very gradients `jax.value_and_grad` gives the optimizer, it returns
+the logger's per-layer tables as arrays. The dispatcher keeps those device
+arrays (JAX's dispatch stays asynchronous) and `Steps.drain` converts them
+once per epoch.
+
+The backward signal ∂L/∂z: JAX cannot watch an intermediate value, so the
+traced forward pass adds a zero "probe" array to each unit's z (through the
+same per-instance wrappers that record z on TensorFlow, `_tapped`) and the
+one `jax.value_and_grad` call differentiates with respect to the weights and
+the probes. The probes' shapes come from an abstract evaluation of the
+forward pass (`jax.eval_shape`) while the step is traced, so they cost
+nothing per step and follow every batch size.
+
+A non-finite loss is seen two steps later (reading a step's result as soon as
+it is dispatched would wait for it): training stops then, and the tables keep
+what was recorded up to the diverged step, as on TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+
+# A step's loss is read this many steps after it was dispatched: by then it
+# has been computed, so reading it does not stall the pipeline.
+_LOSS_LAG = 2
+
+# Records kept on device before they are converted even within an epoch
+# (an epoch of unknown length).
+_MAX_PENDING = 10_000
+
+
+class Steps:
+    """The jitted instrumented steps of one `fit`, their dispatcher and the records they returned.
+
+    Args:
+        logger: the `GradientNormLogger`, its units and indices set up
+            (`on_train_begin`).
+    """
+
+    def __init__(self, logger):
+        self.logger = logger
+        self.functions = {}
+        self.pending = []  # (step, records as device arrays)
+        self.losses = []  # (step, that step's loss is finite: a device bool)
+
+    # ------------------------------------------------------------ the pass
+
+    def _forward_backward(self, tv, ntv, ov, mv, x, y, sample_weight):
+        """One training-mode forward and backward pass, traced: Keras' loss and gradients, and the recording.
+
+        Returns:
+            ``(pass, aux)``: the `_Pass` of the recording, and Keras'
+            ``(unscaled_loss, y_pred, non_trainable_variables,
+            metrics_variables)``.
+        """
+        import jax
+        import jax.numpy as jnp
+
+        from bench.instrumentation import _Pass, _tapped
+
+        logger = self.logger
+        model, units = self.model, logger._units
+        opt = model.optimizer
+        n = len(units)
+        recordings = []
+
+        def loss_fn(tv, probes):
+            with _tapped(units, probes) as rec:
+                loss, aux = model.compute_loss_and_updates(
+                    tv, ntv, mv, x, y, sample_weight, training=True, optimizer_variables=ov
+                )
+            recordings.append(rec)
+            acts = [rec.output.get(i) for i in range(n)]
+            zs = [rec.preact.get(i) for i in range(n)]
+            return loss, (aux, acts, zs)
+
+        shapes = jax.eval_shape(lambda tv: loss_fn(tv, None)[1][2], tv)
+        logger._learn_order(recordings[-1])
+        probes = [None if s is None else jnp.zeros(s.shape, s.dtype) for s in shapes]
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+        (_, (aux, acts, zs)), (grads, preact_grads) = grad_fn(tv, probes)
+        unscale = None
+        if not (type(opt).scale_loss is keras.optimizers.Optimizer.scale_loss and opt.loss_scale_factor is None):
+            # Loss scaling: the recorded gradients are the loss's own.
+            mapping = list(zip(opt.variables, ov, strict=True))
+            with keras.StatelessScope(state_mapping=mapping):
+                unscale = 1.0 / keras.ops.cast(opt.scale_loss(keras.ops.ones(())), "float32")
+        batch = next(t for t in keras.tree.flatten(x) if t is not None).shape[0]
+        p = _Pass(
+            y_pred=aux[1],
+            loss=aux[0],
+            acts=acts,
+            preacts=zs,
+            grads=list(grads),
+            preact_grads=preact_grads,
+            batch_size=jnp.asarray(batch, "float32"),
+            unscale=unscale,
+            weights=list(tv),
+        )
+        return p, aux
+
+    def _records(self, p, new_tv, log_grad, log_act, update_ratio=True):
+        """The arrays a step returns for the tables: ``{"grad", "var", "act", "hist"}`` as due."""
+        logger = self.logger
+        out = {}
+        if log_grad:
+            out["grad"] = logger._grad_norms(p)
+            out["var"] = logger._variable_norms(p)
+        if log_act:
+            # Kernels after the update (as on TensorFlow); before it for the update ratio.
+            after = dataclasses.replace(p, weights=list(new_tv))
+            previous = [p.weights[u.kernel_idx] for u in logger._units] if update_ratio else None
+            out["act"] = logger._act_stats(after, previous=previous)
+            if logger._histograms:
+                out["hist"] = logger._hist(p)
+        return out
+
+    # ------------------------------------------------------------ the steps
+
+    def _step(self, log_grad, log_act):
+        """The jitted instrumented step for one "what is due" key: Keras' `train_step`, plus the records."""
+        import jax
+        import jax.numpy as jnp
+        from keras.src.trainers.data_adapters import data_adapter_utils
+
+        model = self.model
+
+        def train_step(state, data):
+            tv, ntv, ov, mv = state
+            x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+            p, (unscaled_loss, y_pred, ntv, mv) = self._forward_backward(tv, ntv, ov, mv, x, y, sample_weight)
+            new_tv, ov = model.optimizer.stateless_apply(ov, p.grads, tv)
+            logs, mv = model._update_metrics_variables(mv, unscaled_loss, x, y, y_pred, sample_weight)
+            records = self._records(p, new_tv, log_grad, log_act)
+            return logs, (new_tv, ntv, ov, mv), records, jnp.isfinite(unscaled_loss)
+
+        if model.run_eagerly or not model.jit_compile:
+            return train_step
+        return jax.jit(train_step, donate_argnums=0)
+
+    @property
+    def model(self):
+        # Not `Callback.model`: on JAX it writes the state of the step before
+        # back into the variables, and `fit` would then go on from that state.
+        return self.logger._model
+
+    def install(self, model):
+        """Replaces `model.train_function` (made by `fit` just before) with the dispatcher, for this fit."""
+        logger = self.logger
+        self.functions.clear()
+        self.pending.clear()
+        self.losses.clear()
+        start = int(model.optimizer.iterations.numpy())
+        counter = logger._counter = [start]
+        logger._flushed_at = start
+        logger._flush_every = float("inf")  # `on_train_batch_end` flushes nothing on JAX
+        per_call = int(getattr(model, "steps_per_execution", 1) or 1)
+
+        def train_function(state, iterator):
+            logs = None
+            for k in range(per_call):
+                try:
+                    data = next(iterator)
+                except StopIteration:
+                    if k == 0:
+                        raise  # the end of the data: `fit` ends the epoch
+                    break
+                step = counter[0] + 1
+                key = (step % logger.log_every == 0, step % logger.act_every == 0)
+                fn = self.functions.get(key) or self.functions.setdefault(key, self._step(*key))
+                logs, state, records, finite = fn(state, data)
+                counter[0] = step
+                if records:
+                    self.pending.append((step, records))
+                self.losses.append((step, finite))
+                self._watch_loss()
+                if len(self.pending) >= _MAX_PENDING:
+                    logger._flush()
+            return logs, state
+
+        model.train_function = train_function
+
+    def _watch_loss(self):
+        """Marks the run diverged at the first non-finite loss, read `_LOSS_LAG` steps after its step."""
+        while len(self.losses) > _LOSS_LAG:
+            step, finite = self.losses.pop(0)
+            if not bool(finite) and self.logger.diverged_step is None:
+                self.logger._mark_diverged(step)
+
+    def drain(self):
+        """``(grad, act)``: ``{step: (grad norms, other variables' norms)}`` and ``{step: (act stats, hist)}``.
+
+        The records kept since the last call, converted to numpy in one transfer.
+        """
+        import jax
+
+        for step, finite in self.losses:
+            if not bool(finite) and self.logger.diverged_step is None:
+                self.logger._mark_diverged(step)
+        self.losses.clear()
+        host = jax.device_get([r for _, r in self.pending])
+        steps = [s for s, _ in self.pending]
+        self.pending.clear()
+        grad, act = {}, {}
+        for step, r in zip(steps, host, strict=True):
+            if "grad" in r:
+                grad[step] = (np.asarray(r["grad"]), np.asarray(r["var"]))
+            if "act" in r:
+                act[step] = (np.asarray(r["act"]), np.asarray(r["hist"]) if "hist" in r else None)
+        return grad, act
+
+    # ------------------------------------------------------------ step 0
+
+    def measure(self, x, y):
+        """Step 0 on the probe batch, from the model's current state, without changing it.
+
+        Returns:
+            ``(grad norms, other variables' norms, act stats, histogram or
+            None, loss, y_pred)`` as numpy arrays (and a float loss).
+        """
+        import jax
+
+        model = self.model
+        opt = model.optimizer
+        state = (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in opt.variables],
+            [v.value for v in model.metrics_variables],
+        )
+
+        def init_step(state, x, y):
+            tv, ntv, ov, mv = state
+            p, (unscaled_loss, y_pred, _, _) = self._forward_backward(tv, ntv, ov, mv, x, y, None)
+            return self._records(p, tv, True, True, update_ratio=False), unscaled_loss, y_pred
+
+        x = keras.tree.map_structure(keras.ops.convert_to_tensor, x)
+        y = keras.tree.map_structure(keras.ops.convert_to_tensor, y)
+        records, loss, y_pred = jax.jit(init_step)(state, x, y)
+        r = jax.device_get(records)
+        return r["grad"], r["var"], r["act"], r.get("hist"), float(loss), y_pred
