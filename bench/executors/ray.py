@@ -149,7 +149,7 @@ class RayExecutor(Executor):
             # wait for resources forever.
             slots = _task_slots(ray.cluster_resources(), self.cpus_per_task, self.gpus_per_task)
             self.slots = self.jobs or slots
-            self._task = ray.remote(_train_task).options(
+            self._task_options = dict(
                 num_cpus=self.cpus_per_task,
                 num_gpus=self.gpus_per_task,
                 max_retries=self.max_retries,
@@ -190,7 +190,8 @@ class RayExecutor(Executor):
         if backend not in self._tasks_by_backend:
             env = dict(self.runtime_env or {})
             env["env_vars"] = {**(env.get("env_vars") or {}), backend_mod.ENV: backend}
-            self._tasks_by_backend[backend] = self._task.options(runtime_env=env)
+            task = self._ray.remote(_train_task)
+            self._tasks_by_backend[backend] = task.options(**self._task_options, runtime_env=env)
         return self._tasks_by_backend[backend]
 
     def wait(self, handles, timeout):
