@@ -14,6 +14,8 @@ DATA_ARG := $(if $(VGBENCH_MNIST),--data $(VGBENCH_MNIST),)
 
 JOBS ?= 2
 OUT  ?= reports/latest
+# The Keras backend of `bench`, `ci-report` and `update-baseline` (tensorflow or jax).
+BACKEND ?= tensorflow
 
 .PHONY: install bench test lint format lock perf ci-report update-baseline fashion-mnist clean
 
@@ -28,8 +30,8 @@ $(STAMP): pyproject.toml requirements.lock
 # The default suite, then the claims' runs into the same directory (runs they share are done
 # once), then one report.
 bench: install
-	$(BIN)/vgbench run --suite default --out $(OUT) --jobs $(JOBS) $(DATA_ARG)
-	$(BIN)/vgbench run --suite claims --out $(OUT) --jobs $(JOBS) $(DATA_ARG)
+	$(BIN)/vgbench run --suite default --out $(OUT) --jobs $(JOBS) --backend $(BACKEND) $(DATA_ARG)
+	$(BIN)/vgbench run --suite claims --out $(OUT) --jobs $(JOBS) --backend $(BACKEND) $(DATA_ARG)
 	$(BIN)/vgbench report $(OUT)
 
 test: install lint
@@ -52,11 +54,12 @@ lock:
 	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -iv '^vgbench' > requirements.lock
 	rm -rf .lock-venv build
 
+# Instrumentation cost per backend (TensorFlow, JAX, and TensorFlow with oneDNN on), one process each.
 perf: install
 	$(BIN)/python -m bench.perf --out reports $(DATA_ARG)
 
 ci-report: install
-	$(BIN)/vgbench run --suite ci --out reports/ci-current --jobs $(JOBS) $(DATA_ARG)
+	$(BIN)/vgbench run --suite ci --out reports/ci-current --jobs $(JOBS) --backend $(BACKEND) $(DATA_ARG)
 	$(BIN)/vgbench compare reports/baseline reports/ci-current \
 		--markdown reports/ci-current/compare.md --json reports/ci-current/compare.json \
 		--junit reports/ci-current/compare.xml
@@ -64,7 +67,7 @@ ci-report: install
 # Deliberately refresh the committed baseline of the `ci` suite.
 update-baseline: install
 	rm -rf reports/baseline.new
-	$(BIN)/vgbench run --suite ci --out reports/baseline.new --jobs $(JOBS) $(DATA_ARG)
+	$(BIN)/vgbench run --suite ci --out reports/baseline.new --jobs $(JOBS) --backend $(BACKEND) $(DATA_ARG)
 	rm -rf reports/baseline && mv reports/baseline.new reports/baseline
 
 # Fashion-MNIST's original IDX files, from Debian (needs root and apt).

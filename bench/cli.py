@@ -201,6 +201,7 @@ def _add_run(sub):
         p.add_argument(
             *flags, dest=field, metavar=metavar, action=_AsTyped, help=f"{text} (default: {_shown(defaults[field])})"
         )
+    _add_backend_option(p)
     p.add_argument(
         "--only",
         action="append",
@@ -285,7 +286,29 @@ def _add_run(sub):
     p.set_defaults(func=cmd_run)
 
 
+def _add_backend_option(p):
+    from bench import backend
+
+    p.add_argument(
+        "--backend",
+        metavar="{" + ",".join(backend.BACKENDS) + "}",
+        default=None,
+        help="the Keras backend to train on, one per invocation; a TensorFlow and a JAX run of one config are "
+        f"two runs (default: ${backend.ENV} when set, else {backend.DEFAULT_BACKEND}; "
+        f"now: {backend.default_backend()})",
+    )
+
+
+def _select_backend(args) -> str:
+    """Checks --backend (or $KERAS_BACKEND) and makes this process and its workers use it, before Keras loads."""
+    from bench import backend
+
+    return backend.select(backend.resolve(args.backend))
+
+
 def cmd_run(args) -> int:
+    # First: a bad backend is refused before any work, and Keras reads the variable when first imported.
+    backend = _select_backend(args)
     from bench import data, sizing, suites
     from bench.runner import run_suite
 
@@ -296,6 +319,7 @@ def cmd_run(args) -> int:
         if value is not None:
             typed = getattr(args, f"{field}_flag", None) or flag
             overrides[field] = parse(value) if typed == flag else _numbers(typed.lstrip("-"))(value)
+    overrides["backend"] = [backend]
     only = {}
     for item in args.only:
         if "=" not in item:
@@ -686,6 +710,7 @@ def _add_diagnose(sub):
         default="reports/diagnose",
         help="results directory: new, empty or one of vgbench's (the run is added) (default: reports/diagnose)",
     )
+    _add_backend_option(p)
     p.add_argument("--no-report", action="store_true", help="write the tables only, no report")
     p.add_argument("--wait", action="store_true", help="when another vgbench process writes --out, wait for it")
     p.add_argument(
@@ -710,6 +735,7 @@ def _samples(flag, text):
 
 
 def cmd_diagnose(args) -> int:
+    _select_backend(args)
     from pathlib import Path
 
     from bench import data, diagnose

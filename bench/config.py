@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 import models
+from bench.backend import BACKENDS, DEFAULT_BACKEND
 from bench.utils import closest, slug
 from models.registry import bind_params, parse_spec, shorten
 
@@ -53,7 +54,7 @@ DEFAULT_BIAS_INITIALIZER = "zeros"
 # Fields added after results were published, with their defaults: they join an
 # identity (run_id, compare's benchmark names) only when they differ from the
 # default, so older runs keep their names and reports/baseline still matches.
-LATE_FIELD_DEFAULTS = {"bias_initializer": DEFAULT_BIAS_INITIALIZER}
+LATE_FIELD_DEFAULTS = {"bias_initializer": DEFAULT_BIAS_INITIALIZER, "backend": DEFAULT_BACKEND}
 
 
 def stable_identity(values: dict) -> dict:
@@ -147,6 +148,7 @@ class RunConfig:
     steps split into ``epochs`` evaluation periods (the data stream continues
     across periods); ``max_steps=0`` only measures at initialization.
     ``train_samples``/``test_samples`` take the first N examples.
+    ``backend`` is the Keras backend the run trains on (`bench.backend`).
     """
 
     arch: str = "mlp"
@@ -168,6 +170,7 @@ class RunConfig:
     log_every: int = 1
     act_every: int = 10
     bias_initializer: str = DEFAULT_BIAS_INITIALIZER
+    backend: str = DEFAULT_BACKEND
 
     def __post_init__(self):
         def positive_int(name, allow_none=False, allow_zero=False):
@@ -189,7 +192,8 @@ class RunConfig:
 
         # Names must be strings: a suite's `fix: [[batchnorm]]` is a list of
         # lists, and str() of it would be looked up as a name.
-        for name in ("arch", "activation", "initializer", "optimizer", "dataset", "preprocessing", "bias_initializer"):
+        names = ("arch", "activation", "initializer", "optimizer", "dataset", "preprocessing", "bias_initializer")
+        for name in (*names, "backend"):
             v = getattr(self, name)
             if not isinstance(v, str):
                 raise ValueError(
@@ -226,6 +230,8 @@ class RunConfig:
         choice("optimizer", OPTIMIZERS)
         set_("preprocessing", self.preprocessing.lower())
         choice("preprocessing", PREPROCESSINGS)
+        set_("backend", self.backend.strip().lower())
+        choice("backend", BACKENDS)
         set_("activation", models.activations.get(self.activation).name)
         set_("initializer", models.initializers.get(self.initializer).name)
         set_("bias_initializer", _bias_initializer_name(self.bias_initializer))
@@ -276,6 +282,8 @@ class RunConfig:
                 self.initializer,
                 self.fix,
                 f"s{self.seed}",
+                # Only a late field off its default is named: earlier run_ids stay as they were.
+                *((self.backend,) if self.backend != DEFAULT_BACKEND else ()),
             )
         )
         return f"{readable}-{digest}"

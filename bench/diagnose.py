@@ -46,8 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import backend as backend_mod
 from bench.config import CUSTOM_ARCH as ARCH
-from bench.config import NOT_APPLICABLE
+from bench.config import NOT_APPLICABLE, stable_identity
 from bench.errors import DataError, UsageError
 from bench.utils import closest, one_line, slug
 from models.registry import shorten
@@ -651,8 +652,10 @@ def diagnose(
         "seed": settings.seed,
         "log_every": settings.log_every,
         "act_every": settings.act_every,
+        "backend": backend_mod.loaded() or backend_mod.default_backend(),
     }
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    # Without the late fields at their default: a TensorFlow diagnosis keeps its earlier run_id.
+    digest = hashlib.sha256(json.dumps(stable_identity(config), sort_keys=True, default=str).encode()).hexdigest()[:10]
     run_id = f"{ARCH}-{slug(model.name) or 'model'}-{digest}"
 
     def measure():

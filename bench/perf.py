@@ -32,6 +32,14 @@ It also runs a small suite with the local executor and reports its parallel
 efficiency: the sum of the runs' own wall times divided by (jobs × the
 suite's wall time).
 
+Each setting is measured in a process of its own, back to back: TensorFlow
+(oneDNN off, vgbench's default), JAX, then TensorFlow with oneDNN on (Keras
+takes its backend, and TensorFlow its ``TF_ENABLE_ONEDNN_OPTS``, once per
+process). On JAX the epoch runs as Keras' JAX `fit` runs it: the training
+state passes through the jitted steps and is written back at the epoch end.
+An instrumented variant a backend cannot run is reported as not measured,
+with its error. ``--quick`` is a short check that everything runs.
+
 Writes ``OUT/perf.md`` and ``OUT/perf.json`` (default OUT: reports/).
 """
 
@@ -102,7 +110,9 @@ class _Session:
             self.logger.set_model(self.model)
             self.logger.set_params({"epochs": 1, "steps": steps, "verbose": 0})
             self.logger.on_train_begin()  # installs the instrumented step, as `fit` would
-        self.iterator = iter(train.repeat())
+        self.jax = keras.backend.backend() == "jax"
+        # JAX's `fit` feeds numpy batches (Keras' JAX data adapter does the same with a tf.data input).
+        self.iterator = iter(train.repeat().as_numpy_iterator()) if self.jax else iter(train.repeat())
         self.steps = steps
         self.epoch = 0
 
@@ -110,11 +120,31 @@ class _Session:
         """Trains one epoch of ``steps`` steps the way `fit` does; returns its (wall, process CPU) seconds."""
         model, logger = self.model, self.logger
         t, c = time.perf_counter(), time.process_time()
+        if self.jax:
+            # Keras' JAX `fit`: the training state travels through the jitted steps as arrays and is
+            # written back into the model's variables at the end of the epoch, before the callbacks' epoch end.
+            state = model._get_jax_state(
+                trainable_variables=True,
+                non_trainable_variables=True,
+                optimizer_variables=True,
+                metrics_variables=True,
+                purge_model_variables=True,
+            )
+            model._jax_state_synced = False
         for step in range(self.steps):
-            logs = model.train_function(self.iterator)
+            if self.jax:
+                logs, state = model.train_function(state, self.iterator)
+                model._jax_state = dict(
+                    zip(("trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables"),
+                        state, strict=True)
+                )  # fmt: skip
+            else:
+                logs = model.train_function(self.iterator)
             loss = float(logs["loss"])  # `fit` turns the logs into Python numbers for the callbacks
             if logger is not None:
                 logger.on_train_batch_end(step, {"loss": loss})
+        if self.jax:
+            model.jax_state_sync()
         if logger is not None:
             logger.on_epoch_end(self.epoch, {"loss": loss})  # the per-epoch flush is part of the cost
         self.epoch += 1
@@ -166,13 +196,22 @@ def measure_overhead(data_path=None, *, model="mlp", depth=20, width=256, batch_
             return build_conv(arrays.x_train.shape[1:])
 
     probe = (arrays.x_train[:batch_size], arrays.y_train[:batch_size])
-    sessions = {name: _Session(name, make, batch_size, arrays, probe, steps) for name in VARIANTS}
+    sessions, unavailable = {}, {}
+    for name in VARIANTS:
+        try:
+            sessions[name] = _Session(name, make, batch_size, arrays, probe, steps)
+            sessions[name].block()  # warm-up: tracing, caches
+        except Exception as e:
+            if name == "plain":
+                raise
+            # An instrumented variant this backend cannot run yet: the others are still measured.
+            sessions.pop(name, None)
+            unavailable[name] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    variants = [name for name in VARIANTS if name in sessions]
     load_before = os.getloadavg()[0]
-    for session in sessions.values():
-        session.block()  # warm-up: tracing, caches
-    orders = list(itertools.permutations(VARIANTS))
-    wall = {name: [] for name in VARIANTS}
-    cpu = {name: [] for name in VARIANTS}
+    orders = list(itertools.permutations(variants))
+    wall = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
     for r in range(repeats):
         for name in orders[r % len(orders)]:
             w, c = sessions[name].block()
@@ -182,16 +221,18 @@ def measure_overhead(data_path=None, *, model="mlp", depth=20, width=256, batch_
     for session in sessions.values():
         session.close()
     keras.backend.clear_session()
-    instrumented = [name for name in VARIANTS if name != "plain"]
+    instrumented = [name for name in variants if name != "plain"]
     ratios = {name: [wall[name][i] / wall["plain"][i] for i in range(repeats)] for name in instrumented}
     cpu_ratios = {name: [cpu[name][i] / cpu["plain"][i] for i in range(repeats)] for name in instrumented}
     return {
         "model": description,
+        "backend": keras.backend.backend(),
         "steps_per_block": steps,
         "repeats": repeats,
         "estimator": "median over rounds of the per-round ratio of block times; "
         "percentile bootstrap 95% interval over rounds",
         "seconds_per_step_median": {k: statistics.median(v) for k, v in wall.items()},
+        "seconds_per_step_ci95": {k: list(bootstrap_interval(v)) for k, v in wall.items()},
         "cpu_seconds_per_step_median": {k: statistics.median(v) for k, v in cpu.items()},
         "ratio_median": {name: statistics.median(v) for name, v in ratios.items()},
         "ratio_ci95": {name: list(bootstrap_interval(v)) for name, v in ratios.items()},
@@ -199,6 +240,7 @@ def measure_overhead(data_path=None, *, model="mlp", depth=20, width=256, batch_
         "cpu_ratio_median": {name: statistics.median(v) for name, v in cpu_ratios.items()},
         "cpu_ratio_ci95": {name: list(bootstrap_interval(v)) for name, v in cpu_ratios.items()},
         "targets": targets,
+        "unavailable": unavailable,
         "load_average": [load_before, load_after],
     }
 
@@ -238,6 +280,10 @@ def _table(o) -> list[str]:
     names = {"grad": "gradient cadence every step", "grad+act": "+ activation statistics every 10 steps"}
     rows = []
     for name, label in names.items():
+        if name not in o["ratio_median"]:
+            reason = (o.get("unavailable") or {}).get(name, "not measured")
+            rows.append(f"| {label} | not measured ({reason}) | | | | ≤ {o['targets'][name]:.2f}× |")
+            continue
         lo, hi = o["ratio_ci95"][name]
         clo, chi = o["cpu_ratio_ci95"][name]
         rows.append(
@@ -259,10 +305,47 @@ def _table(o) -> list[str]:
     ]
 
 
+# The processes of `make perf`, run back to back in this order: name → (environment, title).
+# A process runs Keras on one backend, and TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, at start-up.
+SETTINGS = {
+    "tensorflow": ({"KERAS_BACKEND": "tensorflow", "TF_ENABLE_ONEDNN_OPTS": "0"}, "TensorFlow, oneDNN off (default)"),
+    "jax": ({"KERAS_BACKEND": "jax", "TF_ENABLE_ONEDNN_OPTS": "0"}, "JAX"),
+    "tensorflow-onednn": ({"KERAS_BACKEND": "tensorflow", "TF_ENABLE_ONEDNN_OPTS": "1"}, "TensorFlow, oneDNN on"),
+}
+
+
+def _step_cell(o) -> str:
+    if o is None:
+        return "–"
+    lo, hi = o["seconds_per_step_ci95"]["plain"]
+    return f"{1000 * o['seconds_per_step_median']['plain']:.1f} ms ({1000 * lo:.1f}–{1000 * hi:.1f})"
+
+
+def _ratio_cell(o, name) -> str:
+    if o is None or name not in o["ratio_median"]:
+        return "not measured"
+    lo, hi = o["ratio_ci95"][name]
+    return f"{o['ratio_median'][name]:.3f}× ({lo:.3f}–{hi:.3f}×)"
+
+
+def _side_by_side(result) -> list[str]:
+    lines = [
+        "| setting | MLP plain `fit` per step | MLP grad | MLP grad+act | CNN plain `fit` per step | CNN grad "
+        "| CNN grad+act |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["settings"].items():
+        mlp, conv = r["overhead"], r.get("overhead_conv")
+        lines.append(
+            f"| {SETTINGS[name][1]} | {_step_cell(mlp)} | {_ratio_cell(mlp, 'grad')} | {_ratio_cell(mlp, 'grad+act')} "
+            f"| {_step_cell(conv)} | {_ratio_cell(conv, 'grad')} | {_ratio_cell(conv, 'grad+act')} |"
+        )
+    return lines
+
+
 def _markdown(result) -> str:
-    o = result["overhead"]
     p = result["parallel"]
-    conv = result.get("overhead_conv")
+    order = ", then ".join(SETTINGS[name][1] for name in result["settings"])
     lines = [
         "# vgbench instrumentation cost",
         "",
@@ -274,12 +357,21 @@ def _markdown(result) -> str:
         "norms, every variable's gradient norm and the backward signal (`backward_rms`); the activation cadence",
         "adds the activation statistics and the pre-activation RMS (`preact_rms`).",
         "",
-        "## MLP from `models/`",
+        "## Per backend, side by side",
         "",
-        *_table(o),
+        f"One process per setting (Keras takes its backend, TensorFlow its oneDNN switch, once per process), run "
+        f"back to back: {order}. Plain `fit`: median time per step with its bootstrap 95% interval over rounds; "
+        "grad and grad+act: time per step against plain `fit` in the same process (median ratio, 95% interval). "
+        "Step times of different settings were measured minutes apart, so machine load can move them; the "
+        "ratios are measured within one process.",
+        "",
+        *_side_by_side(result),
+        "",
     ]
-    if conv is not None:
-        lines += ["## A plain-Keras CNN (not built by `models/`)", "", *_table(conv)]
+    for name, r in result["settings"].items():
+        lines += [f"## {SETTINGS[name][1]}", "", "### MLP from `models/`", "", *_table(r["overhead"])]
+        if r.get("overhead_conv") is not None:
+            lines += ["### A plain-Keras CNN (not built by `models/`)", "", *_table(r["overhead_conv"])]
     lines += [
         "The wall-time ratio is the measurement against the target; the CPU-time ratio counts this",
         "process's own work only, so where the two differ a lot other load on the machine moved the wall",
@@ -290,12 +382,49 @@ def _markdown(result) -> str:
         lines += [
             "## Parallel efficiency of the local executor",
             "",
-            f"{p['runs']} runs with --jobs {p['jobs']}: suite wall time {p['suite_wall_time_s']:.1f} s, "
+            f"{p['runs']} runs with --jobs {p['jobs']} (TensorFlow): suite wall time {p['suite_wall_time_s']:.1f} s, "
             f"sum of the runs' own times {p['sum_of_run_times_s']:.1f} s, efficiency {p['efficiency']:.2f} "
             "(1.0 = perfect; each worker's start-up, importing TensorFlow, is the main loss).",
             "",
         ]
     return "\n".join(lines)
+
+
+def _measure_setting(args) -> dict:
+    """The overheads in this process, on its backend (a worker of `main`)."""
+    return {
+        "backend": os.environ.get("KERAS_BACKEND"),
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "overhead": measure_overhead(args.data, steps=args.steps, repeats=args.repeats),
+        "overhead_conv": None
+        if args.no_conv
+        else measure_overhead(args.data, model="conv", steps=args.conv_steps, repeats=args.conv_repeats),
+    }
+
+
+def _run_setting(name, args) -> dict:
+    """Runs one setting's measurement in a new process with its environment; returns what it measured."""
+    import subprocess
+
+    env, _ = SETTINGS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "setting.json"
+        command = [sys.executable, "-m", "bench.perf", "--worker", str(path), *_forwarded(args)]
+        print(f"perf: {SETTINGS[name][1]} ...", file=sys.stderr, flush=True)
+        subprocess.run(command, env={**os.environ, **env}, check=True)
+        import json
+
+        return json.loads(path.read_text())
+
+
+def _forwarded(args) -> list[str]:
+    out = ["--repeats", str(args.repeats), "--steps", str(args.steps)]
+    out += ["--conv-repeats", str(args.conv_repeats), "--conv-steps", str(args.conv_steps)]
+    if args.data:
+        out += ["--data", str(args.data)]
+    if args.no_conv:
+        out.append("--no-conv")
+    return out
 
 
 def _range(values) -> str:
@@ -313,21 +442,46 @@ def main(argv=None) -> int:
     parser.add_argument("--no-conv", action="store_true", help="skip the CNN")
     parser.add_argument("--no-parallel", action="store_true", help="skip the parallel-efficiency suite")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--backends",
+        default="tensorflow,jax",
+        help="comma list of the backends to measure, each in its own process (default: tensorflow,jax)",
+    )
+    parser.add_argument(
+        "--no-onednn", action="store_true", help="skip TensorFlow with oneDNN on (measured by default, after the rest)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a few short rounds and no parallel suite: a check that it runs"
+    )
+    parser.add_argument("--worker", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.steps, args.conv_repeats, args.conv_steps = 3, 10, 2, 10
+        args.no_parallel = True
+    from bench import backend
+    from bench.errors import UsageError
+    from bench.results import write_json_atomic
+
+    if args.worker:
+        write_json_atomic(args.worker, _measure_setting(args))
+        return 0
+    try:
+        names = [backend.check(b, "--backends") for b in args.backends.split(",") if b.strip()]
+    except UsageError as e:
+        print(f"python -m bench.perf: error: {e}", file=sys.stderr)
+        return 2
+    if not args.no_onednn and "tensorflow" in names:
+        names.append("tensorflow-onednn")
     import datetime as dt
-    import os
 
     from bench.provenance import cpu_name, platform_info
-    from bench.results import write_json_atomic
 
     result = {
         "date": dt.date.today().isoformat(),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "platform": platform_info(),
-        "overhead": measure_overhead(args.data, steps=args.steps, repeats=args.repeats),
-        "overhead_conv": None
-        if args.no_conv
-        else measure_overhead(args.data, model="conv", steps=args.conv_steps, repeats=args.conv_repeats),
+        "order": "one process per setting, back to back in the order of `settings`",
+        "settings": {name: _run_setting(name, args) for name in names},
         "parallel": None if args.no_parallel else measure_parallel(args.data, jobs=args.jobs),
     }
     out = Path(args.out)

@@ -17,6 +17,8 @@ PACKAGES = (
     "vgbench",
     "tensorflow-cpu",
     "tensorflow",
+    "jax",
+    "jaxlib",
     "keras",
     "numpy",
     "pandas",
@@ -95,11 +97,24 @@ def cpu_name() -> str:
 
 
 def run_provenance() -> dict:
-    """The per-run provenance columns of runs.parquet."""
+    """The per-run provenance columns of runs.parquet.
+
+    ``keras_backend`` is the backend Keras actually ran on in this process
+    (the config's ``backend`` says which was asked for); a JAX run also
+    records ``jax_version`` and ``jaxlib_version``. TensorFlow's version is
+    recorded on every backend: its `tf.data` feeds the batches.
+    """
+    from bench import backend
+
     versions = package_versions()
-    return {
+    keras_backend = backend.loaded() or backend.default_backend()
+    out = {
         "git_sha": git_sha(),
         "vgbench_version": versions.get("vgbench", "unknown"),
         "tensorflow_version": versions.get("tensorflow-cpu") or versions.get("tensorflow", "unknown"),
         "keras_version": versions.get("keras", "unknown"),
+        "keras_backend": keras_backend,
     }
+    if keras_backend != "tensorflow":
+        out.update({f"{p}_version": v for p, v in backend.versions(keras_backend).items()})
+    return out

@@ -16,7 +16,7 @@ moved aside and redone. The directory is locked for the whole invocation
 refused. Usage::
 
     from bench.runner import run_suite
-    from bench.config import RunConfig
+    from bench.config import RunConfig, stable_identity
     summary = run_suite([RunConfig(depth=4, max_steps=10)], "results/", data_path="mnist.npz")
 """
 
@@ -29,9 +29,10 @@ import sys
 import time
 from pathlib import Path
 
+from bench import backend as backend_mod
 from bench import executors
 from bench import results as results_mod
-from bench.config import RunConfig
+from bench.config import RunConfig, stable_identity
 from bench.errors import UsageError
 from bench.executors import ray as ray_executor
 from bench.executors.base import SuiteSummary, drive
@@ -193,9 +194,11 @@ def _select(out: Path, configs, finished, retry_failed):
     for c in configs:
         name = results_mod.run_dir_name(c.run_id)
         entry = finished.get(name)
-        if entry is not None and (
-            entry[0] != c.run_id or results_mod._normalized(entry[1]) != results_mod._normalized(c.to_dict())
-        ):
+        # A late field missing from an older config.json means its default (same run_id).
+        same = entry is not None and results_mod._normalized(stable_identity(entry[1])) == results_mod._normalized(
+            stable_identity(c.to_dict())
+        )
+        if entry is not None and (entry[0] != c.run_id or not same):
             results_mod.move_aside(out, out / "runs" / name, "its files hold another config")
             entry = None
         if entry is not None and not (retry_failed and entry[2].get("status") == "failed"):
@@ -263,6 +266,7 @@ def run_suite(
     from bench.data import load_dataset
 
     executors.check_name(executor)
+    backend = _one_backend(configs)
     if executor == "ray":
         ray_executor.check_options(ray_cpus_per_task, 0, jobs or None, ray_max_retries)
     t0 = time.perf_counter()
@@ -279,7 +283,7 @@ def run_suite(
         if lock is None:
             prepare_out(out)
             lock = _lock(out, wait)
-        out, finished = _start_writing(out, datasets, suite)
+        out, finished = _start_writing(out, datasets, suite, {"backend": backend, **_backend_versions(backend)})
     except BaseException:
         if lock is not None:
             lock.release()
@@ -304,13 +308,17 @@ def run_suite(
                 )
             else:
                 n = max(1, int(jobs or os.cpu_count() or 1))
-                if n == 1 or len(todo) == 1:
+                # This process trains inline only on its own backend: Keras, once imported, keeps it.
+                here = backend_mod.loaded()
+                if (n == 1 or len(todo) == 1) and here in (None, backend):
+                    backend_mod.select(backend)
                     chosen = InlineExecutor(datasets)
                 else:
                     checksums = {name: ds.checksum for name, ds in datasets.items()}
                     chosen = PoolExecutor(n, data_path, checksums)
-            # Through the environment, so that every executor's runs see it.
-            with _environment(TENSORBOARD_ENV, tensorboard_dir):
+            # Through the environment, so that every executor's runs see it (worker processes
+            # inherit it when they start, and read the backend before they import Keras).
+            with _environment(TENSORBOARD_ENV, tensorboard_dir), _environment(backend_mod.ENV, backend):
                 drive(chosen, todo, out, summary, progress)
     except BaseException:
         _rebuild_tables(out, quiet=True)
@@ -350,6 +358,8 @@ def open_results(out, datasets: dict, *, suite: str, wait: bool = False, manifes
     existed = out.is_dir()
     fresh = not existed or not any(p.name != LOCK_NAME for p in out.iterdir())
     lock = None
+    backend = backend_mod.loaded() or backend_mod.default_backend()
+    manifest_extra = {"backend": backend, **_backend_versions(backend), **(manifest_extra or {})}
     try:
         if not existed:
             prepare_out(out)
@@ -384,6 +394,27 @@ def _start_writing(out, datasets: dict, suite: str, manifest_extra: dict | None 
     data_info = {**_manifest_data(manifest), **{name: describe(ds) for name, ds in datasets.items()}}
     write_manifest(out, suite, data_info if len(data_info) != 1 else next(iter(data_info.values())), manifest_extra)
     return out, finished
+
+
+def _one_backend(configs) -> str:
+    """The backend all ``configs`` train on.
+
+    Raises:
+        UsageError: they name more than one; a process, and so a suite's
+            executor, runs Keras on one backend.
+    """
+    backends = sorted({c.backend for c in configs}) or [backend_mod.DEFAULT_BACKEND]
+    if len(backends) > 1:
+        raise UsageError(
+            f"A suite runs on one backend; these runs name {', '.join(backends)}. Run once per backend "
+            "(`vgbench run --backend NAME`, or one `run_suite` call each) into the same --out."
+        )
+    return backends[0]
+
+
+def _backend_versions(backend: str) -> dict:
+    """The manifest's record of the backend's packages: {"backend_versions": {package: version}}."""
+    return {"backend_versions": backend_mod.versions(backend)}
 
 
 def check_tensorboard_dir(path):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from bench import backend as backend_mod
 from bench.config import CONFIG_FIELDS, RunConfig
 from bench.errors import UsageError
 from bench.protocol import PROTOCOLS
@@ -107,6 +108,13 @@ def load_suite(name_or_path: str) -> Suite:
                 raise UsageError(
                     f"{where}: unknown field {shorten(repr(key))}; valid fields: {', '.join(CONFIG_FIELDS)}"
                 )
+            if key in INVOCATION_FIELDS:
+                # Keras takes its backend once per process: a suite names what is trained, an
+                # invocation where (one suite, run once per backend, fills one --out with both).
+                raise UsageError(
+                    f"{where}: field {key!r} is chosen per invocation, not in a suite file; "
+                    f"use `vgbench run --backend NAME` (or {backend_mod.ENV})."
+                )
             values = value if isinstance(value, list) else [value]
             if not values:
                 raise UsageError(f"{where}: field {key!r} is an empty list; give at least one value.")
@@ -126,6 +134,9 @@ def load_suite(name_or_path: str) -> Suite:
         protocol=str(protocol),
     )
 
+
+# Config fields that a suite file may not set: `vgbench run` gives them once for all its runs.
+INVOCATION_FIELDS = ("backend",)
 
 # The suite whose defaults an ad-hoc `vgbench run` (no --suite) and
 # `vgbench diagnose` start from, so that their runs compare with the shipped report.

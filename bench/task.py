@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import warnings
 
+from bench import backend
 from bench.config import RunConfig
 from bench.errors import DataError
 
@@ -42,10 +43,14 @@ def run_task(config_dict: dict, data=None, data_path=None, checksum=None, on_ste
 
     Raises:
         DataError: data loaded here differs from the driver's.
+        UsageError: Keras runs on another backend in this process than the
+            run's (`bench.backend.select`).
     """
     from bench.train import train_run
 
     config = RunConfig.from_dict(config_dict)
+    # A worker started for this backend has it already; one whose Keras runs another is refused.
+    backend.select(config.backend)
     if data is None:
         data = load_data_cached(config.dataset, data_path)
         if checksum is not None and data.checksum != checksum:

@@ -126,7 +126,13 @@ def compare(baseline_dir, current_dir, tolerances=None, alpha=DEFAULT_ALPHA, *, 
 
     base = run_metrics(baseline.runs, baseline.layers)
     cur = run_metrics(current.runs, current.layers)
+    cross = matching.fill_backend(base, cur)
+    settings["baseline"]["backends"] = sorted(set(base[matching.BACKEND]))
+    settings["current"]["backends"] = sorted(set(cur[matching.BACKEND]))
     keys, one_side = matching.key_fields(base, cur)
+    if cross is not None:
+        # One backend on each side, and they differ: the runs pair by everything else.
+        keys = [k for k in keys if k != matching.BACKEND]
     base["benchmark"], base_configs = matching.name_benchmarks(base, keys)
     cur["benchmark"], cur_configs = matching.name_benchmarks(cur, keys)
     configs = {**base_configs, **cur_configs}
@@ -145,6 +151,8 @@ def compare(baseline_dir, current_dir, tolerances=None, alpha=DEFAULT_ALPHA, *, 
 
     verdict = verdicts.verdict(rows, benchmarks, n_compared)
     notices = verdicts.notices(rows, n_compared, n_tolerance_only, one_side, alpha, verdict)
+    if cross is not None:
+        notices.insert(0, Note(Notice.CROSS_BACKEND, {"baseline": cross[0], "current": cross[1]}))
     return _outcome(rows, benchmarks, verdict, notices, **settings)
 
 

@@ -15,11 +15,21 @@ import json
 import pandas as pd
 
 from bench.compare.records import Note, Reason
-from bench.config import CONFIG_FIELDS, MEASUREMENT_FIELDS, SAMPLE_FIELDS, benchmark_fields, stable_identity
+from bench.config import (
+    CONFIG_FIELDS,
+    LATE_FIELD_DEFAULTS,
+    MEASUREMENT_FIELDS,
+    SAMPLE_FIELDS,
+    benchmark_fields,
+    stable_identity,
+)
 from bench.utils import plain, slug
 
 # The sample field (of SAMPLE_FIELDS) that orders a benchmark's runs.
 SEED = "seed"
+
+# The config field of the Keras backend; a comparison across backends pairs runs without it.
+BACKEND = "backend"
 
 # Columns whose values must agree for a metric to be comparable, besides its
 # measurement settings: runs on other data measure something else.
@@ -33,6 +43,25 @@ def identity_value(value):
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def fill_backend(base: pd.DataFrame, cur: pd.DataFrame) -> tuple[str, str] | None:
+    """Gives both sides a backend column (older results lack it: TensorFlow); (baseline's, current's) when they differ.
+
+    A comparison across backends is one with a single backend on each side,
+    a different one: its runs pair by the rest of their identity. Where a
+    side holds both backends, the backend stays part of a benchmark's
+    identity and each backend is compared with itself.
+    """
+    for runs in (base, cur):
+        if BACKEND in runs.columns:
+            runs[BACKEND] = runs[BACKEND].fillna(LATE_FIELD_DEFAULTS[BACKEND]).astype(str)
+        else:
+            runs[BACKEND] = LATE_FIELD_DEFAULTS[BACKEND]
+    b, c = set(base[BACKEND]), set(cur[BACKEND])
+    if len(b) == 1 and len(c) == 1 and b != c:
+        return next(iter(b)), next(iter(c))
+    return None
 
 
 def key_fields(base_runs: pd.DataFrame, cur_runs: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -51,6 +80,8 @@ def benchmark_name(config: dict) -> str:
         if config.get(f) is not None:
             parts.append(f"{prefix}{config[f]}")
     parts += [config.get("activation"), config.get("initializer"), config.get("fix")]
+    if config.get(BACKEND, LATE_FIELD_DEFAULTS[BACKEND]) != LATE_FIELD_DEFAULTS[BACKEND]:
+        parts.append(config[BACKEND])
     readable = "-".join(slug(str(p)) for p in parts if p is not None)
     return f"{readable}-{digest}" if readable else digest
 

@@ -99,6 +99,7 @@ class Notice(enum.Enum):
     ``min_samples``, ``alpha``. ``ONE_SIDED_FIELDS``: ``fields``.
     ``NOT_GATING``: the non-gating ``metrics`` that got worse.
     ``MEASUREMENT_DIFFERS``, ``DATA_DIFFERS``, ``SUITE_CHANGED``: none.
+    ``CROSS_BACKEND``: the ``baseline`` and ``current`` backends.
     """
 
     NOTHING_COMPARED = "nothing_compared"
@@ -111,6 +112,7 @@ class Notice(enum.Enum):
     DATA_DIFFERS = "data_differs"
     NOT_GATING = "not_gating"
     SUITE_CHANGED = "suite_changed"
+    CROSS_BACKEND = "cross_backend"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from bench.backend import DEFAULT_BACKEND
 from bench.compare.records import (
     BENCHMARK_COLUMNS,
     FAILING_MARKS,
@@ -149,6 +150,10 @@ _NOTICE_TEXT = {
     ),
     Notice.NOT_GATING: _not_gating_text,
     Notice.SUITE_CHANGED: lambda d: f"Benchmarks were added or removed; if the suite changed on purpose, {_refresh()}.",
+    Notice.CROSS_BACKEND: lambda d: (
+        f"Across backends: the baseline ran on {d['baseline']} and the current results on {d['current']}; "
+        "runs were paired by their identity except the backend, with the same tolerances."
+    ),
 }
 
 
@@ -233,6 +238,11 @@ def _n_runs(n) -> str:
     return "" if n is None else f", {n} run{'s' if n != 1 else ''}"
 
 
+def _backends(side: dict, shown: bool) -> str:
+    backends = side.get("backends")
+    return f", backend {' + '.join(backends)}" if backends and shown else ""
+
+
 def to_markdown(comparison: Comparison) -> str:
     """The comparison as Markdown for a pull-request comment.
 
@@ -243,14 +253,16 @@ def to_markdown(comparison: Comparison) -> str:
     """
     c = comparison
     b, cur = c.baseline, c.current
+    # Named when they say something: TensorFlow alone on both sides is every earlier comparison.
+    shown = {*b.get("backends", ()), *cur.get("backends", ())} - {DEFAULT_BACKEND} != set()
     lines = [
         "<!-- vgbench-compare -->",
         f"## vgbench compare: {c.verdict}",
         "",
         *_headline(c),
         "",
-        f"Baseline `{b['path']}` (git `{b['git_sha'][:12]}`{_n_runs(b['runs'])}) "
-        f"vs current `{cur['path']}` (git `{cur['git_sha'][:12]}`{_n_runs(cur['runs'])}).",
+        f"Baseline `{b['path']}` (git `{b['git_sha'][:12]}`{_n_runs(b['runs'])}{_backends(b, shown)}) "
+        f"vs current `{cur['path']}` (git `{cur['git_sha'][:12]}`{_n_runs(cur['runs'])}{_backends(cur, shown)}).",
         "",
     ]
     changed = c.rows[c.rows["mark"] != "unchanged"]

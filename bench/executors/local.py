@@ -1,7 +1,8 @@
 """Runs on this machine: in this process, or in a pool of worker processes that die with it.
 
 `PoolExecutor` starts ``jobs`` worker processes (``spawn``: TensorFlow does
-not survive ``fork``), each with ``cores // jobs`` TensorFlow threads so that
+not survive ``fork``, and a forked child would keep the Keras backend its
+parent imported; a spawned one reads ``KERAS_BACKEND`` afresh), each with ``cores // jobs`` TensorFlow threads so that
 workers do not oversubscribe the cores. A worker never outlives the process
 that started it, even one killed with SIGKILL: the kernel sends it SIGKILL
 when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``), and a watchdog
@@ -22,7 +23,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from bench.errors import SuiteInterrupted
+from bench.errors import SuiteInterrupted, UsageError
 from bench.executors.base import Executor, TaskFailed
 from bench.task import run_task
 
@@ -121,6 +122,8 @@ class PoolExecutor(Executor):
                 "a worker process died (killed or out of memory); finished runs are saved, "
                 "rerun the same command to resume"
             ) from None
+        except UsageError:
+            raise  # the same cause would fail every run (a worker on another backend): stop the suite
         except Exception as e:
             raise TaskFailed(e) from None
 

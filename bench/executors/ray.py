@@ -41,6 +41,7 @@ import time
 import warnings
 from pathlib import Path
 
+from bench import backend as backend_mod
 from bench.errors import UsageError
 from bench.executors.base import Executor, TaskFailed, drive
 from bench.task import run_task
@@ -148,12 +149,13 @@ class RayExecutor(Executor):
             # wait for resources forever.
             slots = _task_slots(ray.cluster_resources(), self.cpus_per_task, self.gpus_per_task)
             self.slots = self.jobs or slots
-            self._task = ray.remote(_train_task).options(
+            self._task_options = dict(
                 num_cpus=self.cpus_per_task,
                 num_gpus=self.gpus_per_task,
                 max_retries=self.max_retries,
                 retry_exceptions=False,
             )
+            self._tasks_by_backend = {}
             self._threads = max(1, int(self.cpus_per_task))
             if self.share_data:
                 # One copy per dataset in the object store, shared by every
@@ -171,13 +173,26 @@ class RayExecutor(Executor):
         return self
 
     def submit(self, config):
-        return self._task.remote(
+        return self._task_on(config.backend).remote(
             config.to_dict(),
             self._data_args[config.dataset],
             self._checksums[config.dataset],
             self._path_arg,
             self._threads,
         )
+
+    def _task_on(self, backend):
+        """The task, run by workers whose Keras uses ``backend``.
+
+        Ray keeps separate worker processes per runtime environment, so a
+        worker that imported Keras on one backend never gets a run of another.
+        """
+        if backend not in self._tasks_by_backend:
+            env = dict(self.runtime_env or {})
+            env["env_vars"] = {**(env.get("env_vars") or {}), backend_mod.ENV: backend}
+            task = self._ray.remote(_train_task)
+            self._tasks_by_backend[backend] = task.options(**self._task_options, runtime_env=env)
+        return self._tasks_by_backend[backend]
 
     def wait(self, handles, timeout):
         # A bounded wait keeps Ctrl-C responsive while tasks run.

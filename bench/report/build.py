@@ -21,6 +21,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from bench import backend as backend_mod
 from bench import quantities as Q
 from bench.errors import UsageError
 from bench.report import document, figures, predictions, tables, text, verdicts
@@ -387,6 +388,8 @@ def build_report(results_dir, out_dir=None, formats=("png",)) -> Path:
     """
     formats = _check_formats(formats)
     results = load_results(results_dir)
+    # A directory may hold both backends' runs of one config: the backend is then a varying key of the tables.
+    results.runs = backend_mod.with_backend(results.runs)
     out = Path(out_dir) if out_dir is not None else results.path / "report"
     if out.exists() and not out.is_dir():
         raise UsageError(f"Report directory {str(out)!r} is a file.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 
+from bench import backend as backend_mod
 from bench import quantities as Q
 from bench.report import findings, predictions, tables, text, verdicts
 from bench.results import write_json_atomic
@@ -120,7 +121,7 @@ def summary_dict(results, report_tables, drawn: list[dict], skipped: list[dict])
         "claims_note": section["note"],
         "best_learning_rates": protocol_rows(t.protocol),
         "results_dir": str(results.path),
-        "provenance": provenance(results.manifest),
+        "provenance": {**provenance(results.manifest), "backends": backend_mod.describe_runs(results.runs)},
         "budget": {**budget, "text": text.budget_text(budget)},
         "main_slice": {**t.main, "text": t.main_text},
         "chance_accuracy": t.chance,
@@ -294,6 +295,14 @@ def _figure_titles(summary: dict) -> dict:
     return {f["name"]: f["title"] for f in summary["figures"]}
 
 
+def backends_text(backends: dict) -> str:
+    """'jax (keras 3.15.0, jax 0.10.2, jaxlib 0.10.2); tensorflow (...)': each backend the runs trained on."""
+    return "; ".join(
+        f"{name} ({', '.join(f'{k} {v}' for k, v in packages.items())})" if packages else name
+        for name, packages in sorted(backends.items())
+    )
+
+
 def _provenance_rows(summary: dict) -> list[tuple[str, str]]:
     p = summary["provenance"]
     data = p.get("data") or {}
@@ -310,6 +319,7 @@ def _provenance_rows(summary: dict) -> list[tuple[str, str]]:
             ),
         ),
         ("data checksum", data.get("checksum")),
+        ("backend", backends_text(p.get("backends") or {})),
         ("packages", ", ".join(f"{k} {v}" for k, v in sorted((p.get("packages") or {}).items()))),
         ("platform", ", ".join(f"{k} {v}" for k, v in sorted((p.get("platform") or {}).items()))),
     ]
@@ -569,6 +579,7 @@ def render_html(summary: dict, images: dict) -> str:
         f'<p class="muted">Suite <b>{e(str(prov.get("suite")))}</b>, '
         f"results in <code>{e(summary['results_dir'])}</code>; "
         f"git {e(str(prov.get('git_sha') or 'unknown'))}, "
+        f"backend {e(' + '.join(sorted(prov.get('backends') or {})) or 'unknown')}, "
         f"data {e(str((prov.get('data') or {}).get('name') or 'unknown'))} "
         f"(checksum {e(str((prov.get('data') or {}).get('checksum') or 'unknown')[:12])}…); "
         '<a href="#provenance">full provenance</a></p>',

@@ -770,3 +770,51 @@ def test_degraded_run_under_the_same_run_id_is_flagged(real_runs, tmp_path, caps
     worse = {r["metric"] for r in doc["rows"] if r["mark"] == "worse"}
     assert {"test_accuracy", "grad_ratio_final"} <= worse
     assert f"`{bench['benchmark']}`" in report and "**Regression** in 1 of 1 benchmark." in report
+
+
+# --------------------------------------------------------------------------- #
+# Across backends
+# --------------------------------------------------------------------------- #
+
+
+def _on(backend, specs):
+    """``specs`` as runs of ``backend`` (run_ids told apart from the other backend's)."""
+    return [
+        {**s, "config": {**s["config"], "backend": backend}, "run_id": f"{_run_id(s['config'])}-{backend}"}
+        for s in specs
+    ]
+
+
+def test_compare_across_backends_pairs_runs_by_the_rest_of_their_identity(tmp_path):
+    base = [spec("relu", "he_normal", seed=s, acc=0.90) for s in (0, 1)]
+    base += [spec("tanh", "glorot_uniform", seed=s, acc=0.85) for s in (0, 1)]
+    same = _on("jax", [spec("relu", "he_normal", seed=s, acc=0.90) for s in (0, 1)])
+    same += _on("jax", [spec("tanh", "glorot_uniform", seed=s, acc=0.40) for s in (0, 1)])
+    c = compare_specs(tmp_path, base, same)
+    # Paired: no benchmark is missing or added, and the tanh drop is judged with the usual tolerance.
+    assert marks(c) == {"relu-he_normal": "unchanged", "tanh-glorot_uniform": "worse"}
+    assert c.verdict == "regression"
+    text = cmp.to_markdown(c)
+    assert "backend tensorflow" in text and "backend jax" in text
+    assert "Across backends: the baseline ran on tensorflow and the current results on jax" in text
+    assert c.baseline["backends"] == ["tensorflow"] and c.current["backends"] == ["jax"]
+
+
+def test_compare_of_a_baseline_older_than_the_backend_field_is_across_backends(tmp_path):
+    old = spec("relu", "he_normal", acc=0.9)
+    del old["config"]["backend"]
+    c = compare_specs(tmp_path, [old], _on("jax", [spec("relu", "he_normal", acc=0.9)]))
+    assert marks(c) == {"relu-he_normal": "unchanged"} and c.verdict == "no change"
+    assert any("Across backends" in n for n in c.notes)
+    assert not any("exist on one side only" in n for n in c.notes)
+
+
+def test_compare_with_both_backends_on_a_side_keeps_them_apart(tmp_path):
+    both = [spec("relu", "he_normal", acc=0.9), *_on("jax", [spec("relu", "he_normal", acc=0.9)])]
+    cur = [spec("relu", "he_normal", acc=0.9), *_on("jax", [spec("relu", "he_normal", acc=0.3)])]
+    c = compare_specs(tmp_path, both, cur)
+    by_name = dict(zip(c.benchmarks["benchmark"], c.benchmarks["mark"]))
+    assert len(by_name) == 2
+    (jax_name,) = [n for n in by_name if "-jax-" in n]
+    assert by_name[jax_name] == "worse" and set(by_name.values()) == {"worse", "unchanged"}
+    assert not any("Across backends" in n for n in c.notes)

@@ -1,0 +1,230 @@
+"""The Keras backend as a run dimension: --backend, run identity, provenance, workers, report and compare.
+
+This process runs Keras on TensorFlow; everything on JAX runs in `vgbench`
+subprocesses, which choose their backend before Keras loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import backend, suites
+from bench.cli import main
+from bench.config import LATE_FIELD_DEFAULTS, RunConfig
+from bench.errors import UsageError
+from bench.runner import run_suite
+
+REPO = Path(__file__).resolve().parents[2]
+BASELINE = REPO / "reports" / "baseline"
+
+
+def _vgbench(*args, env=None, timeout=600):
+    # The backend is what each call says, not what this process's environment holds.
+    base = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Choosing the backend
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (
+            ["--backend", "torch"],
+            {},
+            "Argument `--backend` must be one of tensorflow, jax. Received: --backend='torch'",
+        ),
+        (["--backend", "jax,tensorflow"], {}, "Received: --backend='jax,tensorflow'"),
+        ([], {"KERAS_BACKEND": "numpy"}, "Argument `KERAS_BACKEND` must be one of tensorflow, jax."),
+    ],
+)
+def test_bad_backend_is_one_line_exit_2_before_any_work(args, env, message, tmp_path, monkeypatch, capsys):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "out"
+    # An unknown suite too: the backend is checked first, so its error is the one shown.
+    code = main(["run", "--suite", "no-such-suite", "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_bad_backend_of_diagnose_is_refused_before_the_model_is_read(tmp_path, capsys):
+    code = main(["diagnose", str(tmp_path / "missing.keras"), "--backend", "theano", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Received: --backend='theano'" in err and err.count("\n") == 1
+
+
+def test_default_backend_is_keras_backend_else_tensorflow(monkeypatch):
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    assert backend.resolve(None) == "tensorflow"
+    monkeypatch.setenv("KERAS_BACKEND", "JAX")
+    assert backend.resolve(None) == "jax"
+    assert backend.resolve("tensorflow") == "tensorflow"
+
+
+def test_a_process_with_keras_loaded_cannot_switch_backend():
+    import keras
+
+    here = keras.backend.backend()
+    assert backend.select(here) == here
+    other = next(b for b in backend.BACKENDS if b != here)
+    with pytest.raises(UsageError, match=f"already imported in this process with the {here} backend"):
+        backend.select(other)
+
+
+def test_a_suite_file_cannot_name_the_backend(tmp_path, capsys):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("defaults: {depth: 2}\ngrids:\n  - backend: [jax, tensorflow]\n")
+    code = main(["run", "--suite", str(suite), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "field 'backend' is chosen per invocation" in err and "--backend" in err
+
+
+def test_run_suite_refuses_runs_of_two_backends_before_writing(tmp_path):
+    configs = [RunConfig(depth=2, max_steps=0), RunConfig(depth=2, max_steps=0, backend="jax")]
+    with pytest.raises(UsageError, match="A suite runs on one backend; these runs name jax, tensorflow"):
+        run_suite(configs, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- #
+# Identity
+# --------------------------------------------------------------------------- #
+
+
+def test_backend_is_part_of_the_run_identity_and_tensorflow_ids_are_unchanged():
+    tf_run = RunConfig(depth=3, width=8)
+    jax_run = tf_run.replace(backend="JAX")
+    assert LATE_FIELD_DEFAULTS["backend"] == "tensorflow" == tf_run.backend
+    assert jax_run.backend == "jax" and jax_run.run_id != tf_run.run_id
+    assert "-s0-jax-" in jax_run.run_id and "jax" not in tf_run.run_id
+    # A config written before the field existed is the TensorFlow run.
+    old = {k: v for k, v in tf_run.to_dict().items() if k != "backend"}
+    assert RunConfig.from_dict(old).run_id == tf_run.run_id
+    with pytest.raises(ValueError, match="Argument `backend` must be one of tensorflow, jax. Received: backend='mx'"):
+        RunConfig(backend="mx")
+
+
+def test_committed_baseline_keeps_its_run_ids():
+    published = sorted(p.name for p in (BASELINE / "runs").iterdir() if p.is_dir())
+    configs = suites.expand(suites.load_suite("ci"), {"backend": ["tensorflow"]})
+    assert sorted(c.run_id for c in configs) == published
+    jax_ids = {c.run_id for c in suites.expand(suites.load_suite("ci"), {"backend": ["jax"]})}
+    assert not jax_ids & set(published) and len(jax_ids) == len(published)
+
+
+# --------------------------------------------------------------------------- #
+# End to end on real MNIST: both backends in one directory, and the ci suite across backends
+# --------------------------------------------------------------------------- #
+
+_TINY = ["--depth", "3", "--width", "8", "--max-steps", "4", "--epochs", "1", "--train-samples", "256"]
+_TINY += ["--test-samples", "128", "--batch-size", "32", "--activation", "relu", "--initializer", "he_normal"]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, mnist_path):
+    """One directory: a TensorFlow run, then the same config's JAX runs (two seeds, two worker processes)."""
+    out = tmp_path_factory.mktemp("mixed")
+    tf_run = _vgbench("run", *_TINY, "--seeds", "0", "--data", mnist_path, "--out", out, "--jobs", 1)
+    assert tf_run.returncode == 0, tf_run.stderr
+    jax_run = _vgbench(
+        "run", *_TINY, "--seeds", "0,1", "--backend", "jax", "--data", mnist_path, "--out", out, "--jobs", 2
+    )
+    assert jax_run.returncode == 0, jax_run.stderr
+    return out
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_one_config_on_both_backends_is_two_runs_with_their_provenance(mixed):
+    runs = pd.read_parquet(mixed / "runs.parquet").sort_values(["backend", "seed"])
+    assert list(runs["backend"]) == ["jax", "jax", "tensorflow"]
+    assert runs["run_id"].nunique() == 3 and set(runs["status"]) == {"ok"}
+    # The JAX runs trained in worker processes whose Keras ran on JAX, not on the driver's default.
+    assert list(runs["keras_backend"]) == ["jax", "jax", "tensorflow"]
+    jax_rows = runs[runs["backend"] == "jax"]
+    import jax
+    import jaxlib
+
+    assert set(jax_rows["jax_version"]) == {jax.__version__} and set(jax_rows["jaxlib_version"]) == {jaxlib.__version__}
+    assert runs.loc[runs["backend"] == "tensorflow", "jax_version"].isna().all()
+    manifest = json.loads((mixed / "manifest.json").read_text())
+    assert manifest["backend"] == "jax" and manifest["backend_versions"]["jax"] == jax.__version__
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_resuming_with_the_other_backend_runs_its_own_runs(mixed, mnist_path):
+    again = _vgbench("run", *_TINY, "--seeds", "0,1", "--backend", "jax", "--data", mnist_path, "--out", mixed)
+    assert again.returncode == 0, again.stderr
+    runs = pd.read_parquet(mixed / "runs.parquet")
+    assert len(runs) == 3  # nothing redone, nothing reused across backends
+    tf_seed1 = _vgbench("run", *_TINY, "--seeds", "0,1", "--data", mnist_path, "--out", mixed, "--dry-run")
+    ids = set(tf_seed1.stdout.split())
+    assert len(ids) == 2 and not ids & set(runs.loc[runs["backend"] == "jax", "run_id"])
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_report_tells_the_backends_apart(mixed, tmp_path):
+    proc = _vgbench("report", mixed, "--out-dir", tmp_path / "report")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert "backend" in summary["shown_keys"]
+    assert sorted(p["backend"] for p in summary["pairs"]) == ["jax", "tensorflow"]
+    assert set(summary["provenance"]["backends"]) == {"jax", "tensorflow"}
+    text = (tmp_path / "report" / "summary.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("|") and "relu" in line]
+    assert any("| jax |" in line for line in table) and any("| tensorflow |" in line for line in table)
+    assert "- **backend**: jax (keras" in text
+
+
+@pytest.fixture(scope="module")
+def ci_across_backends(mnist_path, tmp_path_factory):
+    """The ci suite on JAX, compared with the committed baseline (the ci suite on TensorFlow): (exit code, Markdown)."""
+    tmp = tmp_path_factory.mktemp("ci-jax")
+    current = tmp / "ci-jax"
+    run = _vgbench("run", "--suite", "ci", "--backend", "jax", "--data", mnist_path, "--out", current, "--jobs", 2)
+    assert run.returncode == 0, run.stderr
+    report = tmp / "compare.md"
+    cmp = _vgbench("compare", BASELINE, current, "--markdown", report)
+    assert report.exists(), cmp.stderr
+    return cmp.returncode, report.read_text()
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_ci_suite_on_jax_pairs_with_the_tensorflow_baseline(ci_across_backends):
+    _, text = ci_across_backends
+    assert "backend tensorflow" in text and "backend jax" in text
+    assert "Across backends: the baseline ran on tensorflow and the current results on jax" in text
+    # Every benchmark found its counterpart: none only on one side.
+    assert " missing" not in text and " added" not in text and "## vgbench compare: not comparable" not in text
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="JAX's initial weights differ from TensorFlow's for the same seed (another RNG), which moves a 60-step "
+    "ci run's test accuracy by up to ~0.15, as another seed does on TensorFlow; the ci tolerance (0.02, one seed) "
+    "is made for reruns of the same weights. Plain `fit` on JAX gives the same accuracies as the instrumented runs.",
+)
+def test_ci_suite_on_jax_is_within_the_ci_tolerances_of_the_tensorflow_baseline(ci_across_backends):
+    code, text = ci_across_backends
+    assert code == 0, text
