@@ -53,7 +53,7 @@ lock:
 	rm -rf .lock-venv build
 
 perf: install
-	$(BIN)/python -m bench.perf --out reports $(DATA_ARG)
+	$(BIN)/python -m vgbench.bench.perf --out reports $(DATA_ARG)
 
 ci-report: install
 	$(BIN)/vgbench run --suite ci --out reports/ci-current --jobs $(JOBS) $(DATA_ARG)

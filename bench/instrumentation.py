@@ -88,13 +88,13 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-import models
-from bench import quantities
-from bench import quantities as Q
-from bench.quantities import SATURATION_THRESHOLD  # noqa: F401  (public name)
-from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, VARIABLE_COLUMNS
-from bench.summaries import HISTOGRAM_EDGES as _HIST_EDGES
-from bench.summaries import HISTOGRAM_FLOOR
+from vgbench import models
+from vgbench.bench import quantities
+from vgbench.bench import quantities as Q
+from vgbench.bench.quantities import SATURATION_THRESHOLD  # noqa: F401  (public name)
+from vgbench.bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, VARIABLE_COLUMNS
+from vgbench.bench.summaries import HISTOGRAM_EDGES as _HIST_EDGES
+from vgbench.bench.summaries import HISTOGRAM_FLOOR
 
 # The measured columns of layers.parquet, in the buffers' order.
 _GRAD_FIELDS = quantities.cadence_fields("grad")
@@ -521,8 +521,8 @@ class GradientNormLogger(keras.callbacks.Callback):
             self._shadow = [tf.Variable(tf.zeros_like(u.kernel.value), trainable=False) for u in self._units]
 
         if self.tensorboard_dir is not None:
-            from bench.results import run_dir_name
-            from bench.summaries import EventWriter
+            from vgbench.bench.results import run_dir_name
+            from vgbench.bench.summaries import EventWriter
 
             self._events = EventWriter(
                 Path(self.tensorboard_dir) / (run_dir_name(self.run_id) if self.run_id else "run")

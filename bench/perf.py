@@ -87,8 +87,8 @@ class _Session:
     def __init__(self, name, build, batch_size, arrays, probe, steps):
         import keras
 
-        from bench import data as data_mod
-        from bench.instrumentation import GradientNormLogger
+        from vgbench.bench import data as data_mod
+        from vgbench.bench.instrumentation import GradientNormLogger
 
         keras.utils.set_random_seed(0)
         train = data_mod.make_tf_dataset(arrays.x_train, arrays.y_train, batch_size=batch_size, seed=0)
@@ -136,14 +136,14 @@ def measure_overhead(data_path=None, *, model="mlp", depth=20, width=256, batch_
         steps: steps per timed block, one epoch (a multiple of 10, the activation cadence).
         repeats: rounds; each trains one block of every variant.
     """
-    from bench.train import configure_tensorflow
+    from vgbench.bench.train import configure_tensorflow
 
     configure_tensorflow()
     import keras
 
-    from bench import data as data_mod
-    from bench.config import RunConfig
-    from bench.train import build
+    from vgbench.bench import data as data_mod
+    from vgbench.bench.config import RunConfig
+    from vgbench.bench.train import build
 
     ds = data_mod.load_dataset("mnist", data_path)
     arrays = data_mod.prepare(ds, flatten=model == "mlp")
@@ -205,8 +205,8 @@ def measure_overhead(data_path=None, *, model="mlp", depth=20, width=256, batch_
 
 def measure_parallel(data_path=None, jobs=2):
     """Parallel efficiency of the local executor on a small suite."""
-    from bench.config import RunConfig
-    from bench.runner import run_suite
+    from vgbench.bench.config import RunConfig
+    from vgbench.bench.runner import run_suite
 
     configs = [
         RunConfig(
@@ -303,7 +303,7 @@ def _range(values) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vgbench.bench.perf", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="reports", help="directory for perf.md and perf.json")
     parser.add_argument("--data", default=None)
     parser.add_argument("--repeats", type=int, default=30, help="rounds, each training one epoch of every variant")
@@ -317,8 +317,8 @@ def main(argv=None) -> int:
     import datetime as dt
     import os
 
-    from bench.provenance import cpu_name, platform_info
-    from bench.results import write_json_atomic
+    from vgbench.bench.provenance import cpu_name, platform_info
+    from vgbench.bench.results import write_json_atomic
 
     result = {
         "date": dt.date.today().isoformat(),

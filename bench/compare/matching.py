@@ -14,9 +14,9 @@ import json
 
 import pandas as pd
 
-from bench.compare.records import Note, Reason
-from bench.config import CONFIG_FIELDS, MEASUREMENT_FIELDS, SAMPLE_FIELDS, benchmark_fields, stable_identity
-from bench.utils import plain, slug
+from vgbench.bench.compare.records import Note, Reason
+from vgbench.bench.config import CONFIG_FIELDS, MEASUREMENT_FIELDS, SAMPLE_FIELDS, benchmark_fields, stable_identity
+from vgbench.bench.utils import plain, slug
 
 # The sample field (of SAMPLE_FIELDS) that orders a benchmark's runs.
 SEED = "seed"
