@@ -56,7 +56,7 @@ lock:
 
 # Instrumentation cost per backend (TensorFlow, JAX, and TensorFlow with oneDNN on), one process each.
 perf: install
-	$(BIN)/python -m bench.perf --out reports $(DATA_ARG)
+	$(BIN)/python -m vgbench.bench.perf --out reports $(DATA_ARG)
 
 ci-report: install
 	$(BIN)/vgbench run --suite ci --out reports/ci-current --jobs $(JOBS) --backend $(BACKEND) $(DATA_ARG)

@@ -1,7 +1,7 @@
-"""`python -m bench` is the `vgbench` command."""
+"""`python -m vgbench.bench` is the `vgbench` command (as is `python -m vgbench`)."""
 
 import sys
 
-from bench.cli import main
+from vgbench.bench.cli import main
 
 sys.exit(main())

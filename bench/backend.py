@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
-from bench.errors import UsageError
-from models.registry import shorten
+from vgbench.bench.errors import UsageError
+from vgbench.models.registry import shorten
 
 BACKENDS = ("tensorflow", "jax")
 DEFAULT_BACKEND = "tensorflow"
@@ -86,7 +86,7 @@ def select(name: str) -> str:
 
 def versions(name: str) -> dict:
     """{package: version} of the packages of backend ``name`` that are installed."""
-    from bench.provenance import package_versions
+    from vgbench.bench.provenance import package_versions
 
     have = package_versions()
     out = {}

@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import quantities as Q
-from bench.config import RunConfig
-from bench.protocol import CHANCE_ACCURACY, best_learning_rate
-from bench.utils import json_safe
+from vgbench.bench import quantities as Q
+from vgbench.bench.config import RunConfig
+from vgbench.bench.protocol import CHANCE_ACCURACY, best_learning_rate
+from vgbench.bench.utils import json_safe
 
 __all__ = [
     "BASE",
@@ -303,7 +303,7 @@ def _acc_text(best: dict) -> str:
 
 
 def _theory(config: RunConfig):
-    from bench import theory
+    from vgbench.bench import theory
 
     return theory.predict_config(config)
 
@@ -956,7 +956,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in _claims()}
 
 def get(claim_id: str) -> Claim:
     """The registered claim of an id; a one-line error naming the valid ids otherwise."""
-    from bench.utils import closest
+    from vgbench.bench.utils import closest
 
     if claim_id not in CLAIMS:
         raise ValueError(

@@ -16,8 +16,8 @@ import warnings
 
 import numpy as np
 
-from bench.errors import DiskFull, SuiteInterrupted, Terminated, UsageError
-from models.registry import ECHO_LIMIT, shorten
+from vgbench.bench.errors import DiskFull, SuiteInterrupted, Terminated, UsageError
+from vgbench.models.registry import ECHO_LIMIT, shorten
 
 # A comma list expands to at most this many values (a range like 0-999999999
 # would otherwise fill the memory before anything is checked).
@@ -164,8 +164,8 @@ def _adhoc_defaults() -> dict:
     """The value of every RunConfig field in an ad-hoc `vgbench run`: the default suite's, else RunConfig's."""
     import dataclasses
 
-    from bench import suites
-    from bench.config import RunConfig
+    from vgbench.bench import suites
+    from vgbench.bench.config import RunConfig
 
     values = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     try:
@@ -287,7 +287,7 @@ def _add_run(sub):
 
 
 def _add_backend_option(p):
-    from bench import backend
+    from vgbench.bench import backend
 
     p.add_argument(
         "--backend",
@@ -301,7 +301,7 @@ def _add_backend_option(p):
 
 def _select_backend(args) -> str:
     """Checks --backend (or $KERAS_BACKEND) and makes this process and its workers use it, before Keras loads."""
-    from bench import backend
+    from vgbench.bench import backend
 
     return backend.select(backend.resolve(args.backend))
 
@@ -309,8 +309,8 @@ def _select_backend(args) -> str:
 def cmd_run(args) -> int:
     # First: a bad backend is refused before any work, and Keras reads the variable when first imported.
     backend = _select_backend(args)
-    from bench import data, sizing, suites
-    from bench.runner import run_suite
+    from vgbench.bench import data, sizing, suites
+    from vgbench.bench.runner import run_suite
 
     suite = suites.load_suite(args.suite) if args.suite else suites.adhoc_suite()
     overrides = {}
@@ -401,7 +401,7 @@ def cmd_run(args) -> int:
 
 def _previous_protocols(out) -> dict:
     """{suite: protocol} recorded in OUT's manifest by earlier suites run into it ({} when none)."""
-    from bench import results
+    from vgbench.bench import results
 
     try:
         manifest = results.read_manifest(out) if os.path.isdir(out) else None
@@ -414,7 +414,7 @@ def _previous_protocols(out) -> dict:
 def _record_protocols(out, protocols: dict) -> None:
     """Keeps {suite: protocol} in OUT's manifest: each `vgbench run` rewrites the manifest, and several
     suites may share one results directory (`make bench` runs `default` and `claims` into one)."""
-    from bench import results
+    from vgbench.bench import results
 
     if not protocols:
         return
@@ -450,9 +450,9 @@ def _add_list(sub):
 
 
 def cmd_list(args) -> int:
-    import models
-    from bench import suites
-    from bench.config import FIX_DESCRIPTIONS, FIXES
+    from vgbench import models
+    from vgbench.bench import suites
+    from vgbench.bench.config import FIX_DESCRIPTIONS, FIXES
 
     sections = []
     if args.what in ("all", "activations"):
@@ -520,7 +520,7 @@ def _add_theory(sub):
 
 def _input_second_moment(args) -> tuple[float, int, str]:
     """(E[x²], input size, where E[x²] comes from) for `vgbench theory`."""
-    from bench import theory
+    from vgbench.bench import theory
 
     from_data = {"--dataset": args.dataset, "--data": args.data, "--preprocessing": args.preprocessing}
     from_data["--train-samples"] = args.train_samples
@@ -531,8 +531,8 @@ def _input_second_moment(args) -> tuple[float, int, str]:
         return args.input_second_moment, theory.INPUT_DIM, "given"
     if not asked:
         return theory.DEFAULT_INPUT_SECOND_MOMENT, theory.INPUT_DIM, "default: standardized inputs"
-    from bench import data
-    from bench.config import PREPROCESSINGS
+    from vgbench.bench import data
+    from vgbench.bench.config import PREPROCESSINGS
 
     preprocessing = (args.preprocessing or "scale").strip().lower()
     if preprocessing not in PREPROCESSINGS:
@@ -549,8 +549,8 @@ def _input_second_moment(args) -> tuple[float, int, str]:
 def cmd_theory(args) -> int:
     import json
 
-    import models
-    from bench import theory
+    from vgbench import models
+    from vgbench.bench import theory
 
     acts = _split(args.activation) if args.activation is not None else models.activations.names()
     inits = _split(args.initializer) if args.initializer is not None else models.initializers.names()
@@ -595,7 +595,7 @@ def cmd_theory(args) -> int:
 
 
 def _add_diagnose(sub):
-    from bench import diagnose
+    from vgbench.bench import diagnose
 
     settings = diagnose.defaults()
     p = sub.add_parser(
@@ -738,7 +738,7 @@ def cmd_diagnose(args) -> int:
     _select_backend(args)
     from pathlib import Path
 
-    from bench import data, diagnose
+    from vgbench.bench import data, diagnose
 
     path = Path(args.model).expanduser()
     if not path.is_file():
@@ -805,7 +805,7 @@ def cmd_diagnose(args) -> int:
 
 
 def _add_report(sub):
-    from bench import report
+    from vgbench.bench import report
 
     p = sub.add_parser("report", help="build the report (figures + summaries) of a results directory")
     report.add_arguments(p)
@@ -813,7 +813,7 @@ def _add_report(sub):
 
 
 def _add_compare(sub):
-    from bench import compare
+    from vgbench.bench import compare
 
     p = sub.add_parser("compare", help="compare results against a baseline (exit 1 on regressions)")
     compare.add_arguments(p)

@@ -16,10 +16,10 @@ import math
 import re
 from dataclasses import dataclass
 
-import models
-from bench.backend import BACKENDS, DEFAULT_BACKEND
-from bench.utils import closest, slug
-from models.registry import bind_params, parse_spec, shorten
+from vgbench import models
+from vgbench.bench.backend import BACKENDS, DEFAULT_BACKEND
+from vgbench.bench.utils import closest, slug
+from vgbench.models.registry import bind_params, parse_spec, shorten
 
 ARCHS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "momentum", "adam")

@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import DataError
-from bench.utils import one_line
+from vgbench.bench.errors import DataError
+from vgbench.bench.utils import one_line
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 

@@ -28,8 +28,8 @@ compares with the shipped report.
 
 Usage::
 
-    import bench  # before keras: portable numerics
-    from bench.diagnose import diagnose
+    import vgbench  # before keras: portable numerics
+    from vgbench.bench.diagnose import diagnose
     results = diagnose(model, x_train, y_train, x_test, y_test, steps=200, out="diag/")
     results.layers  # one row per (step, layer)
 """
@@ -46,12 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import backend as backend_mod
-from bench.config import CUSTOM_ARCH as ARCH
-from bench.config import NOT_APPLICABLE, stable_identity
-from bench.errors import DataError, UsageError
-from bench.utils import closest, one_line, slug
-from models.registry import shorten
+from vgbench.bench import backend as backend_mod
+from vgbench.bench.config import CUSTOM_ARCH as ARCH
+from vgbench.bench.config import NOT_APPLICABLE, stable_identity
+from vgbench.bench.errors import DataError, UsageError
+from vgbench.bench.utils import closest, one_line, slug
+from vgbench.models.registry import shorten
 
 # The suite name of a diagnosis in the manifest.
 SUITE = "diagnose"
@@ -74,8 +74,8 @@ MAX_EVALUATIONS = 5
 
 def defaults() -> dict:
     """The settings a diagnosis starts from: the ``default`` suite's, as `vgbench run` uses them."""
-    from bench import suites
-    from bench.config import RunConfig
+    from vgbench.bench import suites
+    from vgbench.bench.config import RunConfig
 
     values = {k: getattr(RunConfig, k) for k in ("optimizer", "learning_rate", "seed", "log_every", "act_every")}
     values.update(batch_size=RunConfig.batch_size, max_steps=0, preprocessing=RunConfig.preprocessing)
@@ -96,7 +96,7 @@ def get_loss(spec):
     """
     import keras
 
-    from models.registry import parse_spec
+    from vgbench.models.registry import parse_spec
 
     if not isinstance(spec, str):
         return spec
@@ -161,7 +161,7 @@ def get_optimizer(name: str, learning_rate: float):
 
 
 def _check_learning_rate(value):
-    from bench.config import MAX_LEARNING_RATE
+    from vgbench.bench.config import MAX_LEARNING_RATE
 
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not 0 < value <= MAX_LEARNING_RATE:
@@ -308,7 +308,7 @@ def fit_inputs(x, shape, what="x_train"):
 
 def arrays_dataset(name, source, x_train, y_train, x_test=None, y_test=None):
     """A `bench.data.Dataset` of arrays of one's own, with their checksums, for the manifest and the resume check."""
-    from bench import data as data_mod
+    from vgbench.bench import data as data_mod
 
     x_train, y_train = np.asarray(x_train), np.asarray(y_train)
     x_test = np.asarray(x_test) if x_test is not None else x_train[:0]
@@ -385,7 +385,7 @@ def prepare_arrays(ds, preprocessing: str, train_samples=None, test_samples=None
     Raises:
         UsageError: an unknown preprocessing or sample count.
     """
-    from bench import data as data_mod
+    from vgbench.bench import data as data_mod
 
     if preprocessing not in PREPROCESSINGS:
         raise UsageError(
@@ -418,7 +418,7 @@ def load_model(path):
             here (e.g. custom layers not registered: load it in Python with
             ``custom_objects`` and call `diagnose`).
     """
-    from bench.train import configure_tensorflow
+    from vgbench.bench.train import configure_tensorflow
 
     configure_tensorflow()
     import warnings
@@ -445,7 +445,7 @@ def load_model(path):
 
 def summary_lines(results, model_file=None) -> list[str]:
     """What `vgbench diagnose` prints: the run, its outcome, the flags in words, where the report is."""
-    from bench import metrics
+    from vgbench.bench import metrics
 
     runs = results.runs[results.runs["arch"] == ARCH] if "arch" in results.runs.columns else results.runs
     if model_file is not None and "model_sha256" in runs.columns:
@@ -591,7 +591,7 @@ def diagnose(
         UsageError: bad settings, no loss, data that does not fit the model
             or its loss, ``out`` unusable or locked by another process.
     """
-    from bench.train import configure_tensorflow
+    from vgbench.bench.train import configure_tensorflow
 
     configure_tensorflow()
     import keras
@@ -665,8 +665,8 @@ def diagnose(
         record.result["data_checksum"] = dataset.checksum
         return record
 
-    from bench import results as results_mod
-    from bench.runner import check_tensorboard_dir, open_results
+    from vgbench.bench import results as results_mod
+    from vgbench.bench.runner import check_tensorboard_dir, open_results
 
     tensorboard_dir = check_tensorboard_dir(tensorboard_dir)
     if out is None:
@@ -676,7 +676,7 @@ def diagnose(
         record = measure()
         results_mod.write_run(path, record)
     if report:
-        from bench.report import build_report
+        from vgbench.bench.report import build_report
 
         build_report(path)
     return results_mod.load_results(path)
@@ -704,11 +704,11 @@ def _train(model, settings, run_id, x_train, y_train, x_test, y_test, probe, ten
     import keras
     import pandas as pd
 
-    from bench import data as data_mod
-    from bench.instrumentation import GradientNormLogger
-    from bench.provenance import run_provenance
-    from bench.results import RunRecord, empty_result
-    from bench.train import fit_logged
+    from vgbench.bench import data as data_mod
+    from vgbench.bench.instrumentation import GradientNormLogger
+    from vgbench.bench.provenance import run_provenance
+    from vgbench.bench.results import RunRecord, empty_result
+    from vgbench.bench.train import fit_logged
 
     t0 = time.perf_counter()
     result = empty_result(**run_provenance())
@@ -755,8 +755,8 @@ def _in_memory(record, dataset, model_info):
     """`Results` of one run that was not written anywhere (``path`` None), with the tables' columns."""
     import pandas as pd
 
-    from bench import data as data_mod
-    from bench import results as results_mod
+    from vgbench.bench import data as data_mod
+    from vgbench.bench import results as results_mod
 
     def table(df, columns):
         df = df.copy()

@@ -89,13 +89,13 @@ import pandas as pd
 import tensorflow as tf
 from keras import ops
 
-import models
-from bench import instrumentation_jax, quantities
-from bench import quantities as Q
-from bench.quantities import SATURATION_THRESHOLD  # noqa: F401  (public name)
-from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, VARIABLE_COLUMNS
-from bench.summaries import HISTOGRAM_EDGES as _HIST_EDGES
-from bench.summaries import HISTOGRAM_FLOOR
+from vgbench import models
+from vgbench.bench import instrumentation_jax, quantities
+from vgbench.bench import quantities as Q
+from vgbench.bench.quantities import SATURATION_THRESHOLD  # noqa: F401  (public name)
+from vgbench.bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, VARIABLE_COLUMNS
+from vgbench.bench.summaries import HISTOGRAM_EDGES as _HIST_EDGES
+from vgbench.bench.summaries import HISTOGRAM_FLOOR
 
 # The measured columns of layers.parquet, in the buffers' order.
 _GRAD_FIELDS = quantities.cadence_fields("grad")
@@ -554,8 +554,8 @@ class GradientNormLogger(keras.callbacks.Callback):
             self._make_buffers(n)
 
         if self.tensorboard_dir is not None:
-            from bench.results import run_dir_name
-            from bench.summaries import EventWriter
+            from vgbench.bench.results import run_dir_name
+            from vgbench.bench.summaries import EventWriter
 
             self._events = EventWriter(
                 Path(self.tensorboard_dir) / (run_dir_name(self.run_id) if self.run_id else "run")

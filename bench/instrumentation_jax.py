@@ -69,7 +69,7 @@ class Steps:
         import jax
         import jax.numpy as jnp
 
-        from bench.instrumentation import _Pass, _tapped
+        from vgbench.bench.instrumentation import _Pass, _tapped
 
         logger = self.logger
         model, units = self.model, logger._units

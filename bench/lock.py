@@ -19,7 +19,7 @@ import os
 import socket
 from pathlib import Path
 
-from bench.errors import UsageError
+from vgbench.bench.errors import UsageError
 
 LOCK_NAME = ".lock"
 

@@ -46,9 +46,9 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from bench import quantities as Q
-from bench.quantities import LAYER_QUANTITIES, Quantity
-from bench.utils import finite
+from vgbench.bench import quantities as Q
+from vgbench.bench.quantities import LAYER_QUANTITIES, Quantity
+from vgbench.bench.utils import finite
 
 FINAL_WINDOW = 10
 

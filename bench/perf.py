@@ -95,8 +95,8 @@ class _Session:
     def __init__(self, name, build, batch_size, arrays, probe, steps):
         import keras
 
-        from bench import data as data_mod
-        from bench.instrumentation import GradientNormLogger
+        from vgbench.bench import data as data_mod
+        from vgbench.bench.instrumentation import GradientNormLogger
 
         keras.utils.set_random_seed(0)
         train = data_mod.make_tf_dataset(arrays.x_train, arrays.y_train, batch_size=batch_size, seed=0)
@@ -166,14 +166,14 @@ def measure_overhead(data_path=None, *, model="mlp", depth=20, width=256, batch_
         steps: steps per timed block, one epoch (a multiple of 10, the activation cadence).
         repeats: rounds; each trains one block of every variant.
     """
-    from bench.train import configure_tensorflow
+    from vgbench.bench.train import configure_tensorflow
 
     configure_tensorflow()
     import keras
 
-    from bench import data as data_mod
-    from bench.config import RunConfig
-    from bench.train import build
+    from vgbench.bench import data as data_mod
+    from vgbench.bench.config import RunConfig
+    from vgbench.bench.train import build
 
     ds = data_mod.load_dataset("mnist", data_path)
     arrays = data_mod.prepare(ds, flatten=model == "mlp")
@@ -247,8 +247,8 @@ def measure_overhead(data_path=None, *, model="mlp", depth=20, width=256, batch_
 
 def measure_parallel(data_path=None, jobs=2):
     """Parallel efficiency of the local executor on a small suite."""
-    from bench.config import RunConfig
-    from bench.runner import run_suite
+    from vgbench.bench.config import RunConfig
+    from vgbench.bench.runner import run_suite
 
     configs = [
         RunConfig(
@@ -409,7 +409,7 @@ def _run_setting(name, args) -> dict:
     env, _ = SETTINGS[name]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "setting.json"
-        command = [sys.executable, "-m", "bench.perf", "--worker", str(path), *_forwarded(args)]
+        command = [sys.executable, "-m", "vgbench.bench.perf", "--worker", str(path), *_forwarded(args)]
         print(f"perf: {SETTINGS[name][1]} ...", file=sys.stderr, flush=True)
         subprocess.run(command, env={**os.environ, **env}, check=True)
         import json
@@ -432,7 +432,7 @@ def _range(values) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vgbench.bench.perf", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="reports", help="directory for perf.md and perf.json")
     parser.add_argument("--data", default=None)
     parser.add_argument("--repeats", type=int, default=30, help="rounds, each training one epoch of every variant")
@@ -458,9 +458,9 @@ def main(argv=None) -> int:
     if args.quick:
         args.repeats, args.steps, args.conv_repeats, args.conv_steps = 3, 10, 2, 10
         args.no_parallel = True
-    from bench import backend
-    from bench.errors import UsageError
-    from bench.results import write_json_atomic
+    from vgbench.bench import backend
+    from vgbench.bench.errors import UsageError
+    from vgbench.bench.results import write_json_atomic
 
     if args.worker:
         write_json_atomic(args.worker, _measure_setting(args))
@@ -468,13 +468,13 @@ def main(argv=None) -> int:
     try:
         names = [backend.check(b, "--backends") for b in args.backends.split(",") if b.strip()]
     except UsageError as e:
-        print(f"python -m bench.perf: error: {e}", file=sys.stderr)
+        print(f"python -m vgbench.bench.perf: error: {e}", file=sys.stderr)
         return 2
     if not args.no_onednn and "tensorflow" in names:
         names.append("tensorflow-onednn")
     import datetime as dt
 
-    from bench.provenance import cpu_name, platform_info
+    from vgbench.bench.provenance import cpu_name, platform_info
 
     result = {
         "date": dt.date.today().isoformat(),

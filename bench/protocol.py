@@ -19,8 +19,8 @@ import math
 
 import pandas as pd
 
-from bench.config import DEFAULT_BIAS_INITIALIZER, benchmark_fields
-from bench.utils import plain
+from vgbench.bench.config import DEFAULT_BIAS_INITIALIZER, benchmark_fields
+from vgbench.bench.utils import plain
 
 __all__ = ["CHANCE_ACCURACY", "PROTOCOLS", "best_learning_rate", "configuration_fields", "scored_accuracy"]
 

@@ -104,7 +104,7 @@ def run_provenance() -> dict:
     records ``jax_version`` and ``jaxlib_version``. TensorFlow's version is
     recorded on every backend: its `tf.data` feeds the batches.
     """
-    from bench import backend
+    from vgbench.bench import backend
 
     versions = package_versions()
     keras_backend = backend.loaded() or backend.default_backend()

@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import lock, quantities
-from bench.errors import DiskFull, UsageError
-from bench.utils import first_line, one_line
+from vgbench.bench import lock, quantities
+from vgbench.bench.errors import DiskFull, UsageError
+from vgbench.bench.utils import first_line, one_line
 
 SCHEMA_VERSION = 1
 

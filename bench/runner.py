@@ -15,8 +15,8 @@ moved aside and redone. The directory is locked for the whole invocation
 (`bench.lock`), and a resume on other data than the runs already there is
 refused. Usage::
 
-    from bench.runner import run_suite
-    from bench.config import RunConfig, stable_identity
+    from vgbench.bench.runner import run_suite
+    from vgbench.bench.config import RunConfig, stable_identity
     summary = run_suite([RunConfig(depth=4, max_steps=10)], "results/", data_path="mnist.npz")
 """
 
@@ -29,17 +29,17 @@ import sys
 import time
 from pathlib import Path
 
-from bench import backend as backend_mod
-from bench import executors
-from bench import results as results_mod
-from bench.config import RunConfig, stable_identity
-from bench.errors import UsageError
-from bench.executors import ray as ray_executor
-from bench.executors.base import SuiteSummary, drive
-from bench.executors.local import InlineExecutor, PoolExecutor
-from bench.lock import LOCK_NAME, DirectoryLock
-from bench.provenance import git_sha, package_versions, platform_info
-from bench.train import TENSORBOARD_ENV
+from vgbench.bench import backend as backend_mod
+from vgbench.bench import executors
+from vgbench.bench import results as results_mod
+from vgbench.bench.config import RunConfig, stable_identity
+from vgbench.bench.errors import UsageError
+from vgbench.bench.executors import ray as ray_executor
+from vgbench.bench.executors.base import SuiteSummary, drive
+from vgbench.bench.executors.local import InlineExecutor, PoolExecutor
+from vgbench.bench.lock import LOCK_NAME, DirectoryLock
+from vgbench.bench.provenance import git_sha, package_versions, platform_info
+from vgbench.bench.train import TENSORBOARD_ENV
 
 __all__ = ["SuiteSummary", "check_tensorboard_dir", "open_results", "prepare_out", "run_suite", "write_manifest"]
 
@@ -263,7 +263,7 @@ def run_suite(
         KeyboardInterrupt: Ctrl-C or SIGTERM; finished runs are kept and the
             tables rebuilt.
     """
-    from bench.data import load_dataset
+    from vgbench.bench.data import load_dataset
 
     executors.check_name(executor)
     backend = _one_backend(configs)
@@ -383,7 +383,7 @@ def open_results(out, datasets: dict, *, suite: str, wait: bool = False, manifes
 
 def _start_writing(out, datasets: dict, suite: str, manifest_extra: dict | None = None):
     """What the lock holder does first: checks, cleaning, the data check and the manifest; (out, finished runs)."""
-    from bench.data import describe
+    from vgbench.bench.data import describe
 
     # Read again under the lock: another writer may have been first.
     out = check_out(out)

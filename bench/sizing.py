@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 import os
 
-from bench.config import RunConfig
-from bench.errors import UsageError
-from models.architectures import DEFAULT_INPUT_SHAPES, block_sizes, count_params
+from vgbench.bench.config import RunConfig
+from vgbench.bench.errors import UsageError
+from vgbench.models.architectures import DEFAULT_INPUT_SHAPES, block_sizes, count_params
 
 GIB = 2**30
 # One TensorFlow worker process before any model (runtime, kernels, Keras).

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import yaml
 
-from bench import backend as backend_mod
-from bench.config import CONFIG_FIELDS, RunConfig
-from bench.errors import UsageError
-from bench.protocol import PROTOCOLS
-from models.registry import shorten
+from vgbench.bench import backend as backend_mod
+from vgbench.bench.config import CONFIG_FIELDS, RunConfig
+from vgbench.bench.errors import UsageError
+from vgbench.bench.protocol import PROTOCOLS
+from vgbench.models.registry import shorten
 
 SUITE_DIR = Path(__file__).parent / "suites"
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import socket
 import warnings
 
-from bench import backend
-from bench.config import RunConfig
-from bench.errors import DataError
+from vgbench.bench import backend
+from vgbench.bench.config import RunConfig
+from vgbench.bench.errors import DataError
 
 _DATA_CACHE: dict = {}
 
 
 def load_data_cached(dataset: str, data_path):
     """The dataset, loaded once per process (a worker runs many configs on it)."""
-    from bench.data import load_dataset
+    from vgbench.bench.data import load_dataset
 
     key = (dataset, str(data_path) if data_path else None)
     if key not in _DATA_CACHE:
@@ -46,7 +46,7 @@ def run_task(config_dict: dict, data=None, data_path=None, checksum=None, on_ste
         UsageError: Keras runs on another backend in this process than the
             run's (`bench.backend.select`).
     """
-    from bench.train import train_run
+    from vgbench.bench.train import train_run
 
     config = RunConfig.from_dict(config_dict)
     # A worker started for this backend has it already; one whose Keras runs another is refused.

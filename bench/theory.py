@@ -104,9 +104,9 @@ from typing import Any
 import numpy as np
 from scipy import optimize, special
 
-from models import activations as activations_lib
-from models import initializers as initializers_lib
-from models import registry
+from vgbench.models import activations as activations_lib
+from vgbench.models import initializers as initializers_lib
+from vgbench.models import registry
 
 __all__ = [
     "CRITICAL_TOLERANCE",

@@ -7,9 +7,9 @@ import os
 import time
 import traceback
 
-from bench.config import RunConfig
-from bench.provenance import run_provenance
-from bench.results import RunRecord, empty_result
+from vgbench.bench.config import RunConfig
+from vgbench.bench.provenance import run_provenance
+from vgbench.bench.results import RunRecord, empty_result
 
 _configured = False
 
@@ -45,7 +45,7 @@ def build(config: RunConfig, input_shape):
     """The compiled Keras model of a config (the model factory + training recipe)."""
     import keras
 
-    import models
+    from vgbench import models
 
     model = models.build_model(input_shape=input_shape, **config.model_kwargs())
     clip = config.fixes.get("clipnorm")
@@ -85,7 +85,7 @@ def fit_logged(model, logger, x_train, y_train, test_ds, *, epochs, per_epoch, b
         row's losses and accuracies, and ``status``/``diverged_step`` when
         the run diverged.
     """
-    from bench import data as data_mod
+    from vgbench.bench import data as data_mod
 
     if epochs == 0:
         # Initialization only: the step-0 measurement, no update.
@@ -135,8 +135,8 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensor
     import keras
     import pandas as pd
 
-    from bench import data as data_mod
-    from bench.instrumentation import GradientNormLogger
+    from vgbench.bench import data as data_mod
+    from vgbench.bench.instrumentation import GradientNormLogger
 
     t0 = time.perf_counter()
     if data is None:

@@ -5,9 +5,9 @@ and finds their hidden layers by name. Nothing here trains or touches files.
 Importing the package does not import Keras; building a model does.
 """
 
-from models import activations, initializers, registry
-from models.architectures import HiddenLayer, build_model, hidden_layers, output_layer
-from models.registry import UnknownNameError
+from vgbench.models import activations, initializers, registry
+from vgbench.models.architectures import HiddenLayer, build_model, hidden_layers, output_layer
+from vgbench.models.registry import UnknownNameError
 
 __all__ = [
     "HiddenLayer",

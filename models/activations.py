@@ -30,7 +30,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from models import registry
+from vgbench.models import registry
 
 __all__ = ["ALIASES", "Activation", "FAMILIES", "PRELU_INITIAL_SLOPE", "get", "names"]
 

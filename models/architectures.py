@@ -40,8 +40,8 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from models import activations as activations_lib
-from models import initializers as initializers_lib
+from vgbench.models import activations as activations_lib
+from vgbench.models import initializers as initializers_lib
 
 if TYPE_CHECKING:
     import keras

@@ -26,7 +26,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from models import registry
+from vgbench.models import registry
 
 __all__ = ["ALIASES", "Initializer", "get", "names"]
 

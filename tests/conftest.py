@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Before any test module imports Keras: the environment TensorFlow reads when it starts.
+import vgbench  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
 

@@ -23,7 +23,7 @@ def test_ci_suite_matches_the_committed_baseline(mnist_path, tmp_path):
         [
             sys.executable,
             "-m",
-            "bench",
+            "vgbench",
             "run",
             "--suite",
             "ci",
@@ -42,7 +42,7 @@ def test_ci_suite_matches_the_committed_baseline(mnist_path, tmp_path):
     assert run.returncode == 0, run.stderr
     report = tmp_path / "compare.md"
     cmp = subprocess.run(
-        [sys.executable, "-m", "bench", "compare", str(BASELINE), str(current), "--markdown", str(report)],
+        [sys.executable, "-m", "vgbench", "compare", str(BASELINE), str(current), "--markdown", str(report)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -67,10 +67,10 @@ The package, stage by stage:
 - `bench.compare.cli`: the `vgbench compare` command.
 """
 
-from bench.compare.cli import add_arguments, run, write_text_atomic
-from bench.compare.comparison import Comparison, compare
-from bench.compare.matching import benchmark_name
-from bench.compare.records import (
+from vgbench.bench.compare.cli import add_arguments, run, write_text_atomic
+from vgbench.bench.compare.comparison import Comparison, compare
+from vgbench.bench.compare.matching import benchmark_name
+from vgbench.bench.compare.records import (
     BENCHMARK_COLUMNS,
     FAILING_MARKS,
     MARKS,
@@ -82,9 +82,9 @@ from bench.compare.records import (
     Reason,
     Row,
 )
-from bench.compare.render import MAX_TABLE_ROWS, to_dict, to_json, to_junit, to_markdown
-from bench.compare.statistics import DEFAULT_ALPHA, MIN_SAMPLES
-from bench.compare.tolerances import DEFAULT_TOLERANCES, METRICS, check_tolerances, parse_tolerances
+from vgbench.bench.compare.render import MAX_TABLE_ROWS, to_dict, to_json, to_junit, to_markdown
+from vgbench.bench.compare.statistics import DEFAULT_ALPHA, MIN_SAMPLES
+from vgbench.bench.compare.tolerances import DEFAULT_TOLERANCES, METRICS, check_tolerances, parse_tolerances
 
 __all__ = [
     "BENCHMARK_COLUMNS",

@@ -6,11 +6,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench.compare.comparison import compare
-from bench.compare.render import to_json, to_junit, to_markdown
-from bench.compare.statistics import DEFAULT_ALPHA
-from bench.compare.tolerances import DEFAULT_TOLERANCES, parse_tolerances
-from bench.errors import UsageError
+from vgbench.bench.compare.comparison import compare
+from vgbench.bench.compare.render import to_json, to_junit, to_markdown
+from vgbench.bench.compare.statistics import DEFAULT_ALPHA
+from vgbench.bench.compare.tolerances import DEFAULT_TOLERANCES, parse_tolerances
+from vgbench.bench.errors import UsageError
 
 
 def add_arguments(parser) -> None:

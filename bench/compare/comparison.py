@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.compare import matching, render, verdicts
-from bench.compare.records import UPDATE_BASELINE_HINT, WHOLE, Note, Notice, Reason, Row
-from bench.compare.statistics import DEFAULT_ALPHA
-from bench.compare.tolerances import check_tolerances
-from bench.errors import UsageError
-from bench.metrics import run_metrics
-from bench.results import SCHEMA_VERSION, load_results, require_manifest
+from vgbench.bench.compare import matching, render, verdicts
+from vgbench.bench.compare.records import UPDATE_BASELINE_HINT, WHOLE, Note, Notice, Reason, Row
+from vgbench.bench.compare.statistics import DEFAULT_ALPHA
+from vgbench.bench.compare.tolerances import check_tolerances
+from vgbench.bench.errors import UsageError
+from vgbench.bench.metrics import run_metrics
+from vgbench.bench.results import SCHEMA_VERSION, load_results, require_manifest
 
 
 @dataclass

@@ -14,8 +14,8 @@ import json
 
 import pandas as pd
 
-from bench.compare.records import Note, Reason
-from bench.config import (
+from vgbench.bench.compare.records import Note, Reason
+from vgbench.bench.config import (
     CONFIG_FIELDS,
     LATE_FIELD_DEFAULTS,
     MEASUREMENT_FIELDS,
@@ -23,7 +23,7 @@ from bench.config import (
     benchmark_fields,
     stable_identity,
 )
-from bench.utils import plain, slug
+from vgbench.bench.utils import plain, slug
 
 # The sample field (of SAMPLE_FIELDS) that orders a benchmark's runs.
 SEED = "seed"

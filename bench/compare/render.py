@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from bench.backend import DEFAULT_BACKEND
-from bench.compare.records import (
+from vgbench.bench.backend import DEFAULT_BACKEND
+from vgbench.bench.compare.records import (
     BENCHMARK_COLUMNS,
     FAILING_MARKS,
     RANK,
@@ -30,12 +30,12 @@ from bench.compare.records import (
     Reason,
     Row,
 )
-from bench.compare.tolerances import METRICS
-from bench.quantities import Quantity
-from bench.utils import json_safe
+from vgbench.bench.compare.tolerances import METRICS
+from vgbench.bench.quantities import Quantity
+from vgbench.bench.utils import json_safe
 
 if TYPE_CHECKING:
-    from bench.compare.comparison import Comparison
+    from vgbench.bench.compare.comparison import Comparison
 
 # Markdown main table: at most this many rows; the JSON holds them all.
 MAX_TABLE_ROWS = 60

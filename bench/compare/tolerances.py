@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 
-from bench.errors import UsageError
-from bench.metrics import METRICS as REGISTERED_METRICS
-from bench.quantities import Quantity
-from bench.utils import closest, first_line
+from vgbench.bench.errors import UsageError
+from vgbench.bench.metrics import METRICS as REGISTERED_METRICS
+from vgbench.bench.quantities import Quantity
+from vgbench.bench.utils import closest, first_line
 
 # Whether a run finished ok: compared run by run, by `bench.compare.verdicts`.
 STATUS = Quantity("status", "run", "status")

@@ -14,13 +14,13 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from bench.compare import statistics
-from bench.compare.matching import DATA_COLUMN, pairing_fields, pairing_key, seeds, sort_keys
-from bench.compare.records import RANK, WHOLE, Benchmark, Note, Notice, Reason, Row
-from bench.compare.statistics import MIN_SAMPLES
-from bench.compare.tolerances import METRICS, STATUS
-from bench.config import SAMPLE_FIELDS
-from bench.quantities import Quantity
+from vgbench.bench.compare import statistics
+from vgbench.bench.compare.matching import DATA_COLUMN, pairing_fields, pairing_key, seeds, sort_keys
+from vgbench.bench.compare.records import RANK, WHOLE, Benchmark, Note, Notice, Reason, Row
+from vgbench.bench.compare.statistics import MIN_SAMPLES
+from vgbench.bench.compare.tolerances import METRICS, STATUS
+from vgbench.bench.config import SAMPLE_FIELDS
+from vgbench.bench.quantities import Quantity
 
 NAN = float("nan")
 

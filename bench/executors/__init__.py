@@ -7,7 +7,7 @@ pool), `ray` the Ray executor. `bench.runner.run_suite` picks one by name.
 
 from __future__ import annotations
 
-from bench.errors import UsageError
+from vgbench.bench.errors import UsageError
 
 EXECUTORS = ("local", "ray")
 

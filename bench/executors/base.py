@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import results as results_mod
+from vgbench.bench import results as results_mod
 
 
 @dataclass

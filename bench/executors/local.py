@@ -23,9 +23,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from bench.errors import SuiteInterrupted, UsageError
-from bench.executors.base import Executor, TaskFailed
-from bench.task import run_task
+from vgbench.bench.errors import SuiteInterrupted, UsageError
+from vgbench.bench.executors.base import Executor, TaskFailed
+from vgbench.bench.task import run_task
 
 # Seconds between two checks of the watchdog that ends an orphaned worker.
 WATCHDOG_INTERVAL_S = 1.0
@@ -44,7 +44,7 @@ class InlineExecutor(Executor):
         self._tasks = {}
 
     def __enter__(self):
-        from bench.train import configure_tensorflow
+        from vgbench.bench.train import configure_tensorflow
 
         configure_tensorflow()
         return self
@@ -152,7 +152,7 @@ def _worker_init(threads: int, parent_pid: int, steps):
     global _STEPS
     _die_with_parent(parent_pid)
     _STEPS = steps
-    from bench.train import configure_tensorflow
+    from vgbench.bench.train import configure_tensorflow
 
     configure_tensorflow(threads)
 

@@ -41,11 +41,11 @@ import time
 import warnings
 from pathlib import Path
 
-from bench import backend as backend_mod
-from bench.errors import UsageError
-from bench.executors.base import Executor, TaskFailed, drive
-from bench.task import run_task
-from bench.utils import first_line
+from vgbench.bench import backend as backend_mod
+from vgbench.bench.errors import UsageError
+from vgbench.bench.executors.base import Executor, TaskFailed, drive
+from vgbench.bench.task import run_task
+from vgbench.bench.utils import first_line
 
 # Ray retries a task whose worker process died this many times; an exception
 # raised by the run itself is a result (status "failed") and is not retried.
@@ -138,7 +138,7 @@ class RayExecutor(Executor):
         ray = self._ray
         missing = [name for name in self.needed if name not in self.datasets]
         if missing:
-            from bench.data import load_dataset
+            from vgbench.bench.data import load_dataset
 
             self.datasets.update({name: load_dataset(name, self.data_path) for name in missing})
         # Only the datasets the runs use go to the object store.
@@ -262,7 +262,7 @@ def _train_task(config_dict: dict, data, checksum: str, data_path, threads: int)
             None.
         threads: TensorFlow threads (the CPUs Ray reserved for the task).
     """
-    from bench.train import configure_tensorflow
+    from vgbench.bench.train import configure_tensorflow
 
     configure_tensorflow(threads)
     _maybe_die(config_dict)
@@ -273,7 +273,7 @@ def _maybe_die(config_dict) -> None:
     fault_dir = os.environ.get(FAULT_DIR_ENV)
     if not fault_dir:
         return
-    from bench.config import RunConfig
+    from vgbench.bench.config import RunConfig
 
     armed = Path(fault_dir) / f"{RunConfig.from_dict(config_dict).run_id}.kill"
     try:

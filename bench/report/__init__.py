@@ -2,7 +2,7 @@
 
 Usage::
 
-    from bench.report import build_report
+    from vgbench.bench.report import build_report
     index = build_report("results/", formats=("png", "svg"))
 
 or ``vgbench report results/ [--out-dir DIR] [--format png,svg,pdf]``.
@@ -22,7 +22,7 @@ __all__ = ["add_arguments", "build_report", "run"]
 def __getattr__(name):
     # Loaded on first use: plotting libraries are slow to import.
     if name == "build_report":
-        from bench.report.build import build_report
+        from vgbench.bench.report.build import build_report
 
         return build_report
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -47,7 +47,7 @@ def run(args) -> int:
     """`vgbench report`: builds the report and prints where it is."""
     import json
 
-    from bench.report.build import build_report
+    from vgbench.bench.report.build import build_report
 
     index = build_report(args.results_dir, out_dir=args.out_dir, formats=args.formats)
     with open(index.parent / "summary.json", encoding="utf-8") as f:

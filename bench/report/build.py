@@ -21,11 +21,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bench import backend as backend_mod
-from bench import quantities as Q
-from bench.errors import UsageError
-from bench.report import document, figures, predictions, tables, text, verdicts
-from bench.results import load_results
+from vgbench.bench import backend as backend_mod
+from vgbench.bench import quantities as Q
+from vgbench.bench.errors import UsageError
+from vgbench.bench.report import document, figures, predictions, tables, text, verdicts
+from vgbench.bench.results import load_results
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def _save(fig, out: Path, name: str, formats) -> tuple[list[str], bytes]:
 
 def _claim_figures(t: Tables, out: Path, formats, images: dict) -> None:
     """Draws each decided claim's figure (``claim-<id>``) and records it in the claim's entry as ``figure``."""
-    from bench import claims as registry
+    from vgbench.bench import claims as registry
 
     drawn = set()
     for c in t.claims.get("claims", []):

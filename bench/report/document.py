@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import html
 
-from bench import backend as backend_mod
-from bench import quantities as Q
-from bench.report import findings, predictions, tables, text, verdicts
-from bench.results import write_json_atomic
-from bench.utils import json_safe
+from vgbench.bench import backend as backend_mod
+from vgbench.bench import quantities as Q
+from vgbench.bench.report import findings, predictions, tables, text, verdicts
+from vgbench.bench.results import write_json_atomic
+from vgbench.bench.utils import json_safe
 
 REPORT_VERSION = 3
 

@@ -36,9 +36,9 @@ import seaborn as sns
 from matplotlib import patches, ticker, transforms
 from matplotlib.lines import Line2D
 
-from bench import metrics
-from bench.quantities import LAYER_QUANTITIES, Quantity
-from bench.report.tables import (
+from vgbench.bench import metrics
+from vgbench.bench.quantities import LAYER_QUANTITIES, Quantity
+from vgbench.bench.report.tables import (
     ACTIVATION_STATISTICS,
     FIX_QUANTITIES,
     GRID_QUANTITIES,

@@ -21,10 +21,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench.report import predictions
-from bench.report.tables import PAIR_QUANTITIES, THEORY_COLUMNS, pair_keys, varying_keys
-from bench.report.text import pair_label, pct, power_of_ten
-from bench.utils import finite, plain
+from vgbench.bench.report import predictions
+from vgbench.bench.report.tables import PAIR_QUANTITIES, THEORY_COLUMNS, pair_keys, varying_keys
+from vgbench.bench.report.text import pair_label, pct, power_of_ten
+from vgbench.bench.utils import finite, plain
 
 # Accuracy below this multiple of chance is reported as "chance".
 CHANCE_MARGIN = 1.5

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import theory
-from bench.config import CUSTOM_ARCH
-from bench.utils import plain
+from vgbench.bench import theory
+from vgbench.bench.config import CUSTOM_ARCH
+from vgbench.bench.utils import plain
 
 # Measured and predicted per-layer factors agree when their ratio is within
 # this factor either way: |log10(measured / predicted)| <= log10(TOLERANCE).
@@ -107,7 +107,7 @@ def _data_info(manifest: dict, name: str) -> dict:
 
 def _load(info: dict):
     """The dataset the manifest describes, when its file is here with the recorded checksum; else None."""
-    from bench import data as data_mod
+    from vgbench.bench import data as data_mod
 
     source = str(info.get("source") or "")
     path = source.split(":", 1)[1] if source.startswith("keras-cache:") else source
@@ -148,7 +148,7 @@ def input_moments(runs: pd.DataFrame, manifest: dict, load: bool = True) -> dict
         {(dataset, preprocessing, train_samples, batch_size): `Inputs`, or
         None when E[x²] is unknown (no data and no standard value)}.
     """
-    from bench import data as data_mod
+    from vgbench.bench import data as data_mod
 
     keys = {tuple(plain(row.get(k)) for k in _INPUT_KEYS) for row in runs.to_dict("records")}
     loaded, out = {}, {}

@@ -25,14 +25,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _scipy_stats
 
-from bench import metrics
-from bench import quantities as Q
-from bench.config import NOT_APPLICABLE, benchmark_fields
-from bench.quantities import LAYER_QUANTITIES, Quantity
-from bench.report import predictions
-from bench.report.text import CORE_KEYS, describe_slice, pair_label, status_text
-from bench.results import STATUSES
-from bench.utils import plain
+from vgbench.bench import metrics
+from vgbench.bench import quantities as Q
+from vgbench.bench.config import NOT_APPLICABLE, benchmark_fields
+from vgbench.bench.quantities import LAYER_QUANTITIES, Quantity
+from vgbench.bench.report import predictions
+from vgbench.bench.report.text import CORE_KEYS, describe_slice, pair_label, status_text
+from vgbench.bench.results import STATUSES
+from vgbench.bench.utils import plain
 
 CONFIDENCE = 0.95
 
@@ -844,7 +844,7 @@ def activation_curves(names, lo: float = -5.0, hi: float = 5.0, num: int = 401) 
     try:
         import tensorflow as tf
 
-        from models import activations as registry
+        from vgbench.models import activations as registry
     except ImportError as e:
         return with_note(pd.DataFrame(columns=columns), f"models.activations is not available ({e})")
     xs = np.linspace(lo, hi, num, dtype="float32")

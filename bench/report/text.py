@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-from bench import quantities as Q
-from bench.config import CUSTOM_ARCH
-from bench.quantities import Quantity
-from bench.utils import plain
+from vgbench.bench import quantities as Q
+from vgbench.bench.config import CUSTOM_ARCH
+from vgbench.bench.quantities import Quantity
+from vgbench.bench.utils import plain
 
 # The columns that name a pair in sentences and tables, always shown.
 CORE_KEYS = ("activation", "initializer", "depth", "fix")

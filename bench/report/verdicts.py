@@ -21,11 +21,11 @@ import re
 import numpy as np
 import pandas as pd
 
-from bench import claims as registry
-from bench import protocol
-from bench.config import DEFAULT_BIAS_INITIALIZER
-from bench.report.text import number
-from bench.utils import finite, plain
+from vgbench.bench import claims as registry
+from vgbench.bench import protocol
+from vgbench.bench.config import DEFAULT_BIAS_INITIALIZER
+from vgbench.bench.report.text import number
+from vgbench.bench.utils import finite, plain
 
 # Report figures that show a claim's runs or its mechanism, by claim id (linked when drawn).
 RELATED_FIGURES = {
@@ -226,7 +226,7 @@ def evidence_table(claim, runs_m: pd.DataFrame) -> pd.DataFrame:
                 "trainability": "",
             }
             try:
-                from bench import theory
+                from vgbench.bench import theory
 
                 pred = theory.predict_config(configs[0])
                 row["predicted"] = pred.factor if pred.applicable else np.nan

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-import bench  # noqa: F401  (before keras: portable numerics)
-import models
-from bench import results
-from bench.instrumentation import GradientNormLogger, accuracy_metric
-from bench.results import LAYER_COLUMNS, VARIABLE_COLUMNS
-from bench.summaries import HISTOGRAM_EDGES
+import vgbench  # noqa: F401  (before keras: portable numerics)
+from vgbench import models
+from vgbench.bench import results
+from vgbench.bench.instrumentation import GradientNormLogger, accuracy_metric
+from vgbench.bench.results import LAYER_COLUMNS, VARIABLE_COLUMNS
+from vgbench.bench.summaries import HISTOGRAM_EDGES
 
 L = keras.layers
 SPARSE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -499,3 +499,36 @@ def test_tensorboard_events_hold_the_tables_numbers(tmp_path):
     expected, _ = np.histogram(np.clip(values, HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1] - 1e-9), HISTOGRAM_EDGES)
     # A value within float error of a bin edge may fall either side of it.
     assert np.abs(counts0 - expected).sum() <= 2
+
+
+def test_a_users_own_models_and_bench_modules_do_not_shadow_vgbench(tmp_path):
+    # vgbench installs one top-level package: a script next to a user's own
+    # models.py and bench.py (first on sys.path) still gets vgbench's.
+    import subprocess
+    import sys
+
+    for name in ("models", "bench"):
+        (tmp_path / f"{name}.py").write_text(f"raise ImportError('the user\\'s own {name}.py was imported')\n")
+    (tmp_path / "train.py").write_text(
+        "import vgbench\n"
+        "import keras, numpy as np\n"
+        "from vgbench.bench.instrumentation import GradientNormLogger\n"
+        "from vgbench.models import build_model\n"
+        "model = build_model('mlp', depth=3, width=8, activation='relu', initializer='he_normal',"
+        " input_shape=(6,), num_classes=3, seed=0)\n"
+        "model.compile('sgd', 'sparse_categorical_crossentropy')\n"
+        "x = np.random.default_rng(0).normal(size=(32, 6)).astype('float32')\n"
+        "y = np.arange(32) % 3\n"
+        "logger = GradientNormLogger(probe_data=(x, y))\n"
+        "model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[logger])\n"
+        "print(sorted(int(s) for s in logger.layers['step'].unique()), logger.layers['layer_name'].nunique())\n"
+    )
+    run = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["[0,", "1,", "2]", "4"]
+    # `python -m vgbench` puts the working directory first on sys.path too.
+    cli = subprocess.run(
+        [sys.executable, "-m", "vgbench", "list"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "relu" in cli.stdout

@@ -15,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import backend, suites
-from bench.cli import main
-from bench.config import LATE_FIELD_DEFAULTS, RunConfig
-from bench.errors import UsageError
-from bench.runner import run_suite
+from vgbench.bench import backend, suites
+from vgbench.bench.cli import main
+from vgbench.bench.config import LATE_FIELD_DEFAULTS, RunConfig
+from vgbench.bench.errors import UsageError
+from vgbench.bench.runner import run_suite
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = REPO / "reports" / "baseline"
@@ -30,7 +30,7 @@ def _vgbench(*args, env=None, timeout=600):
     base = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "vgbench", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
     )
 
 

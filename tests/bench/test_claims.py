@@ -24,12 +24,12 @@ import pandas as pd
 import pytest
 import yaml
 
-import models
-from bench import claims, metrics, protocol, suites, theory
-from bench.cli import main
-from bench.config import RunConfig
-from bench.errors import UsageError
-from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, load_results
+from vgbench import models
+from vgbench.bench import claims, metrics, protocol, suites, theory
+from vgbench.bench.cli import main
+from vgbench.bench.config import RunConfig
+from vgbench.bench.errors import UsageError
+from vgbench.bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, load_results
 
 REPO = Path(__file__).resolve().parents[2]
 NO_LAYERS = pd.DataFrame(columns=LAYER_COLUMNS)
@@ -350,7 +350,7 @@ def test_derivative_bound_on_real_runs_through_the_cli(tmp_path, mnist_path):
         [
             sys.executable,
             "-m",
-            "bench",
+            "vgbench",
             "run",
             "--suite",
             str(suite_file),

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import suites
-from bench.cli import main
-from bench.config import CONFIG_FIELDS, RunConfig
-from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, RUN_OUTCOME_COLUMNS
+from vgbench.bench import suites
+from vgbench.bench.cli import main
+from vgbench.bench.config import CONFIG_FIELDS, RunConfig
+from vgbench.bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, RUN_OUTCOME_COLUMNS
 
 pytestmark = pytest.mark.mnist
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.mnist
 def _vgbench(*args, timeout=300):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "vgbench", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -99,7 +99,7 @@ def test_killed_suite_resumes_and_matches_a_clean_run(smoke, mnist_path, tmp_pat
     args = [
         sys.executable,
         "-m",
-        "bench",
+        "vgbench",
         "run",
         "--suite",
         "smoke",
@@ -219,7 +219,7 @@ def test_run_config_round_trip_and_stable_id():
         [
             sys.executable,
             "-c",
-            "from bench.config import RunConfig as R; "
+            "from vgbench.bench.config import RunConfig as R; "
             "print(R(activation='relu', initializer='he_normal', fix='batchnorm+residual', depth=7).run_id)",
         ],
         capture_output=True,

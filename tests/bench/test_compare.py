@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import cli
-from bench import compare as cmp
-from bench.config import RunConfig
-from bench.errors import UsageError
-from bench.results import RUN_OUTCOME_COLUMNS, SCHEMA_VERSION, load_results, write_json_atomic
+from vgbench.bench import cli
+from vgbench.bench import compare as cmp
+from vgbench.bench.config import RunConfig
+from vgbench.bench.errors import UsageError
+from vgbench.bench.results import RUN_OUTCOME_COLUMNS, SCHEMA_VERSION, load_results, write_json_atomic
 
 GOLDEN = Path(__file__).parent / "golden" / "compare.md"
 
@@ -470,7 +470,7 @@ def test_a_bad_tolerances_file_is_one_line_and_exit_2(tmp_path, capsys, content)
 def test_a_baseline_that_cannot_be_consolidated_is_a_usage_error(tmp_path, monkeypatch):
     # A baseline without runs.parquet is consolidated on loading, which
     # writes into it; a read-only one (simulated: root ignores file modes) fails.
-    from bench import results
+    from vgbench.bench import results
 
     baseline = write_results(tmp_path / "baseline", [spec()])
     (baseline / "runs.parquet").unlink()
@@ -577,7 +577,7 @@ def test_output_order_does_not_depend_on_input_order(tmp_path):
 
 
 def test_a_row_fails_only_with_a_failing_mark_that_gates():
-    from bench.compare.records import Row
+    from vgbench.bench.compare.records import Row
 
     assert Row("b", "test_accuracy", "worse").fails
     assert not Row("b", "wall_time_s", "worse", gating=False).fails
@@ -588,8 +588,8 @@ def test_a_row_fails_only_with_a_failing_mark_that_gates():
 
 
 def test_benchmark_identity_ignores_dtypes_seeds_and_measurement_settings():
-    from bench.compare import matching
-    from bench.config import benchmark_fields
+    from vgbench.bench.compare import matching
+    from vgbench.bench.config import benchmark_fields
 
     config = {**BASE_CONFIG, "depth": 20, "width": 128}
     base = pd.DataFrame([{**config, "run_id": "a", "seed": 0}, {**config, "run_id": "b", "seed": 1}])
@@ -614,8 +614,8 @@ def test_benchmark_identity_ignores_dtypes_seeds_and_measurement_settings():
 
 
 def test_remarks_are_decided_by_reasons_not_by_their_words(tmp_path, monkeypatch):
-    from bench.compare import render
-    from bench.compare.records import Reason
+    from vgbench.bench.compare import render
+    from vgbench.bench.compare.records import Reason
 
     # Reworded notes: the remarks that depend on them must not change.
     monkeypatch.setitem(render._REASON_TEXT, Reason.MEASUREMENT, lambda d: f"{d['field']} was set otherwise")
@@ -716,7 +716,7 @@ def _structured_npz(path, n_train=512, n_test=128):
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory):
     """Results of a tiny MLP trained twice, and once with a far too small initialization."""
-    from bench.runner import run_suite
+    from vgbench.bench.runner import run_suite
 
     root = tmp_path_factory.mktemp("real")
     data = _structured_npz(root / "data.npz")

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import data
-from bench.data import (
+from vgbench.bench import data
+from vgbench.bench.data import (
     ARRAY_KEYS,
     IDX_FILES,
     KNOWN_CHECKSUMS,
@@ -35,7 +35,7 @@ from bench.data import (
     prepare,
     read_idx,
 )
-from bench.errors import UsageError
+from vgbench.bench.errors import UsageError
 
 # Tiny files are never the published data; the warning has its own test.
 pytestmark = pytest.mark.filterwarnings("ignore::bench.data.NonStandardDataWarning")

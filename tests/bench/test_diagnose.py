@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-import bench  # noqa: F401  (before keras: portable numerics)
+import vgbench  # noqa: F401  (before keras: portable numerics)
 
 # isort: split
 import keras
@@ -17,13 +17,13 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from bench import data
-from bench.cli import main, make_parser
-from bench.config import RunConfig
-from bench.diagnose import diagnose
-from bench.errors import UsageError
-from bench.lock import DirectoryLock
-from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, VARIABLE_COLUMNS, load_results
+from vgbench.bench import data
+from vgbench.bench.cli import main, make_parser
+from vgbench.bench.config import RunConfig
+from vgbench.bench.diagnose import diagnose
+from vgbench.bench.errors import UsageError
+from vgbench.bench.lock import DirectoryLock
+from vgbench.bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, VARIABLE_COLUMNS, load_results
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SUITE = yaml.safe_load((REPO_ROOT / "bench" / "suites" / "default.yaml").read_text())["defaults"]

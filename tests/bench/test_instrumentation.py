@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-import models
-from bench.instrumentation import GradientNormLogger
-from bench.results import HISTORY_COLUMNS, LAYER_COLUMNS
+from vgbench import models
+from vgbench.bench.instrumentation import GradientNormLogger
+from vgbench.bench.results import HISTORY_COLUMNS, LAYER_COLUMNS
 
 
 def _data(n=64, shape=(784,), seed=0):

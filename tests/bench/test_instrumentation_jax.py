@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import bench  # noqa: F401  (before keras: portable numerics)
-import models
-from bench.instrumentation import GradientNormLogger
-from bench.quantities import cadence_fields
-from bench.train import measure_at_init
+import vgbench  # noqa: F401  (before keras: portable numerics)
+from vgbench import models
+from vgbench.bench.instrumentation import GradientNormLogger
+from vgbench.bench.quantities import cadence_fields
+from vgbench.bench.train import measure_at_init
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,13 +111,13 @@ _JAX_SCRIPT = textwrap.dedent(
     import json, sys, warnings
     from pathlib import Path
 
-    import bench  # noqa: F401
+    import vgbench  # noqa: F401
     import keras
     import numpy as np
 
-    import models
-    from bench.instrumentation import GradientNormLogger
-    from bench.train import measure_at_init
+    from vgbench import models
+    from vgbench.bench.instrumentation import GradientNormLogger
+    from vgbench.bench.train import measure_at_init
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
     work = Path(sys.argv[1])

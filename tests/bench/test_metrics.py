@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import metrics
+from vgbench.bench import metrics
 
 
 def _layers(run_id, norms_by_step, kernel_sizes=None, dead=None):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import compare, metrics, quantities, results
+from vgbench.bench import compare, metrics, quantities, results
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,7 @@ _NEW_QUANTITY = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from bench import quantities
+    from vgbench.bench import quantities
 
     def kernel_grad_max(v):
         import tensorflow as tf
@@ -73,7 +73,7 @@ _NEW_QUANTITY = textwrap.dedent(
     quantities.LAYER_QUANTITIES["kernel_grad_max"] = quantities.Quantity(
         "kernel_grad_max", "layer", "largest kernel gradient", kernel_grad_max, "grad", scale="log", unit="norm")
 
-    from bench import metrics
+    from vgbench.bench import metrics
     metrics.METRICS["kernel_grad_max_init"] = quantities.Quantity(
         "kernel_grad_max_init", "run", "largest first-layer gradient at step 0",
         lambda ctx: ctx.layers[(ctx.layers.step == 0) & (ctx.layers.layer_index == 0)]
@@ -82,9 +82,9 @@ _NEW_QUANTITY = textwrap.dedent(
     metrics.METRIC_COLUMNS.append("kernel_grad_max_init")
 
     import keras, tensorflow as tf
-    import models
-    from bench import compare, results
-    from bench.instrumentation import GradientNormLogger
+    from vgbench import models
+    from vgbench.bench import compare, results
+    from vgbench.bench.instrumentation import GradientNormLogger
 
     keras.utils.set_random_seed(0)
     model = models.build_model("mlp", depth=3, width=8, activation="tanh", initializer="glorot_uniform",

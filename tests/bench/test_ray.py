@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import suites
-from bench.errors import UsageError
-from bench.executors import ray as ray_executor
-from bench.results import load_results
-from bench.runner import run_suite
+from vgbench.bench import suites
+from vgbench.bench.errors import UsageError
+from vgbench.bench.executors import ray as ray_executor
+from vgbench.bench.results import load_results
+from vgbench.bench.runner import run_suite
 
 # Tight: the executors run the same ops with the same thread count, so the
 # numbers agree to the last bit here; the margin only absorbs platforms whose
@@ -134,7 +134,7 @@ def test_unreachable_address_is_one_line_exit_2(address, tmp_path, mnist_path):
     cmd = [
         sys.executable,
         "-m",
-        "bench",
+        "vgbench",
         "run",
         "--suite",
         "smoke",
@@ -165,7 +165,7 @@ def test_missing_ray_is_a_usage_error(monkeypatch, tmp_path):
 
 def test_datasets_the_driver_did_not_pass_are_loaded(monkeypatch, tmp_path):
     _ray()
-    from bench import data
+    from vgbench.bench import data
 
     loaded = []
     monkeypatch.setattr(data, "load_dataset", lambda name, path: loaded.append((name, path)))

@@ -21,8 +21,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from bench.cli import main
-from bench.results import DAMAGED_DIR, check_run, load_results, run_dir_name
+from vgbench.bench.cli import main
+from vgbench.bench.results import DAMAGED_DIR, check_run, load_results, run_dir_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +66,7 @@ def _cmd(out, data, *extra, seeds="0-3", steps=2):
     return [
         sys.executable,
         "-m",
-        "bench",
+        "vgbench",
         "run",
         *TINY,
         "--seeds",
@@ -168,7 +168,7 @@ def test_second_writer_is_refused_at_once(tmp_path, data):
 
 
 def test_wait_queues_behind_the_holder(tmp_path, done, data):
-    from bench.lock import DirectoryLock
+    from vgbench.bench.lock import DirectoryLock
 
     out = tmp_path / "out"
     shutil.copytree(done, out)
@@ -194,7 +194,7 @@ def test_wait_queues_behind_the_holder(tmp_path, done, data):
 
 
 def test_resume_with_other_data_is_refused(tmp_path, done, data):
-    from bench.data import load_dataset
+    from vgbench.bench.data import load_dataset
 
     out = tmp_path / "out"
     shutil.copytree(done, out)
@@ -292,7 +292,7 @@ def test_damaged_run_folders_are_moved_aside_and_redone(tmp_path, data):
     (out / "runs.parquet").unlink()
     # Readers refuse a damaged folder that the tables do not cover: one line, exit 2.
     report = subprocess.run(
-        [sys.executable, "-m", "bench", "report", str(out)],
+        [sys.executable, "-m", "vgbench", "report", str(out)],
         capture_output=True,
         text=True,
         env=_env(),

@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import metrics
-from bench.errors import UsageError
-from bench.report import figures, findings, tables, text
-from bench.report.build import build_report
-from bench.report.findings import flatten
-from bench.results import load_results, write_json_atomic, write_parquet_atomic
+from vgbench.bench import metrics
+from vgbench.bench.errors import UsageError
+from vgbench.bench.report import figures, findings, tables, text
+from vgbench.bench.report.build import build_report
+from vgbench.bench.report.findings import flatten
+from vgbench.bench.results import load_results, write_json_atomic, write_parquet_atomic
 
 pytestmark = pytest.mark.filterwarnings("ignore::bench.data.NonStandardDataWarning")
 
@@ -68,8 +68,8 @@ def _tiny_dataset(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def report_results(tmp_path_factory) -> Path:
     """A results directory from the real runner: 2 seeds, 2 depths, 1 fix, 1 diverged run."""
-    from bench.config import RunConfig
-    from bench.runner import run_suite
+    from vgbench.bench.config import RunConfig
+    from vgbench.bench.runner import run_suite
 
     root = tmp_path_factory.mktemp("report")
     data = _tiny_dataset(root / "tiny.npz")
@@ -391,7 +391,7 @@ def _subset(src: Path, dst: Path, keep, history=True) -> Path:
 
 
 def test_missing_data_skips_figures_with_reasons(report_results, tmp_path, capsys):
-    from bench.cli import main
+    from vgbench.bench.cli import main
 
     src = _subset(
         report_results,
@@ -494,7 +494,7 @@ def test_every_activation_keeps_its_colour():
 
 
 def test_stray_commas_in_the_format_list_are_ignored():
-    from bench.report.build import _check_formats
+    from vgbench.bench.report.build import _check_formats
 
     assert _check_formats("png,") == ("png",)
     assert _check_formats(" png,,SVG ") == ("png", "svg")
@@ -519,7 +519,7 @@ def test_summary_json_keeps_its_order_and_unicode_and_the_notes_name_the_measure
 @pytest.fixture(scope="module")
 def report_pairs(report_tables):
     """(results, run table with flags, pair table) of the test results."""
-    from bench.report import predictions
+    from vgbench.bench.report import predictions
 
     r, _ = report_tables
     runs_m = tables.run_table(r.runs, r.layers, predictions.predict_runs(r.runs, r.manifest).runs)
@@ -763,8 +763,8 @@ def _probe_moments(report_results: Path, batch_size: int) -> np.ndarray:
 
 
 def test_summary_carries_predictions_and_measurements_per_run(report_summary, report_results, report_tables):
-    from bench import theory
-    from bench.config import RunConfig
+    from vgbench.bench import theory
+    from vgbench.bench.config import RunConfig
 
     _, runs_m = report_tables
     section = report_summary["theory"]
@@ -838,7 +838,7 @@ def test_gradient_figure_draws_the_prediction_dashed_beside_the_measured_signal(
     results, _ = report_tables
     runs_m = tables.run_table(results.runs, results.layers)
     main_runs, _ = tables.main_slice(runs_m)
-    from bench.report import predictions
+    from vgbench.bench.report import predictions
 
     predicted = predictions.predict_runs(results.runs, results.manifest)
     profiles = tables.gradient_profiles(main_runs, results.layers, predicted.layers)
@@ -976,7 +976,7 @@ _DECIDED = ("glorot2010-sigmoid-worst", "glorot2010-normalized-init", "normaliza
 @pytest.fixture(scope="module")
 def claims_results(report_results, tmp_path_factory) -> Path:
     """The test results plus the runs of three claims (tables only), under a manifest declaring best_lr."""
-    from bench import claims
+    from vgbench.bench import claims
 
     r = load_results(report_results)
     rows, seen = [], set()
@@ -1027,7 +1027,7 @@ def _medians_by_hand(name: str) -> dict:
 
 
 def test_the_claims_section_opens_the_report_with_every_claim_and_its_verdict(claims_report):
-    from bench import claims
+    from vgbench.bench import claims
 
     index, summary = claims_report
     page = index.read_text()
@@ -1056,7 +1056,7 @@ def test_the_claims_section_opens_the_report_with_every_claim_and_its_verdict(cl
 
 
 def test_the_report_states_the_verdicts_claims_evaluate_gives_on_the_same_tables(claims_report, claims_results):
-    from bench import claims
+    from vgbench.bench import claims
 
     _, summary = claims_report
     r = load_results(claims_results)
@@ -1238,7 +1238,7 @@ def test_pair_heatmaps_fit_the_page_and_label_their_colour_bars(report_pairs):
     _, runs_m, pairs = report_pairs
     _, main = tables.main_slice(runs_m)
     grid = tables.pair_grid(pairs, main)
-    from bench.report.build import _GRID_PANELS
+    from vgbench.bench.report.build import _GRID_PANELS
 
     for name, panels in _GRID_PANELS.items():
         fig = figures.pair_heatmaps(grid, figures.category_palette(pairs["activation"]), panels, name)

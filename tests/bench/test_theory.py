@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, special, stats
 
-import models
-from bench import theory
-from bench.cli import main
+from vgbench import models
+from vgbench.bench import theory
+from vgbench.bench.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -239,7 +239,7 @@ def test_every_registered_name_has_a_model():
 
 
 def test_prediction_for_run_configs():
-    from bench.config import RunConfig
+    from vgbench.bench.config import RunConfig
 
     base = RunConfig(activation="tanh", initializer="glorot_uniform", depth=10, width=64)
     plain = theory.predict_config(base, 0.1)
@@ -365,8 +365,8 @@ def test_input_second_moment_from_mnist(capsys, mnist_path):
 def test_theory_never_imports_tensorflow():
     code = """
 import sys, models
-from bench import theory
-from bench.cli import main
+from vgbench.bench import theory
+from vgbench.bench.cli import main
 theory.predict_grid(models.activations.names(), models.initializers.names(), depth=50, width=128)
 assert main(["theory", "--json", "--depth", "3"]) == 0
 loaded = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)

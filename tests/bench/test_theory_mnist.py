@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench import data as data_mod
-from bench import metrics, theory
-from bench.config import RunConfig
-from bench.train import train_run
+from vgbench.bench import data as data_mod
+from vgbench.bench import metrics, theory
+from vgbench.bench.config import RunConfig
+from vgbench.bench.train import train_run
 
 pytestmark = pytest.mark.mnist
 

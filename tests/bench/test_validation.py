@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
-from bench import data, sizing
-from bench.cli import main
-from bench.config import RunConfig
+from vgbench.bench import data, sizing
+from vgbench.bench.cli import main
+from vgbench.bench.config import RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,7 +83,7 @@ def test_memory_estimate_grows_with_the_model():
     assert small < deep and small < wide
     # Weights, gradients and optimizer slots: Adam holds two more copies than SGD.
     sgd, adam = (sizing.estimate_memory(RunConfig(width=2048, optimizer=o)) for o in ("sgd", "adam"))
-    from models.architectures import count_params
+    from vgbench.models.architectures import count_params
 
     assert adam - sgd == 2 * 4 * count_params("mlp", depth=20, width=2048)
 
@@ -128,7 +128,7 @@ def test_bad_suite_files_are_refused(text, fragments, tmp_path, capsys):
     _refused(capsys, ["run", "--suite", _suite(tmp_path, text), "--out", str(out)], *fragments, out=out)
 
 
-def test_keras_imported_before_bench_warns_once():
+def test_keras_imported_before_vgbench_warns_once():
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
@@ -139,12 +139,12 @@ def test_keras_imported_before_bench_warns_once():
         assert proc.returncode == 0, proc.stderr
         return proc.stderr
 
-    late = stderr_of("import tensorflow, bench, bench.cli")
-    assert late.count("TensorFlow was imported before bench") == 1
+    late = stderr_of("import tensorflow, vgbench, vgbench.bench.cli")
+    assert late.count("TensorFlow was imported before vgbench") == 1
     assert "TF_ENABLE_ONEDNN_OPTS=0" in late
-    assert "imported before bench" not in stderr_of("import bench, tensorflow")
+    assert "imported before vgbench" not in stderr_of("import vgbench, tensorflow")
     # The variable set by the user before TensorFlow starts is what counts.
-    assert "imported before bench" not in stderr_of("import tensorflow, bench", TF_ENABLE_ONEDNN_OPTS="0")
+    assert "imported before vgbench" not in stderr_of("import tensorflow, vgbench", TF_ENABLE_ONEDNN_OPTS="0")
 
 
 # --- Data: checked in this process before any executor starts --------------------

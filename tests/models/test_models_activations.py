@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import UnknownNameError, activations
+from vgbench.models import UnknownNameError, activations
 
 REQUIRED = {
     "sigmoid": "saturating",
@@ -210,7 +210,7 @@ def test_non_saturating_activations_have_no_output_derivative(name):
 
 def test_importing_the_package_does_not_import_keras():
     code = (
-        "import sys, models; "
+        "import sys; from vgbench import models; "
         "models.activations.get('leaky_relu(negative_slope=0.1)'); models.initializers.names(); "
         "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, 'heavy import'"
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import (
+from vgbench.models import (
     HiddenLayer,
     UnknownNameError,
     activations,
@@ -15,7 +15,7 @@ from models import (
     initializers,
     output_layer,
 )
-from models.architectures import block_sizes, count_params
+from vgbench.models.architectures import block_sizes, count_params
 
 RNG = np.random.default_rng(0)
 # One shared batch keeps the pairwise test fast.

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from models import UnknownNameError, initializers
+from vgbench.models import UnknownNameError, initializers
 
 REQUIRED = [
     "random_normal",

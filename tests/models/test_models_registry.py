@@ -2,8 +2,8 @@ import pickle
 
 import pytest
 
-from models import registry
-from models.registry import UnknownNameError
+from vgbench.models import registry
+from vgbench.models.registry import UnknownNameError
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import build_model, hidden_layers
+from vgbench.models import build_model, hidden_layers
 
 pytestmark = pytest.mark.mnist
 
