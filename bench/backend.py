@@ -84,21 +84,6 @@ def select(name: str) -> str:
     return name
 
 
-def versions(name: str) -> dict:
-    """{package: version} of the packages of backend ``name`` that are installed."""
-    from vgbench.bench.provenance import package_versions
-
-    have = package_versions()
-    out = {}
-    for package in PACKAGES.get(name, ()):
-        version = have.get(package)
-        if package == "tensorflow":
-            version = have.get("tensorflow-cpu") or version
-        if version is not None:
-            out[package] = version
-    return out
-
-
 def with_backend(runs):
     """``runs`` (a runs table) with a ``backend`` column; runs recorded before the field existed ran TensorFlow."""
     runs = runs.copy()

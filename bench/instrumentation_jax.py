@@ -15,7 +15,7 @@ once per epoch.
 
 The backward signal ∂L/∂z: JAX cannot watch an intermediate value, so the
 traced forward pass adds a zero "probe" array to each unit's z (through the
-same per-instance wrappers that record z on TensorFlow, `_tapped`) and the
+same per-instance wrappers that record z on TensorFlow, `bench.tapping.tapped`) and the
 one `jax.value_and_grad` call differentiates with respect to the weights and
 the probes. The probes' shapes come from an abstract evaluation of the
 forward pass (`jax.eval_shape`) while the step is traced, so they cost
@@ -32,6 +32,8 @@ import dataclasses
 
 import keras
 import numpy as np
+
+from vgbench.bench.tapping import Pass, tapped
 
 # A step's loss is read this many steps after it was dispatched: by then it
 # has been computed, so reading it does not stall the pipeline.
@@ -62,14 +64,12 @@ class Steps:
         """One training-mode forward and backward pass, traced: Keras' loss and gradients, and the recording.
 
         Returns:
-            ``(pass, aux)``: the `_Pass` of the recording, and Keras'
+            ``(pass, aux)``: the `bench.tapping.Pass` of the recording, and Keras'
             ``(unscaled_loss, y_pred, non_trainable_variables,
             metrics_variables)``.
         """
         import jax
         import jax.numpy as jnp
-
-        from vgbench.bench.instrumentation import _Pass, _tapped
 
         logger = self.logger
         model, units = self.model, logger._units
@@ -78,7 +78,7 @@ class Steps:
         recordings = []
 
         def loss_fn(tv, probes):
-            with _tapped(units, probes) as rec:
+            with tapped(units, probes) as rec:
                 loss, aux = model.compute_loss_and_updates(
                     tv, ntv, mv, x, y, sample_weight, training=True, optimizer_variables=ov
                 )
@@ -99,7 +99,7 @@ class Steps:
             with keras.StatelessScope(state_mapping=mapping):
                 unscale = 1.0 / keras.ops.cast(opt.scale_loss(keras.ops.ones(())), "float32")
         batch = next(t for t in keras.tree.flatten(x) if t is not None).shape[0]
-        p = _Pass(
+        p = Pass(
             y_pred=aux[1],
             loss=aux[0],
             acts=acts,

@@ -13,6 +13,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from vgbench.bench import backend
+
 PACKAGES = (
     "vgbench",
     "tensorflow-cpu",
@@ -96,6 +98,19 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def backend_versions(name: str) -> dict:
+    """{package: version} of the packages of backend ``name`` that are installed."""
+    have = package_versions()
+    out = {}
+    for package in backend.PACKAGES.get(name, ()):
+        version = have.get(package)
+        if package == "tensorflow":
+            version = have.get("tensorflow-cpu") or version
+        if version is not None:
+            out[package] = version
+    return out
+
+
 def run_provenance() -> dict:
     """The per-run provenance columns of runs.parquet.
 
@@ -104,8 +119,6 @@ def run_provenance() -> dict:
     records ``jax_version`` and ``jaxlib_version``. TensorFlow's version is
     recorded on every backend: its `tf.data` feeds the batches.
     """
-    from vgbench.bench import backend
-
     versions = package_versions()
     keras_backend = backend.loaded() or backend.default_backend()
     out = {
@@ -116,5 +129,5 @@ def run_provenance() -> dict:
         "keras_backend": keras_backend,
     }
     if keras_backend != "tensorflow":
-        out.update({f"{p}_version": v for p, v in backend.versions(keras_backend).items()})
+        out.update({f"{p}_version": v for p, v in backend_versions(keras_backend).items()})
     return out

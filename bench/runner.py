@@ -38,7 +38,7 @@ from vgbench.bench.executors import ray as ray_executor
 from vgbench.bench.executors.base import SuiteSummary, drive
 from vgbench.bench.executors.local import InlineExecutor, PoolExecutor
 from vgbench.bench.lock import LOCK_NAME, DirectoryLock
-from vgbench.bench.provenance import git_sha, package_versions, platform_info
+from vgbench.bench.provenance import backend_versions, git_sha, package_versions, platform_info
 from vgbench.bench.train import TENSORBOARD_ENV
 
 __all__ = ["SuiteSummary", "check_tensorboard_dir", "open_results", "prepare_out", "run_suite", "write_manifest"]
@@ -414,7 +414,7 @@ def _one_backend(configs) -> str:
 
 def _backend_versions(backend: str) -> dict:
     """The manifest's record of the backend's packages: {"backend_versions": {package: version}}."""
-    return {"backend_versions": backend_mod.versions(backend)}
+    return {"backend_versions": backend_versions(backend)}
 
 
 def check_tensorboard_dir(path):
