@@ -81,7 +81,28 @@ def select(name: str) -> str:
             f"Set {ENV}={name} before importing keras, or run in a new process."
         )
     os.environ[ENV] = name
+    if name == "jax":
+        use_compilation_cache()
     return name
+
+
+def use_compilation_cache() -> None:
+    """Lets JAX keep its compiled steps on disk, for this process and those it starts.
+
+    Each run builds a new model, so XLA compiles its train, test and step-0
+    functions again; the compiled code depends on the architecture alone (not
+    on the seed, initializer or learning rate, which are values), so the runs
+    of a suite that share an architecture reuse one compilation, and so do
+    later suites. A compiled function is the same code whether compiled now
+    or read back, and gives the same numbers. ``$JAX_COMPILATION_CACHE_DIR``
+    chooses the folder (default: ``$XDG_CACHE_HOME/vgbench/jax``, else
+    ``~/.cache/vgbench/jax``); every compilation is kept, however short.
+    """
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(base, "vgbench", "jax")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def with_backend(runs):

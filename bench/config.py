@@ -65,9 +65,9 @@ def stable_identity(values: dict) -> dict:
 # Learning rates above this diverge at once in every model here; a typo such
 # as 1e308 or inf would only fill a suite with diverged runs.
 MAX_LEARNING_RATE = 10.0
-# TensorFlow's initializers and dropout take 32-bit seeds, and the model
-# builder derives per-layer seeds up to `seed + 2 * depth`
-# (`models.architectures`), so a run's seed must leave room for those.
+# A run's seed, like the per-layer seeds derived from it
+# (`models.architectures.layer_seed`), stays within the 31 bits that
+# TensorFlow's and JAX's random generators take.
 SEED_LIMIT = 2**31
 
 
@@ -208,11 +208,10 @@ class RunConfig:
         positive_int("max_steps", allow_none=True, allow_zero=True)
         positive_int("train_samples", allow_none=True)
         positive_int("test_samples", allow_none=True)
-        max_seed = SEED_LIMIT - 1 - 2 * self.depth
+        max_seed = SEED_LIMIT - 1
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= max_seed:
             raise ValueError(
-                f"Argument `seed` must be an integer in [0, {max_seed}] (2**31 - 1 minus the per-layer offsets "
-                f"of depth {self.depth}). Received: seed={shorten(repr(self.seed))}"
+                f"Argument `seed` must be an integer in [0, {max_seed}]. Received: seed={shorten(repr(self.seed))}"
             )
         lr = self.learning_rate
         if (

@@ -26,10 +26,14 @@ CNN, groups restart after each pooling layer so that no skip spans a change
 of resolution. A group cut short by the end of the network (or by a pool)
 still gets its skip, over the blocks that remain.
 
-Seeds: the kernel of `hidden_{i}` is initialized with `seed + i`, the output
-layer's with `seed + depth`, the projection at block i's with
-`seed + depth + 1 + i`, and the dropout of block i uses `seed + i`. Biases
-start at zero.
+Seeds: every layer's initializer gets its own seed, drawn from the run's
+seed and the layer's slot by `numpy.random.SeedSequence` (`layer_seed`):
+slot i for the kernel of `hidden_{i}`, `depth` for the output layer,
+`depth + 1 + i` for the projection at block i, and a stream of their own for
+the dropout masks. Runs of two seeds therefore share no weights: with the
+seed plus the layer's index, as before, seed s + 1's kernel i was seed s's
+kernel i + 1, so "three seeds" were largely the same matrices in other
+places. Biases start at zero unless a bias initializer is given.
 """
 
 from __future__ import annotations
@@ -143,8 +147,8 @@ def build_model(
     def weight_layer(units, name, seed_offset, kernel_size=3, use_bias=True):
         kwargs = dict(
             use_bias=use_bias,
-            kernel_initializer=init.make(seed + seed_offset),
-            bias_initializer=bias_init.make(_bias_seed(seed + seed_offset)),
+            kernel_initializer=init.make(layer_seed(seed, seed_offset)),
+            bias_initializer=bias_init.make(_bias_seed(layer_seed(seed, seed_offset))),
             name=name,
         )
         if conv:
@@ -178,18 +182,31 @@ def build_model(
                 )(shortcut)
             x = keras.layers.Add(name=f"{prefix}_add")([x, shortcut])
         if dropout > 0:
-            x = keras.layers.Dropout(dropout, seed=seed + i, name=f"{prefix}_dropout")(x)
+            x = keras.layers.Dropout(dropout, seed=layer_seed(seed, i, stream=1), name=f"{prefix}_dropout")(x)
         if i in pool_after:
             x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool_{pool_after.index(i)}")(x)
     if conv:
         x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
     outputs = keras.layers.Dense(
         num_classes,
-        kernel_initializer=init.make(seed + depth),
-        bias_initializer=bias_init.make(_bias_seed(seed + depth)),
+        kernel_initializer=init.make(layer_seed(seed, depth)),
+        bias_initializer=bias_init.make(_bias_seed(layer_seed(seed, depth))),
         name="output",
     )(x)
     return keras.Model(inputs, outputs, name=arch)
+
+
+def layer_seed(seed: int, slot: int, stream: int = 0) -> int:
+    """The seed of one layer's initializer (``stream`` 0) or dropout (1), from the run's seed and the layer's slot.
+
+    Derived by `numpy.random.SeedSequence`, so that the layers of one run and
+    the runs of nearby seeds draw from unrelated streams (``seed + slot``
+    would give seed s + 1 the kernels of seed s, one layer over). Within the
+    31-bit range TensorFlow's and JAX's seeds take.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, stream, slot]).generate_state(1)[0]) % _SEED_RANGE
 
 
 def _bias_seed(kernel_seed: int) -> int:

@@ -142,16 +142,29 @@ def mixed(tmp_path_factory, mnist_path):
     out = tmp_path_factory.mktemp("mixed")
     tf_run = _vgbench("run", *_TINY, "--seeds", "0", "--data", mnist_path, "--out", out, "--jobs", 1)
     assert tf_run.returncode == 0, tf_run.stderr
+    cache = tmp_path_factory.mktemp("jax-cache")
     jax_run = _vgbench(
-        "run", *_TINY, "--seeds", "0,1", "--backend", "jax", "--data", mnist_path, "--out", out, "--jobs", 2
-    )
+        "run", *_TINY, "--seeds", "0,1", "--backend", "jax", "--data", mnist_path, "--out", out, "--jobs", 2,
+        env={"JAX_COMPILATION_CACHE_DIR": str(cache)},
+    )  # fmt: skip
     assert jax_run.returncode == 0, jax_run.stderr
-    return out
+    return out, cache
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_jax_runs_keep_their_compiled_steps_on_disk(mixed):
+    # The runs of one architecture share their compilations (see bench.backend.use_compilation_cache).
+    _, cache = mixed
+    names = [p.name for p in cache.iterdir()]
+    assert any(n.startswith("jit_train_step") for n in names), names
+    assert any(n.startswith("jit_init_step") for n in names), names
 
 
 @pytest.mark.mnist
 @pytest.mark.slow
 def test_one_config_on_both_backends_is_two_runs_with_their_provenance(mixed):
+    mixed, _ = mixed
     runs = pd.read_parquet(mixed / "runs.parquet").sort_values(["backend", "seed"])
     assert list(runs["backend"]) == ["jax", "jax", "tensorflow"]
     assert runs["run_id"].nunique() == 3 and set(runs["status"]) == {"ok"}
@@ -170,6 +183,7 @@ def test_one_config_on_both_backends_is_two_runs_with_their_provenance(mixed):
 @pytest.mark.mnist
 @pytest.mark.slow
 def test_resuming_with_the_other_backend_runs_its_own_runs(mixed, mnist_path):
+    mixed, _ = mixed
     again = _vgbench("run", *_TINY, "--seeds", "0,1", "--backend", "jax", "--data", mnist_path, "--out", mixed)
     assert again.returncode == 0, again.stderr
     runs = pd.read_parquet(mixed / "runs.parquet")
@@ -182,6 +196,7 @@ def test_resuming_with_the_other_backend_runs_its_own_runs(mixed, mnist_path):
 @pytest.mark.mnist
 @pytest.mark.slow
 def test_report_tells_the_backends_apart(mixed, tmp_path):
+    mixed, _ = mixed
     proc = _vgbench("report", mixed, "--out-dir", tmp_path / "report")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
@@ -196,35 +211,40 @@ def test_report_tells_the_backends_apart(mixed, tmp_path):
 
 @pytest.fixture(scope="module")
 def ci_across_backends(mnist_path, tmp_path_factory):
-    """The ci suite on JAX, compared with the committed baseline (the ci suite on TensorFlow): (exit code, Markdown)."""
-    tmp = tmp_path_factory.mktemp("ci-jax")
-    current = tmp / "ci-jax"
-    run = _vgbench("run", "--suite", "ci", "--backend", "jax", "--data", mnist_path, "--out", current, "--jobs", 2)
-    assert run.returncode == 0, run.stderr
+    """The ci suite with seeds 0, 1, 2 on TensorFlow and on JAX, compared: (exit code, Markdown)."""
+    tmp = tmp_path_factory.mktemp("ci-backends")
+    sides = {}
+    for name in ("tensorflow", "jax"):
+        out = sides[name] = tmp / name
+        args = ["run", "--suite", "ci", "--seeds", "0,1,2", "--backend", name, "--data", mnist_path]
+        run = _vgbench(*args, "--out", out, "--jobs", 2)
+        assert run.returncode == 0, run.stderr
     report = tmp / "compare.md"
-    cmp = _vgbench("compare", BASELINE, current, "--markdown", report)
+    cmp = _vgbench("compare", sides["tensorflow"], sides["jax"], "--markdown", report)
     assert report.exists(), cmp.stderr
     return cmp.returncode, report.read_text()
 
 
 @pytest.mark.mnist
 @pytest.mark.slow
-def test_ci_suite_on_jax_pairs_with_the_tensorflow_baseline(ci_across_backends):
+def test_ci_suite_pairs_across_backends(ci_across_backends):
     _, text = ci_across_backends
     assert "backend tensorflow" in text and "backend jax" in text
     assert "Across backends: the baseline ran on tensorflow and the current results on jax" in text
     # Every benchmark found its counterpart: none only on one side.
     assert " missing" not in text and " added" not in text and "## vgbench compare: not comparable" not in text
+    assert "3 / 3" in text  # three seeds a side: the comparison is by significance, not one run's tolerance
 
 
 @pytest.mark.mnist
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="JAX's initial weights differ from TensorFlow's for the same seed (another RNG), which moves a 60-step "
-    "ci run's test accuracy by up to ~0.15, as another seed does on TensorFlow; the ci tolerance (0.02, one seed) "
-    "is made for reruns of the same weights. Plain `fit` on JAX gives the same accuracies as the instrumented runs.",
-)
-def test_ci_suite_on_jax_is_within_the_ci_tolerances_of_the_tensorflow_baseline(ci_across_backends):
+def test_ci_suite_on_jax_is_within_seed_noise_of_tensorflow(ci_across_backends):
+    # The same seed gives other initial weights on JAX (another random
+    # generator), so a backend change is judged like a change of seeds: three
+    # a side, a difference counts when it exceeds the tolerance and is
+    # significant. (With per-layer seeds `seed + i`, seed 1 reused seed 0's
+    # kernels one layer over, the seeds were not independent, and relu/He and
+    # tanh came out "worse" on JAX at p = 0.03 and 0.04.)
     code, text = ci_across_backends
     assert code == 0, text
+    assert "**No regression** in 8 benchmarks." in text

@@ -262,16 +262,34 @@ def test_different_seeds_give_different_kernels():
         assert not np.allclose(a.get_layer(name).kernel, b.get_layer(name).kernel)
 
 
+def _seed(seed, slot):
+    # The documented derivation, spelled out: SeedSequence([seed, stream 0, slot]), 31 bits.
+    return int(np.random.SeedSequence([seed, 0, slot]).generate_state(1)[0]) % 2**31
+
+
+def test_nearby_seeds_share_no_kernel():
+    # Three seeds are three draws: no kernel of one run reappears in another, in any layer.
+    kernels = {
+        seed: [np.asarray(mlp(seed=seed, depth=6, width=16).get_layer(f"hidden_{i}").kernel) for i in range(1, 6)]
+        for seed in (0, 1, 2)
+    }
+    for a in (0, 1, 2):
+        for b in (0, 1, 2):
+            if a < b:
+                for ka in kernels[a]:
+                    assert not any(np.allclose(ka, kb) for kb in kernels[b]), (a, b)
+
+
 def test_kernels_use_the_documented_seeds():
     init = initializers.get("glorot_uniform")
     model = mlp(seed=5, depth=3, residual_every=3)
     for i in range(3):
         kernel = model.get_layer(f"hidden_{i}").kernel
-        np.testing.assert_array_equal(kernel, init.make(5 + i)(kernel.shape))
+        np.testing.assert_array_equal(kernel, init.make(_seed(5, i))(kernel.shape))
     out = model.get_layer("output").kernel
-    np.testing.assert_array_equal(out, init.make(5 + 3)(out.shape))
+    np.testing.assert_array_equal(out, init.make(_seed(5, 3))(out.shape))
     proj = model.get_layer("hidden_0_proj").kernel
-    np.testing.assert_array_equal(proj, init.make(5 + 3 + 1 + 0)(proj.shape))
+    np.testing.assert_array_equal(proj, init.make(_seed(5, 3 + 1 + 0))(proj.shape))
     # Blocks of one shape still start from different weights.
     assert not np.allclose(model.get_layer("hidden_1").kernel, model.get_layer("hidden_2").kernel)
     for layer in model.layers:
