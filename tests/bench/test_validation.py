@@ -49,8 +49,8 @@ def _refused(capsys, argv, *fragments, out=None):
         (["--seeds", "5-2"], ["empty range '5-2'", "LOW <= HIGH"]),
         (["--learning-rate", "inf"], ["learning_rate=inf", "(0, 10]"]),
         (["--learning-rate", "1e308"], ["learning_rate=1e+308", "(0, 10]"]),
-        (["--seed", "99999999999"], ["seed=99999999999", "[0, 2147483607]"]),
-        (["--seed", "2147483608"], ["seed=2147483608", "[0, 2147483607]"]),
+        (["--seed", "99999999999"], ["seed=99999999999", "[0, 2147483647]"]),
+        (["--seed", "2147483648"], ["seed=2147483648", "[0, 2147483647]"]),
         (["--initializer", "random_normal(stddev=-1)"], ["stddev > 0", "stddev=-1.0"]),
         (["--initializer", "random_uniform(minval=1.0, maxval=0.0)"], ["minval < maxval", "minval=1.0, maxval=0.0"]),
         (["--width", "10000000"], ["width=10000000", "GiB of memory, more than this machine's"]),
@@ -63,8 +63,8 @@ def test_bad_values_are_refused_before_any_work(args, fragments, jobs, capsys, t
 
 
 def test_the_largest_valid_seed_is_accepted(capsys):
-    assert main(["run", "--seed", "2147483607", "--dry-run"]) == 0
-    assert "s2147483607" in capsys.readouterr().out
+    assert main(["run", "--seed", "2147483647", "--dry-run"]) == 0
+    assert "s2147483647" in capsys.readouterr().out
 
 
 def test_a_depth_that_cannot_fit_names_estimate_and_limit(capsys, tmp_path):
