@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from vgbench.bench import quantities as Q
+from vgbench.bench.backend import DEFAULT_BACKEND, with_backend
 from vgbench.bench.config import RunConfig
 from vgbench.bench.protocol import CHANCE_ACCURACY, best_learning_rate
 from vgbench.bench.utils import json_safe
@@ -127,12 +128,13 @@ class RunSet:
         grid["seed"] = list(SEEDS)
         return grid
 
-    def configs(self) -> list[RunConfig]:
+    def configs(self, backend: str = DEFAULT_BACKEND) -> list[RunConfig]:
+        """The set's runs on ``backend`` (a claim is decided from the runs of one backend)."""
         grid = self.grid()
         lrs = grid.pop("learning_rate")
         seeds = grid.pop("seed")
         lrs = lrs if isinstance(lrs, list) else [lrs]
-        return [RunConfig(**grid, learning_rate=lr, seed=s) for lr in lrs for s in seeds]
+        return [RunConfig(**grid, learning_rate=lr, seed=s, backend=backend) for lr in lrs for s in seeds]
 
 
 @dataclass(frozen=True)
@@ -157,11 +159,11 @@ class Claim:
     reports: tuple[str, ...]
     decide: Callable = field(repr=False, compare=False)
 
-    def configs(self) -> list[RunConfig]:
-        """Every run the claim needs, without duplicates."""
+    def configs(self, backend: str = DEFAULT_BACKEND) -> list[RunConfig]:
+        """Every run the claim needs on ``backend``, without duplicates."""
         seen, out = set(), []
         for rs in self.run_sets:
-            for c in rs.configs():
+            for c in rs.configs(backend):
                 if c.run_id not in seen:
                     seen.add(c.run_id)
                     out.append(c)
@@ -225,13 +227,21 @@ class ClaimResult:
 class Tables:
     """What a claim's rule reads: the stored tables, restricted to the claim's run sets."""
 
-    def __init__(self, claim: Claim, runs_m: pd.DataFrame, layers: pd.DataFrame, history: pd.DataFrame):
+    def __init__(
+        self,
+        claim: Claim,
+        runs_m: pd.DataFrame,
+        layers: pd.DataFrame,
+        history: pd.DataFrame,
+        backend: str = DEFAULT_BACKEND,
+    ):
         self.claim = claim
         self._runs = runs_m
         self._layers = layers
         self._history = history
+        self._backend = backend
         self._sets = {rs.name: rs for rs in claim.run_sets}
-        self._ids = {rs.name: [c.run_id for c in rs.configs()] for rs in claim.run_sets}
+        self._ids = {rs.name: [c.run_id for c in rs.configs(backend)] for rs in claim.run_sets}
 
     def runs(self, name: str) -> pd.DataFrame:
         """The per-run rows (with metrics) of a run set."""
@@ -251,7 +261,7 @@ class Tables:
         return self._history[self._history["run_id"].isin(self._ids[name])]
 
     def config(self, name: str) -> RunConfig:
-        return self._sets[name].configs()[0]
+        return self._sets[name].configs(self._backend)[0]
 
 
 # --------------------------------------------------------------------------- shared rule parts
@@ -1024,8 +1034,31 @@ def write_suite(path=SUITE_PATH) -> Path:
 # --------------------------------------------------------------------------- evaluation
 
 
+def claims_backend(runs_m: pd.DataFrame, claims=None) -> str:
+    """The backend whose runs decide the claims: the one with most of the claims' runs here (TensorFlow on a tie).
+
+    A claim compares runs of one backend: the same seed gives other initial
+    weights on each (see README, "Backends").
+    """
+    if "run_id" not in runs_m.columns or runs_m.empty:
+        return DEFAULT_BACKEND
+    present = set(runs_m["run_id"])
+    backends = sorted(set(with_backend(runs_m)["backend"]), key=lambda b: (b != DEFAULT_BACKEND, b))
+    claims = list(claims or CLAIMS.values())
+
+    def found(backend):
+        return sum(c.run_id in present for claim in claims for c in claim.configs(backend))
+
+    return max(backends, key=found)
+
+
 def evaluate(
-    runs_m: pd.DataFrame, layers: pd.DataFrame, history: pd.DataFrame, manifest: dict | None = None, claims=None
+    runs_m: pd.DataFrame,
+    layers: pd.DataFrame,
+    history: pd.DataFrame,
+    manifest: dict | None = None,
+    claims=None,
+    backend: str | None = None,
 ) -> list[ClaimResult]:
     """Decides every claim from a results directory's tables.
 
@@ -1035,24 +1068,27 @@ def evaluate(
         history: The per-evaluation table (``history.parquet``).
         manifest: The results directory's manifest; its data source and checksum go into each budget.
         claims: Claims to decide (default: all registered).
+        backend: The backend whose runs decide (default: `claims_backend`);
+            it is named in every budget.
 
     Returns:
         One `ClaimResult` per claim, in registry order. A claim whose runs are
         not all in the tables is ``inconclusive`` with the reason.
     """
     present = set(runs_m["run_id"]) if "run_id" in runs_m.columns else set()
+    backend = backend or claims_backend(runs_m, claims)
     data = (manifest or {}).get("data") or {}
     data = {k: data[k] for k in ("name", "source", "checksum") if isinstance(data, dict) and k in data}
     out = []
     for claim in claims or CLAIMS.values():
-        needed = [c.run_id for c in claim.configs()]
+        needed = [c.run_id for c in claim.configs(backend)]
         missing = [r for r in needed if r not in present]
         common = dict(
             id=claim.id,
             statement=claim.statement,
             source=claim.source,
             run_ids=needed,
-            budget={**claim.budget(), **({"data": data} if data else {})},
+            budget={**claim.budget(), "backend": backend, **({"data": data} if data else {})},
             rule=claim.rule,
         )
         if missing:
@@ -1067,7 +1103,7 @@ def evaluate(
             )
             continue
         failed = runs_m[runs_m["run_id"].isin(needed) & (runs_m["status"] == "failed")]
-        verdict, evidence, summary = claim.decide(Tables(claim, runs_m, layers, history))
+        verdict, evidence, summary = claim.decide(Tables(claim, runs_m, layers, history, backend))
         if len(failed):
             evidence = {**evidence, "failed_runs": len(failed)}
             summary += f" ({len(failed)} run(s) failed and were left out.)"

@@ -23,6 +23,7 @@ import pandas as pd
 
 from vgbench.bench import claims as registry
 from vgbench.bench import protocol
+from vgbench.bench.backend import DEFAULT_BACKEND
 from vgbench.bench.config import DEFAULT_BIAS_INITIALIZER
 from vgbench.bench.report.text import number
 from vgbench.bench.utils import finite, plain
@@ -78,7 +79,8 @@ def claims_section(runs_m: pd.DataFrame, layers: pd.DataFrame, history: pd.DataF
         d["key_numbers"] = [] if missing else key_numbers(r)
         d["budget_text"] = budget_text(r.budget)
         d["related_figures"] = list(RELATED_FIGURES.get(r.id, ()))
-        d["evidence_table"] = pd.DataFrame() if missing else evidence_table(registry.get(r.id), runs_m)
+        backend = r.budget.get("backend", DEFAULT_BACKEND)
+        d["evidence_table"] = pd.DataFrame() if missing else evidence_table(registry.get(r.id), runs_m, backend)
         d["bound"] = _BOUNDS.get(r.id)
         out.append(d)
     present = any(not d["missing"] for d in out)
@@ -177,10 +179,12 @@ def budget_text(b: dict) -> str:
         parts.append(f"lr {listed(b['learning_rates'])}")
     if b.get("seeds"):
         parts.append(f"seeds {spread(b['seeds'])}")
+    if b.get("backend"):
+        parts.append(str(b["backend"]))
     return ", ".join(parts)
 
 
-def evidence_table(claim, runs_m: pd.DataFrame) -> pd.DataFrame:
+def evidence_table(claim, runs_m: pd.DataFrame, backend: str = DEFAULT_BACKEND) -> pd.DataFrame:
     """The data of a claim's figure: one row per run set.
 
     A trained set gives its median test accuracy at its best learning rate
@@ -199,7 +203,7 @@ def evidence_table(claim, runs_m: pd.DataFrame) -> pd.DataFrame:
     rows = []
     ids = set(runs_m["run_id"])
     for rs in claim.run_sets:
-        configs = rs.configs()
+        configs = rs.configs(backend)
         run_ids = [c.run_id for c in configs]
         runs = runs_m[runs_m["run_id"].isin(run_ids)]
         if runs.empty or not set(run_ids) <= ids:

@@ -37,11 +37,11 @@ NO_HISTORY = pd.DataFrame(columns=HISTORY_COLUMNS)
 LRS = claims.LEARNING_RATES["momentum"]
 
 
-def _table(claim, accuracy, **metric_fns) -> pd.DataFrame:
+def _table(claim, accuracy, backend="tensorflow", **metric_fns) -> pd.DataFrame:
     """The per-run table of a claim's runs: accuracy(set_name, config) -> (accuracy, status); metrics likewise."""
     rows, seen = [], set()
     for rs in claim.run_sets:
-        for c in rs.configs():
+        for c in rs.configs(backend):
             if c.run_id in seen:
                 continue
             seen.add(c.run_id)
@@ -180,6 +180,23 @@ def test_missing_runs_make_every_claim_inconclusive():
     json.dumps([dataclasses.asdict(r) for r in results], allow_nan=False)
     assert deep.budget["steps"] == claims.BASE["max_steps"] and deep.budget["seeds"] == list(claims.SEEDS)
     assert deep.budget["examples"] == claims.BASE["max_steps"] * claims.BASE["batch_size"]
+
+
+def test_claims_are_decided_from_the_runs_of_one_backend():
+    # A directory of JAX runs decides the claims from them (their run_ids differ from TensorFlow's);
+    # with both backends present, the one holding more of the claim's runs decides, and the budget names it.
+    claim = claims.get("sigmoid-deep-fails")
+    jax_runs = _table(claim, lambda name, c: (0.9, "ok"), backend="jax", grad_ratio_init=lambda n, c: 1.0)
+    assert jax_runs["run_id"].str.contains("-jax-").all()
+    (result,) = claims.evaluate(jax_runs, NO_LAYERS, NO_HISTORY, claims=[claim])
+    assert result.verdict == "fail" and result.budget["backend"] == "jax"  # every depth trains
+    assert set(result.run_ids) == set(jax_runs["run_id"])
+    tf_runs = _table(claim, lambda name, c: (0.9, "ok"), grad_ratio_init=lambda n, c: 1.0)
+    both = pd.concat([jax_runs, tf_runs[tf_runs["depth"] != 20]])
+    (result,) = claims.evaluate(both, NO_LAYERS, NO_HISTORY, claims=[claim])
+    assert result.budget["backend"] == "jax" and result.verdict == "fail"
+    (result,) = claims.evaluate(pd.concat([jax_runs, tf_runs]), NO_LAYERS, NO_HISTORY, claims=[claim])
+    assert result.budget["backend"] == "tensorflow"  # a tie: the default backend
 
 
 # Per depth: accuracies of the three seeds at each learning rate.
