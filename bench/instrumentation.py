@@ -325,7 +325,7 @@ def _registered(name):
 class GradientNormLogger(keras.callbacks.Callback):
     """Records per-layer and per-variable gradient norms and activation statistics during `fit`.
 
-    Works with any Keras 3 model on the TensorFlow backend (Sequential,
+    Works with any Keras 3 model on the TensorFlow or JAX backend (Sequential,
     functional, subclassed), any compiled loss and label format.
 
     Args:
