@@ -414,8 +414,8 @@ def dead_fraction(v: LayerValues):
     spec = v.activation
     if spec is None or v.preact is None:
         return _nan()
-    d = spec.derivative(v.preact, slope=v.activation_slope)
-    return ops.mean(ops.cast(ops.all(ops.equal(d, 0.0), axis=0), "float32"))
+    zero = spec.zero_derivative(v.preact, slope=v.activation_slope)
+    return ops.mean(ops.cast(ops.all(zero, axis=0), "float32"))
 
 
 def inactive_fraction(v: LayerValues):

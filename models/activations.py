@@ -258,6 +258,44 @@ class Activation:
             return scale * ops.where(z > 0, one, alpha * ops.exp(ops.minimum(z, 0.0)))
         return _autodiff(self, z)
 
+    def zero_derivative(self, z, slope=None):
+        """Where the derivative at the pre-activation `z` is exactly 0: ``derivative(z, slope) == 0``, cheaper.
+
+        For the piecewise-linear activations the mask comes from comparisons
+        of `z` alone (relu: not ``z > 0``, NaN included, as in `derivative`),
+        with no derivative tensor built; the others compare `derivative`
+        with 0. This is what `dead_fraction` reads on every activation step,
+        where the full derivative of a convolution's output costs a quarter
+        of a training step.
+
+        Args:
+            z: The pre-activation, a tensor or array.
+            slope: prelu only: its learned slope, as in `derivative`.
+
+        Returns:
+            A boolean tensor of the shape of `z`.
+        """
+        import keras
+        from keras import ops
+
+        z = ops.convert_to_tensor(z)
+        if not keras.backend.is_float_dtype(z.dtype):
+            z = ops.cast(z, keras.backend.floatx())
+        if self.base == "relu":
+            return ops.logical_not(z > 0)
+        if self.base == "relu6":
+            return ops.logical_not(ops.logical_and(z > 0, z < 6))
+        if self.base == "hard_sigmoid":
+            return ops.logical_not(ops.logical_and(z > -3, z < 3))
+        if self.base in ("leaky_relu", "prelu"):
+            if self.base == "leaky_relu":
+                slope = self.params["negative_slope"]
+            elif slope is None:
+                slope = PRELU_INITIAL_SLOPE
+            flat = ops.equal(ops.cast(slope, z.dtype), 0)  # the negative side passes no gradient
+            return ops.logical_and(ops.logical_not(z > 0), flat)
+        return ops.equal(self.derivative(z, slope=slope), 0)
+
 
 def _autodiff(fn, z):
     """Elementwise derivative of `fn` at `z` by automatic differentiation, on the backend Keras runs.

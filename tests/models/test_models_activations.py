@@ -237,6 +237,23 @@ def test_derivative_at_the_pre_activation_matches_autodiff(name):
     np.testing.assert_allclose(act.derivative(GRID).numpy(), expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize(
+    "spec, slope",
+    [(name, None) for name in activations.names()]
+    + [("leaky_relu(negative_slope=0.0)", None), ("prelu", 0.0), ("prelu", 0.25), ("prelu", "per-unit")],
+)
+def test_zero_derivative_is_where_the_derivative_is_zero(spec, slope):
+    act = activations.get(spec)
+    edges = [0.0, -0.0, 6.0, -3.0, 3.0, 1e3, -1e3, -90.0, 90.0, 20.0, np.inf, -np.inf, np.nan]
+    z = np.concatenate([GRID, np.array(edges, dtype="float32")]).reshape(-1, 2)
+    if slope == "per-unit":  # a learned slope per unit, one of them 0
+        slope = np.array([0.0, 0.3], dtype="float32")
+    mask = keras.ops.convert_to_numpy(act.zero_derivative(z, slope=slope))
+    expected = keras.ops.convert_to_numpy(act.derivative(z, slope=slope)) == 0
+    assert mask.dtype == bool and mask.shape == z.shape
+    np.testing.assert_array_equal(mask, expected)
+
+
 def test_derivative_is_exactly_zero_only_where_no_gradient_flows():
     z = np.array([-1e3, -5.0, -1e-3, 1e-3, 5.0, 7.0, 1e3], dtype="float32")
     zero = lambda spec, **kw: (activations.get(spec).derivative(z, **kw).numpy() == 0).tolist()  # noqa: E731
