@@ -158,13 +158,14 @@ def _figure_specs(t: Tables) -> list[FigureSpec]:
             "Theory vs measurement",
             "Per-layer factor of the backward signal (by how much it is multiplied per layer on its way to the "
             "input) and of the forward signal (per layer on its way to the output) at step 0: the mean-field "
-            "prediction (x) against the measurement (y), one point per pair, log-log. On the solid identity line "
+            "prediction (x) against the measurement (y), one point per pair, log-log, labelled where a label fits "
+            "(those farthest off the line first; the pair table below lists every value). On the solid identity line "
             f"they agree; the grey band is ×{predictions.TOLERANCE:g} either way, the tolerance of the findings. "
             "Below 1: vanishing (backward) or collapsing (forward); above 1: exploding. Points off the band are "
             "named in the findings with the likely reason (finite width, non-Gaussian inputs, underflow). "
             f"{_inputs_text(t)} Pairs the theory does not cover (normalization, residual or dropout fixes, CNNs) "
-            "are left out and listed under the plot. A red ✕ marks a pair with a diverged run (step 0 is "
-            "measured before it diverged).",
+            "are left out, counted under the plot by reason and listed in summary.json. A red ✕ marks a pair "
+            "with a diverged run (step 0 is measured before it diverged).",
             lambda: figures.theory_vs_measurement(t.theory, t.palette),
         ),
         FigureSpec(

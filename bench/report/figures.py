@@ -395,33 +395,27 @@ def gradient_depth(profiles: pd.DataFrame, palette: dict):
 _INIT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 
 
-def _place_labels(ax, points, texts, colours, fontsize=6.5):
-    """Labels beside their points, each moved to the first of a few offsets where it overlaps no other label."""
-    fig = ax.figure
-    renderer = fig.canvas.get_renderer()
-    offsets = [
-        (6, 0),
-        (-6, 0),
-        (6, 8),
-        (6, -8),
-        (-6, 8),
-        (-6, -8),
-        (6, 16),
-        (6, -16),
-        (-6, 16),
-        (-6, -16),
-        (6, 24),
-        (6, -24),
-    ]
+def _place_labels(ax, points, texts, colours, order, fontsize=6.5) -> int:
+    """Labels beside their points, each at the first of a few offsets where it overlaps no other label or point.
+
+    ``order``: the indices of the points in the order their labels are
+    placed. A label that finds no free offset inside the axes is left out;
+    returns how many were. A point whose label is already written beside a
+    point on (nearly) the same spot gets none.
+    """
+    renderer = ax.figure.canvas.get_renderer()
+    offsets = [(dx, dy) for dy in (0, 8, -8, 16, -16, 24, -24) for dx in (6, -6)]
     # The markers themselves are taken too: a label must not cover another point.
     placed = []
     for px, py in points:
         x, y = ax.transData.transform((px, py))
         placed.append(transforms.Bbox([[x - 4, y - 4], [x + 4, y + 4]]))
-    order = sorted(range(len(points)), key=lambda i: points[i][1])
+    skipped, labelled = 0, {}
     for i in order:
         (px, py), label, colour = points[i], texts[i], colours[i]
-        best = None
+        at = ax.transData.transform((px, py))
+        if any(np.hypot(*(at - other)) < 6 for other in labelled.get(label, [])):
+            continue  # the same label on (nearly) the same spot: the point is named already
         for dx, dy in offsets:
             t = ax.annotate(
                 label,
@@ -433,29 +427,17 @@ def _place_labels(ax, points, texts, colours, fontsize=6.5):
                 ha="left" if dx > 0 else "right",
                 va="center",
             )
+            t.set_in_layout(False)  # kept inside the axes: the layout need not make room for it
             box = t.get_window_extent(renderer).expanded(1.02, 1.15)
-            if (
-                not any(box.overlaps(other) for other in placed)
-                and ax.bbox.contains(box.x0, box.y0)
-                and ax.bbox.contains(box.x1, box.y1)
-            ):
-                best = (t, box)
+            inside = ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                labelled.setdefault(label, []).append(at)
                 break
             t.remove()
-        if best is None:  # every offset is taken: the first one, overlapping
-            dx, dy = offsets[0]
-            t = ax.annotate(
-                label,
-                (px, py),
-                xytext=(dx, dy),
-                textcoords="offset points",
-                fontsize=fontsize,
-                color=colour,
-                ha="left",
-                va="center",
-            )
-            best = (t, t.get_window_extent(renderer))
-        placed.append(best[1])
+        else:
+            skipped += 1
+    return skipped
 
 
 @requires("label", "activation", "initializer", "signal", "predicted", "measured")
@@ -463,19 +445,22 @@ def theory_vs_measurement(points: pd.DataFrame, palette: dict):
     """Predicted against measured per-layer factors at step 0: backward and forward signal, log-log.
 
     Identity line, a band of the findings' tolerance around it, one point per
-    pair (colour: activation, marker: initializer), each labelled. Pairs the
-    theory does not cover are listed under the plot.
+    pair (colour: activation, marker: initializer). Points are labelled where
+    a label fits, those farthest off the identity line first; the report's
+    pair table holds every point. Pairs the theory does not cover are
+    counted under the plot, by reason (listed in summary.json).
     """
     signals = [s for s in ("backward", "forward") if (points["signal"] == s).any()]
     tolerance = float(points.attrs.get("tolerance", 1.1))
     excluded = list(points.attrs.get("excluded", []))
     inits = sorted(points["initializer"].unique())
     markers = {init: _INIT_MARKERS[k % len(_INIT_MARKERS)] for k, init in enumerate(inits)}
+    notes = _excluded_lines(excluded)
     any_diverged = False
     fig, axes = plt.subplots(
         1,
         len(signals),
-        figsize=(5.4 * len(signals) + 2.0, 5.4 + 0.16 * min(len(excluded), 8)),
+        figsize=(5.4 * len(signals) + 2.6, 5.6 + 0.18 * len(notes)),
         squeeze=False,
         layout="constrained",
     )
@@ -514,36 +499,53 @@ def theory_vs_measurement(points: pd.DataFrame, palette: dict):
             axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
             axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             axis.set_minor_locator(ticker.NullLocator())
-        fig.canvas.draw()  # label sizes need a renderer with the final layout
-        several_depths = "depth" in points.columns and points["depth"].nunique() > 1
-        labels = [_short_label(r, several_depths) for r in d.to_dict("records")]
-        _place_labels(
-            ax, list(zip(d["predicted"], d["measured"])), labels, [palette.get(a, "black") for a in d["activation"]]
-        )
     handles = [_line(palette[a], a, style="none", marker="o") for a in sorted(points["activation"].unique())]
-    handles += [Line2D([0], [0], color="0.3", ls="none", marker=markers[i], label=i) for i in inits]
+    handles += [Line2D([0], [0], color="0.3", ls="none", marker=markers[i], label=compact_name(i)) for i in inits]
     handles += [patches.Patch(color="0.85", label=f"within ×{tolerance:g}")]
     if any_diverged:
         handles.append(_diverged_handle())
     _legend(fig, handles, "activation, initializer")
-    if excluded:
-        shown = excluded[:8] + ([f"... and {len(excluded) - 8} more"] if len(excluded) > 8 else [])
-        fig.text(
-            0.01,
-            0.005,
-            "Not covered by the theory: " + "; ".join(shown),
-            fontsize=6.5,
-            color="0.3",
-            va="bottom",
-            wrap=True,
-        )
     fig.suptitle("Mean-field theory against measurement at step 0")
+    note = fig.supxlabel("\n".join(["", *notes]), fontsize=7, color="0.3", ha="left", x=0.01)
+    fig.canvas.draw()  # label sizes need a renderer with the final layout
+    several_depths = "depth" in points.columns and points["depth"].nunique() > 1
+    unlabelled = 0
+    for ax, signal in zip(axes[0], signals):
+        d = points[points["signal"] == signal]
+        labels = [_short_label(r, several_depths) for r in d.to_dict("records")]
+        # The disagreements first: they are what the findings name.
+        order = list(np.argsort(-d["deviation"].to_numpy(float), kind="stable"))
+        unlabelled += _place_labels(
+            ax,
+            list(zip(d["predicted"], d["measured"])),
+            labels,
+            [palette.get(a, "black") for a in d["activation"]],
+            order,
+        )
+    if unlabelled:
+        # Its line was reserved above (the blank first line), so the layout stays as the labels saw it.
+        notes.insert(0, f"{unlabelled} points unlabelled for want of room (those farthest off the line come first).")
+        note.set_text("\n".join(notes))
     return fig
+
+
+def _excluded_lines(excluded: list[str], width: int = 150) -> list[str]:
+    """The pairs the theory does not cover, counted by reason: one short line per reason."""
+    if not excluded:
+        return []
+    counts = {}
+    for entry in excluded:
+        reason = entry.rsplit(": ", 1)[-1] if ": " in entry else entry
+        counts[reason] = counts.get(reason, 0) + 1
+    lines = [f"Not covered by the theory ({len(excluded)} pairs, listed in summary.json):"]
+    for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        lines.append(textwrap.shorten(f"  {n} × {reason}", width, placeholder="…"))
+    return lines
 
 
 def _short_label(row: dict, depth: bool) -> str:
     """'gelu + glorot_uniform', with the depth when the points have several and the fix when there is one."""
-    text = f"{row['activation']} + {row['initializer']}"
+    text = f"{row['activation']} + {compact_name(row['initializer'])}"
     if depth and row.get("depth") is not None:
         text += f", depth {row['depth']}"
     if row.get("fix") not in (None, "none"):
@@ -669,9 +671,18 @@ def short_name(name: str, width: int = 18) -> str:
     text = str(name)
     if len(text) <= width:
         return text
-    text = re.sub(r"\d+\.\d{4,}", lambda m: f"{float(m.group()):.3g}", text)
-    text = re.sub(r"\b(mode|distribution|scale|stddev|mean|seed)=", "", text).replace("'", "").replace('"', "")
+    text = compact_name(text)
     return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)) or text
+
+
+def compact_name(name: str) -> str:
+    """An initializer spec on one line, numbers to 3 digits, keyword names and quotes dropped.
+
+    'variance_scaling(distribution='uniform', scale=0.3333333333333333)' becomes
+    'variance_scaling(uniform, 0.333)'.
+    """
+    text = re.sub(r"\d+\.\d{4,}", lambda m: f"{float(m.group()):.3g}", str(name))
+    return re.sub(r"\b(mode|distribution|scale|stddev|mean|seed)=", "", text).replace("'", "").replace('"', "")
 
 
 # Width, in inches, that a figure of the page may have before the page shrinks it (1,200 px at DPI 110).

@@ -14,6 +14,7 @@ import html
 import io
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -826,7 +827,7 @@ def test_theory_figure_plots_every_covered_pair_against_its_prediction(report_pa
             )
             assert sorted(map(tuple, offsets)) == sorted(zip(d["predicted"], d["measured"]))
             labels = {t.get_text() for t in ax.texts}
-            assert {f"{a} + {i}" for a, i in zip(d["activation"], d["initializer"])} <= {
+            assert {f"{a} + {figures.compact_name(i)}" for a, i in zip(d["activation"], d["initializer"])} <= {
                 lbl.split(",")[0] for lbl in labels
             }
         assert any("batch normalization" in t.get_text() for t in fig.texts)
@@ -1252,3 +1253,56 @@ def test_pair_heatmaps_fit_the_page_and_label_their_colour_bars(report_pairs):
             assert len(bars) == len(heat) and all("(" in ax.get_ylabel() for ax in bars)
         finally:
             figures.plt.close(fig)
+
+
+def test_theory_figure_with_crowded_points_keeps_its_layout_and_labels_the_disagreements_first():
+    # Many pairs close to the identity line (as in the full `make bench` results): labels that find no
+    # room are left out and counted, none leaves its axes, and the layout does not collapse.
+    rng = np.random.default_rng(0)
+    n = 80
+    predicted = np.exp(rng.uniform(np.log(0.02), 0.0, n))
+    measured = predicted * np.exp(rng.normal(0, 0.02, n))
+    measured[7] = predicted[7] * 3.0  # the one far off the line
+    rows = [
+        {
+            "label": f"p{k}",
+            "activation": ("relu", "tanh", "sigmoid")[k % 3],
+            "initializer": "variance_scaling(distribution='uniform', scale=0.3333333333333333)"
+            if k % 2
+            else "he_normal",
+            "depth": 20 + k,
+            "fix": None,
+            "signal": signal,
+            "predicted": predicted[k],
+            "measured": measured[k],
+            "deviation": abs(np.log10(measured[k] / predicted[k])),
+            "diverged": 0,
+        }
+        for k in range(n)
+        for signal in ("backward", "forward")
+    ]
+    points = pd.DataFrame(rows)
+    points.attrs["excluded"] = [f"relu + he_normal, depth {d}: fix 'batchnorm': batch normalization" for d in (2, 3)]
+    fig = figures.theory_vs_measurement(points, figures.category_palette(points["activation"]))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. "constrained_layout not applied"
+            fig.savefig(io.BytesIO(), format="png", dpi=figures.DPI)
+        renderer = fig.canvas.get_renderer()
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        labelled = 0
+        for ax in axes:
+            assert ax.get_position().width > 0.2  # the panels kept their room
+            for t in ax.texts:
+                box = t.get_window_extent(renderer)
+                assert ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1), t.get_text()
+            texts = [t.get_text() for t in ax.texts]
+            # Point 7, the farthest off the line, is labelled, its initializer written short.
+            assert "tanh + variance_scaling(uniform, 0.333), depth 27" in texts
+            labelled += len(texts)
+        assert labelled < 2 * n
+        note = fig.get_supxlabel()
+        assert f"{2 * n - labelled} points unlabelled" in note
+        assert "2 × batch normalization" in note and "2 pairs" in note
+    finally:
+        figures.plt.close(fig)
