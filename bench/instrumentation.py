@@ -366,7 +366,13 @@ class GradientNormLogger(keras.callbacks.Callback):
         self.run_id = run_id
         self.tensorboard_dir = tensorboard_dir
         # The backend Keras runs (fixed per process): TensorFlow, or JAX.
-        self._jax = keras.backend.backend() == "jax"
+        backend = keras.backend.backend()
+        if backend not in ("tensorflow", "jax"):
+            raise ValueError(
+                f"GradientNormLogger records on the TensorFlow and JAX backends only. Received: Keras backend "
+                f"{backend!r} (set KERAS_BACKEND to tensorflow or jax before Keras is imported)"
+            )
+        self._jax = backend == "jax"
         # JAX: `fit` may hand the per-step logs to the callbacks off the
         # training thread (so that reading them does not wait for the step);
         # this logger reads nothing there (see `on_train_batch_end`).

@@ -63,6 +63,24 @@ def test_bad_backend_is_one_line_exit_2_before_any_work(args, env, message, tmp_
     assert not out.exists()
 
 
+def test_the_logger_refuses_a_backend_it_cannot_record_on():
+    # Keras' numpy backend is installed with Keras (torch is not installed here): the logger names the
+    # backend and the ones it supports, instead of failing later inside a TensorFlow call.
+    code = (
+        "import vgbench, keras\n"
+        "from vgbench.bench.instrumentation import GradientNormLogger\n"
+        "assert keras.backend.backend() == 'numpy'\n"
+        "try:\n"
+        "    GradientNormLogger()\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "numpy"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "TensorFlow and JAX backends only. Received: Keras backend 'numpy'" in out.stdout
+
+
 def test_bad_backend_of_diagnose_is_refused_before_the_model_is_read(tmp_path, capsys):
     code = main(["diagnose", str(tmp_path / "missing.keras"), "--backend", "theano", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
