@@ -102,7 +102,7 @@ class _Session:
         train = data_mod.make_tf_dataset(arrays.x_train, arrays.y_train, batch_size=batch_size, seed=0)
         self.model = build()
         # A short plain fit builds the optimizer and metrics and compiles Keras' own step.
-        self.model.fit(train.repeat(), epochs=1, steps_per_epoch=2, verbose=0)
+        self.model.fit(train.repeat(), epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
         self.logger = None
         if name != "plain":
             act_every = 10 if name == "grad+act" else 10**9
