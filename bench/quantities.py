@@ -403,8 +403,9 @@ def dead_fraction(v: LayerValues):
     """Share of units whose activation has derivative exactly 0 for every example of the batch.
 
     The derivative is that of the layer's activation at its pre-activation,
-    in float32 (`models.activations.Activation.derivative`): such a unit
-    passes no gradient back, whatever the loss. ReLU units are dead where
+    in float32 (`models.activations.Activation.derivative`; the mask where it
+    is 0 comes from `Activation.zero_derivative`): such a unit passes no
+    gradient back, whatever the loss. ReLU units are dead where
     z <= 0, relu6 also where z >= 6; leaky ReLU, PReLU with a positive slope,
     ELU and SELU never are (0.0); saturating ones only in float underflow.
     NaN for a layer without activation (the output layer).

@@ -539,7 +539,7 @@ def _excluded_lines(excluded: list[str], width: int = 150) -> list[str]:
         counts[reason] = counts.get(reason, 0) + 1
     lines = [f"Not covered by the theory ({len(excluded)} pairs, listed in summary.json):"]
     for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]):
-        lines.append(textwrap.shorten(f"  {n} × {reason}", width, placeholder="…"))
+        lines.append(textwrap.shorten(f"{n} × {reason}", width, placeholder="…"))
     return lines
 
 
