@@ -6,14 +6,12 @@ import pytest
 
 from vgbench.bench import data as data_mod
 from vgbench.bench import metrics
-from vgbench.bench.config import RunConfig
-from vgbench.bench.train import train_run
 
 pytestmark = pytest.mark.mnist
 
 
 @pytest.fixture(scope="module")
-def at_init(mnist_path):
+def at_init(mnist_path, measure_at_init):
     """run_metrics rows and layer tables at step 0: depth 20, width 256, batch 256, standardized inputs."""
     ds = data_mod.load_dataset("mnist", mnist_path)
     out = {}
@@ -23,21 +21,7 @@ def at_init(mnist_path):
         ("sigmoid", "glorot_uniform"),
         ("leaky_relu", "he_normal"),
     ]:
-        config = RunConfig(
-            depth=20,
-            width=256,
-            activation=activation,
-            initializer=initializer,
-            batch_size=256,
-            max_steps=0,
-            preprocessing="standardize",
-            train_samples=1024,
-            test_samples=256,
-        )
-        record = train_run(config, data=ds)
-        assert record.result["status"] == "ok", record.result.get("error")
-        runs = record.layers[["run_id"]].drop_duplicates().assign(status="ok", depth=20)
-        row = metrics.run_metrics(runs, record.layers).iloc[0].to_dict()
+        _, record, row = measure_at_init(ds, activation, initializer, train_samples=1024)
         layers = metrics.hidden(record.layers).set_index("layer_index")
         out[activation] = (row, layers)
     return out

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vgbench.bench import data as data_mod
-from vgbench.bench import metrics, theory
-from vgbench.bench.config import RunConfig
-from vgbench.bench.train import train_run
+from vgbench.bench import theory
 
 pytestmark = pytest.mark.mnist
 
@@ -28,29 +26,15 @@ def mnist(mnist_path):
 
 
 @pytest.mark.parametrize(("activation", "initializer"), PAIRS)
-def test_measured_backward_factor_at_init_is_the_predicted_one(mnist, activation, initializer):
+def test_measured_backward_factor_at_init_is_the_predicted_one(mnist, measure_at_init, activation, initializer):
     # Depth 20, width 256, batch 256, standardized inputs, no update. The theory
     # predicts the expectation over initializations: the mean over three seeds
     # (one network's factor is one draw; for gelu + He the draws spread over
     # 0.97-1.00, all above the prediction 0.94).
     measured = []
     for seed in (0, 1, 2):
-        config = RunConfig(
-            depth=20,
-            width=256,
-            activation=activation,
-            initializer=initializer,
-            batch_size=256,
-            max_steps=0,
-            preprocessing="standardize",
-            train_samples=2048,
-            test_samples=256,
-            seed=seed,
-        )
-        record = train_run(config, data=mnist)
-        assert record.result["status"] == "ok", record.result.get("error")
-        runs = record.layers[["run_id"]].drop_duplicates().assign(status="ok", depth=config.depth)
-        measured.append(metrics.run_metrics(runs, record.layers).iloc[0]["backward_factor_init"])
+        config, _, row = measure_at_init(mnist, activation, initializer, train_samples=2048, seed=seed)
+        measured.append(row["backward_factor_init"])
     measured = sum(measured) / len(measured)
 
     # Step 0 is measured on the first batch_size training examples: each starts the recursions from its own q_0.
