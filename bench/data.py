@@ -808,6 +808,24 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def check_finite(arrays: Mapping[str, np.ndarray], where: str) -> None:
+    """Refuses arrays holding NaN or infinity: a model fed them measures nothing but its own divergence.
+
+    Raises:
+        DataError: naming the first such array, its count of non-finite values and its size.
+    """
+    for key, a in arrays.items():
+        a = np.asarray(a)
+        if not np.issubdtype(a.dtype, np.inexact):  # integers and booleans are always finite
+            continue
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise DataError(
+                f"{key} of {where} has {bad:,} non-finite values (NaN or infinity) among its {a.size:,}; "
+                "expected finite numbers"
+            )
+
+
 def _check_samples(arg: str, value, available: int, name: str) -> int:
     if value is None:
         return available

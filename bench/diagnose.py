@@ -325,6 +325,7 @@ def arrays_dataset(name, source, x_train, y_train, x_test=None, y_test=None):
             )
     if len(x_train) == 0:
         raise DataError(f"x_train of {source} is empty; expected at least one example")
+    data_mod.check_finite(arrays, str(source))
     checksums = {key: data_mod.array_checksum(a) for key, a in arrays.items()}
     num_classes = _num_classes(y_train, y_test)
     return data_mod.Dataset(
@@ -428,6 +429,7 @@ def load_model(path):
     path = Path(path).expanduser()
     if not path.is_file():
         raise UsageError(f"Model file {shorten(repr(str(path)), 200)} does not exist.")
+    _check_archive(path)
     try:
         with warnings.catch_warnings():
             # Keras warns about optimizer variables it skips: the optimizer restarts anyway.
@@ -443,14 +445,47 @@ def load_model(path):
     return model
 
 
+def _diagnosed(results, model_file=None):
+    """(the diagnosed runs of ``results``, of ``model_file`` when given; the row of the run to tell of)."""
+    runs = results.runs[results.runs["arch"] == ARCH] if "arch" in results.runs.columns else results.runs
+    if model_file is not None and "model_sha256" in runs.columns:
+        runs = runs[runs["model_sha256"] == file_sha256(model_file)]
+    return runs, runs.sort_values("run_id").iloc[-1]
+
+
+def failure(results, model_file=None) -> str | None:
+    """The first line of the error of a diagnosis that failed (status ``failed``), else None.
+
+    A diverged run is a result, not a failure.
+    """
+    _, row = _diagnosed(results, model_file)
+    if row.get("status") != "failed":
+        return None
+    error = row.get("error")
+    return error.strip().splitlines()[0] if isinstance(error, str) and error.strip() else "failed"
+
+
+def _check_archive(path: Path) -> None:
+    """Refuses an empty file, or a .keras that is not a whole zip archive, before Keras calls it "not found"."""
+    import zipfile
+
+    shown = shorten(repr(str(path)), 200)
+    again = "save the model again with model.save('MODEL.keras')"
+    size = path.stat().st_size
+    if size == 0:
+        raise UsageError(f"Cannot load {shown} as a Keras model: the file is empty (0 bytes); {again}.")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise UsageError(
+            f"Cannot load {shown} as a Keras model: the file ({size:,} bytes) is not a complete .keras zip archive "
+            f"(truncated, damaged or of another format); {again}."
+        )
+
+
 def summary_lines(results, model_file=None) -> list[str]:
     """What `vgbench diagnose` prints: the run, its outcome, the flags in words, where the report is."""
     from vgbench.bench import metrics
 
-    runs = results.runs[results.runs["arch"] == ARCH] if "arch" in results.runs.columns else results.runs
-    if model_file is not None and "model_sha256" in runs.columns:
-        runs = runs[runs["model_sha256"] == file_sha256(model_file)]
-    row = runs.sort_values("run_id").iloc[-1]
+    runs, row = _diagnosed(results, model_file)
     m = metrics.run_metrics(runs[runs["run_id"] == row["run_id"]], results.layers).iloc[0]
     lines = [
         f"{row['model']}: run {row['run_id']}, {row['status']}, {int(row['steps'])} steps"
@@ -622,6 +657,8 @@ def diagnose(
     n = min(settings.batch_size, len(x_train))
     probe = (x_train[:n], y_train[:n])
     _check_model_on(model, probe)
+    _check_trainable(model)
+    _check_fits(model, settings, x_train)
 
     model_info = {
         "name": model.name,
@@ -697,6 +734,56 @@ def _check_model_on(model, probe):
             "the data's shape and the label format."
         ) from None
     del value
+
+
+def _check_trainable(model):
+    """Refuses a model without trainable weights: it has no gradient to measure."""
+    if model.trainable_weights:
+        return
+    if model.weights:
+        why = f"all of its {len(model.weights)} weights are frozen (trainable=False)"
+    else:
+        why = "it has no weights"
+    raise UsageError(
+        f"Model {model.name!r} has no trainable weights ({why}); a diagnosis measures the gradients of "
+        "trainable weights."
+    )
+
+
+def _check_fits(model, settings, x_train):
+    """Refuses, like `vgbench run` does (`bench.sizing`), a diagnosis whose estimated memory exceeds this machine's.
+
+    The estimate: the weights with their gradients and optimizer slots; one
+    batch of inputs and of every layer's outputs, for the backward pass; the
+    per-layer buffers the instrumentation holds for one evaluation period
+    (a row per recorded step); the training inputs.
+    """
+    from vgbench.bench import sizing
+    from vgbench.bench.quantities import LAYER_QUANTITIES
+
+    floats = int(math.prod(x_train.shape[1:]))
+    for layer in model.layers:
+        try:
+            floats += int(math.prod(d or 1 for d in layer.output.shape[1:]))
+        except (AttributeError, ValueError, TypeError):  # a subclassed model's layers have no symbolic output
+            pass
+    layers = max(1, sum(1 for layer in model.layers if layer.weights))
+    per_period = schedule(settings.steps)[1]
+    rows = math.ceil(per_period / settings.log_every) + math.ceil(per_period / settings.act_every) + 2
+    need = (
+        sizing.BASE_BYTES
+        + 4 * int(model.count_params()) * 5
+        + 4 * 4 * settings.batch_size * floats
+        + 4 * rows * layers * len(LAYER_QUANTITIES)
+        + int(x_train.nbytes)
+    )
+    limit = sizing.machine_memory()
+    if need > limit:
+        raise UsageError(
+            f"Diagnosis of {model.name!r} (steps={settings.steps}, batch_size={settings.batch_size}) needs an "
+            f"estimated {need / sizing.GIB:,.1f} GiB of memory, more than this machine's {limit / sizing.GIB:,.1f} "
+            "GiB; use a smaller --batch-size or --steps (or a larger --log-every and --act-every)."
+        )
 
 
 def _train(model, settings, run_id, x_train, y_train, x_test, y_test, probe, tensorboard_dir):
