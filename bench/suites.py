@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,17 +59,46 @@ def names() -> list[str]:
     return sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
 
 
+class SuiteChoiceWarning(UserWarning):
+    """A bare suite name that also names a file or folder in the working directory: the shipped suite is used."""
+
+
+def is_path(name_or_path: str) -> bool:
+    """Whether a `--suite` value is a file's path (it has a folder separator or a .yaml/.yml suffix), not a name."""
+    text = str(name_or_path)
+    return "/" in text or os.sep in text or Path(text).suffix.lower() in (".yaml", ".yml")
+
+
 def load_suite(name_or_path: str) -> Suite:
-    """Loads a shipped suite by name, or a suite file by path."""
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") or path.exists()):
-        path = SUITE_DIR / f"{name_or_path}.yaml"
+    """Loads a shipped suite by name, or a suite file by path.
+
+    A bare name (``ci``) is a shipped suite, whatever the working directory
+    holds; a path (``./ci``, ``suites/my.yaml``, ``my.yml``) is a file. When
+    a shipped name also names something in the working directory, a
+    `SuiteChoiceWarning` says that the shipped suite was used.
+    """
+    text = str(name_or_path)
+    if is_path(text):
+        path = Path(text)
+    else:
+        path = SUITE_DIR / f"{text}.yaml"
+        local = Path(text)
         if not path.is_file():
+            hint = f"; for the {'folder' if local.is_dir() else 'file'} here, write ./{text}" if local.exists() else ""
             raise UsageError(
-                f"Unknown suite {shorten(repr(name_or_path))}. Valid suites: {', '.join(names())} "
-                "(or a path to a YAML file)"
+                f"Unknown suite {shorten(repr(text))}. Valid suites: {', '.join(names())} "
+                f"(or a path to a YAML file){hint}"
+            )
+        if local.exists():
+            warnings.warn(
+                f"using the shipped suite {text!r}, not the {'folder' if local.is_dir() else 'file'} {text!r} in "
+                f"the working directory (a path such as ./{text} names that)",
+                SuiteChoiceWarning,
+                stacklevel=2,
             )
     where = f"Suite file {shorten(repr(str(path)), 200)}"
+    if path.is_dir():
+        raise UsageError(f"{where} is a folder; expected a YAML suite file.")
     try:
         # Decoded here, not by the YAML reader, so that a file in another
         # encoding is reported as such rather than as a UnicodeDecodeError.
@@ -149,7 +180,12 @@ def default_settings() -> dict:
     `RunConfig`'s own dataclass defaults stay as they are (they define the
     run_ids of stored results); the command line reads these instead.
     """
-    return dict(load_suite(DEFAULT_SUITE).defaults)
+    return dict(shipped_suite(DEFAULT_SUITE).defaults)
+
+
+def shipped_suite(name: str) -> Suite:
+    """A shipped suite by its name (of `names`), whatever the working directory holds."""
+    return load_suite(str(SUITE_DIR / f"{name}.yaml"))
 
 
 def adhoc_suite() -> Suite:

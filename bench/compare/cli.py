@@ -46,6 +46,10 @@ def run(args) -> int:
             be written (the CLI exits with 2).
     """
     tolerances = parse_tolerances(args.tolerance, args.tolerances)
+    # A report that cannot be written is bad input: refused before the comparison is printed.
+    for path in (args.json, args.junit, args.markdown):
+        if path:
+            check_writable(path)
     comparison = compare(args.baseline, args.current, tolerances, args.alpha, fail_on_time=args.fail_on_time)
     errors = []
     for path, text in ((args.json, to_json), (args.junit, to_junit), (args.markdown, to_markdown)):
@@ -59,6 +63,25 @@ def run(args) -> int:
     if errors:
         raise errors[0]
     return comparison.exit_code
+
+
+def check_writable(path) -> None:
+    """Refuses a report path that cannot be written: a folder, or under a file or a read-only folder.
+
+    Raises:
+        UsageError: naming the path and what is in its way.
+    """
+    path = Path(path)
+    shown = repr(str(path))
+    if path.is_dir():
+        raise UsageError(f"Cannot write {shown}: it is a folder; give a file name.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"Cannot write {shown}: {str(parent)!r} is a file, not a folder.")
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"Cannot write {shown}: the folder {str(parent)!r} is not writable.")
 
 
 def write_text_atomic(path, text: str) -> None:
