@@ -27,7 +27,11 @@ status                     ok → diverged/failed is a new failure       —
 test_accuracy              absolute drop                               0.02
 grad_factor_final          decades further from 1, per layer           0.1
 grad_ratio_final           decades further from 1                      0.5
+backward_factor_final      decades further from 1, per layer           0.06
 grad_ratio_init            decades further from 1                      0.5
+backward_factor_init       decades further from 1, per layer           0.05
+forward_factor_init        decades further from 1, per layer           0.1
+theory_deviation_init      absolute increase, decades per layer        0.06
 dead_fraction_final        absolute increase                           0.1
 saturated_fraction_final   absolute increase                           0.1
 wall_time_s                factor (slower); reported, not gating       2.0
@@ -39,8 +43,14 @@ how badly it vanishes (below 1) or explodes (above 1). A row is worse when
 that distance grows by more than the tolerance, so 0.5 → 2 (equally healthy)
 is no change while 1e-3 → 1e-4 is one decade worse. 0.5 decades is a factor
 of about 3 in the ratio; 0.1 decades per layer is a factor of about 1.26 per
-layer, i.e. about 1.9 decades over a 20-layer network, which keeps seed noise
-of shallow and deep networks alike below the line.
+layer, i.e. about 1.9 decades over a 20-layer network. The tolerances of the
+per-layer factors come from their measured seed-to-seed scatter (see
+`bench.compare.tolerances`). The step-0 rows (``*_init``) catch a regression
+of the initialization that a short run does not show in its accuracy;
+``theory_deviation_init`` is the larger of ``|log10(measured / predicted)|``
+of the backward and forward factors at step 0, against `bench.theory`'s
+prediction for the run's config (`bench.compare.disagreement`): it grows when
+the measurement leaves the theory, whichever way.
 
 Only runs with status ``ok`` give metric samples: the numbers of a diverged
 run describe its divergence, which the ``status`` row already reports.

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from vgbench.bench.compare import matching, render, verdicts
+from vgbench.bench.compare.disagreement import add_theory_deviation
 from vgbench.bench.compare.records import UPDATE_BASELINE_HINT, WHOLE, Note, Notice, Reason, Row
 from vgbench.bench.compare.statistics import DEFAULT_ALPHA
 from vgbench.bench.compare.tolerances import check_tolerances
@@ -126,6 +127,7 @@ def compare(baseline_dir, current_dir, tolerances=None, alpha=DEFAULT_ALPHA, *, 
 
     base = run_metrics(baseline.runs, baseline.layers)
     cur = run_metrics(current.runs, current.layers)
+    add_theory_deviation(base, cur, baseline.manifest)
     cross = matching.fill_backend(base, cur)
     settings["baseline"]["backends"] = sorted(set(base[matching.BACKEND]))
     settings["current"]["backends"] = sorted(set(cur[matching.BACKEND]))
