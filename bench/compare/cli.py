@@ -38,8 +38,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Runs `vgbench compare`; returns the exit status (1 on a regression).
 
-    Every requested report is attempted, so a file that cannot be written
-    does not cost the others.
+    A report path that cannot be written (a folder, under a file, in a
+    read-only folder) is refused before anything is compared, printed or
+    written. Past that check every requested report is attempted, so a file
+    that still cannot be written does not cost the others.
 
     Raises:
         UsageError: bad directories or options, or a report that could not

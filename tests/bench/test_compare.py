@@ -661,7 +661,7 @@ def test_seeds_that_differ_are_noted_on_the_benchmark(tmp_path):
     assert bench["note"] == "seeds differ: baseline [0, 1], current [0]"
 
 
-def test_a_report_that_cannot_be_written_does_not_cost_the_others(tmp_path, capsys):
+def test_a_report_that_cannot_be_written_is_refused_before_anything_is_written(tmp_path, capsys):
     write_results(tmp_path / "baseline", [spec(acc=0.9)])
     write_results(tmp_path / "current", [spec(acc=0.5)])
     out = tmp_path / "out"
@@ -681,13 +681,15 @@ def test_a_report_that_cannot_be_written_does_not_cost_the_others(tmp_path, caps
             str(out / "c.md"),
         ]
     )
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
     assert code == 2
+    err = captured.err
     assert "Cannot write" in err and "c.json" in err and len(err.strip().splitlines()) == 1
-    # The other reports are complete, replaced whole, with no temporary file left beside them.
-    assert (out / "c.md").read_text().startswith("<!-- vgbench-compare -->\n## vgbench compare: regression")
-    assert ET.parse(out / "c.xml").getroot().find("testsuite").get("failures") == "1"
-    assert sorted(p.name for p in out.iterdir()) == ["blocker", "c.md", "c.xml"]
+    assert f"{str(out / 'blocker')!r} is a file, not a folder" in err
+    # Bad input: no report is printed or written, the older one is kept as it was.
+    assert captured.out == ""
+    assert (out / "c.md").read_text() == "an older report"
+    assert sorted(p.name for p in out.iterdir()) == ["blocker", "c.md"]
 
 
 # --------------------------------------------------------------------------- #
