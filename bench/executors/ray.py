@@ -320,6 +320,12 @@ def check_options(cpus_per_task, gpus_per_task, jobs, max_retries=MAX_RETRIES):
         raise UsageError(f"Argument `jobs` must be a positive integer. Received: jobs={jobs!r}")
 
 
+# Where a Ray client finds the cluster's token.
+_TOKEN_SOURCES = (
+    "give the cluster's token as RAY_AUTH_TOKEN, in the file RAY_AUTH_TOKEN_PATH names or in ~/.ray/auth_token"
+)
+
+
 def _connect(ray, address, jobs, cpus_per_task, gpus_per_task, runtime_env) -> bool:
     """Connects to Ray; returns whether this call opened the connection."""
     if ray.is_initialized():
@@ -347,8 +353,22 @@ def _connect(ray, address, jobs, cpus_per_task, gpus_per_task, runtime_env) -> b
             # Ray Client warns before raising; the UsageError below says it once.
             warnings.simplefilter("ignore")
             ray.init(address=address, runtime_env=runtime_env, **quiet)
-    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as e:
-        raise UsageError(f"Cannot connect to the Ray cluster at {address!r}: {first_line(e)}") from None
+    except ray.exceptions.AuthenticationError:
+        # RAY_AUTH_MODE=token, but this process has no token (Ray's message is a paragraph).
+        raise UsageError(
+            f"Cannot connect to the Ray cluster at {address!r}: RAY_AUTH_MODE=token is set but no token was found; "
+            f"{_TOKEN_SOURCES}."
+        ) from None
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError, ray.exceptions.RayError) as e:
+        hint = ""
+        if os.environ.get("RAY_AUTH_MODE", "").strip().lower() != "token":
+            # A cluster with token authentication refuses a client without it, and Ray's exception
+            # does not say why (only its C++ log does).
+            hint = (
+                "; if the cluster uses token authentication (the default of `ray start`), set RAY_AUTH_MODE=token "
+                f"and {_TOKEN_SOURCES}"
+            )
+        raise UsageError(f"Cannot connect to the Ray cluster at {address!r}: {first_line(e)}{hint}") from None
     return True
 
 
