@@ -494,7 +494,9 @@ def _add_theory(sub):
     )
     p.add_argument("--activation", metavar="LIST", help="comma list of activations (default: all registered)")
     p.add_argument("--initializer", metavar="LIST", help="comma list of kernel initializers (default: all registered)")
-    p.add_argument("--depth", type=int, default=20, metavar="D", help="hidden layers (default 20)")
+    p.add_argument(
+        "--depth", type=int, default=20, metavar="D", help=f"hidden layers (default 20, at most {MAX_THEORY_DEPTH:,})"
+    )
     p.add_argument("--width", type=int, default=128, metavar="W", help="units per hidden layer (default 128)")
     p.add_argument(
         "--bias-variance", type=float, default=0.0, metavar="S", help="variance of the initial biases (default 0)"
