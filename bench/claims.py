@@ -403,10 +403,9 @@ AS_WELL = 0.01
 ORDER_MARGIN = 0.005
 # He et al. 2015: "markedly slower" means at least this many times the steps to TRAINS_ACCURACY.
 MARKEDLY_SLOWER = 1.5
-# Klambauer et al. 2017: "near mean 0 and variance 1" at every hidden layer. "Near 0" for a mean is what
-# finite width allows at the fixed point (`selu_mean_tolerance`), with this family-wise error rate.
+# Klambauer et al. 2017: "near mean 0 and variance 1" at every hidden layer. "Near" is what finite width
+# allows at the fixed point (`selu_tolerances`), with this family-wise error rate.
 SELU_FAMILY_ALPHA = 0.05
-SELU_VARIANCE = (0.8, 1.25)
 
 
 def _sigmoid_sets():
@@ -721,6 +720,10 @@ def _he_sets():
     )
 
 
+def _steps_text(steps: float) -> str:
+    return "never" if steps == math.inf else _fmt(steps, "g")
+
+
 def _decide_he2015(t: Tables):
     ev = {}
     for name in ("relu_he_d30", "relu_glorot_d30"):
@@ -734,7 +737,7 @@ def _decide_he2015(t: Tables):
     ev["budget_steps"] = budget = t.config("relu_glorot_d30").max_steps
     text = (
         f"Depth 30, steps to {TRAINS_ACCURACY:.2f} test accuracy at the best learning rate (median of seeds): "
-        f"He {_fmt(he, 'g')}, Glorot {_fmt(gl, 'g')}"
+        f"He {_steps_text(he)}, Glorot {_steps_text(gl)}"
     )
     if math.isnan(he) or math.isnan(gl):
         return INCONCLUSIVE, ev, text + "; no history."
@@ -774,11 +777,34 @@ def selu_mean_tolerance(width: int, comparisons: int, alpha: float = SELU_FAMILY
     that a network at the fixed point has every mean inside with probability
     at least 1 - alpha.
     """
+    return _bonferroni_z(width, comparisons, alpha) / math.sqrt(width)
+
+
+def selu_variance_bounds(width: int, comparisons: int, alpha: float = SELU_FAMILY_ALPHA) -> tuple[float, float]:
+    """The range of a layer's activation variance that finite width allows at SELU's fixed point.
+
+    The same argument as `selu_mean_tolerance` for the variance over
+    ``width`` units of variance 1, taken as normal: (width - 1) times it is
+    χ² with width - 1 degrees of freedom, whose alpha / (2 · comparisons)
+    and 1 - alpha / (2 · comparisons) quantiles, over width - 1, bound it
+    (the χ² is skewed: a normal approximation would put the upper bound too
+    low).
+    """
+    from scipy.stats import chi2
+
+    _bonferroni_z(width, comparisons, alpha)  # checks the arguments
+    if width < 2:
+        raise ValueError(f"Argument `width` must be at least 2 for a variance. Received: width={width}")
+    p = alpha / (2 * comparisons)
+    return float(chi2.ppf(p, width - 1) / (width - 1)), float(chi2.ppf(1 - p, width - 1) / (width - 1))
+
+
+def _bonferroni_z(width: int, comparisons: int, alpha: float) -> float:
     if width < 1 or comparisons < 1:
         raise ValueError(
             f"Arguments `width` and `comparisons` must be positive. Received: width={width}, comparisons={comparisons}"
         )
-    return NormalDist().inv_cdf(1 - alpha / (2 * comparisons)) / math.sqrt(width)
+    return NormalDist().inv_cdf(1 - alpha / (2 * comparisons))
 
 
 def _selu_init_stats(layers: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -808,11 +834,12 @@ def _selu_evidence(prefix: str, stats: pd.DataFrame, tol: float) -> dict:
     }
 
 
-def _selu_normalized(ev: dict, prefix: str, tol: float) -> bool:
+def _selu_normalized(ev: dict, prefix: str) -> bool:
+    low, high = ev[f"{prefix}act_variance_bounds"]
     return (
-        ev[f"{prefix}act_mean_max_abs"] <= tol
-        and SELU_VARIANCE[0] <= ev[f"{prefix}act_variance_min"]
-        and ev[f"{prefix}act_variance_max"] <= SELU_VARIANCE[1]
+        ev[f"{prefix}act_mean_max_abs"] <= ev[f"{prefix}act_mean_tolerance"]
+        and low <= ev[f"{prefix}act_variance_min"]
+        and ev[f"{prefix}act_variance_max"] <= high
     )
 
 
@@ -829,6 +856,8 @@ def _decide_selu(t: Tables):
     ev["act_mean_sd_bound"] = 1 / math.sqrt(width)
     ev["act_mean_tolerance"] = tol = selu_mean_tolerance(width, len(stats))
     ev["gaussian.act_mean_tolerance"] = gtol = selu_mean_tolerance(width, len(gstats))
+    ev["act_variance_bounds"] = list(selu_variance_bounds(width, len(stats)))
+    ev["gaussian.act_variance_bounds"] = list(selu_variance_bounds(width, len(gstats)))
     ev.update(_selu_evidence("", stats, tol))
     ev.update(_selu_evidence("gaussian.", gstats, gtol))
     # After training (the last recorded step of the runs at the best learning rate), for comparison only.
@@ -836,7 +865,7 @@ def _decide_selu(t: Tables):
     end = lay[lay["run_id"].isin(best["run_ids"]) & (lay["layer_name"] != "output")]
     end = end[end["step"] == end.groupby("run_id")["step"].transform("max")] if len(end) else end
     ev["act_mean_max_abs_final"] = float(end[Q.ACT_MEAN].abs().max()) if len(end) else math.nan
-    mnist_ok, gauss_ok = _selu_normalized(ev, "", tol), _selu_normalized(ev, "gaussian.", gtol)
+    mnist_ok, gauss_ok = _selu_normalized(ev, ""), _selu_normalized(ev, "gaussian.")
     ev["diagnosis"] = (
         "self-normalizes on both"
         if mnist_ok and gauss_ok
@@ -853,7 +882,8 @@ def _decide_selu(t: Tables):
             f"±{_fmt(tol_)}, scatter sd {_fmt(ev[f'{prefix}act_mean_sd'])} (1/√{width} = "
             f"{_fmt(ev['act_mean_sd_bound'])}), seed-average by layer within ±"
             f"{_fmt(ev[f'{prefix}act_mean_seed_average_max_abs'])}, variance {_fmt(ev[f'{prefix}act_variance_min'])}"
-            f"-{_fmt(ev[f'{prefix}act_variance_max'])}"
+            f"-{_fmt(ev[f'{prefix}act_variance_max'])} (allowed {_fmt(ev[f'{prefix}act_variance_bounds'][0])}-"
+            f"{_fmt(ev[f'{prefix}act_variance_bounds'][1])})"
         )
 
     text = (
@@ -926,7 +956,7 @@ FIX_DEPTH = 20
 # 0.734 in 300 steps); the plain network and the clipping control get the same budget.
 FIX_STEPS = 1200
 _FIX_REASON = (
-    f'{FIX_STEPS} steps for every set ("makes trainable" asks whether the fixed network learns, not how fast: '
+    f'{FIX_STEPS:,} steps for every set ("makes trainable" asks whether the fixed network learns, not how fast: '
     "batch norm at depth 20 reached 0.734 in 300 steps); the plain network gets the same budget"
 )
 
@@ -1093,7 +1123,7 @@ def _claims() -> list[Claim]:  # fmt: skip
             "within the budget, or Glorot does not and the budget is too short to call that markedly slower",
             ("relu_*_d30.steps_to_accuracy", "slowdown"),
             _decide_he2015,
-            f"{HE2015_STEPS} steps (the claim asks how many steps to {TRAINS_ACCURACY:.2f}; 300 steps got He to "
+            f"{HE2015_STEPS:,} steps (the claim asks how many steps to {TRAINS_ACCURACY:.2f}; 300 steps got He to "
             f"0.63): room for He to reach it in up to {HE2015_STEPS // MARKEDLY_SLOWER:g} steps and for Glorot to be "
             f"{MARKEDLY_SLOWER}x slower",
         ),
@@ -1106,7 +1136,8 @@ def _claims() -> list[Claim]:  # fmt: skip
             f"{_TRAINS}, {_FAILS}. At init, on MNIST and on Gaussian inputs of the same size (zero mean, unit "
             "variance: the paper's assumptions), every hidden layer's activation mean must be within ±t, t = "
             f"z(1 - {SELU_FAMILY_ALPHA}/(2K))/√width (a mean over `width` unit-variance units has sd ≤ 1/√width; "
-            f"Bonferroni over the K = layers × seeds means), and its variance within {SELU_VARIANCE}. pass if both "
+            "Bonferroni over the K = layers × seeds means), and its variance within the χ²(width - 1) / (width - 1) "
+            "quantiles at the same level (a variance over `width` normal units). pass if both "
             "are and it trains on MNIST; fail if the Gaussian run is outside (SELU does not self-normalize), if only "
             "MNIST is (the data breaks the assumption), or if it fails; inconclusive if it learns only partly",
             (
@@ -1128,7 +1159,7 @@ def _claims() -> list[Claim]:  # fmt: skip
             "if any of the three comes out the other way; inconclusive if one lies in between. ξ from bench.theory",
             ("tanh_*.median_accuracy", "tanh_*.theory_depth_scale", "six_xi_sw1"),
             _decide_schoenholz,
-            f'{SCHOENHOLZ_STEPS} steps for all three ("trains" at depth 40 asks for training to converge; at 300 '
+            f'{SCHOENHOLZ_STEPS:,} steps for all three ("trains" at depth 40 asks for training to converge; at 300 '
             "steps σ_w² = 1.76 reached 0.789 and was still learning)",
         ),
         Claim(

@@ -1067,7 +1067,7 @@ _ROW_LABELS = {
     "init": "per-layer backward factor at step 0 (line: seeds' min–max; ◆ theory)",
     "factor": "per-layer backward factor at step 0, seeds at the best learning rate",
     "ratio": "first/last layer gradient norm at step 0, seeds at the best learning rate",
-    "dead": "mean dead fraction of the hidden units at the last step, seeds at the best learning rate",
+    "dead": "mean dead fraction of the hidden units at the last step (○ step 0), seeds at the best learning rate",
     "steps": "steps to 0.80 test accuracy, seeds at the best learning rate (| budget; at it: never)",
 }
 _LAYER_LABELS = {"act_mean": "activation mean at step 0", "act_variance": "activation variance at step 0"}
@@ -1167,6 +1167,8 @@ def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float,
                 ax.scatter([r["median"]], [i], color=colours[i], s=36, zorder=4)
             if kind == "init" and np.isfinite(r.get("predicted", np.nan)):
                 ax.scatter([r["predicted"]], [i], marker="D", facecolor="none", edgecolor="0.2", s=30, zorder=4)
+            if kind == "dead" and np.isfinite(r.get("predicted", np.nan)):
+                ax.scatter([r["predicted"]], [i], marker="o", facecolor="none", edgecolor="0.2", s=36, zorder=4)
         note = []
         for _, r in d.iterrows():
             parts = []
@@ -1221,7 +1223,7 @@ def _layer_panel(ax, d: pd.DataFrame, kind: str) -> None:
     for name in sets:
         g = d[d["run_set"] == name].sort_values("layer")
         c = colours[name]
-        ax.plot(g["layer"], g["median"], color=c, lw=1.4, label=f"{name} (median of {int(g['runs'].max())} runs)")
+        ax.plot(g["layer"], g["median"], color=c, lw=1.4, label=f"{name} (median of {int(g['runs'].max())} seeds)")
         ax.fill_between(g["layer"], g["min"], g["max"], color=c, alpha=0.18, lw=0)
         for limit in ("limit_low", "limit_high"):
             v = pd.to_numeric(g[limit], errors="coerce").dropna()

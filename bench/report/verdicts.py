@@ -183,9 +183,13 @@ def budget_text(b: dict) -> str:
         parts.append(f"lr {listed(b['learning_rates'])}")
     if b.get("seeds"):
         parts.append(f"seeds {spread(b['seeds'])}")
+    if b.get("dataset") not in (None, "mnist"):
+        parts.append(f"data {listed(b['dataset'])}")
     if b.get("backend"):
         parts.append(str(b["backend"]))
-    return ", ".join(parts)
+    text = ", ".join(parts)
+    # A budget of its own (bench.claims.Claim.budget_reason): why, in the claim's words.
+    return f"{text}. Budget: {b['why']}" if b.get("why") else text
 
 
 # The quantity beside accuracy that a claim's verdict rests on, drawn as a panel of its figure
@@ -286,8 +290,12 @@ def evidence_table(
             "limit_low": np.nan,
             "limit_high": np.nan,
         }
-        if rs.kind == "init":
-            v = pd.to_numeric(runs.get("backward_factor_init"), errors="coerce").dropna()
+        by_layer = any(k in ("act_mean", "act_variance") for k in VERDICT_QUANTITIES.get(claim.id, ()))
+        if rs.kind == "init" and (by_layer or "backward_factor_init" not in runs.columns):
+            # Measured at init for its layer rows (the SELU claim's Gaussian inputs), not for a backward factor.
+            row = None
+        elif rs.kind == "init":
+            v = pd.to_numeric(runs["backward_factor_init"], errors="coerce").dropna()
             row |= {
                 "median": float(v.median()) if len(v) else np.nan,
                 "min": float(v.min()) if len(v) else np.nan,
@@ -316,14 +324,15 @@ def evidence_table(
                 "learning_rates": "/".join(f"{float(x):g}" for x in best["learning_rates"]),
                 "edge": best["edge"],
             }
-        rows.append(row)
+        if row is not None:
+            rows.append(row)
         if rs.kind == "train":
             at_best = runs[runs["run_id"].isin(best["run_ids"])]
             for kind in VERDICT_QUANTITIES.get(claim.id, ()):
                 extra = _quantity_row(kind, rs, at_best, layers, history, configs[0])
                 if extra is not None:
                     rows.append({**row, **extra, "kind": kind})
-        if any(k in ("act_mean", "act_variance") for k in VERDICT_QUANTITIES.get(claim.id, ())):
+        if by_layer:
             rows.extend(_layer_rows(rs, runs, layers, result))
     table = pd.DataFrame(rows, columns=_COLUMNS)
     order = {
@@ -355,7 +364,12 @@ def _quantity_row(kind, rs, at_best, layers, history, config) -> dict | None:
         lay = layers[layers["run_id"].isin(at_best["run_id"]) & (layers["layer_name"] != "output")]
         lay = lay.dropna(subset=["dead_fraction"])
         last = lay[lay["step"] == lay.groupby("run_id")["step"].transform("max")]
-        return _spread(last.groupby("run_id")["dead_fraction"].mean())
+        first = lay[lay["step"] == 0].groupby("run_id")["dead_fraction"].mean()
+        # "predicted" holds the median at step 0, drawn beside the end's (the verdict compares the two).
+        return {
+            **_spread(last.groupby("run_id")["dead_fraction"].mean()),
+            "predicted": float(first.median()) if len(first) else np.nan,
+        }
     if kind == "steps":
         if history is None:
             return None
@@ -374,10 +388,15 @@ def _layer_rows(rs, runs, layers, result) -> list[dict]:
         return []
     lay = layers[layers["run_id"].isin(runs["run_id"]) & (layers["step"] == 0) & (layers["layer_name"] != "output")]
     lay = lay.dropna(subset=["act_mean", "act_std"]).assign(variance=lambda d: d["act_std"] ** 2)
+    # Runs of one seed at other learning rates share their initialization: one value per seed.
+    lay = lay.assign(seed=lay["run_id"].map(runs.set_index("run_id")["seed"]))
     ev = result.evidence if result is not None else {}
     prefix = "gaussian." if rs.fields.get("dataset") == "gaussian" else ""
     tol = ev.get(f"{prefix}act_mean_tolerance", np.nan)
-    bounds = {"act_mean": (-tol, tol), "act_variance": registry.SELU_VARIANCE}
+    bounds = {
+        "act_mean": (-tol, tol),
+        "act_variance": tuple(ev.get(f"{prefix}act_variance_bounds") or (np.nan, np.nan)),
+    }
     rows = []
     for kind, column in (("act_mean", "act_mean"), ("act_variance", "variance")):
         for layer, g in lay.groupby("layer_index"):
@@ -385,12 +404,12 @@ def _layer_rows(rs, runs, layers, result) -> list[dict]:
                 {
                     "run_set": rs.name,
                     "kind": kind,
-                    **_spread(g.groupby("run_id")[column].first()),
+                    **_spread(g.groupby("seed")[column].first()),
                     "layer": int(layer),
                     "limit_low": bounds[kind][0],
                     "limit_high": bounds[kind][1],
                     "diverged": 0,
-                    "runs": int(g["run_id"].nunique()),
+                    "runs": int(g["seed"].nunique()),
                 }
             )
     return rows
