@@ -145,13 +145,15 @@ def short_key(name: str) -> str:
 
 
 def _shown(v) -> bool:
-    return isinstance(v, (list, tuple)) or v is None or isinstance(v, (int, float, np.floating, np.integer))
+    return isinstance(v, (list, tuple, str)) or v is None or isinstance(v, (int, float, np.floating, np.integer))
 
 
 def value_text(name: str, v) -> str:
     """An evidence value in a few characters: accuracies and factors with 3 digits, counts as integers."""
     if isinstance(v, (list, tuple)):
         return ", ".join(value_text(name, x) for x in v) or "none"
+    if isinstance(v, str):  # a word: where a best learning rate sits ("low", "high", "" for neither), a diagnosis
+        return v or "none"
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     if isinstance(v, float) and math.isinf(v):
