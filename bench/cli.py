@@ -143,7 +143,10 @@ _GRID_HELP = {
         "optimizer steps in all; 0 = measure at initialization only (no update); none = --epochs passes "
         "over the training set",
     ),
-    "dataset": ("LIST", "mnist, fashion_mnist or tfds:NAME (a TFDS dataset prepared locally)"),
+    "dataset": (
+        "LIST",
+        "mnist, fashion_mnist, gaussian (generated N(0, 1) inputs) or tfds:NAME (a TFDS dataset prepared locally)",
+    ),
     "preprocessing": ("LIST", "scale (pixels to [0, 1]) or standardize (then mean 0, variance 1)"),
     "train_samples": ("LIST", "use the first N training examples; none = all"),
     "test_samples": ("LIST", "use the first N test examples; none = all"),
