@@ -7,6 +7,7 @@ was already computed stays on disk.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import os
 import re
@@ -144,7 +145,10 @@ _GRID_HELP = {
         "optimizer steps in all; 0 = measure at initialization only (no update); none = --epochs passes "
         "over the training set",
     ),
-    "dataset": ("LIST", "mnist, fashion_mnist or tfds:NAME (a TFDS dataset prepared locally)"),
+    "dataset": (
+        "LIST",
+        "mnist, fashion_mnist, gaussian (generated N(0, 1) inputs) or tfds:NAME (a TFDS dataset prepared locally)",
+    ),
     "preprocessing": ("LIST", "scale (pixels to [0, 1]) or standardize (then mean 0, variance 1)"),
     "train_samples": ("LIST", "use the first N training examples; none = all"),
     "test_samples": ("LIST", "use the first N test examples; none = all"),
@@ -345,7 +349,16 @@ def cmd_run(args) -> int:
     if args.dry_run:
         for c in configs:
             print(c.run_id)
-        print(f"{len(configs)} runs", file=sys.stderr)
+        more = ""
+        if suite.protocol == "best_lr":
+            from vgbench.bench.protocol import MAX_EXTENSIONS
+
+            more = (
+                f" in the first round; the best_lr protocol may then add, per configuration whose best learning "
+                f"rate is at an edge of its grid, its seeds one decade beyond that edge (at most {MAX_EXTENSIONS} "
+                "decades)"
+            )
+        print(f"{len(configs)} runs{more}", file=sys.stderr)
         return 0
     if ask and len(configs) > CONFIRM_RUNS:
         _confirm(len(configs))
@@ -369,20 +382,36 @@ def cmd_run(args) -> int:
     protocols = _previous_protocols(args.out)
     try:
         with data.reusing({(name, args.data): ds for name, ds in datasets.items()}):
-            summary = run_suite(
-                configs,
-                args.out,
-                jobs=args.jobs,
-                data_path=args.data,
-                suite=suite.name,
-                executor=args.executor,
-                address=args.address,
-                retry_failed=args.retry_failed,
-                progress=not args.no_progress and sys.stderr.isatty(),
-                wait=args.wait,
-                tensorboard_dir=args.tensorboard,
-                **ray_options,
-            )
+
+            def run(configs):
+                return run_suite(
+                    configs,
+                    args.out,
+                    jobs=args.jobs,
+                    data_path=args.data,
+                    suite=suite.name,
+                    executor=args.executor,
+                    address=args.address,
+                    retry_failed=args.retry_failed,
+                    progress=not args.no_progress and sys.stderr.isatty(),
+                    wait=args.wait,
+                    tensorboard_dir=args.tensorboard,
+                    **ray_options,
+                )
+
+            summary = run(configs)
+            if suite.protocol == "best_lr":
+                from vgbench.bench.protocol import run_extensions
+
+                # Grids whose best learning rate is at an edge grow by a decade that way (bench.protocol).
+                for more in run_extensions(configs, run, args.out):
+                    summary = dataclasses.replace(
+                        more,
+                        skipped=more.total - summary.done - more.done,
+                        done=summary.done + more.done,
+                        statuses={**summary.statuses, **more.statuses},
+                        wall_time_s=summary.wall_time_s + more.wall_time_s,
+                    )
     finally:
         signal.signal(signal.SIGTERM, previous)
         if saved is None:

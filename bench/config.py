@@ -237,9 +237,11 @@ class RunConfig:
         set_("fix", canonical_fix(self.fix))
         ds = self.dataset
         set_("dataset", ds if ds.startswith("tfds:") else ds.lower().replace("-", "_"))
-        if not (self.dataset in ("mnist", "fashion_mnist") or re.fullmatch(r"tfds:[\w/.:-]+", self.dataset)):
+        if not (
+            self.dataset in ("mnist", "fashion_mnist", "gaussian") or re.fullmatch(r"tfds:[\w/.:-]+", self.dataset)
+        ):
             raise ValueError(
-                "Argument `dataset` must be one of mnist, fashion_mnist, tfds:NAME. "
+                "Argument `dataset` must be one of mnist, fashion_mnist, gaussian, tfds:NAME. "
                 f"Received: dataset={shorten(repr(ds))}"
             )
 

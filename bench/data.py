@@ -18,6 +18,11 @@ Sources, in the order they are tried:
   from the local TFDS data directory.
 - ``"tfds:NAME"``: any image-classification dataset already prepared in the
   local TFDS data directory (``path``, when given, is that directory).
+- ``"gaussian"``: generated, not read: i.i.d. N(0, 1) "images" of MNIST's
+  size (28 × 28) with random labels, from a fixed seed (`gaussian_dataset`).
+  Inputs that meet the assumptions of mean-field and self-normalization
+  results (zero mean, unit variance, independent components), for
+  measurements at initialization; there is nothing in them to learn.
 
 A path is either an ``.npz`` file in the Keras layout (``x_train``,
 ``y_train``, ``x_test``, ``y_test``) or a directory of the four original IDX
@@ -48,9 +53,19 @@ from vgbench.bench.utils import one_line
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
-DATASET_NAMES = ("mnist", "fashion_mnist", "tfds:NAME")
-_ALIASES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "fashion-mnist": "fashion_mnist"}
-_DISPLAY_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+DATASET_NAMES = ("mnist", "fashion_mnist", "gaussian", "tfds:NAME")
+_ALIASES = {
+    "mnist": "mnist",
+    "fashion_mnist": "fashion_mnist",
+    "fashion-mnist": "fashion_mnist",
+    "gaussian": "gaussian",
+}
+_DISPLAY_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "gaussian": "Gaussian"}
+
+# The generated Gaussian dataset: the claims' sample counts, MNIST's image size, a fixed seed.
+GAUSSIAN_SHAPE = (28, 28)
+GAUSSIAN_SIZES = {"train": 12800, "test": 2000}
+GAUSSIAN_SEED = 0
 
 PREPROCESSINGS = ("scale", "standardize")
 
@@ -282,11 +297,43 @@ def load_dataset(
     canonical = _ALIASES.get(key.lower())
     if canonical is None:
         raise DataError(
-            f"Unknown dataset name {name!r}; expected one of: mnist, fashion_mnist (or fashion-mnist), tfds:NAME"
+            f"Unknown dataset name {name!r}; expected one of: mnist, fashion_mnist (or fashion-mnist), gaussian, "
+            "tfds:NAME"
         )
+    if canonical == "gaussian":
+        return gaussian_dataset()
     if canonical == "mnist":
         return _load_mnist(path, allow)
     return _load_fashion_mnist(path, allow)
+
+
+def gaussian_dataset() -> Dataset:
+    """The generated ``"gaussian"`` dataset: i.i.d. N(0, 1) float32 images of MNIST's size, random labels.
+
+    The same arrays (and checksum) on every call and machine: NumPy's
+    ``default_rng(GAUSSIAN_SEED)``, `GAUSSIAN_SIZES` examples. The labels are
+    uniform over 10 classes and independent of the images. `prepare` leaves
+    float images unscaled, so ``standardize`` keeps them at mean 0 and
+    variance 1 (to sampling precision).
+    """
+    rng = np.random.default_rng(GAUSSIAN_SEED)
+    n_train, n_test = GAUSSIAN_SIZES["train"], GAUSSIAN_SIZES["test"]
+    arrays = {
+        "x_train": rng.standard_normal((n_train, *GAUSSIAN_SHAPE), dtype=np.float32),
+        "y_train": rng.integers(0, 10, n_train).astype(np.uint8),
+        "x_test": rng.standard_normal((n_test, *GAUSSIAN_SHAPE), dtype=np.float32),
+        "y_test": rng.integers(0, 10, n_test).astype(np.uint8),
+    }
+    checksums = {k: array_checksum(v) for k, v in arrays.items()}
+    return Dataset(
+        name="gaussian",
+        **{k: _frozen(v) for k, v in arrays.items()},
+        num_classes=10,
+        source=f"generated:numpy.random.default_rng({GAUSSIAN_SEED}).standard_normal",
+        checksums=checksums,
+        checksum=data_checksum(checksums),
+        standard=True,
+    )
 
 
 # (name, path) -> Dataset, filled only inside `reusing`.
@@ -365,8 +412,10 @@ def prepare(
         raise DataError(f"Unknown preprocessing {preprocessing!r}; expected one of: {', '.join(PREPROCESSINGS)}")
     n_train, n_test = check_samples(ds, train_samples, test_samples)
 
-    x_train = ds.x_train[:n_train].astype(np.float32) / np.float32(255)
-    x_test = ds.x_test[:n_test].astype(np.float32) / np.float32(255)
+    # Pixels (integers) are scaled to [0, 1]; generated float images (`gaussian_dataset`) are left as they are.
+    scale = np.float32(255) if np.issubdtype(ds.x_train.dtype, np.integer) else np.float32(1)
+    x_train = ds.x_train[:n_train].astype(np.float32) / scale
+    x_test = ds.x_test[:n_test].astype(np.float32) / scale
     if preprocessing == "standardize":
         # Accumulating in float64 keeps the mean exact over 47M pixels.
         mean = float(x_train.mean(dtype=np.float64))

@@ -1059,18 +1059,50 @@ def activation_functions(curves: pd.DataFrame, palette: dict):
 TRAINABILITY_COLOURS = {"trains": "#1a7f37", "partial": "#c07000", "fails": "#b00000", "unknown": "0.5"}
 
 
+# The panels of a claim's figure, in order: one row per run set, or one line per run set by layer.
+_ROW_KINDS = ("train", "init", "factor", "ratio", "dead", "steps")
+_LAYER_KINDS = ("act_mean", "act_variance")
+_ROW_LABELS = {
+    "train": "median test accuracy at the best learning rate (line: seeds' min–max)",
+    "init": "per-layer backward factor at step 0 (line: seeds' min–max; ◆ theory)",
+    "factor": "per-layer backward factor at step 0, seeds at the best learning rate",
+    "ratio": "first/last layer gradient norm at step 0, seeds at the best learning rate",
+    "dead": "mean dead fraction of the hidden units at the last step (○ step 0), seeds at the best learning rate",
+    "steps": "steps to 0.80 test accuracy, seeds at the best learning rate (| budget; at it: never)",
+}
+_LAYER_LABELS = {"act_mean": "activation mean at step 0", "act_variance": "activation variance at step 0"}
+
+
+def _grid_note(r) -> str:
+    """'lr 0.003' and, when the protocol extended the grid or its best is at an edge, the grid."""
+    text = f"lr {r['best_learning_rate']:g}"
+    grid = r.get("learning_rates") or ""
+    edge = r.get("edge") or ""
+    if grid and (len(grid.split("/")) > 3 or edge):
+        text += f" of {grid}"
+    if edge:
+        text += f" ({'smallest' if edge == 'low' else 'largest'}: not bracketed)"
+    return text
+
+
 @requires("run_set", "kind", "median", "min", "max", "n", "best_learning_rate", "diverged")
 def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float, bound: float | None = None):
-    """A claim's runs at a glance: one row per configuration (run set).
+    """A claim's runs at a glance, with the quantity its verdict rests on.
 
     Trained sets: the median test accuracy at the configuration's best
     learning rate (dot, coloured by trains / partly / fails), the seeds'
     min–max (a line, only with two or more seeds), the thresholds of the
-    protocol, and the winning learning rate and the diverged runs written
-    (a cross on the dot where seeds diverged at the winning rate)
-    beside it. Sets at initialization: the per-layer backward factor at
-    step 0 (log axis) with the mean-field prediction (diamond) and
-    ``bound`` when the claim states one.
+    protocol, and the winning learning rate (with the grid when the protocol
+    extended it or the best is at its edge) and the diverged runs written
+    (a cross on the dot where seeds diverged at the winning rate) beside
+    it. Sets at initialization: the per-layer backward factor at step 0
+    (log axis) with the mean-field prediction (diamond) and ``bound`` when
+    the claim states one. Then one panel per verdict quantity of
+    `bench.report.verdicts.evidence_table`: per set, the backward factor or
+    gradient ratio at init, the dead fraction at the end or the steps to
+    the accuracy threshold (with the budget), or by layer the activation
+    mean and variance at init (median, seeds' min–max band, the rule's
+    bounds dashed).
 
     Args:
         table: the table of `bench.report.verdicts.evidence_table`.
@@ -1078,8 +1110,8 @@ def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float,
         trains, fails: the protocol's accuracy thresholds.
         bound: a per-layer factor the claim bounds the backward signal by.
     """
-    kinds = [k for k in ("train", "init") if (table["kind"] == k).any()]
-    heights = [len(table[table["kind"] == k]) for k in kinds]
+    kinds = [k for k in (*_ROW_KINDS, *_LAYER_KINDS) if (table["kind"] == k).any()]
+    heights = [len(table[table["kind"] == k]) if k in _ROW_KINDS else 5 for k in kinds]
     fig, axes = plt.subplots(
         len(kinds),
         1,
@@ -1091,6 +1123,9 @@ def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float,
     any_diverged = False
     for ax, kind in zip(axes[:, 0], kinds):
         d = table[table["kind"] == kind].reset_index(drop=True)
+        if kind in _LAYER_KINDS:
+            _layer_panel(ax, d, kind)
+            continue
         y = np.arange(len(d))
         several = d["n"].to_numpy(float) >= 2
         if kind == "train":
@@ -1100,20 +1135,31 @@ def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float,
             ax.axvline(trains, color=TRAINABILITY_COLOURS["trains"], lw=0.8, ls="--")
             ax.axvline(fails, color=TRAINABILITY_COLOURS["fails"], lw=0.8, ls="--")
             ax.set_xlim(0.0, 1.0)
-            ax.set_xlabel("median test accuracy at the best learning rate (line: seeds' min–max)")
-        else:
+        elif kind in ("init", "factor", "ratio"):
             colours = ["0.2"] * len(d)
             ax.set_xscale("log")
-            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+            ax.xaxis.set_major_locator(
+                ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0) if kind != "ratio" else (1.0,))
+            )
             ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_locator(ticker.NullLocator())
             ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
-            if bound is not None:
+            if bound is not None and kind == "init":
                 ax.axvline(bound, color=TRAINABILITY_COLOURS["fails"], lw=0.8, ls="--")
                 ax.text(
                     bound, -0.7, f" bound {bound:g}", fontsize=7.5, color=TRAINABILITY_COLOURS["fails"], va="bottom"
                 )
-            ax.set_xlabel("per-layer backward factor at step 0 (line: seeds' min–max; ◆ theory)")
+        elif kind == "dead":
+            colours = ["0.2"] * len(d)
+            ax.set_xlim(0.0, max(0.05, float(np.nanmax(d["max"].to_numpy(float), initial=0.0)) * 1.15))
+        else:  # steps
+            colours = ["0.2"] * len(d)
+            budgets = d["limit_high"].to_numpy(float)
+            for i, b in enumerate(budgets):
+                if np.isfinite(b):
+                    ax.plot([b], [i], marker="|", ms=14, color=TRAINABILITY_COLOURS["fails"], zorder=3)
+            ax.set_xlim(0.0, float(np.nanmax(budgets, initial=1.0)) * 1.05)
+        ax.set_xlabel(_ROW_LABELS[kind])
         for i, r in d.iterrows():
             if several[i] and np.isfinite(r["min"]) and np.isfinite(r["max"]):
                 ax.plot([r["min"], r["max"]], [i, i], color=colours[i], lw=2.2, alpha=0.6, solid_capstyle="butt")
@@ -1121,15 +1167,21 @@ def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float,
                 ax.scatter([r["median"]], [i], color=colours[i], s=36, zorder=4)
             if kind == "init" and np.isfinite(r.get("predicted", np.nan)):
                 ax.scatter([r["predicted"]], [i], marker="D", facecolor="none", edgecolor="0.2", s=30, zorder=4)
+            if kind == "dead" and np.isfinite(r.get("predicted", np.nan)):
+                ax.scatter([r["predicted"]], [i], marker="o", facecolor="none", edgecolor="0.2", s=36, zorder=4)
         note = []
         for _, r in d.iterrows():
             parts = []
             if kind == "train" and np.isfinite(r["best_learning_rate"]):
-                parts.append(f"lr {r['best_learning_rate']:g}")
-            if r["diverged"]:
+                parts.append(_grid_note(r))
+            if kind == "train" and r["diverged"]:
                 lrs = r.get("diverged_lrs") or ""
                 where = f" (lr {lrs})" if lrs else ""
                 parts.append(f"{int(r['diverged'])} of {int(r['runs'])} runs diverged{where}")
+            if kind == "init" and r["diverged"]:
+                parts.append(f"{int(r['diverged'])} of {int(r['runs'])} runs diverged")
+            if kind != "train" and kind != "init" and np.isfinite(r["median"]):
+                parts.append("never" if kind == "steps" and r["median"] >= r["limit_high"] else f"{r['median']:.3g}")
             note.append(", ".join(parts))
         if kind == "train":
             at = np.where(np.isfinite(d["median"]), d["median"], 0.0)
@@ -1162,3 +1214,27 @@ def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float,
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=7.5)
     fig.suptitle(title, fontsize=9.5)
     return fig
+
+
+def _layer_panel(ax, d: pd.DataFrame, kind: str) -> None:
+    """One line per run set by hidden layer: the median over seeds, the seeds' min–max band, the rule's bounds."""
+    sets = list(dict.fromkeys(d["run_set"]))
+    colours = category_palette(sets, "Dark2")
+    for name in sets:
+        g = d[d["run_set"] == name].sort_values("layer")
+        c = colours[name]
+        ax.plot(g["layer"], g["median"], color=c, lw=1.4, label=f"{name} (median of {int(g['runs'].max())} seeds)")
+        ax.fill_between(g["layer"], g["min"], g["max"], color=c, alpha=0.18, lw=0)
+        for limit in ("limit_low", "limit_high"):
+            v = pd.to_numeric(g[limit], errors="coerce").dropna()
+            if len(v):
+                ax.axhline(float(v.iloc[0]), color=c, lw=0.8, ls="--")
+    if kind == "act_mean":
+        ax.axhline(0.0, color="0.5", lw=0.6, ls=":")
+    else:
+        ax.axhline(1.0, color="0.5", lw=0.6, ls=":")
+    ax.set_xlabel("hidden layer (dashed: the rule's bounds; band: seeds' min–max)")
+    ax.set_ylabel(_LAYER_LABELS[kind], fontsize=8)
+    ax.tick_params(labelsize=7.5)
+    ax.xaxis.label.set_size(8)
+    ax.legend(fontsize=7, frameon=False, loc="best")

@@ -80,7 +80,11 @@ def claims_section(runs_m: pd.DataFrame, layers: pd.DataFrame, history: pd.DataF
         d["budget_text"] = budget_text(r.budget)
         d["related_figures"] = list(RELATED_FIGURES.get(r.id, ()))
         backend = r.budget.get("backend", DEFAULT_BACKEND)
-        d["evidence_table"] = pd.DataFrame() if missing else evidence_table(registry.get(r.id), runs_m, backend)
+        d["evidence_table"] = (
+            pd.DataFrame()
+            if missing
+            else evidence_table(registry.get(r.id), runs_m, backend, layers=layers, history=history, result=r)
+        )
         d["bound"] = _BOUNDS.get(r.id)
         out.append(d)
     present = any(not d["missing"] for d in out)
@@ -141,13 +145,15 @@ def short_key(name: str) -> str:
 
 
 def _shown(v) -> bool:
-    return isinstance(v, (list, tuple)) or v is None or isinstance(v, (int, float, np.floating, np.integer))
+    return isinstance(v, (list, tuple, str)) or v is None or isinstance(v, (int, float, np.floating, np.integer))
 
 
 def value_text(name: str, v) -> str:
     """An evidence value in a few characters: accuracies and factors with 3 digits, counts as integers."""
     if isinstance(v, (list, tuple)):
         return ", ".join(value_text(name, x) for x in v) or "none"
+    if isinstance(v, str):  # a word: where a best learning rate sits ("low", "high", "" for neither), a diagnosis
+        return v or "none"
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     if isinstance(v, float) and math.isinf(v):
@@ -179,34 +185,96 @@ def budget_text(b: dict) -> str:
         parts.append(f"lr {listed(b['learning_rates'])}")
     if b.get("seeds"):
         parts.append(f"seeds {spread(b['seeds'])}")
+    if b.get("dataset") not in (None, "mnist"):
+        parts.append(f"data {listed(b['dataset'])}")
     if b.get("backend"):
         parts.append(str(b["backend"]))
-    return ", ".join(parts)
+    text = ", ".join(parts)
+    # A budget of its own (bench.claims.Claim.budget_reason): why, in the claim's words.
+    return f"{text}. Budget: {b['why']}" if b.get("why") else text
 
 
-def evidence_table(claim, runs_m: pd.DataFrame, backend: str = DEFAULT_BACKEND) -> pd.DataFrame:
-    """The data of a claim's figure: one row per run set.
+# The quantity beside accuracy that a claim's verdict rests on, drawn as a panel of its figure
+# (`evidence_table` kinds): the backward factor at init of the trained sets, the dead fraction at the
+# end, the steps to the accuracy threshold, or the activation mean and variance by layer at init.
+VERDICT_QUANTITIES = {
+    "relu-fixes-vanishing": ("factor",),
+    "init-matters": ("factor",),
+    "relu-dead-units": ("dead",),
+    "leaky-relu-no-dead-units": ("dead",),
+    "he2015-relu-depth30": ("steps",),
+    "klambauer2017-selu-self-normalizing": ("act_mean", "act_variance"),
+    "sigmoid-deep-fails": ("ratio",),
+}
+
+_COLUMNS = [
+    "run_set",
+    "kind",
+    "median",
+    "min",
+    "max",
+    "n",
+    "best_learning_rate",
+    "diverged",
+    "runs",
+    "trainability",
+    "predicted",
+    "diverged_lrs",
+    "diverged_at_best",
+    "learning_rates",
+    "edge",
+    "layer",
+    "limit_low",
+    "limit_high",
+]
+
+
+def evidence_table(
+    claim,
+    runs_m: pd.DataFrame,
+    backend: str = DEFAULT_BACKEND,
+    *,
+    layers: pd.DataFrame | None = None,
+    history: pd.DataFrame | None = None,
+    result=None,
+) -> pd.DataFrame:
+    """The data of a claim's figure: one row per run set, and the rows of the quantity its verdict rests on.
 
     A trained set gives its median test accuracy at its best learning rate
-    with the seeds' min–max (`bench.protocol.best_learning_rate`); a set at
+    with the seeds' min–max (`bench.protocol.best_learning_rate`, over the
+    grid the protocol extended, `bench.protocol.extended_configs`); a set at
     initialization its per-layer backward factor (median, min, max over
-    seeds) and the mean-field prediction.
+    seeds) and the mean-field prediction. The claims of
+    `VERDICT_QUANTITIES` add rows of their quantity: per trained set at its
+    best learning rate, the backward factor at init (kind ``factor``), the
+    first/last gradient ratio at init (``ratio``), the mean dead fraction at
+    the last step (``dead``), the steps to the accuracy threshold (``steps``,
+    ``limit_high`` the budget); per run set and hidden layer at init, the
+    activation mean and variance over seeds (``act_mean``,
+    ``act_variance``, ``layer``, with the rule's bounds ``limit_low`` and
+    ``limit_high``).
 
     Returns:
-        DataFrame ``run_set, kind ('train'/'init'), median, min, max, n,
-        best_learning_rate, diverged, runs, trainability, predicted,
-        diverged_lrs, diverged_at_best``: ``diverged`` counts the set's
-        diverged runs over every learning rate (``diverged_lrs`` names
-        those rates), ``diverged_at_best`` those at the best one, ``runs``
-        the set's runs.
+        DataFrame ``run_set, kind, median, min, max, n, best_learning_rate,
+        diverged, runs, trainability, predicted, diverged_lrs,
+        diverged_at_best, learning_rates, edge, layer, limit_low,
+        limit_high``: ``diverged`` counts the set's diverged runs over every
+        learning rate (``diverged_lrs`` names those rates),
+        ``diverged_at_best`` those at the best one, ``runs`` the set's runs,
+        ``learning_rates`` the final grid ("/"-joined) and ``edge`` where
+        the best sits when at an edge of it.
     """
     rows = []
     ids = set(runs_m["run_id"])
     for rs in claim.run_sets:
         configs = rs.configs(backend)
         run_ids = [c.run_id for c in configs]
+        if not set(run_ids) <= ids:
+            continue
+        if rs.kind == "train":
+            run_ids = [c.run_id for c in protocol.extended_configs(configs, runs_m)]
         runs = runs_m[runs_m["run_id"].isin(run_ids)]
-        if runs.empty or not set(run_ids) <= ids:
+        if runs.empty:
             continue
         diverged = int((runs["status"] == "diverged").sum())
         lrs = sorted(runs.loc[runs["status"] == "diverged", "learning_rate"].unique())
@@ -218,9 +286,18 @@ def evidence_table(claim, runs_m: pd.DataFrame, backend: str = DEFAULT_BACKEND) 
             "predicted": np.nan,
             "diverged_lrs": "/".join(f"{float(x):g}" for x in lrs),
             "diverged_at_best": 0,
+            "learning_rates": "",
+            "edge": "",
+            "layer": np.nan,
+            "limit_low": np.nan,
+            "limit_high": np.nan,
         }
-        if rs.kind == "init":
-            v = pd.to_numeric(runs.get("backward_factor_init"), errors="coerce").dropna()
+        by_layer = any(k in ("act_mean", "act_variance") for k in VERDICT_QUANTITIES.get(claim.id, ()))
+        if rs.kind == "init" and (by_layer or "backward_factor_init" not in runs.columns):
+            # Measured at init for its layer rows (the SELU claim's Gaussian inputs), not for a backward factor.
+            row = None
+        elif rs.kind == "init":
+            v = pd.to_numeric(runs["backward_factor_init"], errors="coerce").dropna()
             row |= {
                 "median": float(v.median()) if len(v) else np.nan,
                 "min": float(v.min()) if len(v) else np.nan,
@@ -246,24 +323,98 @@ def evidence_table(claim, runs_m: pd.DataFrame, backend: str = DEFAULT_BACKEND) 
                 "best_learning_rate": plain(best["best_learning_rate"]),
                 "trainability": registry.trainability(best["median_accuracy"]),
                 "diverged_at_best": int((best["diverged_by_lr"] or {}).get(best["best_learning_rate"], 0)),
+                "learning_rates": "/".join(f"{float(x):g}" for x in best["learning_rates"]),
+                "edge": best["edge"],
             }
-        rows.append(row)
-    columns = [
-        "run_set",
-        "kind",
-        "median",
-        "min",
-        "max",
-        "n",
-        "best_learning_rate",
-        "diverged",
-        "runs",
-        "trainability",
-        "predicted",
-        "diverged_lrs",
-        "diverged_at_best",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+        if row is not None:
+            rows.append(row)
+        if rs.kind == "train":
+            at_best = runs[runs["run_id"].isin(best["run_ids"])]
+            for kind in VERDICT_QUANTITIES.get(claim.id, ()):
+                extra = _quantity_row(kind, rs, at_best, layers, history, configs[0])
+                if extra is not None:
+                    rows.append({**row, **extra, "kind": kind})
+        if by_layer:
+            rows.extend(_layer_rows(rs, runs, layers, result))
+    table = pd.DataFrame(rows, columns=_COLUMNS)
+    order = {
+        k: i for i, k in enumerate(("train", "init", "factor", "ratio", "dead", "steps", "act_mean", "act_variance"))
+    }
+    return table.sort_values("kind", key=lambda k: k.map(order), kind="stable").reset_index(drop=True)
+
+
+def _spread(values) -> dict:
+    v = pd.to_numeric(pd.Series(values, dtype=float), errors="coerce").dropna()
+    return {
+        "median": float(v.median()) if len(v) else np.nan,
+        "min": float(v.min()) if len(v) else np.nan,
+        "max": float(v.max()) if len(v) else np.nan,
+        "n": int(len(v)),
+    }
+
+
+def _quantity_row(kind, rs, at_best, layers, history, config) -> dict | None:
+    """The row of a trained set's verdict quantity over the seeds at its best learning rate (None: not measured)."""
+    if kind in ("factor", "ratio"):
+        metric = "backward_factor_init" if kind == "factor" else "grad_ratio_init"
+        if metric not in at_best.columns:
+            return None
+        return _spread(at_best[metric])
+    if kind == "dead":
+        if layers is None or "dead_fraction" not in layers.columns:
+            return None
+        lay = layers[layers["run_id"].isin(at_best["run_id"]) & (layers["layer_name"] != "output")]
+        lay = lay.dropna(subset=["dead_fraction"])
+        last = lay[lay["step"] == lay.groupby("run_id")["step"].transform("max")]
+        first = lay[lay["step"] == 0].groupby("run_id")["dead_fraction"].mean()
+        # "predicted" holds the median at step 0, drawn beside the end's (the verdict compares the two).
+        return {
+            **_spread(last.groupby("run_id")["dead_fraction"].mean()),
+            "predicted": float(first.median()) if len(first) else np.nan,
+        }
+    if kind == "steps":
+        if history is None:
+            return None
+        steps = [
+            registry.steps_to_accuracy(history, [rid], registry.TRAINS_ACCURACY) for rid in sorted(at_best["run_id"])
+        ]
+        # "never" (inf) is drawn at the budget, the line's right end.
+        budget = float(config.max_steps)
+        return {**_spread([min(s, budget) for s in steps]), "limit_high": budget, "limit_low": np.nan}
+    return None
+
+
+def _layer_rows(rs, runs, layers, result) -> list[dict]:
+    """Per hidden layer at step 0: the activation mean and variance over the set's seeds, with the rule's bounds."""
+    if layers is None or not {"act_mean", "act_std"} <= set(layers.columns):
+        return []
+    lay = layers[layers["run_id"].isin(runs["run_id"]) & (layers["step"] == 0) & (layers["layer_name"] != "output")]
+    lay = lay.dropna(subset=["act_mean", "act_std"]).assign(variance=lambda d: d["act_std"] ** 2)
+    # Runs of one seed at other learning rates share their initialization: one value per seed.
+    lay = lay.assign(seed=lay["run_id"].map(runs.set_index("run_id")["seed"]))
+    ev = result.evidence if result is not None else {}
+    prefix = "gaussian." if rs.fields.get("dataset") == "gaussian" else ""
+    tol = ev.get(f"{prefix}act_mean_tolerance", np.nan)
+    bounds = {
+        "act_mean": (-tol, tol),
+        "act_variance": tuple(ev.get(f"{prefix}act_variance_bounds") or (np.nan, np.nan)),
+    }
+    rows = []
+    for kind, column in (("act_mean", "act_mean"), ("act_variance", "variance")):
+        for layer, g in lay.groupby("layer_index"):
+            rows.append(
+                {
+                    "run_set": rs.name,
+                    "kind": kind,
+                    **_spread(g.groupby("seed")[column].first()),
+                    "layer": int(layer),
+                    "limit_low": bounds[kind][0],
+                    "limit_high": bounds[kind][1],
+                    "diverged": 0,
+                    "runs": int(g["seed"].nunique()),
+                }
+            )
+    return rows
 
 
 def protocol_table(runs_m: pd.DataFrame, manifest: dict) -> pd.DataFrame:

@@ -161,7 +161,7 @@ def test_grid_options_and_dry_run(capsys):
         (["run", "--fix", "batchnrom"], "Valid fixes"),
         (["run", "--learning-rate", "-1"], "learning_rate=-1.0"),
         (["run", "--suite", "nope"], "Valid suites: ci, claims, default"),
-        (["run", "--dataset", "cifar"], "mnist, fashion_mnist, tfds:NAME"),
+        (["run", "--dataset", "cifar"], "mnist, fashion_mnist, gaussian, tfds:NAME"),
         (["run", "--jobs", "0"], "jobs=0"),
         (["run", "--executor", "slurm", "--max-steps", "0"], "Valid executors: local, ray"),
         (["run", "--only", "colour=red"], "colour"),
