@@ -15,7 +15,7 @@ import os
 import sys
 
 from vgbench.bench.errors import UsageError
-from vgbench.models.registry import shorten
+from vgbench.bench.utils import shorten
 
 BACKENDS = ("tensorflow", "jax")
 DEFAULT_BACKEND = "tensorflow"

@@ -40,7 +40,6 @@ import hashlib
 import json
 import math
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -696,7 +695,7 @@ def diagnose(
     run_id = f"{ARCH}-{slug(model.name) or 'model'}-{digest}"
 
     def measure():
-        record = _train(model, settings, run_id, x_train, y_train, x_test, y_test, probe, tensorboard_dir)
+        record = _train(model, settings, run_id, x_train, y_train, x_test, y_test, tensorboard_dir)
         depth = int(record.layers["layer_index"].max()) if len(record.layers) else 0
         record.config = {**config, "depth": depth, "width": 0}
         record.result["data_checksum"] = dataset.checksum
@@ -786,56 +785,17 @@ def _check_fits(model, settings, x_train):
         )
 
 
-def _train(model, settings, run_id, x_train, y_train, x_test, y_test, probe, tensorboard_dir):
-    """The run: step 0, then ``settings.steps`` updates; a failure becomes a failed run, as in `vgbench run`."""
-    import keras
-    import pandas as pd
+def _train(model, settings, run_id, x_train, y_train, x_test, y_test, tensorboard_dir):
+    """The run: step 0, then ``settings.steps`` updates; `vgbench run`'s logged run, so a failure is a failed run."""
+    from vgbench.bench.train import logged_run
 
-    from vgbench.bench import data as data_mod
-    from vgbench.bench.instrumentation import GradientNormLogger
-    from vgbench.bench.provenance import run_provenance
-    from vgbench.bench.results import RunRecord, empty_result
-    from vgbench.bench.train import fit_logged
-
-    t0 = time.perf_counter()
-    result = empty_result(**run_provenance())
-    test_ds = (
-        data_mod.make_tf_dataset(x_test, y_test, batch_size=512, shuffle=False)
-        if x_test is not None and len(x_test)
-        else None
-    )
-    logger = None
-    try:
-        keras.utils.set_random_seed(settings.seed)
-        logger = GradientNormLogger(
-            probe_data=probe,
-            test_data=test_ds,
-            log_every=settings.log_every,
-            act_every=settings.act_every,
-            run_id=run_id,
-            tensorboard_dir=tensorboard_dir,
-        )
-        epochs, per_epoch = schedule(settings.steps)
-        result.update(
-            fit_logged(
-                model, logger, x_train, y_train, test_ds,
-                epochs=epochs, per_epoch=per_epoch, batch_size=settings.batch_size, seed=settings.seed,
-            )
-        )  # fmt: skip
-    except Exception as e:  # a failed run is a result: what was measured until then is kept
-        result["status"] = "failed"
-        result["error"] = one_line(e)[:500]
-        result["traceback"] = traceback.format_exc()[-4000:]
-        if logger is not None and logger.model is not None:
-            try:
-                logger.finalize()
-            except Exception:
-                pass
-    result["wall_time_s"] = time.perf_counter() - t0
-    layers = logger.layers if logger is not None else pd.DataFrame()
-    history = logger.history if logger is not None else pd.DataFrame()
-    variables = logger.variables if logger is not None else pd.DataFrame()
-    return RunRecord(run_id, {}, result, layers, history, variables)
+    started = time.perf_counter()
+    epochs, per_epoch = schedule(settings.steps)
+    arrays = (x_train, y_train, x_test, y_test)
+    return logged_run(
+        run_id, {}, lambda: model, arrays, settings, epochs=epochs, per_epoch=per_epoch,
+        tensorboard_dir=tensorboard_dir, started=started,
+    )  # fmt: skip
 
 
 def _in_memory(record, dataset, model_info):

@@ -114,28 +114,23 @@ def empty_result(**values) -> dict:
 # --------------------------------------------------------------------------- #
 
 
-def write_json_atomic(path, obj, **dump_kwargs):
-    """Writes ``obj`` as JSON to ``path`` so that readers never see half a file.
+def write_atomic(path, write) -> None:
+    """Writes the file at ``path`` so that readers never see half of it: complete, or as it was.
 
-    ``dump_kwargs`` override the `json.dump` options (indent 2, sorted keys,
-    numpy scalars and paths converted).
+    ``write(tmp)`` fills a temporary file beside ``path``, which then
+    replaces ``path`` with the permissions the umask allows. On any error
+    the temporary file is removed and the error raised.
+
+    Args:
+        path: the file to write; its folder is created.
+        write: a function of the temporary file's path that writes the content.
     """
     path = Path(path)
-    with disk_errors(path):
-        _write_json_atomic(path, obj, dump_kwargs)
-
-
-def _write_json_atomic(path, obj, dump_kwargs):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    options = {"indent": 2, "sort_keys": True, "default": _json_default, **dump_kwargs}
+    os.close(fd)
     try:
-        # UTF-8 whatever the locale, for callers that pass ensure_ascii=False.
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, **options)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         _publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -143,20 +138,34 @@ def _write_json_atomic(path, obj, dump_kwargs):
         raise
 
 
+def write_text_atomic(path, text: str) -> None:
+    """Writes ``text`` (UTF-8, whatever the locale) to ``path`` atomically (`write_atomic`), synced to disk."""
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    write_atomic(path, write)
+
+
+def write_json_atomic(path, obj, **dump_kwargs):
+    """Writes ``obj`` as JSON to ``path`` so that readers never see half a file.
+
+    ``dump_kwargs`` override the `json.dump` options (indent 2, sorted keys,
+    numpy scalars and paths converted).
+    """
+    options = {"indent": 2, "sort_keys": True, "default": _json_default, **dump_kwargs}
+    text = json.dumps(obj, **options) + "\n"
+    with disk_errors(path):
+        write_text_atomic(path, text)
+
+
 def write_parquet_atomic(path, df):
     """Writes a DataFrame to parquet at ``path`` atomically."""
-    path = Path(path)
     with disk_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            df.to_parquet(tmp, index=False)
-            _publish_mode(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
+        write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def _umask() -> int:

@@ -72,8 +72,9 @@ Where the theory does not apply the `Prediction` says so (`applicable`
 False, `reason` why) instead of giving numbers: normalization, residual and
 dropout fixes change both recursions; the CNN's convolutions, pooling and
 global average are not this MLP; weights with a non-zero mean give every unit
-the same shift, outside the zero-mean theory; an activation without a model
-here cannot be integrated. Gradient clipping rescales the whole gradient, so
+the same shift, outside the zero-mean theory; an activation or initializer
+whose registry entry has no mean-field form cannot be integrated (the entry
+says why). Gradient clipping rescales the whole gradient, so
 per-layer ratios are still predicted.
 
 Integrals. `E[f(√q·z)]` is computed exactly where it has a closed form: the
@@ -154,14 +155,10 @@ _X_POINTS = np.concatenate([-_X_SCALES, _X_SCALES])
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(16)
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 
-# keras.activations.selu (tf.nn.selu) constants.
-_SELU_ALPHA = 1.6732632423543772848170429916717
-_SELU_SCALE = 1.0507009873554804934193349852946
-
 
 @dataclasses.dataclass(frozen=True)
 class _PiecewiseLinear:
-    """φ(x) = slope·x + intercept on each piece [lo, hi) of the real line."""
+    """The exact integrals of a `models.activations.PiecewiseLinear` form."""
 
     pieces: tuple[tuple[float, float, float, float], ...]  # (lo, hi, slope, intercept)
 
@@ -199,7 +196,7 @@ class _PiecewiseLinear:
 
 @dataclasses.dataclass(frozen=True)
 class _Smooth:
-    """φ and φ′ as numpy functions, integrated by piecewise Gauss–Legendre quadrature."""
+    """The integrals of a `models.activations.Smooth` form, by piecewise Gauss–Legendre quadrature."""
 
     f: Callable[[np.ndarray], np.ndarray]
     df: Callable[[np.ndarray], np.ndarray]
@@ -248,61 +245,19 @@ def _zpdf(t):
     return np.where(np.isinf(t), 0.0, out)
 
 
-def _elu(alpha: float, scale: float = 1.0) -> _Smooth:
-    return _Smooth(
-        f=lambda x: scale * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0))),
-        df=lambda x: scale * np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0.0))),
-    )
-
-
-def _swish_prime(x):
-    s = special.expit(x)
-    return s + x * s * (1.0 - s)
-
-
-def _mish(x):
-    return x * np.tanh(np.logaddexp(0.0, x))
-
-
-def _mish_prime(x):
-    t = np.tanh(np.logaddexp(0.0, x))
-    return t + x * (1.0 - t * t) * special.expit(x)
-
-
-_INF = math.inf
-# Each entry builds the model of an activation from its bound parameters
-# (`Activation.params`), matching the function keras.activations computes.
-_MODELS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
-    "relu": lambda p: _PiecewiseLinear(((-_INF, 0.0, 0.0, 0.0), (0.0, _INF, 1.0, 0.0))),
-    "relu6": lambda p: _PiecewiseLinear(((-_INF, 0.0, 0.0, 0.0), (0.0, 6.0, 1.0, 0.0), (6.0, _INF, 0.0, 6.0))),
-    "leaky_relu": lambda p: _PiecewiseLinear(((-_INF, 0.0, float(p["negative_slope"]), 0.0), (0.0, _INF, 1.0, 0.0))),
-    # A fresh PReLU layer: every slope at its initial value.
-    "prelu": lambda p: _PiecewiseLinear(
-        ((-_INF, 0.0, activations_lib.PRELU_INITIAL_SLOPE, 0.0), (0.0, _INF, 1.0, 0.0))
-    ),
-    # Keras 3: relu6(x + 3) / 6.
-    "hard_sigmoid": lambda p: _PiecewiseLinear(
-        ((-_INF, -3.0, 0.0, 0.0), (-3.0, 3.0, 1.0 / 6.0, 0.5), (3.0, _INF, 0.0, 1.0))
-    ),
-    "linear": lambda p: _PiecewiseLinear(((-_INF, _INF, 1.0, 0.0),)),
-    "sigmoid": lambda p: _Smooth(special.expit, lambda x: special.expit(x) * special.expit(-x)),
-    "tanh": lambda p: _Smooth(np.tanh, lambda x: 1.0 - np.tanh(x) ** 2),
-    "softsign": lambda p: _Smooth(lambda x: x / (1.0 + np.abs(x)), lambda x: 1.0 / (1.0 + np.abs(x)) ** 2),
-    "elu": lambda p: _elu(float(p["alpha"])),
-    "selu": lambda p: _elu(_SELU_ALPHA, _SELU_SCALE),
-    # keras.activations.gelu defaults to the exact form, x·Φ(x).
-    "gelu": lambda p: _Smooth(lambda x: x * special.ndtr(x), lambda x: special.ndtr(x) + x * _pdf(x)),
-    "swish": lambda p: _Smooth(lambda x: x * special.expit(x), _swish_prime),
-    "mish": lambda p: _Smooth(_mish, _mish_prime),
-    "softplus": lambda p: _Smooth(lambda x: np.logaddexp(0.0, x), special.expit),
-}
-
-
 @functools.lru_cache(maxsize=256)
 def _model_of(name: str):
-    act = activations_lib.get(name)
-    build = _MODELS.get(act.base)
-    return None if build is None else build(act.params)
+    """The integrals of an activation's mean-field form (`models.activations`), or None without one."""
+    form = activations_lib.get(name).meanfield
+    if form is None:
+        return None
+    if isinstance(form, activations_lib.PiecewiseLinear):
+        return _PiecewiseLinear(form.pieces)
+    return _Smooth(form.f, form.df)
+
+
+def _modelled_activations() -> list[str]:
+    return [name for name in activations_lib.names() if not activations_lib.get(name).no_meanfield]
 
 
 def _model(activation):
@@ -310,7 +265,8 @@ def _model(activation):
     model = _model_of(act.name)
     if model is None:
         raise ValueError(
-            f"No mean-field model for activation '{act.name}'. Modelled activations: {', '.join(sorted(_MODELS))}"
+            f"No mean-field model for activation '{act.name}' ({act.no_meanfield}). "
+            f"Modelled activations: {', '.join(_modelled_activations())}"
         )
     return model
 
@@ -350,38 +306,8 @@ def moments(activation, q) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- initializers
 
-# The constructor defaults of the Keras initializers (models.initializers
-# reads them from Keras' signatures; repeated here so that no Keras import is
-# needed, and tested to agree).
-_INIT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "random_normal": {"mean": 0.0, "stddev": 0.05},
-    "random_uniform": {"minval": -0.05, "maxval": 0.05},
-    "truncated_normal": {"mean": 0.0, "stddev": 0.05},
-    "glorot_uniform": {},
-    "glorot_normal": {},
-    "he_uniform": {},
-    "he_normal": {},
-    "lecun_uniform": {},
-    "lecun_normal": {},
-    "orthogonal": {"gain": 1.0},
-    "variance_scaling": {"scale": 1.0, "mode": "fan_in", "distribution": "truncated_normal"},
-    "zeros": {},
-}
-# (scale, mode) of the VarianceScaling presets; their distribution does not
-# change the variance.
-_PRESETS = {
-    "glorot_uniform": (1.0, "fan_avg"),
-    "glorot_normal": (1.0, "fan_avg"),
-    "he_uniform": (2.0, "fan_in"),
-    "he_normal": (2.0, "fan_in"),
-    "lecun_uniform": (1.0, "fan_in"),
-    "lecun_normal": (1.0, "fan_in"),
-}
 _MODES = ("fan_in", "fan_out", "fan_avg")
 _DISTRIBUTIONS = ("truncated_normal", "untruncated_normal", "uniform", "normal")
-# tf.random.truncated_normal redraws values beyond 2 standard deviations:
-# the variance of N(0, 1) truncated to [-2, 2].
-_TRUNCATED_VARIANCE = 1.0 - 4.0 * math.exp(-2.0) / _SQRT_2PI / (2.0 * special.ndtr(2.0) - 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,11 +323,12 @@ def _resolve_initializer(spec) -> _Init:
         spec = spec.name
     name, kwargs = registry.parse_spec(spec)
     base = registry.resolve_name("initializer", name, initializers_lib.names(), initializers_lib.ALIASES)
-    if base not in _INIT_DEFAULTS:
+    described = initializers_lib.meanfield(base)
+    if described is None:
         # Registered but not modelled: its parameters cannot be checked here.
         return _Init(registry.canonical(base, kwargs), base, None)
-    bound = registry.bind_params("initializer", base, kwargs, _INIT_DEFAULTS[base])
-    params = {**_INIT_DEFAULTS[base], **bound}
+    bound = registry.bind_params("initializer", base, kwargs, described.defaults)
+    params = {**described.defaults, **bound}
     # The checks Keras' VarianceScaling constructor makes.
     problem = None
     if base == "variance_scaling":
@@ -443,26 +370,13 @@ def weight_variance(initializer, fan_in: int, fan_out: int) -> tuple[float, floa
 
 def _variance_terms(init: _Init, fan_in: int, fan_out: int) -> tuple[float, float, float]:
     """(mean, a, n) with variance a / n, so that fan·a/n is exact when n == fan."""
-    p = init.params
-    if p is None:
+    if init.params is None:
+        modelled = [name for name in initializers_lib.names() if initializers_lib.meanfield(name) is not None]
         raise ValueError(
-            f"No mean-field model for initializer '{init.base}'. "
-            f"Modelled initializers: {', '.join(sorted(_INIT_DEFAULTS))}"
+            f"No mean-field model for initializer '{init.base}' ({initializers_lib.no_meanfield(init.base)}). "
+            f"Modelled initializers: {', '.join(modelled)}"
         )
-    if init.base == "zeros":
-        return 0.0, 0.0, 1.0
-    if init.base == "random_normal":
-        return float(p["mean"]), float(p["stddev"]) ** 2, 1.0
-    if init.base == "truncated_normal":
-        return float(p["mean"]), float(p["stddev"]) ** 2 * _TRUNCATED_VARIANCE, 1.0
-    if init.base == "random_uniform":
-        lo, hi = float(p["minval"]), float(p["maxval"])
-        return 0.5 * (lo + hi), (hi - lo) ** 2 / 12.0, 1.0
-    if init.base == "orthogonal":
-        return 0.0, float(p["gain"]) ** 2, float(max(fan_in, fan_out))
-    scale, mode = _PRESETS.get(init.base) or (float(p["scale"]), p["mode"])
-    n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[mode]
-    return 0.0, scale, max(1.0, float(n))
+    return initializers_lib.meanfield(init.base).variance(init.params, fan_in, fan_out)
 
 
 # ---------------------------------------------------------------- predictions
@@ -723,9 +637,9 @@ def predict_grid(
 def _why_not(act, model, init: _Init, net: _Net | None) -> str:
     """Why the theory does not cover a pair, or "" when it does."""
     if model is None:
-        return f"no mean-field model for activation '{act.name}'"
+        return f"no mean-field model for activation '{act.name}': {act.no_meanfield}"
     if net is None:
-        return f"no mean-field model for initializer '{init.name}'"
+        return f"no mean-field model for initializer '{init.name}': {initializers_lib.no_meanfield(init.base)}"
     if not net.mean_free:
         return (
             f"initializer '{init.name}' draws weights with a non-zero mean, which shifts every unit alike; "

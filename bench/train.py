@@ -10,6 +10,7 @@ import traceback
 from vgbench.bench.config import RunConfig
 from vgbench.bench.provenance import run_provenance
 from vgbench.bench.results import RunRecord, empty_result
+from vgbench.bench.utils import one_line
 
 _configured = False
 
@@ -132,11 +133,7 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensor
         its message (the suite goes on).
     """
     configure_tensorflow()
-    import keras
-    import pandas as pd
-
     from vgbench.bench import data as data_mod
-    from vgbench.bench.instrumentation import GradientNormLogger
 
     t0 = time.perf_counter()
     if data is None:
@@ -148,33 +145,102 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensor
         train_samples=config.train_samples,
         test_samples=config.test_samples,
     )
-    result = empty_result(data_checksum=data.checksum, **run_provenance())
+    epochs, per_epoch = schedule(config, len(arrays.x_train))
+    return logged_run(
+        config.run_id,
+        config.to_dict(),
+        lambda: build(config, arrays.x_train.shape[1:]),
+        (arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test),
+        config,
+        epochs=epochs,
+        per_epoch=per_epoch,
+        callbacks=callbacks,
+        tensorboard_dir=tensorboard_dir or os.environ.get(TENSORBOARD_ENV) or None,
+        result=empty_result(data_checksum=data.checksum, **run_provenance()),
+        started=t0,
+    )
+
+
+def logged_run(
+    run_id: str,
+    config: dict,
+    make_model,
+    arrays,
+    settings,
+    *,
+    epochs: int,
+    per_epoch: int,
+    callbacks=(),
+    tensorboard_dir=None,
+    result: dict | None = None,
+    started: float | None = None,
+) -> RunRecord:
+    """One instrumented training, `vgbench run`'s and `vgbench diagnose`'s alike; a failure is a record too.
+
+    Seeds Keras with ``settings.seed``, then measures step 0 and trains
+    ``epochs`` × ``per_epoch`` steps with a `GradientNormLogger`
+    (`fit_logged`), probing the gradient on the first ``batch_size``
+    training examples.
+
+    Args:
+        run_id: the run's id, in its tables and TensorBoard folder.
+        config: the run's config fields, as recorded.
+        make_model: returns the compiled Keras model; called after seeding,
+            so that a model that cannot be built is a failed run.
+        arrays: ``(x_train, y_train, x_test, y_test)``; the test arrays may be
+            None or empty (no test metrics then).
+        settings: the run's ``batch_size``, ``seed``, ``log_every`` and
+            ``act_every`` (a `RunConfig`, or diagnose's settings).
+        epochs, per_epoch: the schedule; ``0, 0`` measures step 0 only.
+        callbacks: more Keras callbacks for `fit`.
+        tensorboard_dir: where the logger writes TensorBoard events (None: nowhere).
+        result: the record's outcome fields before training (default
+            `empty_result` with the run's provenance).
+        started: `time.perf_counter()` when the run began, for its wall time
+            (default: now).
+
+    Returns:
+        A `RunRecord`: status ``"diverged"`` for a non-finite loss or
+        gradient, ``"failed"`` with the exception's first line for an error
+        in training, keeping what the logger recorded until then.
+    """
+    import keras
+    import pandas as pd
+
+    from vgbench.bench import data as data_mod
+    from vgbench.bench.instrumentation import GradientNormLogger
+
+    t0 = time.perf_counter() if started is None else started
+    result = empty_result(**run_provenance()) if result is None else result
+    x_train, y_train, x_test, y_test = arrays
     # One pipeline for the test set: the step-0 evaluation and fit's validation.
-    test_ds = data_mod.make_tf_dataset(arrays.x_test, arrays.y_test, batch_size=512, shuffle=False)
+    test_ds = (
+        data_mod.make_tf_dataset(x_test, y_test, batch_size=512, shuffle=False)
+        if x_test is not None and len(x_test)
+        else None
+    )
     logger = None
     try:
-        keras.utils.set_random_seed(config.seed)
-        model = build(config, arrays.x_train.shape[1:])
-        n = min(config.batch_size, len(arrays.x_train))
+        keras.utils.set_random_seed(settings.seed)
+        model = make_model()
+        n = min(settings.batch_size, len(x_train))
         logger = GradientNormLogger(
-            probe_data=(arrays.x_train[:n], arrays.y_train[:n]),
+            probe_data=(x_train[:n], y_train[:n]),
             test_data=test_ds,
-            log_every=config.log_every,
-            act_every=config.act_every,
-            run_id=config.run_id,
-            tensorboard_dir=tensorboard_dir or os.environ.get(TENSORBOARD_ENV) or None,
+            log_every=settings.log_every,
+            act_every=settings.act_every,
+            run_id=run_id,
+            tensorboard_dir=tensorboard_dir,
         )
-        epochs, per_epoch = schedule(config, len(arrays.x_train))
         result.update(
             fit_logged(
-                model, logger, arrays.x_train, arrays.y_train, test_ds,
-                epochs=epochs, per_epoch=per_epoch, batch_size=config.batch_size, seed=config.seed,
-                callbacks=callbacks,
+                model, logger, x_train, y_train, test_ds, epochs=epochs, per_epoch=per_epoch,
+                batch_size=settings.batch_size, seed=settings.seed, callbacks=callbacks,
             )
         )  # fmt: skip
     except Exception as e:  # a failed run is a result, not the end of the suite
         result["status"] = "failed"
-        result["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        result["error"] = one_line(e)[:500]
         result["traceback"] = traceback.format_exc()[-4000:]
         if logger is not None and logger.model is not None:
             try:
@@ -185,7 +251,7 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensor
     layers = logger.layers if logger is not None else pd.DataFrame()
     history = logger.history if logger is not None else pd.DataFrame()
     variables = logger.variables if logger is not None else pd.DataFrame()
-    return RunRecord(config.run_id, config.to_dict(), result, layers, history, variables)
+    return RunRecord(run_id, config, result, layers, history, variables)
 
 
 def measure_at_init(model, logger):

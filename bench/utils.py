@@ -1,4 +1,4 @@
-"""Small helpers shared across vgbench: suggestions, slugs, one-line errors, plain JSON values."""
+"""Small helpers shared across vgbench: suggestions, slugs, one-line errors, echoed values, plain JSON values."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import difflib
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["closest", "finite", "first_line", "json_safe", "one_line", "plain", "slug"]
+__all__ = ["ECHO_LIMIT", "closest", "finite", "first_line", "json_safe", "one_line", "plain", "shorten", "slug"]
 
 
 def closest(name, choices) -> str:
@@ -36,6 +37,33 @@ def one_line(exc: BaseException) -> str:
     """``"Type: first line"`` of an exception, for a one-line error or a failed run's record."""
     first = first_line(exc)
     return first if first == type(exc).__name__ else f"{type(exc).__name__}: {first}"
+
+
+# How much of a user-given value an error message echoes.
+ECHO_LIMIT = 60
+
+
+def shorten(text: Any, limit: int = ECHO_LIMIT) -> str:
+    """Shortens a user-given value for echoing it in a one-line error message.
+
+    A mistyped 100 kB name must not become a 100 kB message, yet the message
+    has to show what was received: the first `limit` characters are kept and
+    the length of the whole is said.
+
+    Args:
+        text: The value as it is to be echoed (usually its `repr`); other
+            types are converted with `str`.
+        limit: Characters kept.
+
+    Returns:
+        `text` itself when it has at most `limit` characters, otherwise
+        `"<first limit chars>…(N chars)"`; line breaks are escaped so the
+        message stays one line.
+    """
+    text = str(text)
+    if len(text) > limit:
+        text = f"{text[:limit]}…({len(text)} chars)"
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def plain(value):

@@ -19,20 +19,39 @@ Families group the activations by how they can make gradients vanish:
   softplus).
 - `"linear"`: the identity, a baseline without any nonlinearity.
 
-Keras is imported only when a layer is built or a function is applied, so
-listing and validating names stays cheap.
+Each entry also carries its mean-field form (`Activation.meanfield`): the
+activation as numpy functions, which `bench.theory` integrates against a
+Gaussian to predict the signal and the gradient at initialization. An entry
+without one says why (`Activation.no_meanfield`), so a new activation cannot
+leave the theory silently.
+
+Keras is imported only when a layer is built or a function is applied, and
+numpy and scipy only when a mean-field form is built, so listing and
+validating names stays cheap.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from vgbench.models import registry
 
-__all__ = ["ALIASES", "Activation", "FAMILIES", "PRELU_INITIAL_SLOPE", "get", "names"]
+__all__ = [
+    "ALIASES",
+    "Activation",
+    "FAMILIES",
+    "PRELU_INITIAL_SLOPE",
+    "PiecewiseLinear",
+    "SELU_ALPHA",
+    "SELU_SCALE",
+    "Smooth",
+    "get",
+    "names",
+]
 
 FAMILIES = ("saturating", "relu", "smooth", "linear")
 
@@ -40,6 +59,45 @@ FAMILIES = ("saturating", "relu", "smooth", "linear")
 # would make a fresh PReLU network identical to a ReLU one, which defeats
 # comparing the two at initialization.
 PRELU_INITIAL_SLOPE = 0.25
+
+# keras.activations.selu (tf.nn.selu) constants.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+_INF = float("inf")
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class PiecewiseLinear:
+    """The mean-field form of a piecewise-linear activation, integrated exactly by `bench.theory`.
+
+    Attributes:
+        pieces: ``(lo, hi, slope, intercept)`` for each piece ``[lo, hi)`` of
+            the real line, on which ``φ(x) = slope·x + intercept``.
+    """
+
+    pieces: tuple[tuple[float, float, float, float], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Smooth:
+    """The mean-field form of any other activation, integrated by quadrature in `bench.theory`.
+
+    Attributes:
+        f: ``φ`` as a numpy function of a float64 array, computing what
+            keras.activations computes.
+        df: ``φ′`` likewise (the right-hand derivative at a kink).
+    """
+
+    f: Callable[[Any], Any]
+    df: Callable[[Any], Any]
+
+
+# Builds an entry's mean-field form from its bound parameters, the numpy
+# module and scipy.special (given as arguments, so that neither is imported
+# to list or validate names).
+_MeanFieldBuilder = Callable[[Mapping[str, Any], Any, Any], "PiecewiseLinear | Smooth"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,35 +112,102 @@ class _Entry:
     checks: Mapping[str, tuple[Callable[[Any], bool], str]] = dataclasses.field(
         default_factory=lambda: types.MappingProxyType({})
     )
+    # The mean-field form, or why there is none: exactly one of the two.
+    meanfield: _MeanFieldBuilder | None = None
+    no_meanfield: str = ""
+
+    def __post_init__(self):
+        if (self.meanfield is None) == (not self.no_meanfield):
+            raise ValueError("An activation entry needs either a mean-field form or the reason it has none")
 
 
 def _params(**defaults: Any) -> Mapping[str, Any]:
     return types.MappingProxyType(defaults)
 
 
+def _relu_like(negative_slope: float) -> PiecewiseLinear:
+    return PiecewiseLinear(((-_INF, 0.0, negative_slope, 0.0), (0.0, _INF, 1.0, 0.0)))
+
+
+def _elu_form(np, alpha: float, scale: float = 1.0) -> Smooth:
+    return Smooth(
+        f=lambda x: scale * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0))),
+        df=lambda x: scale * np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0.0))),
+    )
+
+
+def _gelu_form(np, sp) -> Smooth:
+    # keras.activations.gelu defaults to the exact form, x·Φ(x).
+    def df(x):
+        with np.errstate(over="ignore", invalid="ignore"):
+            pdf = np.where(np.isinf(x), 0.0, np.exp(-0.5 * x * x) / _SQRT_2PI)
+        return sp.ndtr(x) + x * pdf
+
+    return Smooth(lambda x: x * sp.ndtr(x), df)
+
+
+def _swish_form(np, sp) -> Smooth:
+    def df(x):
+        s = sp.expit(x)
+        return s + x * s * (1.0 - s)
+
+    return Smooth(lambda x: x * sp.expit(x), df)
+
+
+def _mish_form(np, sp) -> Smooth:
+    def df(x):
+        t = np.tanh(np.logaddexp(0.0, x))
+        return t + x * (1.0 - t * t) * sp.expit(x)
+
+    return Smooth(lambda x: x * np.tanh(np.logaddexp(0.0, x)), df)
+
+
 _REGISTRY: dict[str, _Entry] = {
-    "sigmoid": _Entry("saturating", max_derivative=0.25),
+    "sigmoid": _Entry(
+        "saturating",
+        max_derivative=0.25,
+        meanfield=lambda p, np, sp: Smooth(sp.expit, lambda x: sp.expit(x) * sp.expit(-x)),
+    ),
     # Keras 3: relu6(x + 3) / 6, i.e. slope 1/6 on (-3, 3) and flat outside.
-    "hard_sigmoid": _Entry("saturating", max_derivative=1.0 / 6.0),
-    "tanh": _Entry("saturating", max_derivative=1.0),
-    "softsign": _Entry("saturating", max_derivative=1.0),
-    "relu": _Entry("relu"),
-    "relu6": _Entry("relu"),
+    "hard_sigmoid": _Entry(
+        "saturating",
+        max_derivative=1.0 / 6.0,
+        meanfield=lambda p, np, sp: PiecewiseLinear(
+            ((-_INF, -3.0, 0.0, 0.0), (-3.0, 3.0, 1.0 / 6.0, 0.5), (3.0, _INF, 0.0, 1.0))
+        ),
+    ),
+    "tanh": _Entry(
+        "saturating", max_derivative=1.0, meanfield=lambda p, np, sp: Smooth(np.tanh, lambda x: 1.0 - np.tanh(x) ** 2)
+    ),
+    "softsign": _Entry(
+        "saturating",
+        max_derivative=1.0,
+        meanfield=lambda p, np, sp: Smooth(lambda x: x / (1.0 + np.abs(x)), lambda x: 1.0 / (1.0 + np.abs(x)) ** 2),
+    ),
+    "relu": _Entry("relu", meanfield=lambda p, np, sp: _relu_like(0.0)),
+    "relu6": _Entry(
+        "relu",
+        meanfield=lambda p, np, sp: PiecewiseLinear(
+            ((-_INF, 0.0, 0.0, 0.0), (0.0, 6.0, 1.0, 0.0), (6.0, _INF, 0.0, 6.0))
+        ),
+    ),
     # 0.2 is the default of keras.activations.leaky_relu (the LeakyReLU layer
     # defaults to 0.3); the layer is always given the value explicitly.
     "leaky_relu": _Entry(
         "relu",
         _params(negative_slope=0.2),
         checks=types.MappingProxyType({"negative_slope": (lambda v: v >= 0, "non-negative")}),
+        meanfield=lambda p, np, sp: _relu_like(float(p["negative_slope"])),
     ),
-    "prelu": _Entry("relu"),
-    "elu": _Entry("smooth", _params(alpha=1.0)),
-    "selu": _Entry("smooth"),
-    "gelu": _Entry("smooth"),
-    "swish": _Entry("smooth"),
-    "mish": _Entry("smooth"),
-    "softplus": _Entry("smooth"),
-    "linear": _Entry("linear"),
+    # A fresh PReLU layer: every slope at its initial value.
+    "prelu": _Entry("relu", meanfield=lambda p, np, sp: _relu_like(PRELU_INITIAL_SLOPE)),
+    "elu": _Entry("smooth", _params(alpha=1.0), meanfield=lambda p, np, sp: _elu_form(np, float(p["alpha"]))),
+    "selu": _Entry("smooth", meanfield=lambda p, np, sp: _elu_form(np, SELU_ALPHA, SELU_SCALE)),
+    "gelu": _Entry("smooth", meanfield=lambda p, np, sp: _gelu_form(np, sp)),
+    "swish": _Entry("smooth", meanfield=lambda p, np, sp: _swish_form(np, sp)),
+    "mish": _Entry("smooth", meanfield=lambda p, np, sp: _mish_form(np, sp)),
+    "softplus": _Entry("smooth", meanfield=lambda p, np, sp: Smooth(lambda x: np.logaddexp(0.0, x), sp.expit)),
+    "linear": _Entry("linear", meanfield=lambda p, np, sp: PiecewiseLinear(((-_INF, _INF, 1.0, 0.0),))),
 }
 
 ALIASES: dict[str, str] = {
@@ -179,6 +304,27 @@ class Activation:
         return keras.activations.get(self.base)(x)
 
     @property
+    def meanfield(self) -> PiecewiseLinear | Smooth | None:
+        """The activation as numpy functions, for the mean-field theory (`bench.theory`).
+
+        A `PiecewiseLinear` or `Smooth` form with this activation's
+        parameters (`prelu`: its initial slope), or None for an entry
+        without one (`no_meanfield` says why).
+        """
+        build = _REGISTRY[self.base].meanfield
+        if build is None:
+            return None
+        import numpy as np
+        from scipy import special
+
+        return build(self.params, np, special)
+
+    @property
+    def no_meanfield(self) -> str:
+        """Why the entry has no mean-field form ("" when it has one)."""
+        return _REGISTRY[self.base].no_meanfield
+
+    @property
     def max_derivative(self) -> float | None:
         """The largest value of the derivative for the saturating family.
 
@@ -252,9 +398,8 @@ class Activation:
                 slope = PRELU_INITIAL_SLOPE
             return ops.where(z > 0, one, ops.cast(slope, z.dtype) * one)
         if self.base in ("elu", "selu"):
-            # Keras' selu constants.
-            alpha = params["alpha"] if self.base == "elu" else 1.6732632423543772
-            scale = 1.0 if self.base == "elu" else 1.0507009873554805
+            alpha = params["alpha"] if self.base == "elu" else SELU_ALPHA
+            scale = 1.0 if self.base == "elu" else SELU_SCALE
             return scale * ops.where(z > 0, one, alpha * ops.exp(ops.minimum(z, 0.0)))
         return _autodiff(self, z)
 

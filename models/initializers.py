@@ -13,6 +13,11 @@ arguments, so a spec accepts exactly what Keras accepts:
 `"random_normal(stddev=0.01)"`, `"orthogonal(gain=2.0)"`,
 `"variance_scaling(scale=2.0, mode='fan_in', distribution='truncated_normal')"`.
 
+Each entry also carries its mean-field description (`meanfield`): the
+constructor defaults and the variance of one kernel entry, which
+`bench.theory` reads without importing Keras. An entry without one says why
+(`no_meanfield`).
+
 Keras is imported only when parameters are checked or an initializer is
 made, so listing names stays cheap.
 """
@@ -22,28 +27,105 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from vgbench.models import registry
 
-__all__ = ["ALIASES", "Initializer", "get", "names"]
+__all__ = ["ALIASES", "Initializer", "MeanField", "get", "meanfield", "names", "no_meanfield"]
 
-# Registry name -> class name in keras.initializers.
-_REGISTRY: dict[str, str] = {
-    "random_normal": "RandomNormal",
-    "random_uniform": "RandomUniform",
-    "truncated_normal": "TruncatedNormal",
-    "glorot_uniform": "GlorotUniform",
-    "glorot_normal": "GlorotNormal",
-    "he_uniform": "HeUniform",
-    "he_normal": "HeNormal",
-    "lecun_uniform": "LecunUniform",
-    "lecun_normal": "LecunNormal",
-    "orthogonal": "Orthogonal",
-    "variance_scaling": "VarianceScaling",
-    "zeros": "Zeros",
+# tf.random.truncated_normal redraws values beyond 2 standard deviations:
+# the variance of N(0, 1) truncated to [-2, 2].
+_TRUNCATED_VARIANCE = 1.0 - 4.0 * math.exp(-2.0) / math.sqrt(2.0 * math.pi) / math.erf(math.sqrt(2.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanField:
+    """What the mean-field theory (`bench.theory`) needs of an initializer, without importing Keras.
+
+    Attributes:
+        defaults: The Keras constructor's defaults, repeated here (`Initializer.params`
+            reads them from Keras' signature; a test checks that the two agree).
+        variance: ``(params, fan_in, fan_out) -> (mean, a, n)``: the mean of
+            one kernel entry and its variance as ``a / n``, so that
+            ``fan·a/n`` is exact when ``n == fan``.
+    """
+
+    defaults: Mapping[str, Any]
+    variance: Callable[[Mapping[str, Any], int, int], tuple[float, float, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    keras_class: str  # the class in keras.initializers
+    # The mean-field description, or why there is none: exactly one of the two.
+    meanfield: MeanField | None = None
+    no_meanfield: str = ""
+
+    def __post_init__(self):
+        if (self.meanfield is None) == (not self.no_meanfield):
+            raise ValueError("An initializer entry needs either a mean-field description or the reason it has none")
+
+
+def _scaling(scale: float | None = None, mode: str | None = None) -> MeanField:
+    """The VarianceScaling family: variance ``scale / n`` for all three distributions, n from the mode.
+
+    Keras widens its truncated normal by 1/0.8796 to make up for the
+    truncation. The presets (Glorot, He, LeCun) fix scale and mode; their
+    distribution does not change the variance.
+    """
+
+    def variance(p, fan_in, fan_out):
+        s, m = (scale, mode) if scale is not None else (float(p["scale"]), p["mode"])
+        n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[m]
+        return 0.0, s, max(1.0, float(n))
+
+    defaults = {} if scale is not None else {"scale": 1.0, "mode": "fan_in", "distribution": "truncated_normal"}
+    return _fixed(defaults, variance)
+
+
+def _fixed(defaults: dict, variance) -> MeanField:
+    return MeanField(types.MappingProxyType(defaults), variance)
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "random_normal": _Entry(
+        "RandomNormal",
+        _fixed({"mean": 0.0, "stddev": 0.05}, lambda p, fi, fo: (float(p["mean"]), float(p["stddev"]) ** 2, 1.0)),
+    ),
+    "random_uniform": _Entry(
+        "RandomUniform",
+        _fixed(
+            {"minval": -0.05, "maxval": 0.05},
+            lambda p, fi, fo: (
+                0.5 * (float(p["minval"]) + float(p["maxval"])),
+                (float(p["maxval"]) - float(p["minval"])) ** 2 / 12.0,
+                1.0,
+            ),
+        ),
+    ),
+    # Not widened like VarianceScaling's: variance 0.7737·stddev².
+    "truncated_normal": _Entry(
+        "TruncatedNormal",
+        _fixed(
+            {"mean": 0.0, "stddev": 0.05},
+            lambda p, fi, fo: (float(p["mean"]), float(p["stddev"]) ** 2 * _TRUNCATED_VARIANCE, 1.0),
+        ),
+    ),
+    "glorot_uniform": _Entry("GlorotUniform", _scaling(1.0, "fan_avg")),
+    "glorot_normal": _Entry("GlorotNormal", _scaling(1.0, "fan_avg")),
+    "he_uniform": _Entry("HeUniform", _scaling(2.0, "fan_in")),
+    "he_normal": _Entry("HeNormal", _scaling(2.0, "fan_in")),
+    "lecun_uniform": _Entry("LecunUniform", _scaling(1.0, "fan_in")),
+    "lecun_normal": _Entry("LecunNormal", _scaling(1.0, "fan_in")),
+    # Orthonormal columns (rows when fan_in < fan_out): variance gain² / max(fan_in, fan_out).
+    "orthogonal": _Entry(
+        "Orthogonal", _fixed({"gain": 1.0}, lambda p, fi, fo: (0.0, float(p["gain"]) ** 2, float(max(fi, fo))))
+    ),
+    "variance_scaling": _Entry("VarianceScaling", _scaling()),
+    "zeros": _Entry("Zeros", _fixed({}, lambda p, fi, fo: (0.0, 0.0, 1.0))),
 }
 
 ALIASES: dict[str, str] = {
@@ -74,10 +156,20 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def meanfield(base: str) -> MeanField | None:
+    """The mean-field description of a registered initializer (by base name), or None without one."""
+    return _REGISTRY[base].meanfield
+
+
+def no_meanfield(base: str) -> str:
+    """Why a registered initializer has no mean-field description ("" when it has one)."""
+    return _REGISTRY[base].no_meanfield
+
+
 def _keras_class(base: str) -> type:
     import keras
 
-    return getattr(keras.initializers, _REGISTRY[base])
+    return getattr(keras.initializers, _REGISTRY[base].keras_class)
 
 
 @functools.cache

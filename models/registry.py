@@ -26,7 +26,11 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+# Re-exported: the registries' messages echo values with it.
+from vgbench.bench.utils import ECHO_LIMIT, shorten
+
 __all__ = [
+    "ECHO_LIMIT",
     "UnknownNameError",
     "bind_params",
     "canonical",
@@ -39,32 +43,6 @@ __all__ = [
 
 _SPEC = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*", re.DOTALL)
 _EXAMPLE = "Expected 'name' or 'name(param=value, ...)'"
-
-# How much of a user-given value an error message echoes.
-ECHO_LIMIT = 60
-
-
-def shorten(text: Any, limit: int = ECHO_LIMIT) -> str:
-    """Shortens a user-given value for echoing it in a one-line error message.
-
-    A mistyped 100 kB name must not become a 100 kB message, yet the message
-    has to show what was received: the first `limit` characters are kept and
-    the length of the whole is said.
-
-    Args:
-        text: The value as it is to be echoed (usually its `repr`); other
-            types are converted with `str`.
-        limit: Characters kept.
-
-    Returns:
-        `text` itself when it has at most `limit` characters, otherwise
-        `"<first limit chars>…(N chars)"`; line breaks are escaped so the
-        message stays one line.
-    """
-    text = str(text)
-    if len(text) > limit:
-        text = f"{text[:limit]}…({len(text)} chars)"
-    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class UnknownNameError(ValueError):

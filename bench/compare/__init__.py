@@ -77,7 +77,7 @@ The package, stage by stage:
 - `bench.compare.cli`: the `vgbench compare` command.
 """
 
-from vgbench.bench.compare.cli import add_arguments, run, write_text_atomic
+from vgbench.bench.compare.cli import add_arguments, run, write_report
 from vgbench.bench.compare.comparison import Comparison, compare
 from vgbench.bench.compare.matching import benchmark_name
 from vgbench.bench.compare.records import (
@@ -123,5 +123,5 @@ __all__ = [
     "to_json",
     "to_junit",
     "to_markdown",
-    "write_text_atomic",
+    "write_report",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from vgbench.bench.compare.comparison import compare
@@ -11,6 +10,7 @@ from vgbench.bench.compare.render import to_json, to_junit, to_markdown
 from vgbench.bench.compare.statistics import DEFAULT_ALPHA
 from vgbench.bench.compare.tolerances import DEFAULT_TOLERANCES, parse_tolerances
 from vgbench.bench.errors import UsageError
+from vgbench.bench.results import write_text_atomic
 
 
 def add_arguments(parser) -> None:
@@ -57,7 +57,7 @@ def run(args) -> int:
     for path, text in ((args.json, to_json), (args.junit, to_junit), (args.markdown, to_markdown)):
         if path:
             try:
-                write_text_atomic(path, text(comparison))
+                write_report(path, text(comparison))
             except UsageError as e:
                 errors.append(e)
     if not args.markdown:
@@ -86,25 +86,13 @@ def check_writable(path) -> None:
         raise UsageError(f"Cannot write {shown}: the folder {str(parent)!r} is not writable.")
 
 
-def write_text_atomic(path, text: str) -> None:
-    """Writes ``text`` (UTF-8) to ``path`` so that readers never see half a file.
+def write_report(path, text: str) -> None:
+    """Writes a report file atomically (`results.write_text_atomic`).
 
     Raises:
         UsageError: the file or its directory cannot be written.
     """
-    path = Path(path)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        # mkstemp creates a private file; a report is for everyone the umask allows.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     except OSError as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         raise UsageError(f"Cannot write {str(path)!r}: {e.strerror or e}") from None

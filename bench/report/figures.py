@@ -44,6 +44,7 @@ from vgbench.bench.report.tables import (
     GRID_QUANTITIES,
     SWEEP_QUANTITIES,
 )
+from vgbench.bench.report.text import factor_text
 
 DPI = 110
 
@@ -632,11 +633,6 @@ def _floor_underflow(logs, margin):
     finite = logs[np.isfinite(logs)]
     floor = min(float(finite.min()) if finite.size else 0.0, 0.0) - margin
     return np.where(np.isneginf(logs), floor, logs)
-
-
-def factor_text(v) -> str:
-    """A per-layer factor in a cell: two decimals, or two significant digits below 0.1 (never '0.00' for 0.004)."""
-    return f"{v:.2f}" if v == 0 or abs(v) >= 0.095 else f"{v:.2g}"
 
 
 def _grid_style(quantity, values):

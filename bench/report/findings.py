@@ -23,7 +23,7 @@ import pandas as pd
 
 from vgbench.bench.report import predictions
 from vgbench.bench.report.tables import PAIR_QUANTITIES, THEORY_COLUMNS, pair_keys, varying_keys
-from vgbench.bench.report.text import pair_label, pct, power_of_ten
+from vgbench.bench.report.text import factor_text, pair_label, pct, power_of_ten
 from vgbench.bench.utils import finite, plain
 
 # Accuracy below this multiple of chance is reported as "chance".
@@ -655,8 +655,8 @@ def _firstfinite(*xs):
 
 
 def _factor(x) -> str:
-    """'×0.24 per layer'; two significant digits below 0.1, so that a small factor never reads ×0.00."""
-    return f"×{x:.2f} per layer" if abs(x) >= 0.095 else f"×{x:.2g} per layer"
+    """'×0.24 per layer', '×0.004 per layer', '×0 per layer'."""
+    return f"×{factor_text(x, zero='0')} per layer"
 
 
 def _with_theory(measured, predicted) -> str:

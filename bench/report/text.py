@@ -56,6 +56,17 @@ def power_of_ten(x) -> str:
     return "10" + str(int(round(math.log10(abs(x))))).translate(_SUPERSCRIPT)
 
 
+def factor_text(x, zero: str = "0.00") -> str:
+    """A per-layer factor: '0.24', or two significant digits below 0.1 so that a small one never reads 0.00 ('0.004').
+
+    ``zero`` writes an exact 0 (an underflow): '0.00' lines up in a grid of
+    cells, a sentence says '0'.
+    """
+    if x == 0:
+        return zero
+    return f"{x:.2f}" if abs(x) >= 0.095 else f"{x:.2g}"
+
+
 def pct(x) -> str:
     """0.1134 → '11%' (one decimal under 10%)."""
     if x is None or not np.isfinite(x):

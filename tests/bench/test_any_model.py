@@ -7,6 +7,7 @@ import math
 import warnings
 
 import keras
+import model_zoo
 import numpy as np
 import pandas as pd
 import pytest
@@ -99,15 +100,7 @@ def _rms(t):
 
 def test_sequential_dense_with_inner_activations_signals_match_a_layer_by_layer_reference():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((6,)),
-            L.Dense(8, activation="relu", name="d0"),
-            L.Dense(8, activation="tanh", name="d1"),
-            L.Dense(3, name="out"),
-        ],
-        name="seq",
-    )
+    model = model_zoo.sequential()
     x, y = _x(16, (6,)), _y(16)
     # Reference: the same network written out by hand, z = h·W + b, h' = f(z).
     with tf.GradientTape() as tape:
@@ -143,12 +136,7 @@ def test_sequential_dense_with_inner_activations_signals_match_a_layer_by_layer_
 
 def test_functional_conv_stack_with_a_skip_connection():
     keras.utils.set_random_seed(0)
-    inp = keras.Input((8, 8, 1))
-    a = L.Conv2D(4, 3, padding="same", activation="relu", name="c0")(inp)
-    b = L.Conv2D(4, 3, padding="same", activation="relu", name="c1")(a)
-    s = L.Add(name="skip")([a, b])
-    out = L.Dense(3, name="out")(L.GlobalAveragePooling2D()(s))
-    model = keras.Model(inp, out, name="cnn")
+    model = model_zoo.conv_skip()
     x, y = _x(8, (8, 8, 1)), _y(8)
     logger, ref, _ = _fit(model, x, y)
     names = [model.get_layer(n).path for n in ("c0", "c1", "out")]
@@ -158,17 +146,8 @@ def test_functional_conv_stack_with_a_skip_connection():
 
 
 def test_subclassed_model_in_call_order_not_attribute_order():
-    class MyMLP(keras.Model):
-        def __init__(self):
-            super().__init__(name="my_mlp")
-            self.head = L.Dense(3, name="head")  # defined first, called last
-            self.body = L.Dense(8, activation="sigmoid", name="body")
-
-        def call(self, x):
-            return self.head(self.body(x))
-
     keras.utils.set_random_seed(0)
-    model = MyMLP()
+    model = model_zoo.MyMLP()
     x, y = _x(16, (5,)), _y(16)
     model(x)
     logger, ref, _ = _fit(model, x, y)
@@ -179,9 +158,8 @@ def test_subclassed_model_in_call_order_not_attribute_order():
 
 def test_embedding_and_lstm():
     keras.utils.set_random_seed(0)
-    inp = keras.Input((5,), dtype="int32")
-    h = L.LSTM(6, name="lstm")(L.Embedding(20, 4, name="emb")(inp))
-    model = keras.Model(inp, L.Dense(3, name="out")(h), name="rnn")
+    model = model_zoo.embedding_lstm()
+    h = model.get_layer("lstm").output
     x = np.random.default_rng(0).integers(0, 20, (16, 5)).astype("int32")
     y = _y(16)
     # The LSTM's z is its output (its activations are inside the cell): checked against a functional tap.
@@ -214,16 +192,7 @@ def test_embedding_and_lstm():
 
 def test_batch_normalization_gamma_and_beta():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((6,)),
-            L.Dense(8, use_bias=False, name="d0"),
-            L.BatchNormalization(name="bn"),
-            L.Activation("relu"),
-            L.Dense(3, name="out"),
-        ],
-        name="bnnet",
-    )
+    model = model_zoo.batchnorm()
     x, y = _x(16, (6,)), _y(16)
     moving = [v.numpy().copy() for v in model.non_trainable_weights]
     logger, ref, _ = _fit(model, x, y)

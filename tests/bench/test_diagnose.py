@@ -183,6 +183,25 @@ def test_python_function_on_a_subclassed_model(tmp_path):
     assert len(load_results(out).runs) == 2
 
 
+def test_an_error_in_training_is_a_failed_run_that_keeps_step_0_as_vgbench_runs_do():
+    # diagnose trains through `train.logged_run`, the run of `vgbench run`: same failure record.
+    class NoUpdates(keras.optimizers.SGD):
+        def apply_gradients(self, grads_and_vars):
+            raise RuntimeError("no update today\nsecond line")
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 6)).astype("float32"), rng.integers(0, 3, 64)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+    model.compile(optimizer=NoUpdates(0.01), loss=_loss())
+    res = diagnose(model, x, y, steps=3, batch_size=16)
+    (row,) = res.runs.to_dict("records")
+    assert (row["status"], row["error"], row["steps"]) == ("failed", "RuntimeError: no update today", 0)
+    assert row["wall_time_s"] > 0 and row["git_sha"]  # the provenance of a run
+    # What was measured before the failure is kept: step 0 of both layers.
+    assert sorted(res.layers.step.unique()) == [0] and res.layers.layer_index.nunique() == 2
+
+
 @pytest.mark.mnist
 def test_bad_input_is_one_line_and_exit_2(saved, mnist_path, tmp_path, capsys):
     out = tmp_path / "out"

@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import keras
+import model_zoo
 import numpy as np
 import pandas as pd
 import pytest
@@ -44,67 +45,6 @@ FACTORY = {
     ),
     "cnn": dict(arch="cnn", activation="relu", initializer="he_normal", input_shape=(12, 12, 1), width=4),
 }
-
-# Models of every kind, not built by `models/`, every layer named (the same
-# paths in both processes). Executed here and in the JAX subprocess.
-ZOO_SOURCE = textwrap.dedent(
-    """
-    import keras
-    import numpy as np
-
-    L = keras.layers
-
-
-    class MyMLP(keras.Model):
-        def __init__(self):
-            super().__init__(name="my_mlp")
-            self.head = L.Dense(3, name="head")  # defined first, called last
-            self.body = L.Dense(8, activation="sigmoid", name="body")
-
-        def call(self, x):
-            return self.head(self.body(x))
-
-
-    def zoo():
-        rng = np.random.default_rng(0)
-        xs = lambda *shape: rng.standard_normal(shape).astype("float32")
-        y = rng.integers(0, 3, 16).astype("int32")
-        keras.utils.set_random_seed(0)
-        out = {}
-        out["sequential"] = (
-            keras.Sequential(
-                [keras.Input((6,)), L.Dense(8, activation="relu", name="d0"),
-                 L.Dense(8, activation="tanh", name="d1"), L.Dense(3, name="out")],
-                name="seq",
-            ),
-            xs(16, 6),
-        )
-        inp = keras.Input((8, 8, 1))
-        a = L.Conv2D(4, 3, padding="same", activation="relu", name="c0")(inp)
-        b = L.Conv2D(4, 3, padding="same", activation="relu", name="c1")(a)
-        s = L.Add(name="skip")([a, b])
-        out["conv-skip"] = (
-            keras.Model(inp, L.Dense(3, name="out")(L.GlobalAveragePooling2D(name="gap")(s)), name="cnn"),
-            xs(16, 8, 8, 1),
-        )
-        sub = MyMLP()
-        sub(xs(2, 5))
-        out["subclassed"] = (sub, xs(16, 5))
-        inp = keras.Input((5,), dtype="int32")
-        h = L.LSTM(6, name="lstm")(L.Embedding(20, 4, name="emb")(inp))
-        tokens = rng.integers(0, 20, (16, 5)).astype("int32")
-        out["lstm"] = (keras.Model(inp, L.Dense(3, name="out")(h), name="rnn"), tokens)
-        out["batchnorm"] = (
-            keras.Sequential(
-                [keras.Input((6,)), L.Dense(8, use_bias=False, name="d0"), L.BatchNormalization(name="bn"),
-                 L.Activation("relu", name="act"), L.Dense(3, name="out")],
-                name="bnnet",
-            ),
-            xs(16, 6),
-        )
-        return {k: (m, x, y) for k, (m, x) in out.items()}
-    """
-)
 
 _JAX_SCRIPT = textwrap.dedent(
     """
@@ -154,7 +94,9 @@ _JAX_SCRIPT = textwrap.dedent(
         save(logger, name)
 
     # Models of every kind: step 0 from the same weights, then two steps.
-    exec(spec["zoo_source"])
+    sys.path.insert(0, spec["tests_dir"])
+    from model_zoo import zoo
+
     for name, (model, x, y) in zoo().items():
         compiled(model)
         load(model, "zoo-" + name)
@@ -244,7 +186,7 @@ def sides(tmp_path_factory):
     work = tmp_path_factory.mktemp("jax")
     rng = np.random.default_rng(0)
     tf_side = {}
-    spec = {"factory": {}, "zoo_source": ZOO_SOURCE, "fit": FIT}
+    spec = {"factory": {}, "tests_dir": str(REPO_ROOT / "tests"), "fit": FIT}
     for name, kw in FACTORY.items():
         kw = _factory_kwargs(kw)
         spec["factory"][name] = kw
@@ -257,9 +199,7 @@ def sides(tmp_path_factory):
         logger = GradientNormLogger(probe_data=(x, y), run_id=name)
         measure_at_init(model, logger)
         tf_side[name] = logger
-    namespace = {}
-    exec(ZOO_SOURCE, namespace)
-    for name, (model, x, y) in namespace["zoo"]().items():
+    for name, (model, x, y) in model_zoo.zoo().items():
         _compiled(model)
         _save_weights(model, work / f"zoo-{name}.weights.npz")
         logger = GradientNormLogger(probe_data=(x, y), log_every=1, act_every=1, run_id=name)

@@ -231,6 +231,7 @@ def test_weight_variance_is_that_of_keras_kernels(spec):
 
 
 def test_every_registered_name_has_a_model():
+    # Every shipped entry of the registries in models/ carries its mean-field form.
     preds = theory.predict_grid(models.activations.names(), models.initializers.names(), depth=3, width=16)
     assert all(p.applicable for p in preds), [p.reason for p in preds if not p.applicable]
 
@@ -267,14 +268,21 @@ def test_nonzero_mean_weights_are_not_applicable():
 
 
 def test_registered_names_without_a_model_are_not_applicable(monkeypatch):
-    # A name added to a registry before its mean-field model exists.
-    monkeypatch.setitem(models.activations._REGISTRY, "hard_swish", models.activations._Entry("smooth"))
-    monkeypatch.setitem(models.initializers._REGISTRY, "identity", "Identity")
+    # A name added to a registry without a mean-field form must say why; the prediction repeats it.
+    entry = models.activations._Entry("smooth", no_meanfield="its integrals are not derived yet")
+    monkeypatch.setitem(models.activations._REGISTRY, "hard_swish", entry)
+    identity = models.initializers._Entry("Identity", no_meanfield="an identity kernel is not random")
+    monkeypatch.setitem(models.initializers._REGISTRY, "identity", identity)
     p = theory.predict("hard_swish", "he_normal", depth=5, width=32)
-    assert not p.applicable and "no mean-field model for activation 'hard_swish'" in p.reason
+    assert not p.applicable
+    assert "no mean-field model for activation 'hard_swish': its integrals are not derived yet" in p.reason
+    with pytest.raises(ValueError, match=r"'hard_swish' \(its integrals are not derived yet\)\. Modelled activations"):
+        theory.moments("hard_swish", 1.0)
     p = theory.predict("relu", "identity", depth=5, width=32)
-    assert not p.applicable and "no mean-field model for initializer 'identity'" in p.reason
+    assert not p.applicable and "no mean-field model for initializer 'identity': an identity kernel" in p.reason
     assert "not applicable, because no mean-field model" in theory.format_table([p])
+    with pytest.raises(ValueError, match=r"'identity' \(an identity kernel is not random\)"):
+        theory.weight_variance("identity", 4, 4)
 
 
 def test_bad_names_and_numbers_raise_one_line_errors():

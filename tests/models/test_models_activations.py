@@ -265,3 +265,24 @@ def test_derivative_is_exactly_zero_only_where_no_gradient_flows():
     assert zero("prelu", slope=0.0)[:3] == [True, True, True]
     # Saturating ones only in float32 underflow: sigmoid at z = 1000 (1 - σ(z) rounds to 0), not at 5.
     assert zero("sigmoid") == [True, False, False, False, False, False, True]
+
+
+@pytest.mark.parametrize("name", activations.names())
+def test_every_activation_has_a_meanfield_form_or_says_why_not(name):
+    # The theory (bench/theory.py) reads these forms: a new entry is either modelled or says why it is not.
+    act = activations.get(name)
+    form = act.meanfield
+    if form is None:
+        assert act.no_meanfield.strip(), f"{name}: no mean-field form and no reason"
+        return
+    assert not act.no_meanfield
+    assert isinstance(form, (activations.PiecewiseLinear, activations.Smooth))
+    # That it is the function Keras computes: tests/bench/test_theory.py (test_numpy_activations_are_the_keras_ones).
+
+
+def test_an_entry_needs_a_meanfield_form_or_a_reason_but_not_both():
+    with pytest.raises(ValueError, match="mean-field form or the reason"):
+        activations._Entry("smooth")
+    with pytest.raises(ValueError, match="mean-field form or the reason"):
+        activations._Entry("relu", meanfield=lambda p, np, sp: None, no_meanfield="both")
+    assert activations._Entry("smooth", no_meanfield="not derived yet").meanfield is None

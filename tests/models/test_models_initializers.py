@@ -1,4 +1,5 @@
 import inspect
+import math
 import re
 
 import keras
@@ -176,3 +177,22 @@ def test_parameter_constraints_are_checked_when_read(spec, fragment):
 def test_parameters_inside_the_constraints_are_accepted():
     assert initializers.get("random_uniform(minval=-1.0, maxval=1.0)").params["maxval"] == 1.0
     assert initializers.get("random_normal(stddev=0.01)").name == "random_normal(stddev=0.01)"
+
+
+@pytest.mark.parametrize("name", initializers.names())
+def test_every_initializer_has_a_meanfield_description_or_says_why_not(name):
+    described = initializers.meanfield(name)
+    if described is None:
+        assert initializers.no_meanfield(name).strip(), f"{name}: no mean-field description and no reason"
+        return
+    assert not initializers.no_meanfield(name)
+    # Its defaults are Keras' own (the theory reads them without importing Keras).
+    assert dict(described.defaults) == dict(initializers.get(name).params)
+    mean, a, n = described.variance(described.defaults, 30, 20)
+    assert math.isfinite(mean) and a >= 0 and n >= 1
+
+
+def test_an_initializer_entry_needs_a_meanfield_description_or_a_reason():
+    with pytest.raises(ValueError, match="mean-field description or the reason"):
+        initializers._Entry("Identity")
+    assert initializers._Entry("Identity", no_meanfield="not random").meanfield is None
