@@ -151,7 +151,7 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensor
     result = empty_result(data_checksum=data.checksum, **run_provenance())
     # One pipeline for the test set: the step-0 evaluation and fit's validation.
     test_ds = data_mod.make_tf_dataset(arrays.x_test, arrays.y_test, batch_size=512, shuffle=False)
-    logger = None
+    logger = jacobian = None
     try:
         keras.utils.set_random_seed(config.seed)
         model = build(config, arrays.x_train.shape[1:])
@@ -164,6 +164,13 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensor
             run_id=config.run_id,
             tensorboard_dir=tensorboard_dir or os.environ.get(TENSORBOARD_ENV) or None,
         )
+        if config.jacobian_examples:
+            # Before any update: the spectrum at initialization (`bench.spectrum`).
+            from vgbench.bench import spectrum
+
+            examples = arrays.x_train[: config.jacobian_examples]
+            jacobian = spectrum.measure(model, examples, config.depth, config.run_id)
+            result.update(spectrum.run_summary(jacobian))
         epochs, per_epoch = schedule(config, len(arrays.x_train))
         result.update(
             fit_logged(
@@ -185,7 +192,7 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensor
     layers = logger.layers if logger is not None else pd.DataFrame()
     history = logger.history if logger is not None else pd.DataFrame()
     variables = logger.variables if logger is not None else pd.DataFrame()
-    return RunRecord(config.run_id, config.to_dict(), result, layers, history, variables)
+    return RunRecord(config.run_id, config.to_dict(), result, layers, history, variables, jacobian)
 
 
 def measure_at_init(model, logger):
