@@ -192,3 +192,63 @@ def test_the_table_round_trips_through_the_results_directory(tmp_path, mnist_pat
     again = tmp_path / "again"
     run_suite([measured], again, data_path=mnist_path, jobs=1, progress=False)
     pd.testing.assert_frame_equal(results.load_jacobian(again), table.reset_index(drop=True))
+
+
+# --------------------------------------------------------------------------- the claim
+
+
+def _isometry_tables(spreads: dict, accuracy=0.9):
+    """The claim's runs with a chosen jacobian_spread per run set (seed s adds 0.1·s) and a flat history."""
+    from vgbench.bench import claims
+
+    claim = claims.get("pennington2017-dynamical-isometry")
+    rows, history = [], []
+    for rs in claim.run_sets:
+        for c in rs.configs():
+            spread_value = spreads[rs.name] + 0.1 * c.seed
+            rows.append(
+                {
+                    "run_id": c.run_id,
+                    **c.to_dict(),
+                    "status": "ok",
+                    "test_accuracy": accuracy,
+                    "jacobian_spread": spread_value,
+                    "jacobian_mean_sq": 1.0,
+                }
+            )
+            history += [{"run_id": c.run_id, "step": s, "test_accuracy": accuracy * s / 300} for s in (100, 200, 300)]
+    return claim, pd.DataFrame(rows), pd.DataFrame(history)
+
+
+@pytest.mark.parametrize(
+    ("orth", "gauss", "relu", "expected"),
+    [
+        (0.5, 20.0, 25.0, "pass"),  # 40x narrower, ReLU far from isometric
+        (6.0, 20.0, 25.0, "fail"),  # orthogonal only ~3.3x narrower
+        (0.5, 20.0, 0.5, "fail"),  # ReLU isometric
+        (0.5, 20.0, 1.5, "fail"),  # ReLU's spread above 1 but within 4x of tanh orthogonal's
+        (math.nan, 20.0, 25.0, "inconclusive"),  # not measured
+    ],
+)
+def test_the_isometry_claim_decides_by_its_rule(orth, gauss, relu, expected):
+    from vgbench.bench import claims
+    from vgbench.bench.results import LAYER_COLUMNS
+
+    claim, runs, history = _isometry_tables(
+        {"tanh_orthogonal_d32": orth, "tanh_gaussian_d32": gauss, "relu_orthogonal_d32": relu}
+    )
+    (result,) = claims.evaluate(runs, pd.DataFrame(columns=LAYER_COLUMNS), history, claims=[claim])
+    assert result.verdict == expected, result.summary
+    if expected == "inconclusive":
+        return
+    # By hand: the median over seeds 0, 1, 2 adds 0.1 to the value the set was given.
+    medians = {"orth": orth + 0.1, "gauss": gauss + 0.1, "relu": relu + 0.1}
+    assert result.evidence["tanh_orthogonal_d32.jacobian_spread.median"] == pytest.approx(medians["orth"])
+    assert result.evidence["narrowing"] == pytest.approx(medians["gauss"] / medians["orth"])
+    by_hand = medians["orth"] * 4 <= medians["gauss"] and medians["relu"] >= max(1, 4 * medians["orth"])
+    assert (result.verdict == "pass") == by_hand
+    # The theory is reported beside it: Gaussian tanh grows by one unit of spread per layer over orthogonal.
+    gap = result.evidence["tanh_gaussian_d32.theory_spread"] - result.evidence["tanh_orthogonal_d32.theory_spread"]
+    assert gap == pytest.approx(claims.ISOMETRY_DEPTH - 1)
+    assert result.evidence["tanh_orthogonal_d32.steps_to_accuracy"] == 300  # 0.9·s/300 reaches 0.80 at step 300
+    assert "Training (finding" in result.summary
