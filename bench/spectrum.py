@@ -316,3 +316,64 @@ def predict(config, input_second_moment: float = 1.0) -> pd.DataFrame:
             edge = math.nan
         rows.append((layer_index, mean, total, edge))
     return pd.DataFrame(rows, columns=columns)
+
+
+# --------------------------------------------------------------------------- report
+
+# The configuration of a run that its spectrum depends on: one line of the report's figure each.
+PROFILE_KEYS = ("activation", "initializer", "depth", "width", "bias_initializer")
+
+
+def spread_by_depth(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The spectrum's spread and mean by layer, per configuration: measured (median and range) and predicted.
+
+    Args:
+        table: The Jacobian spectrum table (`JACOBIAN_COLUMNS`).
+        runs: The runs table (config columns; ``preprocessing`` sets the
+            prediction's E[x²]: 1 for standardized inputs, else the mean of
+            MNIST scaled to [0, 1], `bench.report.predictions.SCALED_SECOND_MOMENT`).
+
+    Returns:
+        Long-form: one row per (configuration, layer_index, source) with
+        ``label``, ``source`` ("measured" or "theory"), ``spread``,
+        ``spread_lo``, ``spread_hi``, ``mean_sq``, ``mean_sq_lo``,
+        ``mean_sq_hi`` and ``n`` (examples × runs); the theory's range is
+        its value. Empty when no run measured its spectrum.
+    """
+    from vgbench.bench.config import RunConfig
+
+    columns = ["label", "source", *PROFILE_KEYS, "layer_index", "n"]
+    stats = [f"{q}{suffix}" for q in ("spread", "mean_sq") for suffix in ("", "_lo", "_hi")]
+    if table.empty or runs.empty:
+        return pd.DataFrame(columns=columns + stats)
+    keys = [k for k in PROFILE_KEYS if k in runs.columns]
+    per = spread(table).merge(runs[["run_id", *keys, "preprocessing"]].drop_duplicates("run_id"), on="run_id")
+    rows = []
+    for values, group in per.groupby(keys, sort=True):
+        config = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        label = f"{config['activation']} + {config['initializer']}"
+        if len(per.groupby(keys)) > 1 and per["depth"].nunique() > 1:
+            label += f", depth {config['depth']}"
+        for layer_index, g in group.groupby("layer_index"):
+            row = {"label": label, "source": "measured", **config, "layer_index": layer_index, "n": len(g)}
+            for q in ("spread", "mean_sq"):
+                row.update({q: g[q].median(), f"{q}_lo": g[q].min(), f"{q}_hi": g[q].max()})
+            rows.append(row)
+        try:
+            run = RunConfig(**{k: (int(v) if k in ("depth", "width") else v) for k, v in config.items()})
+        except (ValueError, TypeError):
+            continue
+        standardized = (group["preprocessing"] == "standardize").all()
+        moment = 1.0 if standardized else _scaled_second_moment()
+        for pred in predict(run, moment).to_dict("records"):
+            row = {"label": label, "source": "theory", **config, "layer_index": pred["layer_index"], "n": 0}
+            for q in ("spread", "mean_sq"):
+                row.update({q: pred[q], f"{q}_lo": pred[q], f"{q}_hi": pred[q]})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=columns + stats)
+
+
+def _scaled_second_moment() -> float:
+    from vgbench.bench.report.predictions import SCALED_SECOND_MOMENT
+
+    return SCALED_SECOND_MOMENT["mnist"]

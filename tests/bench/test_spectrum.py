@@ -252,3 +252,32 @@ def test_the_isometry_claim_decides_by_its_rule(orth, gauss, relu, expected):
     assert gap == pytest.approx(claims.ISOMETRY_DEPTH - 1)
     assert result.evidence["tanh_orthogonal_d32.steps_to_accuracy"] == 300  # 0.9·s/300 reaches 0.80 at step 300
     assert "Training (finding" in result.summary
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_the_report_profile_and_figure_of_a_hand_made_table():
+    from vgbench.bench.report import figures
+
+    config = _config(depth=3, width=2, activation="linear", initializer="lecun_normal")
+    runs = pd.DataFrame([{"run_id": "a", **config.to_dict()}, {"run_id": "b", **config.to_dict(), "seed": 1}])
+    # Run a: s = (1, 1) at both layers (spread 0); run b: s = (√2, 0) (spread 1), mean s² 1 for both.
+    s = {"a": [1.0, 1.0], "b": [math.sqrt(2), 0.0]}
+    table = pd.DataFrame(
+        [
+            {"run_id": r, "example": 0, "layer_index": layer, "index": i, "singular_value": v}
+            for r in s
+            for layer in (1, 2)
+            for i, v in enumerate(s[r])
+        ]
+    )
+    profile = spectrum.spread_by_depth(table, runs)
+    measured = profile[profile["source"] == "measured"].set_index("layer_index")
+    assert list(measured["spread_lo"]) == [0.0, 0.0] and list(measured["spread_hi"]) == [1.0, 1.0]
+    assert list(measured["spread"]) == [0.5, 0.5] and list(measured["n"]) == [2, 2]
+    theory = profile[profile["source"] == "theory"].set_index("layer_index")
+    assert list(theory["spread"]) == pytest.approx([1.0, 2.0])  # one unit per i.i.d. linear layer
+    fig = figures.jacobian_spectrum(profile)
+    assert len(fig.axes) == 2
+    assert spectrum.spread_by_depth(table.iloc[:0], runs).empty
