@@ -591,6 +591,8 @@ def cmd_theory(args) -> int:
     )
     print()
     print(theory.format_table(predictions))
+    print()
+    print(theory.finite_width_note(args.width))
     return 0
 
 

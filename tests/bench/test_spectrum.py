@@ -281,3 +281,15 @@ def test_the_report_profile_and_figure_of_a_hand_made_table():
     fig = figures.jacobian_spectrum(profile)
     assert len(fig.axes) == 2
     assert spectrum.spread_by_depth(table.iloc[:0], runs).empty
+
+
+def test_theory_states_the_finite_width_scatter(capsys):
+    from vgbench.bench import theory
+    from vgbench.bench.cli import main
+
+    assert main(["theory", "--activation", "gelu", "--initializer", "he_normal", "--width", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert theory.finite_width_note(1024) in out and "0.016 (SD)" in out
+    assert "0.5/sqrt(width) = 0.031" in theory.finite_width_note(256)
+    with pytest.raises(ValueError, match="width"):
+        theory.finite_width_note(0)
