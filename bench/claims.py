@@ -861,9 +861,13 @@ def _decide_isometry(t: Tables):
         f"({_fmt(ev['tanh_gaussian_d32.theory_spread'])}), ReLU orthogonal {_fmt(relu)} "
         f"({_fmt(ev['relu_orthogonal_d32.theory_spread'])})"
     )
+
+    def reached(name):
+        steps = ev[f"{name}.steps_to_accuracy"]
+        return f"{steps:g} steps to" if math.isfinite(steps) else "never reaches"
+
     training = "; ".join(
-        f"{label} {_acc_text(t.best(name))}, {_fmt(ev[f'{name}.steps_to_accuracy'], 'g')} steps to "
-        f"{TRAINS_ACCURACY:.2f}"
+        f"{label} {_acc_text(t.best(name))}, {reached(name)} {TRAINS_ACCURACY:.2f}"
         for label, name in (
             ("tanh orthogonal", "tanh_orthogonal_d32"),
             ("tanh Gaussian", "tanh_gaussian_d32"),
