@@ -1011,6 +1011,120 @@ def _decide_clipping(t: Tables):
 
 # --------------------------------------------------------------------------- registry
 
+# -- pennington2017-dynamical-isometry (its own functions: `_isometry_sets`, `_decide_isometry`, `_isometry_claim`)
+
+# Depth 32 (31 square layers between the first and the last hidden pre-activation), σ_w² = 1 for tanh
+# (orthogonal, gain 1, against an untruncated Gaussian of variance 1/fan_in) and σ_b² = 0: the critical point
+# whose fixed point is q* = 0, where tanh is linear. ReLU at its critical σ_w² = 2: orthogonal, gain √2.
+ISOMETRY_DEPTH = 32
+ISOMETRY_EXAMPLES = 4
+# "Much narrower": the normalized variance Var(s²)/E[s²]² of the orthogonal network's Jacobian at most a
+# quarter of the Gaussian one's.
+MUCH_NARROWER = 4.0
+# Not isometric: the squared singular values' standard deviation at least their mean (Var(s²)/E[s²]² >= 1),
+# and the spread at least MUCH_NARROWER times that of tanh with orthogonal weights.
+ISOMETRIC_SPREAD = 1.0
+_ISOMETRY_CONFIGS = {
+    "tanh_orthogonal_d32": ("tanh", "orthogonal"),
+    "tanh_gaussian_d32": ("tanh", _mean_field_kernel(1.0)),
+    "relu_orthogonal_d32": ("relu", f"orthogonal(gain={math.sqrt(2.0)!r})"),
+}
+
+
+def _isometry_sets():
+    return tuple(
+        RunSet(
+            name,
+            {
+                "activation": act,
+                "initializer": init,
+                "depth": ISOMETRY_DEPTH,
+                "jacobian_examples": ISOMETRY_EXAMPLES,
+            },
+        )
+        for name, (act, init) in _ISOMETRY_CONFIGS.items()
+    )
+
+
+def _decide_isometry(t: Tables):
+    from vgbench.bench import spectrum
+
+    ev, spread = {}, {}
+    for name in _ISOMETRY_CONFIGS:
+        ev.update(_metric_spread(name, t.runs(name), "jacobian_spread"))
+        ev.update(_metric_spread(name, t.runs(name), "jacobian_mean_sq"))
+        spread[name] = ev[f"{name}.jacobian_spread.median"]
+        pred = spectrum.predict(t.config(name))
+        ev[f"{name}.theory_spread"] = float(pred["spread"].iloc[-1]) if len(pred) else math.nan
+        ev[f"{name}.theory_mean_sq"] = float(pred["mean_sq"].iloc[-1]) if len(pred) else math.nan
+        best = t.best(name)
+        ev.update(_accuracy_evidence(name, best))
+        ev[f"{name}.steps_to_accuracy"] = steps_to_accuracy(t.history(name), best["run_ids"], TRAINS_ACCURACY)
+    orth, gauss, relu = (spread[n] for n in _ISOMETRY_CONFIGS)
+    ev["narrowing"] = gauss / orth if orth > 0 else math.inf
+    spectra = (
+        f"Var(s²)/E[s²]² of ∂z_{ISOMETRY_DEPTH - 1}/∂z_0 at init (median of seeds; theory): tanh orthogonal "
+        f"{_fmt(orth)} ({_fmt(ev['tanh_orthogonal_d32.theory_spread'])}), tanh Gaussian {_fmt(gauss)} "
+        f"({_fmt(ev['tanh_gaussian_d32.theory_spread'])}), ReLU orthogonal {_fmt(relu)} "
+        f"({_fmt(ev['relu_orthogonal_d32.theory_spread'])})"
+    )
+
+    def reached(name):
+        steps = ev[f"{name}.steps_to_accuracy"]
+        return f"{steps:g} steps to" if math.isfinite(steps) else "never reaches"
+
+    training = "; ".join(
+        f"{label} {_acc_text(t.best(name))}, {reached(name)} {TRAINS_ACCURACY:.2f}"
+        for label, name in (
+            ("tanh orthogonal", "tanh_orthogonal_d32"),
+            ("tanh Gaussian", "tanh_gaussian_d32"),
+            ("ReLU orthogonal", "relu_orthogonal_d32"),
+        )
+    )
+    if not all(math.isfinite(v) for v in (orth, gauss, relu)):
+        return INCONCLUSIVE, ev, f"The Jacobian spectrum was not measured for every run set ({spectra})."
+    narrower = orth * MUCH_NARROWER <= gauss
+    relu_isometric = relu < ISOMETRIC_SPREAD or relu < orth * MUCH_NARROWER
+    verdict = PASS if narrower and not relu_isometric else FAIL
+    why = []
+    if not narrower:
+        why.append(f"the orthogonal tanh spectrum is not {MUCH_NARROWER:g}x narrower than the Gaussian one")
+    if relu_isometric:
+        why.append(
+            f"ReLU with orthogonal weights comes near isometry (spread below {ISOMETRIC_SPREAD:g} or below "
+            f"{MUCH_NARROWER:g}x tanh orthogonal's)"
+        )
+    head = f"{spectra}: {ev['narrowing']:.1f}x narrower with orthogonal weights"
+    head += f"; {'; '.join(why)}." if why else "."
+    return verdict, ev, f"{head} Training (finding, not part of the verdict): {training}."
+
+
+def _isometry_claim() -> Claim:
+    return Claim(
+        "pennington2017-dynamical-isometry",
+        f"At depth {ISOMETRY_DEPTH}, tanh at criticality (σ_w² = 1, σ_b² = 0) with orthogonal weights has a much "
+        "narrower Jacobian spectrum than with Gaussian weights of the same variance, and ReLU with orthogonal "
+        "weights does not become isometric.",
+        "Pennington, Schoenholz & Ganguli 2017, Resurrecting the sigmoid in deep learning through dynamical "
+        "isometry; Saxe et al. 2014",
+        _isometry_sets(),
+        f"spread = Var(s²)/E[s²]² of the singular values s of J = ∂z_{ISOMETRY_DEPTH - 1}/∂z_0 (last over first "
+        f"hidden pre-activation) at init, mean over {ISOMETRY_EXAMPLES} training examples, median over the seeds: "
+        f"pass if tanh orthogonal's is at most 1/{MUCH_NARROWER:g} of tanh Gaussian's and ReLU orthogonal's is at "
+        f"least {ISOMETRIC_SPREAD:g} and at least {MUCH_NARROWER:g}x tanh orthogonal's; fail otherwise. The "
+        "free-probability prediction (bench.spectrum) is reported "
+        "beside each; the training runs' accuracy and steps to 0.80 are reported as a finding",
+        (
+            "*_d32.jacobian_spread.{median,min,max}",
+            "*_d32.theory_spread",
+            "narrowing",
+            "*_d32.median_accuracy",
+            "*_d32.steps_to_accuracy",
+        ),
+        _decide_isometry,
+    )
+
+
 _TRAINS = f"'trains' = median test accuracy at the best learning rate >= {TRAINS_ACCURACY:.2f}"
 _FAILS = f"'fails' = <= {FAILS_ACCURACY:.2f} (1.5x chance)"
 
@@ -1184,6 +1298,7 @@ def _claims() -> list[Claim]:  # fmt: skip
             _decide_clipping,
             _FIX_REASON,
         ),
+        _isometry_claim(),
     ]
 
 

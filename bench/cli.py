@@ -630,6 +630,8 @@ def cmd_theory(args) -> int:
     )
     print()
     print(theory.format_table(predictions))
+    print()
+    print(theory.finite_width_note(args.width))
     return 0
 
 

@@ -54,7 +54,11 @@ DEFAULT_BIAS_INITIALIZER = "zeros"
 # Fields added after results were published, with their defaults: they join an
 # identity (run_id, compare's benchmark names) only when they differ from the
 # default, so older runs keep their names and reports/baseline still matches.
-LATE_FIELD_DEFAULTS = {"bias_initializer": DEFAULT_BIAS_INITIALIZER, "backend": DEFAULT_BACKEND}
+LATE_FIELD_DEFAULTS = {
+    "bias_initializer": DEFAULT_BIAS_INITIALIZER,
+    "backend": DEFAULT_BACKEND,
+    "jacobian_examples": 0,
+}
 
 
 def stable_identity(values: dict) -> dict:
@@ -149,6 +153,10 @@ class RunConfig:
     across periods); ``max_steps=0`` only measures at initialization.
     ``train_samples``/``test_samples`` take the first N examples.
     ``backend`` is the Keras backend the run trains on (`bench.backend`).
+    ``jacobian_examples`` > 0 also measures, before training, the singular
+    values of the hidden layers' Jacobians on that many training examples
+    (`bench.spectrum`; an MLP without skip connections, width up to
+    `bench.spectrum.MAX_WIDTH`).
     """
 
     arch: str = "mlp"
@@ -171,6 +179,7 @@ class RunConfig:
     act_every: int = 10
     bias_initializer: str = DEFAULT_BIAS_INITIALIZER
     backend: str = DEFAULT_BACKEND
+    jacobian_examples: int = 0
 
     def __post_init__(self):
         def positive_int(name, allow_none=False, allow_zero=False):
@@ -208,6 +217,7 @@ class RunConfig:
         positive_int("max_steps", allow_none=True, allow_zero=True)
         positive_int("train_samples", allow_none=True)
         positive_int("test_samples", allow_none=True)
+        positive_int("jacobian_examples", allow_zero=True)
         max_seed = SEED_LIMIT - 1
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= max_seed:
             raise ValueError(
@@ -244,6 +254,12 @@ class RunConfig:
                 "Argument `dataset` must be one of mnist, fashion_mnist, gaussian, tfds:NAME. "
                 f"Received: dataset={shorten(repr(ds))}"
             )
+        if self.jacobian_examples:
+            from vgbench.bench.spectrum import unsupported
+
+            why = unsupported(self.arch, self.depth, self.width, self.fix)
+            if why:
+                raise ValueError(f"Argument `jacobian_examples` cannot be measured here: {why}.")
 
     # ----------------------------------------------------------- conversions
 
@@ -320,7 +336,7 @@ MODEL_FIELDS = ("model", "weights")
 # Config fields that tell repetitions of one benchmark apart (their samples).
 SAMPLE_FIELDS = ("seed",)
 # Config fields that say how a run is measured rather than what is trained.
-MEASUREMENT_FIELDS = ("log_every", "act_every")
+MEASUREMENT_FIELDS = ("log_every", "act_every", "jacobian_examples")
 
 
 def benchmark_fields(columns) -> list[str]:

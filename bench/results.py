@@ -8,8 +8,12 @@ Layout of a results directory ``OUT``::
     OUT/history.parquet     one row per (run, evaluation point)
     OUT/variables.parquet   one row per (run, step, trainable variable); absent
                             from results written before it existed
+    OUT/jacobian.parquet    one row per (run, example, layer, singular value) of
+                            the runs that measured their Jacobian spectrum
+                            (`RunConfig.jacobian_examples`, `bench.spectrum`)
     OUT/runs/<run_id>/      what one run wrote: config.json, result.json,
-                            layers.parquet, history.parquet, variables.parquet
+                            layers.parquet, history.parquet, variables.parquet,
+                            jacobian.parquet (only when the run measured it)
                             (a long run_id's folder name is truncated, see
                             `run_dir_name`)
     OUT/.lock               the writer's lock (`bench.lock`)
@@ -43,6 +47,9 @@ from vgbench.bench.errors import DiskFull, UsageError
 from vgbench.bench.utils import first_line, one_line
 
 SCHEMA_VERSION = 1
+
+# One row per (run, example, layer, singular value); see `bench.spectrum`.
+JACOBIAN_COLUMNS = ["run_id", "example", "layer_index", "index", "singular_value"]
 
 # One row per (run, step, layer): the keys, then every per-layer quantity of the registry.
 LAYER_COLUMNS = quantities.layer_columns()
@@ -211,6 +218,7 @@ class RunRecord:
     layers: pd.DataFrame
     history: pd.DataFrame
     variables: pd.DataFrame | None = None  # None: not recorded (an empty table is written)
+    jacobian: pd.DataFrame | None = None  # None: not measured (no file is written)
 
 
 # Longest run folder name. A run_id grows with its config (a long fix name);
@@ -307,14 +315,17 @@ def check_run(path, run_id=None, config=None, tables=False):
         if "run_id" not in frame.columns or not set(frame["run_id"].dropna()) <= {own_id}:
             raise DamagedRun(f"{name} holds rows of another run")
         frames[name] = frame if tables else None
-    # Optional: folders written before the variables table existed lack it.
-    if (path / VARIABLES_FILE).exists():
+    # Optional: folders written before the variables table existed lack it, and
+    # only runs that measured their Jacobian spectrum hold a jacobian table.
+    for name in (VARIABLES_FILE, JACOBIAN_FILE):
+        if not (path / name).exists():
+            continue
         try:
-            frame = pd.read_parquet(path / VARIABLES_FILE, columns=["run_id"])
+            frame = pd.read_parquet(path / name, columns=["run_id"])
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise DamagedRun(f"{VARIABLES_FILE} unreadable ({first_line(e)})") from None
+            raise DamagedRun(f"{name} unreadable ({first_line(e)})") from None
         if "run_id" not in frame.columns or not set(frame["run_id"].dropna()) <= {own_id}:
-            raise DamagedRun(f"{VARIABLES_FILE} holds rows of another run")
+            raise DamagedRun(f"{name} holds rows of another run")
     return own_id, stored_config, result, frames["layers.parquet"], frames["history.parquet"]
 
 
@@ -360,6 +371,8 @@ def write_run(out, record: RunRecord):
             history.to_parquet(tmp / "history.parquet", index=False)
             variables = record.variables if record.variables is not None else pd.DataFrame()
             _with_columns(variables, VARIABLE_COLUMNS).to_parquet(tmp / VARIABLES_FILE, index=False)
+            if record.jacobian is not None:
+                _with_columns(record.jacobian, JACOBIAN_COLUMNS).to_parquet(tmp / JACOBIAN_FILE, index=False)
             with open(tmp / "config.json", "w", encoding="utf-8") as f:
                 json.dump(record.config, f, indent=2, sort_keys=True, default=_json_default)
             # result.json last; it names the run, since a long run_id's folder does not.
@@ -444,8 +457,9 @@ class Results:
     runs: pd.DataFrame
     layers: pd.DataFrame
     history: pd.DataFrame
-    # The variables table is read on first use (it is the largest).
+    # The variables table is read on first use (it is the largest); so is the Jacobian spectrum.
     _variables: pd.DataFrame | None = field(default=None, repr=False)
+    _jacobian: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def variables(self) -> pd.DataFrame:
@@ -453,6 +467,13 @@ class Results:
         if self._variables is None:
             self._variables = load_variables(self.path)
         return self._variables
+
+    @property
+    def jacobian(self) -> pd.DataFrame:
+        """The Jacobian spectrum table (see `load_jacobian`), read on first access."""
+        if self._jacobian is None:
+            self._jacobian = load_jacobian(self.path)
+        return self._jacobian
 
 
 def read_manifest(out) -> dict | None:
@@ -542,24 +563,43 @@ def _concat(frames, columns):
 
 TABLES = ("runs.parquet", "layers.parquet", "history.parquet")
 VARIABLES_FILE = "variables.parquet"
+JACOBIAN_FILE = "jacobian.parquet"
 
 
-def collect_variables(out) -> pd.DataFrame:
-    """Reads the variables tables of every valid run folder (runs without one add no rows)."""
+def _collect_optional(out, name, columns) -> pd.DataFrame:
+    """Reads the table `name` of every valid run folder (runs without one add no rows)."""
     root = Path(out) / "runs"
     frames = []
     if root.is_dir():
         for d in sorted(root.iterdir()):
-            if d.name.startswith(".") or not d.is_dir() or not (d / VARIABLES_FILE).is_file():
+            if d.name.startswith(".") or not d.is_dir() or not (d / name).is_file():
                 continue
             try:
                 check_run(d)
-                frames.append(pd.read_parquet(d / VARIABLES_FILE))
+                frames.append(pd.read_parquet(d / name))
             except DamagedRun:
                 continue  # `collect` reports it
             except Exception:  # pyarrow raises several types for a damaged file
                 continue
-    return _concat(frames, VARIABLE_COLUMNS)
+    return _concat(frames, columns)
+
+
+def _load_optional(out, name, collect_fn) -> pd.DataFrame:
+    """OUT/`name` when newer than every change to OUT/runs/, else rebuilt from the run folders."""
+    out = Path(out)
+    top = _stamp(out / name)
+    changed = _stamp(out / "runs")
+    if top is not None and (changed is None or changed[1] < top[1]):
+        try:
+            return pd.read_parquet(out / name)
+        except Exception:  # damaged: rebuilt below
+            pass
+    return collect_fn(out)
+
+
+def collect_variables(out) -> pd.DataFrame:
+    """Reads the variables tables of every valid run folder (runs without one add no rows)."""
+    return _collect_optional(out, VARIABLES_FILE, VARIABLE_COLUMNS)
 
 
 def load_variables(out) -> pd.DataFrame:
@@ -568,15 +608,20 @@ def load_variables(out) -> pd.DataFrame:
     Results written before the table existed give an empty table with its
     columns.
     """
-    out = Path(out)
-    top = _stamp(out / VARIABLES_FILE)
-    changed = _stamp(out / "runs")
-    if top is not None and (changed is None or changed[1] < top[1]):
-        try:
-            return pd.read_parquet(out / VARIABLES_FILE)
-        except Exception:  # damaged: rebuilt below
-            pass
-    return collect_variables(out)
+    return _load_optional(out, VARIABLES_FILE, collect_variables)
+
+
+def collect_jacobian(out) -> pd.DataFrame:
+    """Reads the Jacobian spectrum tables of every valid run folder (`bench.spectrum.JACOBIAN_COLUMNS`)."""
+    return _collect_optional(out, JACOBIAN_FILE, JACOBIAN_COLUMNS)
+
+
+def load_jacobian(out) -> pd.DataFrame:
+    """The Jacobian spectrum table of a results directory: OUT/jacobian.parquet when up to date, else from the runs.
+
+    Empty, with its columns, when no run measured it.
+    """
+    return _load_optional(out, JACOBIAN_FILE, collect_jacobian)
 
 
 def consolidate(out, on_damaged=None) -> Results:
@@ -588,6 +633,9 @@ def consolidate(out, on_damaged=None) -> Results:
     write_parquet_atomic(out / "history.parquet", history)
     variables = collect_variables(out)
     write_parquet_atomic(out / VARIABLES_FILE, variables)
+    jacobian = collect_jacobian(out)
+    if not jacobian.empty or (out / JACOBIAN_FILE).exists():
+        write_parquet_atomic(out / JACOBIAN_FILE, jacobian)
     return Results(out, read_manifest(out) or {}, runs, layers, history, variables)
 
 

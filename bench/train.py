@@ -219,7 +219,7 @@ def logged_run(
         if x_test is not None and len(x_test)
         else None
     )
-    logger = None
+    logger = jacobian = None
     try:
         keras.utils.set_random_seed(settings.seed)
         model = make_model()
@@ -232,6 +232,13 @@ def logged_run(
             run_id=run_id,
             tensorboard_dir=tensorboard_dir,
         )
+        jacobian_examples = getattr(settings, "jacobian_examples", 0)
+        if jacobian_examples:
+            # Before any update: the spectrum at initialization (`bench.spectrum`).
+            from vgbench.bench import spectrum
+
+            jacobian = spectrum.measure(model, x_train[:jacobian_examples], settings.depth, run_id)
+            result.update(spectrum.run_summary(jacobian))
         result.update(
             fit_logged(
                 model, logger, x_train, y_train, test_ds, epochs=epochs, per_epoch=per_epoch,
@@ -251,7 +258,7 @@ def logged_run(
     layers = logger.layers if logger is not None else pd.DataFrame()
     history = logger.history if logger is not None else pd.DataFrame()
     variables = logger.variables if logger is not None else pd.DataFrame()
-    return RunRecord(run_id, config, result, layers, history, variables)
+    return RunRecord(run_id, config, result, layers, history, variables, jacobian)
 
 
 def measure_at_init(model, logger):

@@ -68,7 +68,10 @@ def key_fields(base_runs: pd.DataFrame, cur_runs: pd.DataFrame) -> tuple[list[st
     """(fields that identify a benchmark on both sides, config fields present on one side only)."""
     present_b = {c for c in CONFIG_FIELDS if c in base_runs.columns}
     present_c = {c for c in CONFIG_FIELDS if c in cur_runs.columns}
-    return benchmark_fields(present_b & present_c), sorted(present_b ^ present_c)
+
+    # A late field at its default where it exists is what results written before it existed meant.
+    one_side = sorted(c for c in present_b ^ present_c if not _late_at_default(c, base_runs, cur_runs))
+    return benchmark_fields(present_b & present_c), one_side
 
 
 def benchmark_name(config: dict) -> str:
@@ -120,11 +123,21 @@ def pairing_fields(base: pd.DataFrame, cur: pd.DataFrame) -> tuple[str, ...]:
     with several measurement settings, though: those runs share the
     benchmark, and keyed by seed alone one of them would hide the other.
     """
-    for fields in (SAMPLE_FIELDS, (*SAMPLE_FIELDS, *MEASUREMENT_FIELDS)):
+    # A late field at its default everywhere tells no runs apart (and older results lack it).
+    measurement = tuple(f for f in MEASUREMENT_FIELDS if not _late_at_default(f, base, cur))
+    for fields in (SAMPLE_FIELDS, (*SAMPLE_FIELDS, *measurement)):
         present = [f for f in fields if f in base.columns and f in cur.columns]
         if not present or not (base.duplicated(subset=present).any() or cur.duplicated(subset=present).any()):
             return fields
     return fields
+
+
+def _late_at_default(field: str, *tables: pd.DataFrame) -> bool:
+    """Whether `field` is a late field (`LATE_FIELD_DEFAULTS`) that holds its default wherever the tables have it."""
+    if field not in LATE_FIELD_DEFAULTS:
+        return False
+    default = LATE_FIELD_DEFAULTS[field]
+    return all(bool((t[field].dropna() == default).all()) for t in tables if field in t.columns)
 
 
 def pairing_key(run: dict, fields: tuple[str, ...]) -> tuple:

@@ -1234,3 +1234,46 @@ def _layer_panel(ax, d: pd.DataFrame, kind: str) -> None:
     ax.tick_params(labelsize=7.5)
     ax.xaxis.label.set_size(8)
     ax.legend(fontsize=7, frameon=False, loc="best")
+
+
+@requires("label", "source", "layer_index", "spread", "spread_lo", "spread_hi", "mean_sq")
+def jacobian_spectrum(profile: pd.DataFrame, palette: dict | None = None):
+    """The Jacobian's spectrum by depth: spread Var(s²)/E[s²]² and mean s² of J_l against l, measured and predicted.
+
+    One colour per configuration; measured solid with the range over runs and
+    examples as a band, the free-probability prediction dashed
+    (`bench.spectrum.spread_by_depth` computes both).
+    """
+    labels = sorted(profile["label"].unique())
+    colours = category_palette(labels)
+    floor = 1e-4  # an exact isometry has spread 0, drawn at the floor of the log axis
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4), layout="constrained")
+    panels = (
+        ("spread", "Var(s²)/E[s²]² of J_l (0: isometry)", "spread of the spectrum"),
+        ("mean_sq", "E[s²] of J_l", "mean squared singular value"),
+    )
+    for ax, (q, ylabel, title) in zip(axes, panels):
+        for label in labels:
+            for source, style in SOURCE_STYLES.items():
+                d = profile[(profile["label"] == label) & (profile["source"] == source)].sort_values("layer_index")
+                if d.empty:
+                    continue
+                y = d[q].to_numpy(float)
+                if q == "spread":
+                    y = np.maximum(y, floor)
+                ax.plot(d["layer_index"], y, ls=style, color=colours[label], lw=1.3)
+                if source == "measured" and f"{q}_lo" in d.columns:
+                    lo, hi = d[f"{q}_lo"].to_numpy(float), d[f"{q}_hi"].to_numpy(float)
+                    if q == "spread":
+                        lo, hi = np.maximum(lo, floor), np.maximum(hi, floor)
+                    ax.fill_between(d["layer_index"], lo, hi, color=colours[label], alpha=0.15, lw=0)
+        ax.set_yscale("log")
+        ax.set_xlabel("l: layers in the product J_l = ∂z_l/∂z_0")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+    handles = [_line(colours[label], label) for label in labels]
+    names = {"measured": "measured (band: range)", "theory": "theory (large width)"}
+    handles += [_line("0.3", names[source], style) for source, style in SOURCE_STYLES.items()]
+    _legend(fig, handles, "configuration")
+    fig.suptitle("Jacobian spectrum at initialization by depth (dynamical isometry)")
+    return fig

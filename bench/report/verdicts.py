@@ -43,6 +43,7 @@ RELATED_FIGURES = {
     "schoenholz2017-depth-scale": ("theory_vs_measurement",),
     "normalization-residual-fix-deep-sigmoid": ("fixes",),
     "clipping-does-not-cure-vanishing": ("fixes",),
+    "pennington2017-dynamical-isometry": ("jacobian_spectrum",),
 }
 
 # Key numbers shown in the claims table, at most.
