@@ -1,8 +1,19 @@
-"""Fixtures shared by the whole test suite."""
+"""Fixtures shared by the whole test suite, and its two tiers.
+
+Tiers (docs/testing.md): a plain ``pytest`` (hence ``make test``) runs the fast
+tier, every test not marked ``slow``; ``pytest -m slow`` (``make test-slow``)
+runs the slow tier, and ``pytest -m ""`` runs both. A test is slow when it
+takes over ~2 s on 2 cores: mark it ``@pytest.mark.slow``, or name it (or its
+file) in ``SLOW`` below, which keeps test files free of tier bookkeeping. The
+summary at the end of a fast run lists the fast tests that took longer.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +23,66 @@ import vgbench  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+# The slow tier: node ids relative to the repository root, a whole file or one test (all its
+# parameters), each with why it is slow (measured on 2 cores; docs/testing.md has the durations).
+SLOW: dict[str, str] = {}
+
+# A fast test over this many seconds (setup, call and teardown) is named in the run's summary.
+SLOW_SECONDS = 2.0
+
+# A warning filter must name the class as Python imports it here, through the vgbench package:
+# "bench.data.X" would import a second copy of bench/data.py from the checkout, whose X is
+# another class, and the filter would silence nothing.
+_SHADOW_FILTER = re.compile(r":(bench|models)\.")
+
+
+def _tier_key(nodeid: str) -> tuple[str, str]:
+    test = nodeid.split("[", 1)[0]
+    return test.split("::", 1)[0], test
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Marks the tests named in ``SLOW`` as slow (before ``-m`` selects), and refuses shadowed warning filters."""
+    for item in items:
+        path, test = _tier_key(item.nodeid)
+        if path in SLOW or test in SLOW:
+            item.add_marker(pytest.mark.slow)
+        for mark in item.iter_markers("filterwarnings"):
+            for arg in mark.args:
+                if _SHADOW_FILTER.search(arg):
+                    fixed = _SHADOW_FILTER.sub(r":vgbench.\1.", arg)
+                    raise pytest.UsageError(
+                        f"{item.nodeid}: filterwarnings({arg!r}) names a module outside the vgbench package; "
+                        f"write {fixed!r}"
+                    )
+
+
+_durations: dict[str, float] = {}
+_slow_items: set[str] = set()
+
+
+def pytest_runtest_logreport(report):
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("slow") is not None:
+        _slow_items.add(item.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Names the fast-tier tests over ``SLOW_SECONDS``: candidates for the slow tier."""
+    long = sorted(
+        ((d, n) for n, d in _durations.items() if d > SLOW_SECONDS and n not in _slow_items),
+        reverse=True,
+    )
+    if long:
+        terminalreporter.section(f"fast-tier tests over {SLOW_SECONDS:.0f} s (mark slow, or make faster)")
+        for d, n in long:
+            terminalreporter.write_line(f"{d:7.1f}s {n}")
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +133,35 @@ def measure_at_init():
         return config, record, metrics.run_metrics(runs, record.layers).iloc[0].to_dict()
 
     return measure
+
+
+def _load_make_results():
+    spec = importlib.util.spec_from_file_location("vgbench_test_data", TEST_DATA / "make_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def make_results():
+    """The module tests/data/make_results.py: the configs and datasets of the committed results."""
+    return _load_make_results()
+
+
+@pytest.fixture(scope="session")
+def committed_results(tmp_path_factory):
+    """A function ``copy(name)``: a fresh copy of the committed results set tests/data/results/NAME.
+
+    Each call copies into its own temporary directory (as ``.../results``), so a
+    test may write a report into it.
+    """
+
+    def copy(name: str) -> Path:
+        src = TEST_DATA / "results" / name
+        if not (src / "manifest.json").is_file():
+            pytest.fail(f"no committed results at {src}: run `.venv/bin/python tests/data/make_results.py`")
+        dst = tmp_path_factory.mktemp(name.replace("/", "-")) / "results"
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy
