@@ -14,6 +14,8 @@ import importlib.util
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,29 @@ def mnist_path() -> Path:
             pytest.fail(f"real MNIST not found at {path}: CI must provide it (set VGBENCH_MNIST=/path/to/mnist.npz)")
         pytest.skip("real MNIST not found: set VGBENCH_MNIST=/path/to/mnist.npz (see README)")
     return path
+
+
+@pytest.fixture(scope="session")
+def ci_suite_results(mnist_path, tmp_path_factory) -> Path:
+    """The fast tier's one real end-to-end suite: the ``ci`` suite on real MNIST, run once per session.
+
+    Run as ``make ci-report`` runs it: ``vgbench run --suite ci --jobs 2`` on
+    TensorFlow, the backend of reports/baseline, in a subprocess. Returns the
+    results directory; tests read it and write their reports elsewhere
+    (``report --out-dir``), and add no runs to it.
+    """
+    out = tmp_path_factory.mktemp("ci-suite") / "results"
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"} | {"PYTHONUNBUFFERED": "1"}
+    args = ["run", "--suite", "ci", "--backend", "tensorflow", "--data", str(mnist_path), "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "vgbench", *args, "--jobs", "2", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
 
 
 @pytest.fixture(scope="session")
