@@ -29,7 +29,37 @@ TEST_DATA = Path(__file__).resolve().parent / "data"
 
 # The slow tier: node ids relative to the repository root, a whole file or one test (all its
 # parameters), each with why it is slow (measured on 2 cores; docs/testing.md has the durations).
-SLOW: dict[str, str] = {}
+_REPORT = "tests/bench/test_report.py::"
+_CLI_RUN = "tests/bench/test_cli_run.py::"
+_DIAGNOSE = "tests/bench/test_diagnose.py::"
+SLOW: dict[str, str] = {
+    # Whole files.
+    "tests/bench/test_reliability.py": "every test starts real `vgbench run` processes (~10 s of start-up each)",
+    "tests/bench/test_ray.py": "a real local Ray instance per suite, and `vgbench` subprocesses",
+    "tests/bench/test_instrumentation_jax.py": "one fixture trains every scenario on TensorFlow and in a JAX process",
+    # The smoke suite through the CLI; the fast tier checks the same on the shared ci suite (tests/test_baseline.py).
+    _CLI_RUN + "test_smoke_suite_writes_the_contract_tables": "the smoke suite, 2 worker processes (~50 s CPU)",
+    _CLI_RUN + "test_second_invocation_does_no_work": "the smoke suite, and a second `vgbench run` process",
+    _CLI_RUN + "test_killed_suite_resumes_and_matches_a_clean_run": "kills and resumes the smoke suite (~35 s CPU)",
+    _CLI_RUN + "test_tensorboard_option_writes_each_runs_events_and_the_variables_table": "two runs and events (~9 s)",
+    _CLI_RUN + "test_run_config_round_trip_and_stable_id": "a second Python process importing Keras (~8 s)",
+    _DIAGNOSE + "test_saved_sequential_model_gives_the_tables_and_a_report": "trains, then builds a report (~20 s)",
+    _DIAGNOSE + "test_readme_python_blocks_run_as_pasted": "runs the README's examples (~30 s in all)",
+    _DIAGNOSE + "test_python_function_on_a_subclassed_model": "trains a subclassed model (~8 s)",
+    "tests/bench/test_any_model.py::test_a_users_own_models_and_bench_modules_do_not_shadow_vgbench": "subprocess",
+    "tests/bench/test_theory.py::test_theory_never_imports_tensorflow": "a second Python process (~3 s)",
+    # Each builds a whole report of its own (~25 s each); the fast tier builds one (report_built).
+    _REPORT + "test_missing_data_skips_figures_with_reasons": "two more reports, through the CLI",
+    _REPORT + "test_no_interval_is_promised_or_drawn_with_one_seed": "a one-seed report",
+    _REPORT + "test_the_claims_section_opens_the_report_with_every_claim_and_its_verdict": "the claims report",
+    _REPORT + "test_the_report_states_the_verdicts_claims_evaluate_gives_on_the_same_tables": "the claims report",
+    _REPORT + "test_the_winning_learning_rate_is_shown_per_configuration_where_the_protocol_is_declared": "claims",
+    # Figures drawn one by one (~3-8 s each).
+    _REPORT + "test_an_underflowed_gradient_is_the_most_vanishing_value": "draws its figures",
+    _REPORT + "test_heatmaps_show_backward_and_forward_factors_with_predictions_and_say_why_a_cell_is_blank": "figure",
+    _REPORT + "test_pair_heatmaps_fit_the_page_and_label_their_colour_bars": "draws the pair heatmaps",
+    _REPORT + "test_theory_figure_with_crowded_points_keeps_its_layout_and_labels_the_disagreements_first": "figure",
+}
 
 # A fast test over this many seconds (setup, call and teardown) is named in the run's summary.
 SLOW_SECONDS = 2.0

@@ -140,7 +140,7 @@ def generate(out: Path) -> Path:
         _run(report_configs(), out / "report", report_npz(work / "report.npz"), "report-test")
         data = compare_npz(work / "compare.npz")
         for name, configs in compare_configs().items():
-            _run(configs, out / "compare" / name, data, f"compare-test-{name}")
+            _run(configs, out / "compare" / name, data, "compare-test")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
