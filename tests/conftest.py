@@ -78,10 +78,13 @@ def _tier_key(nodeid: str) -> tuple[str, str]:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Marks the tests named in ``SLOW`` as slow (before ``-m`` selects), and refuses shadowed warning filters."""
+    files, matched = set(), set()
     for item in items:
         path, test = _tier_key(item.nodeid)
+        files.add(path)
         if path in SLOW or test in SLOW:
             item.add_marker(pytest.mark.slow)
+            matched.add(path if path in SLOW else test)
         for mark in item.iter_markers("filterwarnings"):
             for arg in mark.args:
                 if _SHADOW_FILTER.search(arg):
@@ -90,10 +93,14 @@ def pytest_collection_modifyitems(config, items):
                         f"{item.nodeid}: filterwarnings({arg!r}) names a module outside the vgbench package; "
                         f"write {fixed!r}"
                     )
+    # A renamed test would leave its entry behind and silently join the fast tier (judged on whole files only).
+    if not any("::" in arg for arg in config.args):
+        _stale.update(key for key in SLOW if key.split("::", 1)[0] in files and key not in matched)
 
 
 _durations: dict[str, float] = {}
 _slow_items: set[str] = set()
+_stale: set[str] = set()
 
 
 def pytest_runtest_logreport(report):
@@ -106,7 +113,11 @@ def pytest_runtest_setup(item):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """Names the fast-tier tests over ``SLOW_SECONDS``: candidates for the slow tier."""
+    """Names the fast-tier tests over ``SLOW_SECONDS`` (candidates for the slow tier), and stale ``SLOW`` entries."""
+    if _stale:
+        terminalreporter.section("tests/conftest.py SLOW names tests that were not collected")
+        for key in sorted(_stale):
+            terminalreporter.write_line(key)
     long = sorted(
         ((d, n) for n, d in _durations.items() if d > SLOW_SECONDS and n not in _slow_items),
         reverse=True,
@@ -205,7 +216,7 @@ def make_results():
 
 @pytest.fixture(scope="session")
 def committed_results(tmp_path_factory):
-    """A function ``copy(name)``: a fresh copy of the committed results set tests/data/results/NAME.
+    """A function ``copy(name)``: a fresh copy of tests/data/results/NAME (a results set, or a folder of sets).
 
     Each call copies into its own temporary directory (as ``.../results``), so a
     test may write a report into it.
@@ -213,7 +224,7 @@ def committed_results(tmp_path_factory):
 
     def copy(name: str) -> Path:
         src = TEST_DATA / "results" / name
-        if not (src / "manifest.json").is_file():
+        if not next(src.rglob("manifest.json"), None):  # a set, or a folder of sets
             pytest.fail(f"no committed results at {src}: run `.venv/bin/python tests/data/make_results.py`")
         dst = tmp_path_factory.mktemp(name.replace("/", "-")) / "results"
         shutil.copytree(src, dst)
