@@ -27,11 +27,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
 TEST_DATA = Path(__file__).resolve().parent / "data"
 
-# The slow tier: node ids relative to the repository root, a whole file or one test (all its
-# parameters), each with why it is slow (measured on 2 cores; docs/testing.md has the durations).
+# The slow tier: node ids relative to the repository root (a whole file, a test with all its
+# parameters, or one parameter set), each with why it is slow (docs/testing.md has the durations).
 _REPORT = "tests/bench/test_report.py::"
 _CLI_RUN = "tests/bench/test_cli_run.py::"
 _DIAGNOSE = "tests/bench/test_diagnose.py::"
+_INSTR = "tests/bench/test_instrumentation.py::"
+_ANY = "tests/bench/test_any_model.py::"
 SLOW: dict[str, str] = {
     # Whole files.
     "tests/bench/test_reliability.py": "every test starts real `vgbench run` processes (~10 s of start-up each)",
@@ -49,6 +51,33 @@ SLOW: dict[str, str] = {
     "tests/bench/test_any_model.py::test_a_users_own_models_and_bench_modules_do_not_shadow_vgbench": "subprocess",
     "tests/bench/test_theory.py::test_theory_never_imports_tensorflow": "a second Python process (~3 s)",
     # Each builds a whole report of its own (~25 s each); the fast tier builds one (report_built).
+    "tests/bench/test_theory_mnist.py": "real-MNIST step-0 measurements of depth-20, width-256 nets (~70 s in all)",
+    "tests/bench/test_signals_mnist.py": "real-MNIST step-0 measurements of depth-20, width-256 nets (~15 s)",
+    "tests/bench/test_validation.py::test_keras_imported_before_vgbench_warns_once": "a Python process (~50 s loaded)",
+    "tests/bench/test_validation.py::test_large_grid_runs_with_yes_after_filtering": "trains its runs (~7 s)",
+    "tests/bench/test_backend.py::test_the_logger_refuses_a_backend_it_cannot_record_on": "a Python process (~18 s)",
+    "tests/bench/test_quantities.py::test_one_new_entry_reaches_instrumentation_results_metrics_and_compare": "trains",
+    _DIAGNOSE + "test_functional_model_without_compile_config_needs_a_loss_and_steps_0_measures_only": "~5 s",
+    # Instrumentation: the fast tier keeps the plain-GradientTape references of the MLP, and the
+    # shared ci suite's comparison with reports/baseline; the other architectures and cadences are slow.
+    _INSTR + "test_tables_follow_the_contract_and_cadence": "trains several cadences (~14 s)",
+    _INSTR + "test_saturated_fraction_of_a_saturated_sigmoid_net": "~8 s",
+    _INSTR + "test_callback_is_reusable_and_restores_the_model": "~7 s",
+    _INSTR + "test_several_steps_per_execution_record_every_step": "~5 s",
+    _INSTR + "test_logged_norms_match_plain_gradient_tape[mlp-batchnorm]": "~7 s",
+    _INSTR + "test_logged_norms_match_plain_gradient_tape[cnn]": "~4 s",
+    _INSTR + "test_logged_norms_match_plain_gradient_tape[cnn-batchnorm]": "~5 s",
+    _INSTR + "test_backward_and_forward_signals_match_plain_gradient_tape[mlp-batchnorm]": "~7 s",
+    _INSTR + "test_backward_and_forward_signals_match_plain_gradient_tape[cnn]": "~5 s",
+    # Own models: the fast tier keeps the layer-by-layer reference, functional skips, subclassing and the metric rules.
+    _ANY + "test_models_from_the_factory_keep_their_blocks_and_list_norm_weights_under_them": "~6 s",
+    _ANY + "test_tensorboard_events_hold_the_tables_numbers": "~5 s",
+    _ANY + "test_embedding_and_lstm": "~5 s",
+    _ANY + "test_one_hot_labels_with_categorical_crossentropy": "~4 s",
+    _ANY + "test_user_defined_layers": "~4 s",
+    _ANY + "test_multi_head_attention": "~4 s",
+    _ANY + "test_a_shared_layer_counts_once_with_the_gradient_of_both_calls": "~4 s",
+    _ANY + "test_separable_and_depthwise_convolutions": "~3 s",
     _REPORT + "test_missing_data_skips_figures_with_reasons": "two more reports, through the CLI",
     _REPORT + "test_no_interval_is_promised_or_drawn_with_one_seed": "a one-seed report",
     _REPORT + "test_the_claims_section_opens_the_report_with_every_claim_and_its_verdict": "the claims report",
@@ -70,9 +99,10 @@ SLOW_SECONDS = 2.0
 _SHADOW_FILTER = re.compile(r":(bench|models)\.")
 
 
-def _tier_key(nodeid: str) -> tuple[str, str]:
+def _tier_keys(nodeid: str) -> tuple[str, str, str]:
+    """The keys that name a test in ``SLOW``: its file, the test (every parameter) and the test with its parameters."""
     test = nodeid.split("[", 1)[0]
-    return test.split("::", 1)[0], test
+    return test.split("::", 1)[0], test, nodeid
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -80,11 +110,12 @@ def pytest_collection_modifyitems(config, items):
     """Marks the tests named in ``SLOW`` as slow (before ``-m`` selects), and refuses shadowed warning filters."""
     files, matched = set(), set()
     for item in items:
-        path, test = _tier_key(item.nodeid)
-        files.add(path)
-        if path in SLOW or test in SLOW:
+        keys = _tier_keys(item.nodeid)
+        files.add(keys[0])
+        named = [key for key in keys if key in SLOW]
+        if named:
             item.add_marker(pytest.mark.slow)
-            matched.add(path if path in SLOW else test)
+            matched.update(named)
         for mark in item.iter_markers("filterwarnings"):
             for arg in mark.args:
                 if _SHADOW_FILTER.search(arg):
