@@ -20,7 +20,7 @@ OUT  ?= reports/latest
 BENCH_BACKEND ?= jax
 BACKEND ?= tensorflow
 
-.PHONY: install bench test lint format lock perf ci-report update-baseline fashion-mnist clean
+.PHONY: install bench test test-slow lint format lock perf ci-report update-baseline fashion-mnist clean
 
 install: $(STAMP)
 
@@ -37,8 +37,12 @@ bench: install
 	$(BIN)/vgbench run --suite claims --out $(OUT) --jobs $(JOBS) --backend $(BENCH_BACKEND) $(DATA_ARG)
 	$(BIN)/vgbench report $(OUT)
 
+# The fast tier (≤ 6 min on 2 cores); `test-slow` runs the rest (docs/testing.md).
 test: install lint
 	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
 
 # Lint and format check (ruff, configured in pyproject.toml); `make format` applies the formatter.
 lint: install

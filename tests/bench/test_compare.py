@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import shutil
-import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -697,43 +696,15 @@ def test_a_report_that_cannot_be_written_is_refused_before_anything_is_written(t
 # --------------------------------------------------------------------------- #
 
 
-def _structured_npz(path, n_train=512, n_test=128):
-    """A learnable 8x8 dataset: each class lights its own 2x2 patch over noise."""
-    rng = np.random.default_rng(0)
-
-    def split(n):
-        y = (np.arange(n) % 10).astype(np.uint8)
-        x = rng.integers(0, 64, size=(n, 8, 8)).astype(np.uint8)
-        for i, label in enumerate(y):
-            r, c = divmod(int(label), 4)
-            x[i, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2] = 255
-        return x, y
-
-    x_train, y_train = split(n_train)
-    x_test, y_test = split(n_test)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path
-
-
 @pytest.fixture(scope="module")
-def real_runs(tmp_path_factory):
-    """Results of a tiny MLP trained twice, and once with a far too small initialization."""
-    from vgbench.bench.runner import run_suite
+def real_runs(committed_results):
+    """Results of a tiny MLP trained twice, and once with a far too small initialization.
 
-    root = tmp_path_factory.mktemp("real")
-    data = _structured_npz(root / "data.npz")
-    config = RunConfig(
-        depth=5, width=32, max_steps=40, batch_size=32, epochs=2, act_every=5, optimizer="momentum", learning_rate=0.05
-    )
-    degraded = config.replace(initializer="random_normal(stddev=0.01)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tiny file is not the published MNIST
-        for name, c in (("baseline", config), ("rerun", config), ("degraded", degraded)):
-            run_suite([c], root / name, jobs=1, data_path=data, progress=False)
-    return root
+    Committed under tests/data/results/compare (written by the real runner, tests/data/make_results.py).
+    """
+    return committed_results("compare")
 
 
-@pytest.mark.slow
 def test_identical_rerun_compares_clean(real_runs):
     baseline, rerun = load_results(real_runs / "baseline"), load_results(real_runs / "rerun")
     # Determinism: everything but the wall time is identical.
@@ -747,7 +718,6 @@ def test_identical_rerun_compares_clean(real_runs):
     assert (gating["change"].fillna(0.0) == 0.0).all()
 
 
-@pytest.mark.slow
 def test_degraded_run_under_the_same_run_id_is_flagged(real_runs, tmp_path, capsys):
     baseline = load_results(real_runs / "baseline")
     degraded = load_results(real_runs / "degraded")

@@ -2,9 +2,10 @@
 
 The results come from the real runner (`bench.runner.run_suite`) training
 tiny networks on a tiny synthetic dataset, so the report is built from
-tables exactly as `vgbench run` writes them. Every number the report states
-is recomputed here from those tables with plain numpy, independently of
-`bench.report.tables`.
+tables exactly as `vgbench run` writes them (committed under
+tests/data/results/report, written by tests/data/make_results.py). Every
+number the report states is recomputed here from those tables with plain
+numpy, independently of `bench.report.tables`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from vgbench.bench.report.build import build_report
 from vgbench.bench.report.findings import flatten
 from vgbench.bench.results import load_results, write_json_atomic, write_parquet_atomic
 
-pytestmark = pytest.mark.filterwarnings("ignore::bench.data.NonStandardDataWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::vgbench.bench.data.NonStandardDataWarning")
 
 ALL_FIGURES = {
     "gradient_depth",
@@ -47,53 +48,23 @@ ALL_FIGURES = {
 MAIN_DEPTH = 6
 
 
-def _tiny_dataset(path: Path) -> Path:
-    """A learnable 8×8 'MNIST': each class lights up its own row of pixels."""
-    rng = np.random.default_rng(0)
-
-    def split(n):
-        y = (np.arange(n) % 10).astype(np.uint8)
-        x = rng.integers(0, 40, size=(n, 8, 8)).astype(np.uint8)
-        for i, label in enumerate(y):
-            x[i, label % 8, :] += 150
-            if label >= 8:  # classes 8 and 9 share rows with 0 and 1: mark a column too
-                x[i, :, label % 8] += 60
-        return x, y
-
-    x_train, y_train = split(160)
-    x_test, y_test = split(40)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path
-
-
 @pytest.fixture(scope="module")
-def report_results(tmp_path_factory) -> Path:
-    """A results directory from the real runner: 2 seeds, 2 depths, 1 fix, 1 diverged run."""
-    from vgbench.bench.config import RunConfig
-    from vgbench.bench.runner import run_suite
+def report_results(committed_results, make_results) -> Path:
+    """The committed report set (9 runs of the real runner: 2 seeds, 2 depths, 1 fix, 1 diverged run), tiny.npz beside.
 
-    root = tmp_path_factory.mktemp("report")
-    data = _tiny_dataset(root / "tiny.npz")
-    common = dict(width=8, max_steps=12, epochs=2, batch_size=32, act_every=4, learning_rate=0.1)
-    configs = [
-        RunConfig(depth=MAIN_DEPTH, activation=a, initializer="glorot_uniform", seed=s, **common)
-        for a in ("relu", "sigmoid")
-        for s in (0, 1)
-    ]
-    configs += [RunConfig(depth=3, activation=a, initializer="glorot_uniform", **common) for a in ("relu", "sigmoid")]
-    configs += [
-        RunConfig(depth=MAIN_DEPTH, activation="relu", initializer="he_normal", **common),
-        RunConfig(depth=MAIN_DEPTH, activation="sigmoid", initializer="glorot_uniform", fix="batchnorm", **common),
-        # Large weights and the largest learning rate allowed overflow within a few steps: a diverged run.
-        RunConfig(
-            depth=MAIN_DEPTH,
-            activation="relu",
-            initializer="random_normal(stddev=3.0)",
-            **{**common, "learning_rate": 10.0},
-        ),
-    ]
-    out = root / "results"
-    run_suite(configs, out, data_path=data, jobs=1, suite="report-test", progress=False)
+    Written by tests/data/make_results.py; the slow tier checks it against a fresh run.
+    """
+    from vgbench.bench import data
+
+    assert make_results.MAIN_DEPTH == MAIN_DEPTH
+    out = committed_results("report")
+    npz = make_results.report_npz(out.parent / "tiny.npz")
+    with np.load(npz) as f:
+        checksum = data.data_checksum({k: data.array_checksum(f[k]) for k in data.ARRAY_KEYS})
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert checksum == manifest["data"]["checksum"], "tiny.npz is not the data of the committed runs"
+    # The file the runs read has moved here (the report reads it for the theory's inputs).
+    write_json_atomic(out / "manifest.json", {**manifest, "data": {**manifest["data"], "source": str(npz)}})
     return out
 
 
