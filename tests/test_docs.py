@@ -300,6 +300,28 @@ def test_deep_claims_share_of_the_claims_cost():
     assert share == round(100 * deep / sum(cost))
 
 
+def _layout_entries() -> dict[str, str]:
+    """docs/results.md's layout block: file name → its description."""
+    block = re.search(r"```\n(OUT/manifest.json.*?)```", _text(REPO_ROOT / "docs" / "results.md"), re.DOTALL).group(1)
+    entries = re.split(r"^OUT/(\S+)", block, flags=re.MULTILINE)[1:]
+    return dict(zip(entries[::2], entries[1::2]))
+
+
+def test_results_layout_names_every_column():
+    from vgbench.bench import results
+
+    entries = _layout_entries()
+    for name, columns in (
+        ("layers.parquet", results.LAYER_COLUMNS),
+        ("variables.parquet", results.VARIABLE_COLUMNS),
+        ("history.parquet", results.HISTORY_COLUMNS),
+        ("runs.parquet", results.RUN_OUTCOME_COLUMNS),
+    ):
+        words = set(re.findall(r"[a-z_0-9]+", entries[name]))
+        missing = [c for c in columns if c not in words]
+        assert not missing, f"docs/results.md does not name the {name} columns {missing}"
+
+
 # --------------------------------------------------------------------------- claims.md
 
 
