@@ -322,6 +322,14 @@ def test_results_layout_names_every_column():
         assert not missing, f"docs/results.md does not name the {name} columns {missing}"
 
 
+def test_report_findings_limit():
+    from vgbench.bench.report import findings
+
+    prose = " ".join(_prose(REPO_ROOT / "docs" / "report.md").split())
+    m = re.search(r"at most (\d+) numbered findings", prose)
+    assert m and int(m.group(1)) == findings.MAX_BULLETS
+
+
 # --------------------------------------------------------------------------- claims.md
 
 
