@@ -73,8 +73,7 @@ def _number(text: str) -> float:
 
 def _slug(heading: str) -> str:
     """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"`|\*\*?|_(?=\w)|(?<=\w)_", lambda m: "_" if m.group(0) == "_" else "", heading.strip().lower())
-    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())  # a link keeps its text
     kept = "".join(c for c in text if c in " -_" or unicodedata.category(c)[0] in "LN")
     return kept.replace(" ", "-")
 
