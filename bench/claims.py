@@ -1380,7 +1380,7 @@ def claims_backend(runs_m: pd.DataFrame, claims=None) -> str:
     """The backend whose runs decide the claims: the one with most of the claims' runs here (TensorFlow on a tie).
 
     A claim compares runs of one backend: the same seed gives other initial
-    weights on each (see README, "Backends").
+    weights on each (docs/backends.md).
     """
     if "run_id" not in runs_m.columns or runs_m.empty:
         return DEFAULT_BACKEND

@@ -24,7 +24,7 @@ How the dataset reaches the workers:
   them.
 
 The workers must be able to import vgbench (install it on every node, or
-submit the driver as a Ray job with ``--working-dir``); see the README.
+submit the driver as a Ray job with ``--working-dir``); see docs/ray.md.
 
 Ray is optional: it is imported only when a `RayExecutor` is created.
 """

@@ -272,7 +272,8 @@ def test_list_describes_each_fix_in_one_line(capsys):
 
 
 def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.DOTALL)
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    return [b for page in pages for b in re.findall(r"```python\n(.*?)```", page.read_text(), re.DOTALL)]
 
 
 @pytest.mark.mnist
