@@ -399,8 +399,18 @@ class GradientNormLogger(keras.callbacks.Callback):
         self.history = pd.DataFrame(columns=HISTORY_COLUMNS)
 
     def on_train_begin(self, logs=None):
+        self._setup(self.model)
+        if self.probe_data is not None:
+            self._measure_init()
+        # Swap in the instrumented step for this fit; restored in on_train_end.
+        if self._jax:
+            self._jax_steps.install(self.model)
+        else:
+            self._install(self.model)
+
+    def _setup(self, model):
+        """Finds the units and where each variable's norm comes from; makes the buffers and the event writer."""
         self._reset()
-        model = self.model
         self._units = _units(model)
         n = len(self._units)
         self._variables = [(i, v, name) for i, u in enumerate(self._units) for v, name in u.variables]
@@ -446,14 +456,56 @@ class GradientNormLogger(keras.callbacks.Callback):
                 Path(self.tensorboard_dir) / (run_dir_name(self.run_id) if self.run_id else "run")
             )
 
-        if self.probe_data is not None:
-            self._measure_init()
+    # ------------------------------------------- recording without `fit`
 
-        # Swap in the instrumented step for this fit; restored in on_train_end.
-        if self._jax:
-            self._jax_steps.install(model)
-        else:
-            self._install(model)
+    def begin(self, model, steps_per_epoch=None):
+        """Prepares to record ``model`` from steps computed elsewhere (a `bench.population` replica).
+
+        Finds the units and opens the TensorBoard writer, as `fit` would at
+        its start, but neither measures step 0 nor replaces the train step:
+        the caller hands in each step's records (`record`) and history rows
+        (`record_history`), then builds the tables (`finish`).
+        """
+        self.set_model(model)
+        self.set_params({"epochs": 1, "steps": steps_per_epoch, "verbose": 0})
+        self._setup(model)
+        return self
+
+    @property
+    def variable_sources(self):
+        """Per row of the ``variables`` table: ``(unit, field)`` of a grad record, or ``(None, k)``: other norm k."""
+        return list(self._var_source)
+
+    def record(self, step, epoch, grad=None, act=None, var=None, hist=None):
+        """Appends one step's records (`Steps` arrays of one replica; None: not measured at this step)."""
+        self._record(step, epoch, grad, act, var, hist)
+
+    def record_history(self, step, epoch, logs):
+        """Appends one history row from `fit`-style logs (``loss``, ``accuracy``, ``val_loss``, ...); returns it."""
+        row = _history_row(step, epoch, logs)
+        self._history_rows.append(row)
+        return row
+
+    def mark_diverged(self, step):
+        """Records the first step with a non-finite loss or gradient."""
+        if self.diverged_step is None or step < self.diverged_step:
+            self.diverged_step = step
+
+    def finish(self):
+        """Closes the TensorBoard writer and builds the tables (`layers`, `variables`, `history`)."""
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+        self.layers = _layer_frame(self._layer_rows, self.run_id, self._units, self._positions_or_static())
+        self.variables = _variable_frame(self._variable_rows, self.run_id)
+        history = pd.DataFrame(self._history_rows)
+        for c in HISTORY_COLUMNS[1:]:
+            if c not in history.columns:
+                history[c] = np.nan
+        extra = sorted(c for c in history.columns if c not in HISTORY_COLUMNS)
+        history = history[HISTORY_COLUMNS[1:] + extra].astype({"step": "int64", "epoch": "int64"})
+        history.insert(0, "run_id", self.run_id)
+        self.history = history
 
     def _make_buffers(self, n):
         """TensorFlow: the preallocated buffers the compiled step writes its records into."""
@@ -488,19 +540,7 @@ class GradientNormLogger(keras.callbacks.Callback):
         self._functions = {}
         if self._jax:
             self._jax_steps.functions.clear()
-        if self._events is not None:
-            self._events.close()
-            self._events = None
-        self.layers = _layer_frame(self._layer_rows, self.run_id, self._units, self._positions_or_static())
-        self.variables = _variable_frame(self._variable_rows, self.run_id)
-        history = pd.DataFrame(self._history_rows)
-        for c in HISTORY_COLUMNS[1:]:
-            if c not in history.columns:
-                history[c] = np.nan
-        extra = sorted(c for c in history.columns if c not in HISTORY_COLUMNS)
-        history = history[HISTORY_COLUMNS[1:] + extra].astype({"step": "int64", "epoch": "int64"})
-        history.insert(0, "run_id", self.run_id)
-        self.history = history
+        self.finish()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch + 1

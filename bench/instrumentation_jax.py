@@ -130,9 +130,14 @@ class Steps:
 
     # ------------------------------------------------------------ the steps
 
-    def _step(self, log_grad, log_act):
-        """The jitted instrumented step for one "what is due" key: Keras' `train_step`, plus the records."""
-        import jax
+    def step_function(self, log_grad, log_act):
+        """The instrumented step for one "what is due" key, as a pure function (not jitted).
+
+        ``step(state, data) -> (logs, state, records, loss_is_finite)``, with
+        ``state = (trainable, non_trainable, optimizer, metrics)`` variable
+        values: Keras' `train_step`, plus the records. `bench.population`
+        maps it over the replicas of a population with `jax.vmap`.
+        """
         import jax.numpy as jnp
         from keras.src.trainers.data_adapters import data_adapter_utils
 
@@ -147,6 +152,14 @@ class Steps:
             records = self._records(p, new_tv, log_grad, log_act)
             return logs, (new_tv, ntv, ov, mv), records, jnp.isfinite(unscaled_loss)
 
+        return train_step
+
+    def _step(self, log_grad, log_act):
+        """The jitted instrumented step for one "what is due" key: Keras' `train_step`, plus the records."""
+        import jax
+
+        model = self.model
+        train_step = self.step_function(log_grad, log_act)
         if model.run_eagerly or not model.jit_compile:
             return train_step
         return jax.jit(train_step, donate_argnums=0)
@@ -233,22 +246,28 @@ class Steps:
         """
         import jax
 
-        model = self.model
-        opt = model.optimizer
-        state = (
-            [v.value for v in model.trainable_variables],
-            [v.value for v in model.non_trainable_variables],
-            [v.value for v in opt.variables],
-            [v.value for v in model.metrics_variables],
-        )
+        x = keras.tree.map_structure(keras.ops.convert_to_tensor, x)
+        y = keras.tree.map_structure(keras.ops.convert_to_tensor, y)
+        records, loss, y_pred = jax.jit(self.init_function())(state_of(self.model), x, y)
+        r = jax.device_get(records)
+        return r["grad"], r["var"], r["act"], r.get("hist"), float(loss), y_pred
+
+    def init_function(self):
+        """Step 0 as a pure function: ``init(state, x, y) -> (records, loss, y_pred)``, changing no state."""
 
         def init_step(state, x, y):
             tv, ntv, ov, mv = state
             p, (unscaled_loss, y_pred, _, _) = self._forward_backward(tv, ntv, ov, mv, x, y, None)
             return self._records(p, tv, True, True, update_ratio=False), unscaled_loss, y_pred
 
-        x = keras.tree.map_structure(keras.ops.convert_to_tensor, x)
-        y = keras.tree.map_structure(keras.ops.convert_to_tensor, y)
-        records, loss, y_pred = jax.jit(init_step)(state, x, y)
-        r = jax.device_get(records)
-        return r["grad"], r["var"], r["act"], r.get("hist"), float(loss), y_pred
+        return init_step
+
+
+def state_of(model):
+    """A compiled model's training state as arrays: ``(trainable, non_trainable, optimizer, metrics)`` values."""
+    return (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in model.optimizer.variables],
+        [v.value for v in model.metrics_variables],
+    )
