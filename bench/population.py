@@ -48,28 +48,40 @@ def population_key(config: RunConfig) -> tuple:
     return tuple(sorted((k, v) for k, v in d.items() if k not in VARYING_FIELDS))
 
 
-def group(configs, *, enabled: bool = True, max_size: int | None = None) -> list[list[RunConfig]]:
-    """The tasks of a suite: its populations (JAX, ``enabled``), else one run each.
+def group(configs, *, enabled: bool = True, memory: int | None = None, min_tasks: int = 1) -> list[list[RunConfig]]:
+    """The tasks of a suite: its populations (JAX runs, ``enabled``), else one run each.
 
     Args:
         configs: the runs to train, in suite order.
         enabled: form populations at all (only JAX runs ever do).
-        max_size: at most this many replicas per population (memory); larger
-            ones are split into populations of near-equal size.
+        memory: bytes one task may use (None: no limit); a population whose
+            estimate (`bench.sizing.estimate_population_memory`) exceeds it
+            is split into populations of near-equal size that fit.
+        min_tasks: split the largest populations in halves until there are
+            at least this many tasks (or every task is one run), so that
+            parallel workers all have work.
 
     Returns:
         Lists of configs, in the order of their first run in ``configs``.
     """
+    from vgbench.bench import sizing
+
     groups: dict = {}
     for c in configs:
         key = population_key(c) if enabled and c.backend == "jax" else ("run", c.run_id)
         groups.setdefault(key, []).append(c)
     tasks = []
     for members in groups.values():
-        size = len(members) if not max_size else max(1, int(max_size))
+        size = sizing.max_population(members[0], memory) if memory is not None else len(members)
         parts = -(-len(members) // size)
         per = -(-len(members) // parts)
         tasks.extend(members[i : i + per] for i in range(0, len(members), per))
+    while len(tasks) < min_tasks:
+        k = max(range(len(tasks)), key=lambda i: len(tasks[i]), default=None)
+        if k is None or len(tasks[k]) < 2:
+            break
+        half = (len(tasks[k]) + 1) // 2
+        tasks[k : k + 1] = [tasks[k][:half], tasks[k][half:]]
     return tasks
 
 
