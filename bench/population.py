@@ -242,10 +242,11 @@ class _Population:
             states.append(state_of(model))
         # The first replica's model and logger trace the step for all.
         self.template = self.models[0]
-        self.steps = Steps(self.loggers[0])
+        measures = self.loggers[0].measures
+        self.steps = Steps(self.template, measures, log_every=self.log_every, act_every=self.act_every)
         self.state = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
         self.metrics0 = self.state[3]
-        self.sources = self.loggers[0].variable_sources
+        self.sources = measures.var_source
         self.x_train = jnp.asarray(x_train)
         self.y_train = jnp.asarray(y_train)
         self.orders = []
