@@ -644,6 +644,9 @@ def main(argv=None) -> int:
 
         previous = json.loads((out / "perf.json").read_text()) if (out / "perf.json").is_file() else {}
         result = {"settings": {}, "parallel": None, **previous}
+        # perf.json keeps its keys sorted: the settings back in the order they were measured in.
+        settings = result["settings"]
+        result["settings"] = {k: settings[k] for k in sorted(settings, key=lambda k: list(SETTINGS).index(k))}
         result["throughput"] = {**measure_throughput(args), "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
         return _write(out, result)
     result = {
