@@ -180,7 +180,8 @@ def train_population(configs, data=None, data_path=None, on_step=None, tensorboa
     for r, c in enumerate(configs):
         # Each run's share of the population's time; the whole is kept beside it.
         results[r]["wall_time_s"] = wall / len(configs)
-        results[r]["population"] = {"size": len(configs), "wall_time_s": wall}
+        results[r]["population_size"] = len(configs)
+        results[r]["population_wall_time_s"] = wall
         logger = population.loggers[r] if population is not None and r < len(population.loggers) else None
         tables = _tables(logger)
         records.append(RunRecord(c.run_id, c.to_dict(), results[r], *tables))

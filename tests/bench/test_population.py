@@ -152,7 +152,7 @@ def test_every_replica_has_its_own_run_id_tables_and_columns(trained):
             assert len(pop[table]) == len(solo[table]), (run_id, table)
         assert pop["result"]["status"] == solo["result"]["status"] == "ok"
         assert pop["result"]["steps"] == solo["result"]["steps"] == STEPS
-        assert pop["result"]["population"]["size"] == len(SEEDS) * len(LEARNING_RATES)
+        assert pop["result"]["population_size"] == len(SEEDS) * len(LEARNING_RATES)
         pd.testing.assert_frame_equal(
             pop["layers"][["step", "epoch", "layer_index", "layer_name"]],
             solo["layers"][["step", "epoch", "layer_index", "layer_name"]],
@@ -328,7 +328,7 @@ def test_a_resumed_population_trains_only_the_runs_not_done(tmp_path, mnist_path
         result = json.loads(
             next(p for p in (out / "runs").iterdir() if c.run_id in p.name).joinpath("result.json").read_text()
         )
-        assert result["population"]["size"] == 2
+        assert result["population_size"] == 2
 
 
 @pytest.mark.mnist
@@ -351,5 +351,5 @@ def test_ray_trains_a_population_as_one_task_with_the_local_numbers(tmp_path, mn
     sizes = {}
     for d in (ray_out / "runs").iterdir():
         result = json.loads((d / "result.json").read_text())
-        sizes[d.name] = result.get("population", {}).get("size", 1)
+        sizes[d.name] = result.get("population_size", 1)
     assert sorted(sizes.values()) == [1, 2, 2]
