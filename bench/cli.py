@@ -270,6 +270,13 @@ def _add_run(sub):
         help="retries of a Ray task whose worker died (default 3)",
     )
     p.add_argument(
+        "--population",
+        default=None,
+        metavar="{on,off}",
+        help="on: train the runs that differ only in seed, learning rate and initializers as one vmapped JAX "
+        "population each; off: one run at a time (default: on for jax, off for tensorflow)",
+    )
+    p.add_argument(
         "--tensorboard",
         metavar="DIR",
         default=None,
@@ -336,6 +343,7 @@ def cmd_run(args) -> int:
         raise UsageError(f"Unknown executor {shorten(repr(args.executor))}. Valid executors: local, ray")
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"Argument `--jobs` must be a positive integer. Received: jobs={args.jobs}")
+    population = _population_flag(args.population, backend)
     # Without --only the grid's size is the number of runs, known before the
     # (slow, for a large grid) expansion; with it, only the expansion tells.
     ask = not (args.yes or args.dry_run)
@@ -396,6 +404,7 @@ def cmd_run(args) -> int:
                     progress=not args.no_progress and sys.stderr.isatty(),
                     wait=args.wait,
                     tensorboard_dir=args.tensorboard,
+                    population=population,
                     **ray_options,
                 )
 
@@ -428,6 +437,21 @@ def cmd_run(args) -> int:
         f"{summary.wall_time_s:.1f}s"
     )
     return 0
+
+
+def _population_flag(value, backend: str):
+    """--population as True/False/None (None: the backend's default); on TensorFlow only off."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text not in ("on", "off"):
+        raise UsageError(f"Argument `--population` must be on or off. Received: population={shorten(repr(value))}")
+    if text == "on" and backend != "jax":
+        raise UsageError(
+            f"Argument `--population` must be off on the {backend} backend (populations train on jax). "
+            "Received: population=on"
+        )
+    return text == "on"
 
 
 def _previous_protocols(out) -> dict:

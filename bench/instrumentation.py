@@ -67,6 +67,15 @@ step ``s`` are the ones that update applied.
 A non-finite loss or gradient marks the run diverged at that step; training
 stops after that step and everything recorded before it is kept.
 
+The parts: which layers are recorded (`bench.units`); the records of one
+forward and backward pass, from the quantity registry (`bench.measures`);
+one step per backend, each owning its state: the TensorFlow tape step
+(here), the JAX step (`bench.instrumentation_jax.Steps`) and the JAX
+population step (`bench.population`); and this callback, which holds the
+buffers' records as tables and writes TensorBoard events. A population's
+replicas use the callback without `fit` (`begin`, `record`,
+`record_history`, `finish`).
+
 Reference:
     Glorot & Bengio, "Understanding the difficulty of training deep
     feedforward neural networks", AISTATS 2010 (per-layer gradient and
@@ -76,33 +85,22 @@ Reference:
 from __future__ import annotations
 
 import math
-import re
-import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from keras import ops
 
-from vgbench import models
-from vgbench.bench import instrumentation_jax, quantities
-from vgbench.bench import quantities as Q
+from vgbench.bench import instrumentation_jax
+from vgbench.bench.measures import ACT_FIELDS as _ACT_FIELDS
+from vgbench.bench.measures import GRAD_FIELDS as _GRAD_FIELDS
+from vgbench.bench.measures import Measures
 from vgbench.bench.quantities import SATURATION_THRESHOLD  # noqa: F401  (public name)
 from vgbench.bench.results import HISTORY_COLUMNS, LAYER_COLUMNS, VARIABLE_COLUMNS
 from vgbench.bench.summaries import HISTOGRAM_EDGES as _HIST_EDGES
-from vgbench.bench.summaries import HISTOGRAM_FLOOR
 from vgbench.bench.tapping import Pass as _Pass
 from vgbench.bench.tapping import tapped as _tapped
-
-# The measured columns of layers.parquet, in the buffers' order.
-_GRAD_FIELDS = quantities.cadence_fields("grad")
-_ACT_FIELDS = quantities.cadence_fields("act")
-_GRAD_QUANTITIES = [quantities.LAYER_QUANTITIES[name] for name in _GRAD_FIELDS]
-_ACT_QUANTITIES = [quantities.LAYER_QUANTITIES[name] for name in _ACT_FIELDS]
-_KERNEL_FIELD = _GRAD_FIELDS.index(Q.KERNEL_GRAD_NORM)
-_BIAS_FIELD = _GRAD_FIELDS.index(Q.BIAS_GRAD_NORM)
 
 # The compiled metrics that fill the history's accuracy columns, by
 # preference; else the first other one whose name ends in "accuracy" or "acc"
@@ -110,8 +108,6 @@ _BIAS_FIELD = _GRAD_FIELDS.index(Q.BIAS_GRAD_NORM)
 # "metric:NAME" ("metric:val_NAME" on the test data).
 ACCURACY_METRICS = ("accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy", "binary_accuracy")
 METRIC_PREFIX = "metric:"
-
-_BLOCK_NAME = re.compile(r"hidden_(\d+)(?:_[a-z]+)?")
 
 
 def accuracy_metric(names) -> str | None:
@@ -124,197 +120,6 @@ def accuracy_metric(names) -> str | None:
         if (name.endswith("accuracy") or name.endswith("_acc")) and "top_k" not in name:
             return name
     return None
-
-
-# --------------------------------------------------------------------------- #
-# Which layers: units
-# --------------------------------------------------------------------------- #
-
-
-class _Unit:
-    """One instrumented layer: its trainable variables, main weight and bias, and where its output and z are read.
-
-    Attributes:
-        name: the ``layer_name`` of its rows.
-        layer: the layer whose `call` gives the output (None: never called,
-            e.g. variables of the model itself).
-        act_layer: for a block of `models.build_model`, the activation layer
-            whose input is z and whose output is the output.
-        index: a fixed ``layer_index`` (blocks of `models.build_model`), or
-            None for the position in call order.
-        variables: ``[(variable, name relative to the layer)]``.
-        tap_activation: read z at the ``activation`` attribute of ``layer``.
-        activation: the `models.activations.Activation` at z, or None
-            (no activation, or one the registry does not know).
-        activation_name: the activation's name, for the warning about an
-            unknown one ("" when none).
-    """
-
-    def __init__(self, name, layer, variables, *, act_layer=None, index=None, main_of=None):
-        self.name = name
-        self.layer = layer
-        self.act_layer = act_layer
-        self.index = index
-        self.variables = variables
-        owner = main_of if main_of is not None else layer
-        self.kernel, self.bias = _main_weight_and_bias(owner, [v for v, _ in variables])
-        self.kernel_size = int(np.prod(self.kernel.shape))
-        self.bias_size = int(np.prod(self.bias.shape)) if self.bias is not None else 0
-        self.slope = None
-        self.tap_activation = False
-        self.activation = None
-        self.activation_name = ""
-        if act_layer is not None:
-            self.activation = _activation_of(act_layer)
-            self.activation_name = type(act_layer).__name__
-            if type(act_layer).__name__ == "PReLU":
-                self.slope = act_layer.alpha
-        elif layer is not None:
-            fn = layer.__dict__.get("activation")
-            if callable(fn) and not isinstance(fn, keras.layers.Layer):
-                self.tap_activation = True
-                self.activation_name = getattr(fn, "__name__", type(fn).__name__)
-                self.activation = _activation_of_function(fn)
-
-
-def _main_weight_and_bias(layer, variables):
-    """The variable that ``kernel_grad_norm`` reports and the one ``bias_grad_norm`` reports (or None)."""
-    ids = {id(v) for v in variables}
-    target = getattr(layer, "cell", None) if isinstance(layer, keras.layers.RNN) else layer
-
-    def attr(obj, name):
-        try:
-            v = getattr(obj, name, None)
-        except Exception:  # a property that cannot be read (e.g. before build)
-            return None
-        return v if isinstance(v, keras.Variable) and id(v) in ids else None
-
-    bias = next((v for obj in (target, layer) for name in ("bias", "beta") if (v := attr(obj, name)) is not None), None)
-    for name in ("kernel", "_kernel", "depthwise_kernel", "embeddings", "gamma"):
-        for obj in (target, layer):
-            v = attr(obj, name)
-            if v is not None:
-                return v, bias
-    others = [v for v in variables if v is not bias]
-    if others:
-        return others[0], bias
-    return variables[0], None
-
-
-def _units(model) -> list[_Unit]:
-    """The instrumented layers of a model: the blocks of `models.build_model`, else every weight-bearing layer."""
-    units = _contract_units(model)
-    if units is None:
-        units = _generic_units(model)
-    # Variables of no unit (e.g. a subclassed model's own): one unit without output.
-    assigned = {id(v) for u in units for v, _ in u.variables}
-    rest = [v for v in model.trainable_weights if id(v) not in assigned]
-    if rest:
-        units.append(_Unit(model.name, None, [(v, _relative(v, model)) for v in rest], main_of=model))
-    if not units:
-        raise ValueError(f"Argument `model` must have trainable weights. Received: model={model.name!r} without any")
-    return units
-
-
-def _contract_units(model):
-    """The blocks of a model built by `models.build_model`, or None for another model."""
-    try:
-        hidden = models.hidden_layers(model)
-        out = models.output_layer(model)
-    except ValueError:
-        return None
-    blocks = {h.index: [] for h in hidden}
-    blocks[len(hidden)] = []
-    for layer in model.layers:
-        match = _BLOCK_NAME.fullmatch(layer.name)
-        block = int(match.group(1)) if match else len(hidden) if layer is out else None
-        if block is None or block not in blocks:
-            continue
-        base = hidden[block].weight_layer if block < len(hidden) else out
-        blocks[block].extend((v, _relative(v, base)) for v in layer.trainable_weights)
-    units = [
-        _Unit(h.name, h.weight_layer, blocks[h.index], act_layer=h.activation_layer, index=h.index) for h in hidden
-    ]
-    units.append(_Unit("output", out, blocks[len(hidden)], index=len(hidden)))
-    return units
-
-
-def _generic_units(model):
-    """Every weight-bearing layer below the model (see the module docstring for what counts as one)."""
-    units, seen, assigned = [], set(), set()
-
-    def visit(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        weights = layer.trainable_weights
-        if not weights:
-            return
-        subs = layer._flatten_layers(include_self=False, recursive=False)
-        below = {id(v) for s in subs for v in s.trainable_weights}
-        own = [v for v in weights if id(v) not in below]
-        builtin = type(layer).__module__.startswith("keras.") and not isinstance(layer, keras.Model)
-        if layer is not model and (builtin or own or not subs):
-            mine = [(v, _relative(v, layer)) for v in weights if id(v) not in assigned]
-            if mine:
-                assigned.update(id(v) for v, _ in mine)
-                units.append(_Unit(_layer_name(layer), layer, mine))
-            return
-        for sub in subs:
-            visit(sub)
-
-    visit(model)
-    return units
-
-
-def _layer_name(layer) -> str:
-    return getattr(layer, "path", None) or layer.name
-
-
-def _relative(variable, layer) -> str:
-    """A variable's path below its layer's path ("kernel", "lstm_cell/recurrent_kernel", "query/bias")."""
-    path = variable.path
-    base = _layer_name(layer) if layer is not None else ""
-    if base and path.startswith(base + "/"):
-        return path[len(base) + 1 :]
-    return path
-
-
-_ACTIVATION_LAYERS = {"LeakyReLU": "leaky_relu", "PReLU": "prelu", "ELU": "elu", "ReLU": "relu"}
-
-
-def _activation_of(layer):
-    """The registry entry of a Keras activation layer (for its family/derivative), or None."""
-    cls = type(layer).__name__
-    if cls == "Activation":
-        return _activation_of_function(layer.activation)
-    name = _ACTIVATION_LAYERS.get(cls, cls.lower())
-    if cls == "ReLU" and getattr(layer, "max_value", None) == 6:
-        name = "relu6"
-    # The parameters the derivative depends on.
-    if cls == "LeakyReLU":
-        name = f"leaky_relu(negative_slope={float(layer.negative_slope)!r})"
-    elif cls == "ELU":
-        name = f"elu(alpha={float(layer.alpha)!r})"
-    return _registered(name)
-
-
-def _activation_of_function(fn):
-    """The registry entry of an activation function (``keras.activations.relu``, ...); None for linear or unknown."""
-    name = getattr(fn, "__name__", "")
-    if name in ("linear", "identity"):
-        return None  # the output layer's case: z is the output, nothing is dead
-    return _registered(name)
-
-
-def _registered(name):
-    name = {"silu": "swish", "hard_silu": "hard_swish"}.get(name, name)
-    if not name:
-        return None
-    try:
-        return models.activations.get(name)
-    except ValueError:
-        return None
 
 
 # --------------------------------------------------------------------------- #
@@ -391,7 +196,6 @@ class GradientNormLogger(keras.callbacks.Callback):
         self._counter = None
         self._flushed_at = 0
         self._flush_every = 1
-        self._positions = None
         self._events = None
         self.diverged_step = None
         self.layers = pd.DataFrame(columns=LAYER_COLUMNS)
@@ -399,32 +203,21 @@ class GradientNormLogger(keras.callbacks.Callback):
         self.history = pd.DataFrame(columns=HISTORY_COLUMNS)
 
     def on_train_begin(self, logs=None):
+        self._setup(self.model)
+        if self.probe_data is not None:
+            self._measure_init()
+        # Swap in the instrumented step for this fit; restored in on_train_end.
+        if self._jax:
+            self._jax_steps.install(self.model)
+        else:
+            self._install(self.model)
+
+    def _setup(self, model):
+        """Finds the units and where each variable's norm comes from; makes the buffers and the event writer."""
         self._reset()
-        model = self.model
-        self._units = _units(model)
+        self._measures = Measures(model, histograms=self.tensorboard_dir is not None)
+        self._units = self._measures.units
         n = len(self._units)
-        self._variables = [(i, v, name) for i, u in enumerate(self._units) for v, name in u.variables]
-        index = {id(v): k for k, v in enumerate(model.trainable_weights)}
-        # Where each variable's norm comes from: a unit's main weight and bias
-        # are its kernel_grad_norm and bias_grad_norm (computed once, for both
-        # tables); only the other variables get norms of their own.
-        self._var_sizes = [int(np.prod(v.shape)) for _, v, _ in self._variables]
-        self._var_source = []
-        self._other_idx = []
-        for i, v, _ in self._variables:
-            unit = self._units[i]
-            if v is unit.kernel:
-                self._var_source.append((i, _KERNEL_FIELD))
-            elif v is unit.bias:
-                self._var_source.append((i, _BIAS_FIELD))
-            else:
-                self._var_source.append((None, len(self._other_idx)))
-                self._other_idx.append(index.get(id(v)))
-        for u in self._units:
-            u.kernel_idx = index.get(id(u.kernel))
-            u.bias_idx = index.get(id(u.bias)) if u.bias is not None else None
-            u.var_idx = [index.get(id(v)) for v, _ in u.variables]
-            u.slope_idx = index.get(id(u.slope)) if u.slope is not None else None
 
         # Buffers hold one epoch (or 10,000 steps when the epoch length is
         # unknown; they are then flushed whenever they fill up).
@@ -432,9 +225,16 @@ class GradientNormLogger(keras.callbacks.Callback):
         per_epoch = steps if steps else 10_000
         self._grad_cap = max(1, math.ceil(per_epoch / self.log_every)) + 1
         self._act_cap = max(1, math.ceil(per_epoch / self.act_every)) + 1
-        self._histograms = self.tensorboard_dir is not None
+        self._histograms = self._measures.histograms
         if self._jax:
-            self._jax_steps = instrumentation_jax.Steps(self)
+            self._jax_steps = instrumentation_jax.Steps(
+                model,
+                self._measures,
+                log_every=self.log_every,
+                act_every=self.act_every,
+                on_diverged=self._mark_diverged,
+                flush=self._flush,
+            )
         else:
             self._make_buffers(n)
 
@@ -446,14 +246,56 @@ class GradientNormLogger(keras.callbacks.Callback):
                 Path(self.tensorboard_dir) / (run_dir_name(self.run_id) if self.run_id else "run")
             )
 
-        if self.probe_data is not None:
-            self._measure_init()
+    # ------------------------------------------- recording without `fit`
 
-        # Swap in the instrumented step for this fit; restored in on_train_end.
-        if self._jax:
-            self._jax_steps.install(model)
-        else:
-            self._install(model)
+    def begin(self, model, steps_per_epoch=None):
+        """Prepares to record ``model`` from steps computed elsewhere (a `bench.population` replica).
+
+        Finds the units and opens the TensorBoard writer, as `fit` would at
+        its start, but neither measures step 0 nor replaces the train step:
+        the caller hands in each step's records (`record`) and history rows
+        (`record_history`), then builds the tables (`finish`).
+        """
+        self.set_model(model)
+        self.set_params({"epochs": 1, "steps": steps_per_epoch, "verbose": 0})
+        self._setup(model)
+        return self
+
+    @property
+    def measures(self):
+        """The `bench.measures.Measures` of this fit: the units, and the records of a pass."""
+        return self._measures
+
+    def record(self, step, epoch, grad=None, act=None, var=None, hist=None):
+        """Appends one step's records (`Steps` arrays of one replica; None: not measured at this step)."""
+        self._record(step, epoch, grad, act, var, hist)
+
+    def record_history(self, step, epoch, logs):
+        """Appends one history row from `fit`-style logs (``loss``, ``accuracy``, ``val_loss``, ...); returns it."""
+        row = _history_row(step, epoch, logs)
+        self._history_rows.append(row)
+        return row
+
+    def mark_diverged(self, step):
+        """Records the first step with a non-finite loss or gradient."""
+        if self.diverged_step is None or step < self.diverged_step:
+            self.diverged_step = step
+
+    def finish(self):
+        """Closes the TensorBoard writer and builds the tables (`layers`, `variables`, `history`)."""
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+        self.layers = _layer_frame(self._layer_rows, self.run_id, self._units, self._measures.layer_positions())
+        self.variables = _variable_frame(self._variable_rows, self.run_id)
+        history = pd.DataFrame(self._history_rows)
+        for c in HISTORY_COLUMNS[1:]:
+            if c not in history.columns:
+                history[c] = np.nan
+        extra = sorted(c for c in history.columns if c not in HISTORY_COLUMNS)
+        history = history[HISTORY_COLUMNS[1:] + extra].astype({"step": "int64", "epoch": "int64"})
+        history.insert(0, "run_id", self.run_id)
+        self.history = history
 
     def _make_buffers(self, n):
         """TensorFlow: the preallocated buffers the compiled step writes its records into."""
@@ -461,7 +303,8 @@ class GradientNormLogger(keras.callbacks.Callback):
         bins = len(_HIST_EDGES) - 1
         with tf.init_scope():
             self._grad_buf = tf.Variable(tf.fill([self._grad_cap, n, len(_GRAD_FIELDS)], nan), trainable=False)
-            self._var_buf = tf.Variable(tf.fill([self._grad_cap, max(1, len(self._other_idx))], nan), trainable=False)
+            others = max(1, len(self._measures.other_idx))
+            self._var_buf = tf.Variable(tf.fill([self._grad_cap, others], nan), trainable=False)
             self._grad_step = tf.Variable(tf.zeros([self._grad_cap], tf.int64), trainable=False)
             self._grad_count = tf.Variable(0, dtype=tf.int64, trainable=False)
             self._act_buf = tf.Variable(tf.fill([self._act_cap, n, len(_ACT_FIELDS)], nan), trainable=False)
@@ -488,19 +331,7 @@ class GradientNormLogger(keras.callbacks.Callback):
         self._functions = {}
         if self._jax:
             self._jax_steps.functions.clear()
-        if self._events is not None:
-            self._events.close()
-            self._events = None
-        self.layers = _layer_frame(self._layer_rows, self.run_id, self._units, self._positions_or_static())
-        self.variables = _variable_frame(self._variable_rows, self.run_id)
-        history = pd.DataFrame(self._history_rows)
-        for c in HISTORY_COLUMNS[1:]:
-            if c not in history.columns:
-                history[c] = np.nan
-        extra = sorted(c for c in history.columns if c not in HISTORY_COLUMNS)
-        history = history[HISTORY_COLUMNS[1:] + extra].astype({"step": "int64", "epoch": "int64"})
-        history.insert(0, "run_id", self.run_id)
-        self.history = history
+        self.finish()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch + 1
@@ -552,10 +383,10 @@ class GradientNormLogger(keras.callbacks.Callback):
             p = self._forward_backward(x, y)
             for v, value in zip(model.non_trainable_weights, saved, strict=True):
                 v.assign(value)
-            g = self._grad_norms(p).numpy()
-            var = self._variable_norms(p).numpy()
-            a = self._act_stats(p).numpy()
-            h = self._hist(p).numpy() if self._histograms else None
+            g = self._measures.grad_norms(p).numpy()
+            var = self._measures.variable_norms(p).numpy()
+            a = self._measures.act_stats(p).numpy()
+            h = self._measures.hist(p).numpy() if self._histograms else None
             loss, y_pred = float(p.loss), p.y_pred
         self._record(0, 0, g, a, var, h)
         # The step-0 train metrics: the model's own compiled metrics on the
@@ -572,7 +403,7 @@ class GradientNormLogger(keras.callbacks.Callback):
             res = model.evaluate(test, verbose=0, return_dict=True)
             logs.update({f"val_{k}": _float(v) for k, v in res.items()})
         self._history_rows.append(_history_row(0, 0, logs))
-        if not np.isfinite(self._all_variable_norms(g, var)).all() or not np.isfinite(loss):
+        if not np.isfinite(self._measures.all_variable_norms(g, var)).all() or not np.isfinite(loss):
             self._mark_diverged(0)
 
     # --------------------------------------------------------- compiled step
@@ -596,7 +427,7 @@ class GradientNormLogger(keras.callbacks.Callback):
                 if tracker is not None:
                     tracker.update_state(loss, sample_weight=batch)
             scaled = opt.scale_loss(loss)
-        self._learn_order(rec)
+        self._measures.learn_order(rec)
         weights = model.trainable_weights
         n = len(self._units)
         # z is read where it was recorded; a z that the loss does not depend
@@ -624,124 +455,6 @@ class GradientNormLogger(keras.callbacks.Callback):
             batch_size=tf.cast(batch, tf.float32),
             unscale=unscale,
         )
-
-    def _learn_order(self, rec):
-        """Fixes each unit's layer_index from the first pass; warns once about what cannot be recorded."""
-        if self._positions is not None:
-            return
-        called = [i for i in rec.order if self._units[i].index is None]
-        rest = [i for i, u in enumerate(self._units) if u.index is None and i not in called]
-        positions = {i: u.index for i, u in enumerate(self._units) if u.index is not None}
-        positions.update({i: k for k, i in enumerate(called + rest)})
-        self._positions = positions
-        missing, unknown = [], []
-        for i, u in enumerate(self._units):
-            if u.layer is None or i not in rec.order:
-                missing.append(f"{u.name} (not called by the forward pass)")
-            elif i not in rec.output or i not in rec.preact:
-                missing.append(f"{u.name} (its output is not a floating-point tensor with a batch axis)")
-            elif u.tap_activation and u.activation is None and u.activation_name not in ("linear", "identity"):
-                unknown.append(f"{u.name} (activation {u.activation_name!r} is not in models.activations)")
-        parts = []
-        if missing:
-            parts.append("no activation statistics or backward signal for " + ", ".join(missing))
-        if unknown:
-            parts.append("dead/saturated fractions are NaN for " + ", ".join(unknown))
-        if parts:
-            warnings.warn(
-                f"GradientNormLogger: {'; '.join(parts)}; gradient norms are recorded for every layer.", stacklevel=3
-            )
-
-    def _positions_or_static(self):
-        if self._positions is not None:
-            return self._positions
-        return {i: (u.index if u.index is not None else i) for i, u in enumerate(self._units)}
-
-    # The recording below is written with `keras.ops`: the same code runs
-    # inside TensorFlow's compiled step and JAX's jitted one.
-
-    def _grad(self, p, k):
-        """Gradient of model.trainable_weights[k] as recorded: dense, float32, loss scaling undone (0 when None)."""
-        g = p.grads[k] if k is not None else None
-        if g is None:
-            return ops.zeros(())
-        if isinstance(g, tf.IndexedSlices):
-            g = tf.convert_to_tensor(g)
-        g = ops.cast(g, "float32")
-        return g * p.unscale if p.unscale is not None else g
-
-    def _values(self, unit, i, p, act=False, previous=None):
-        """The `quantities.LayerValues` of unit ``i`` from a pass, for the gradient or the activation cadence."""
-        a, z = p.acts[i], p.preacts[i]
-        kernel = p.value(unit.kernel, unit.kernel_idx)
-        if act:
-            if a is not None:
-                a = ops.cast(ops.reshape(a, (ops.shape(a)[0], -1)), "float32")
-            if z is not None:
-                z = ops.cast(ops.reshape(z, (ops.shape(z)[0], -1)), "float32")
-            slope = ops.reshape(p.value(unit.slope, unit.slope_idx), (-1,)) if unit.slope is not None else None
-            return quantities.LayerValues(
-                kernel=kernel,
-                previous_kernel=previous,
-                output=a,
-                activation=unit.activation,
-                preact=z,
-                batch_size=p.batch_size,
-                activation_slope=slope,
-            )
-        dz = p.preact_grads[i]
-        if dz is not None:
-            dz = ops.cast(dz, "float32")
-            dz = dz * p.unscale if p.unscale is not None else dz
-        return quantities.LayerValues(
-            kernel_grad=self._grad(p, unit.kernel_idx),
-            bias_grad=self._grad(p, unit.bias_idx) if unit.bias_idx is not None else None,
-            kernel=kernel,
-            activation=unit.activation,
-            preact=ops.cast(z, "float32") if z is not None else None,
-            preact_grad=dz,
-            batch_size=p.batch_size,
-        )
-
-    def _grad_norms(self, p):
-        """(n_units, len(_GRAD_FIELDS)) gradient quantities of every unit."""
-        return _table([self._values(unit, i, p) for i, unit in enumerate(self._units)], _GRAD_QUANTITIES)
-
-    def _variable_norms(self, p):
-        """Gradient norms of the variables that are no unit's main weight or bias (see `_var_source`)."""
-        if not self._other_idx:
-            return ops.full((1,), float("nan"))
-        return ops.sqrt(2.0 * ops.stack([quantities._half_sum_sq(self._grad(p, k)) for k in self._other_idx]))
-
-    def _all_variable_norms(self, g, other):
-        """(n_variables,) gradient norm of every trainable variable, from a grad-cadence row and the others'."""
-        return np.array([g[i, field] if i is not None else other[field] for i, field in self._var_source])
-
-    def _hist(self, p):
-        """(n_units, bins) counts of log10|g| over each unit's weight gradients, in fixed bins."""
-        lo, hi = float(_HIST_EDGES[0]), float(_HIST_EDGES[-1])
-        bins = len(_HIST_EDGES) - 1
-        rows = []
-        for unit in self._units:
-            counts = ops.zeros((bins,), "int32")
-            for k in unit.var_idx:
-                g = ops.reshape(ops.abs(self._grad(p, k)), (-1,))
-                logs = ops.log(ops.maximum(g, HISTOGRAM_FLOOR)) / math.log(10.0)
-                counts += _histogram_fixed_width(logs, lo, hi, bins)
-            rows.append(ops.cast(counts, "float32"))
-        return ops.stack(rows)
-
-    def _act_stats(self, p, previous=None):
-        """(n_units, len(_ACT_FIELDS)) statistics of kernels, activations and pre-activations.
-
-        ``previous``: per unit, its main weight before this step's update
-        (for the update ratio), or None (step 0).
-        """
-        values = [
-            self._values(unit, i, p, act=True, previous=previous[i] if previous is not None else None)
-            for i, unit in enumerate(self._units)
-        ]
-        return _table(values, _ACT_QUANTITIES)
 
     def _install(self, model):
         """Replaces `model.train_function` for this fit.
@@ -803,21 +516,21 @@ class GradientNormLogger(keras.callbacks.Callback):
             return tf.constant(0)
 
         def record_grads():
-            norms = self._grad_norms(p)
+            norms = self._measures.grad_norms(p)
             row = self._grad_count % self._grad_cap
             self._grad_buf[row].assign(norms)
-            if self._other_idx:
-                self._var_buf[row].assign(self._variable_norms(p))
+            if self._measures.other_idx:
+                self._var_buf[row].assign(self._measures.variable_norms(p))
             self._grad_step[row].assign(step)
             self._grad_count.assign_add(1)
             return tf.constant(0)
 
         def record_acts():
-            stats = self._act_stats(p, previous=[shadow.read_value() for shadow in self._shadow])
+            stats = self._measures.act_stats(p, previous=[shadow.read_value() for shadow in self._shadow])
             row = self._act_count % self._act_cap
             self._act_buf[row].assign(stats)
             if self._histograms:
-                self._hist_buf[row].assign(self._hist(p))
+                self._hist_buf[row].assign(self._measures.hist(p))
             self._act_step[row].assign(step)
             self._act_count.assign_add(1)
             return tf.constant(0)
@@ -857,7 +570,7 @@ class GradientNormLogger(keras.callbacks.Callback):
             self._flushed_grad = int(self._grad_count.numpy())
             self._flushed_act = int(self._act_count.numpy())
         for s in sorted(grad):
-            if not np.isfinite(self._all_variable_norms(*grad[s])).all():
+            if not np.isfinite(self._measures.all_variable_norms(*grad[s])).all():
                 self._mark_diverged(s)
                 break
         diverged = self.diverged_step if self.diverged_step is not None else -1
@@ -875,13 +588,13 @@ class GradientNormLogger(keras.callbacks.Callback):
         n = len(self._units)
         g = np.full((n, len(_GRAD_FIELDS)), np.nan) if g is None else g
         a = np.full((n, len(_ACT_FIELDS)), np.nan) if a is None else a
-        positions = self._positions_or_static()
+        positions = self._measures.layer_positions()
         for i, unit in enumerate(self._units):
             self._layer_rows.append((step, epoch, positions[i], unit.name, *g[i], *a[i]))
         if var is not None:
-            var = self._all_variable_norms(g, var)
-            for k, (i, v, name) in enumerate(self._variables):
-                size = self._var_sizes[k]
+            var = self._measures.all_variable_norms(g, var)
+            for k, (i, v, name) in enumerate(self._measures.variables):
+                size = self._measures.var_sizes[k]
                 self._variable_rows.append((step, epoch, positions[i], self._units[i].name, name, v.path, size, var[k]))
         if self._events is not None:
             scalars = {}
@@ -891,24 +604,6 @@ class GradientNormLogger(keras.callbacks.Callback):
             self._events.scalars(step, scalars)
             if hist is not None:
                 self._events.histograms(step, {f"grad_log10/{u.name}": hist[i] for i, u in enumerate(self._units)})
-
-
-def _table(values, quantities_):
-    """(n_units, n_quantities): every quantity's ``compute`` per unit, stacked in one op, then its ``finish``."""
-    n, k = len(values), len(quantities_)
-    raw = ops.reshape(ops.stack([ops.cast(q.compute(v), "float32") for v in values for q in quantities_]), (n, k))
-    columns = [q.finish(raw[:, j], values) if q.finish is not None else raw[:, j] for j, q in enumerate(quantities_)]
-    return ops.stack(columns, axis=1)
-
-
-def _histogram_fixed_width(x, lo, hi, bins):
-    """Counts of ``x`` in ``bins`` equal bins over [lo, hi], values outside going to the end bins (int32)."""
-    if keras.backend.backend() == "tensorflow":
-        return tf.histogram_fixed_width(x, [lo, hi], nbins=bins)
-    import jax.numpy as jnp
-
-    idx = jnp.clip(jnp.floor((x - lo) * (bins / (hi - lo))), 0, bins - 1).astype("int32")
-    return jnp.bincount(idx, length=bins).astype("int32")
 
 
 def _drain(bufs, step_buf, count_var, flushed, cap):

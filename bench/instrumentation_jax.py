@@ -48,12 +48,22 @@ class Steps:
     """The jitted instrumented steps of one `fit`, their dispatcher and the records they returned.
 
     Args:
-        logger: the `GradientNormLogger`, its units and indices set up
-            (`on_train_begin`).
+        model: the compiled Keras model.
+        measures: its `bench.measures.Measures` (the units, and the records of a pass).
+        log_every: the gradient cadence.
+        act_every: the activation cadence.
+        on_diverged: called with a step whose loss was non-finite.
+        flush: called when records pile up within an epoch (they are then
+            taken with `drain`).
     """
 
-    def __init__(self, logger):
-        self.logger = logger
+    def __init__(self, model, measures, *, log_every=1, act_every=10, on_diverged=None, flush=None):
+        self.model = model
+        self.measures = measures
+        self.log_every = log_every
+        self.act_every = act_every
+        self.on_diverged = on_diverged or (lambda step: None)
+        self.flush = flush or (lambda: None)
         self.functions = {}
         self.pending = []  # (step, records as device arrays)
         self.losses = []  # (step, that step's loss is finite: a device bool)
@@ -71,8 +81,7 @@ class Steps:
         import jax
         import jax.numpy as jnp
 
-        logger = self.logger
-        model, units = self.model, logger._units
+        model, units = self.model, self.measures.units
         opt = model.optimizer
         n = len(units)
         recordings = []
@@ -88,7 +97,7 @@ class Steps:
             return loss, (aux, acts, zs)
 
         shapes = jax.eval_shape(lambda tv: loss_fn(tv, None)[1][2], tv)
-        logger._learn_order(recordings[-1])
+        self.measures.learn_order(recordings[-1])
         probes = [None if s is None else jnp.zeros(s.shape, s.dtype) for s in shapes]
         grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
         (_, (aux, acts, zs)), (grads, preact_grads) = grad_fn(tv, probes)
@@ -114,25 +123,30 @@ class Steps:
 
     def _records(self, p, new_tv, log_grad, log_act, update_ratio=True):
         """The arrays a step returns for the tables: ``{"grad", "var", "act", "hist"}`` as due."""
-        logger = self.logger
+        measures = self.measures
         out = {}
         if log_grad:
-            out["grad"] = logger._grad_norms(p)
-            out["var"] = logger._variable_norms(p)
+            out["grad"] = measures.grad_norms(p)
+            out["var"] = measures.variable_norms(p)
         if log_act:
             # Kernels after the update (as on TensorFlow); before it for the update ratio.
             after = dataclasses.replace(p, weights=list(new_tv))
-            previous = [p.weights[u.kernel_idx] for u in logger._units] if update_ratio else None
-            out["act"] = logger._act_stats(after, previous=previous)
-            if logger._histograms:
-                out["hist"] = logger._hist(p)
+            previous = [p.weights[u.kernel_idx] for u in measures.units] if update_ratio else None
+            out["act"] = measures.act_stats(after, previous=previous)
+            if measures.histograms:
+                out["hist"] = measures.hist(p)
         return out
 
     # ------------------------------------------------------------ the steps
 
-    def _step(self, log_grad, log_act):
-        """The jitted instrumented step for one "what is due" key: Keras' `train_step`, plus the records."""
-        import jax
+    def step_function(self, log_grad, log_act):
+        """The instrumented step for one "what is due" key, as a pure function (not jitted).
+
+        ``step(state, data) -> (logs, state, records, loss_is_finite)``, with
+        ``state = (trainable, non_trainable, optimizer, metrics)`` variable
+        values: Keras' `train_step`, plus the records. `bench.population`
+        maps it over the replicas of a population with `jax.vmap`.
+        """
         import jax.numpy as jnp
         from keras.src.trainers.data_adapters import data_adapter_utils
 
@@ -147,26 +161,24 @@ class Steps:
             records = self._records(p, new_tv, log_grad, log_act)
             return logs, (new_tv, ntv, ov, mv), records, jnp.isfinite(unscaled_loss)
 
+        return train_step
+
+    def _step(self, log_grad, log_act):
+        """The jitted instrumented step for one "what is due" key: Keras' `train_step`, plus the records."""
+        import jax
+
+        model = self.model
+        train_step = self.step_function(log_grad, log_act)
         if model.run_eagerly or not model.jit_compile:
             return train_step
         return jax.jit(train_step, donate_argnums=0)
 
-    @property
-    def model(self):
-        # Not `Callback.model`: on JAX it writes the state of the step before
-        # back into the variables, and `fit` would then go on from that state.
-        return self.logger._model
-
     def install(self, model):
         """Replaces `model.train_function` (made by `fit` just before) with the dispatcher, for this fit."""
-        logger = self.logger
         self.functions.clear()
         self.pending.clear()
         self.losses.clear()
-        start = int(model.optimizer.iterations.numpy())
-        counter = logger._counter = [start]
-        logger._flushed_at = start
-        logger._flush_every = float("inf")  # `on_train_batch_end` flushes nothing on JAX
+        counter = [int(model.optimizer.iterations.numpy())]
         per_call = int(getattr(model, "steps_per_execution", 1) or 1)
 
         def train_function(state, iterator):
@@ -179,7 +191,7 @@ class Steps:
                         raise  # the end of the data: `fit` ends the epoch
                     break
                 step = counter[0] + 1
-                key = (step % logger.log_every == 0, step % logger.act_every == 0)
+                key = (step % self.log_every == 0, step % self.act_every == 0)
                 fn = self.functions.get(key) or self.functions.setdefault(key, self._step(*key))
                 logs, state, records, finite = fn(state, data)
                 counter[0] = step
@@ -188,7 +200,7 @@ class Steps:
                 self.losses.append((step, finite))
                 self._watch_loss()
                 if len(self.pending) >= _MAX_PENDING:
-                    logger._flush()
+                    self.flush()
             return logs, state
 
         model.train_function = train_function
@@ -197,8 +209,8 @@ class Steps:
         """Marks the run diverged at the first non-finite loss, read `_LOSS_LAG` steps after its step."""
         while len(self.losses) > _LOSS_LAG:
             step, finite = self.losses.pop(0)
-            if not bool(finite) and self.logger.diverged_step is None:
-                self.logger._mark_diverged(step)
+            if not bool(finite):
+                self.on_diverged(step)
 
     def drain(self):
         """``(grad, act)``: ``{step: (grad norms, other variables' norms)}`` and ``{step: (act stats, hist)}``.
@@ -208,8 +220,8 @@ class Steps:
         import jax
 
         for step, finite in self.losses:
-            if not bool(finite) and self.logger.diverged_step is None:
-                self.logger._mark_diverged(step)
+            if not bool(finite):
+                self.on_diverged(step)
         self.losses.clear()
         host = jax.device_get([r for _, r in self.pending])
         steps = [s for s, _ in self.pending]
@@ -233,22 +245,28 @@ class Steps:
         """
         import jax
 
-        model = self.model
-        opt = model.optimizer
-        state = (
-            [v.value for v in model.trainable_variables],
-            [v.value for v in model.non_trainable_variables],
-            [v.value for v in opt.variables],
-            [v.value for v in model.metrics_variables],
-        )
+        x = keras.tree.map_structure(keras.ops.convert_to_tensor, x)
+        y = keras.tree.map_structure(keras.ops.convert_to_tensor, y)
+        records, loss, y_pred = jax.jit(self.init_function())(state_of(self.model), x, y)
+        r = jax.device_get(records)
+        return r["grad"], r["var"], r["act"], r.get("hist"), float(loss), y_pred
+
+    def init_function(self):
+        """Step 0 as a pure function: ``init(state, x, y) -> (records, loss, y_pred)``, changing no state."""
 
         def init_step(state, x, y):
             tv, ntv, ov, mv = state
             p, (unscaled_loss, y_pred, _, _) = self._forward_backward(tv, ntv, ov, mv, x, y, None)
             return self._records(p, tv, True, True, update_ratio=False), unscaled_loss, y_pred
 
-        x = keras.tree.map_structure(keras.ops.convert_to_tensor, x)
-        y = keras.tree.map_structure(keras.ops.convert_to_tensor, y)
-        records, loss, y_pred = jax.jit(init_step)(state, x, y)
-        r = jax.device_get(records)
-        return r["grad"], r["var"], r["act"], r.get("hist"), float(loss), y_pred
+        return init_step
+
+
+def state_of(model):
+    """A compiled model's training state as arrays: ``(trainable, non_trainable, optimizer, metrics)`` values."""
+    return (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in model.optimizer.variables],
+        [v.value for v in model.metrics_variables],
+    )

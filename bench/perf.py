@@ -276,6 +276,157 @@ def measure_parallel(data_path=None, jobs=2):
     }
 
 
+def throughput_configs(configurations=None, max_steps=None):
+    """The runs of the suite-throughput section: the claims suite on JAX, or a sample of it.
+
+    Args:
+        configurations: keep the first this many configurations (populations
+            of `bench.population.group`, in suite order), each with all its
+            runs; None: all.
+        max_steps: cap each run's steps (a reduced budget); None: the suite's.
+    """
+    from vgbench.bench import population, suites
+
+    configs = suites.expand(suites.load_suite("claims"), {"backend": ["jax"]})
+    if max_steps is not None:
+        configs = [
+            c.replace(max_steps=min(c.max_steps, max_steps), epochs=min(c.epochs, max_steps)) if c.max_steps else c
+            for c in configs
+        ]
+    tasks = population.group(configs)
+    if configurations is not None:
+        tasks = tasks[:configurations]
+    return [c for t in tasks for c in t], len(tasks)
+
+
+def _throughput_phase(args) -> dict:
+    """One side of the suite throughput, in this process (a worker of `measure_throughput`)."""
+    import resource
+
+    from vgbench.bench.runner import run_suite
+
+    configs, _ = throughput_configs(args.throughput_configs, args.throughput_steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        s = run_suite(
+            configs,
+            tmp,
+            jobs=args.jobs,
+            data_path=args.data,
+            suite="claims",
+            progress=False,
+            population=args.throughput_phase == "population",
+        )
+        from vgbench.bench.results import load_results
+
+        runs = load_results(tmp).runs
+        verdict_inputs = [
+            {"run_id": str(r.run_id), "status": str(r.status), "test_accuracy": float(r.test_accuracy)}
+            for r in runs.itertuples()
+        ]
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own, children = me.ru_maxrss, kids.ru_maxrss
+    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return {
+        "cpu_time_s": cpu,
+        "runs_per_cpu_minute": 60.0 * len(configs) / cpu,
+        "runs": len(configs),
+        "wall_time_s": s.wall_time_s,
+        "runs_per_minute": 60.0 * len(configs) / s.wall_time_s,
+        "statuses": {k: list(s.statuses.values()).count(k) for k in set(s.statuses.values())},
+        "peak_rss_bytes": 1024 * max(own, children),
+        "runs_table": verdict_inputs,
+    }
+
+
+def measure_throughput(args) -> dict:
+    """Suite throughput on JAX: the same runs as populations and one by one, back to back, each in its own process."""
+    import datetime as dt
+    import json
+    import subprocess
+
+    configs, n_tasks = throughput_configs(args.throughput_configs, args.throughput_steps)
+    out = {
+        "runs": len(configs),
+        "configurations": n_tasks,
+        "max_steps": args.throughput_steps,
+        "jobs": args.jobs,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
+        "load_before": _load_average(),
+    }
+    for phase in ("population", "one-by-one"):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "phase.json"
+            command = [sys.executable, "-m", "vgbench.bench.perf", "--worker", str(path), "--throughput-phase", phase]
+            command += _forwarded(args)
+            print(f"perf: suite throughput, {phase} ...", file=sys.stderr, flush=True)
+            subprocess.run(command, env={**os.environ, "KERAS_BACKEND": "jax"}, check=True)
+            out[phase] = json.loads(path.read_text())
+    out["load_after"] = _load_average()
+    out["ratio"] = out["population"]["runs_per_minute"] / out["one-by-one"]["runs_per_minute"]
+    if "cpu_time_s" in out["population"]:
+        out["cpu_ratio"] = out["one-by-one"]["cpu_time_s"] / out["population"]["cpu_time_s"]
+    # The same runs both ways: what the claims read from them should agree.
+    a = {r["run_id"]: r for r in out["population"].pop("runs_table")}
+    b = {r["run_id"]: r for r in out["one-by-one"].pop("runs_table")}
+    common = sorted(set(a) & set(b))
+    deltas = [
+        abs(a[k]["test_accuracy"] - b[k]["test_accuracy"])
+        for k in common
+        if np.isfinite(a[k]["test_accuracy"]) and np.isfinite(b[k]["test_accuracy"])
+    ]
+    out["agreement"] = {
+        "runs": len(common),
+        "same_status": sum(a[k]["status"] == b[k]["status"] for k in common),
+        "max_abs_test_accuracy_difference": max(deltas, default=float("nan")),
+    }
+    return out
+
+
+def _load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as `uptime` shows them."""
+    try:
+        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _throughput_markdown(t) -> list[str]:
+    budget = "the suite's budget" if t["max_steps"] is None else f"steps capped at {t['max_steps']}"
+    lines = [
+        "## Suite throughput: populations against one run at a time (JAX)",
+        "",
+        f"Measured {t['date']} on {t.get('machine', 'this machine')}: "
+        f"{t['runs']} runs of the `claims` suite ({t['configurations']} populations; {budget}), --jobs {t['jobs']}, "
+        "trained twice back to back, each in a process of its own: as populations (`--population on`), then one "
+        f"run at a time (`--population off`). Load average before: {t['load_before']}, after: {t['load_after']}.",
+        "",
+        "| | runs/minute | wall time | CPU time (all processes) | peak memory (one process) | statuses |",
+        "|---|---|---|---|---|---|",
+    ]
+    for phase in ("population", "one-by-one"):
+        p = t[phase]
+        statuses = ", ".join(f"{n} {s}" for s, n in sorted(p["statuses"].items()))
+        cpu = f"{p['cpu_time_s']:.0f} s" if "cpu_time_s" in p else "not measured"
+        lines.append(
+            f"| {phase} | {p['runs_per_minute']:.1f} | {p['wall_time_s']:.0f} s | {cpu} | "
+            f"{p['peak_rss_bytes'] / 2**30:.2f} GiB | {statuses} |"
+        )
+    lines += ["", f"Ratio: **{t['ratio']:.2f}×** runs per minute (target ≥ 4× on 2 cores)."]
+    if "cpu_ratio" in t:
+        lines.append(
+            f"CPU time one by one / as populations: {t['cpu_ratio']:.2f}× (other processes' load does not enter it)."
+        )
+    lines.append("")
+    g = t.get("agreement")
+    if g:
+        lines += [
+            f"The same {g['runs']} runs both ways: {g['same_status']} with the same status; largest difference in "
+            f"final test accuracy {g['max_abs_test_accuracy_difference']:.2g}.",
+            "",
+        ]
+    return lines
+
+
 def _table(o) -> list[str]:
     names = {"grad": "gradient cadence every step", "grad+act": "+ activation statistics every 10 steps"}
     rows = []
@@ -378,6 +529,8 @@ def _markdown(result) -> str:
         "times. The per-round range shows the noise of a single round.",
         "",
     ]
+    if result.get("throughput") is not None:
+        lines += _throughput_markdown(result["throughput"])
     if p is not None:
         lines += [
             "## Parallel efficiency of the local executor",
@@ -418,7 +571,11 @@ def _run_setting(name, args) -> dict:
 
 
 def _forwarded(args) -> list[str]:
-    out = ["--repeats", str(args.repeats), "--steps", str(args.steps)]
+    out = ["--repeats", str(args.repeats), "--steps", str(args.steps), "--jobs", str(args.jobs)]
+    if args.throughput_configs is not None:
+        out += ["--throughput-configs", str(args.throughput_configs)]
+    if args.throughput_steps is not None:
+        out += ["--throughput-steps", str(args.throughput_steps)]
     out += ["--conv-repeats", str(args.conv_repeats), "--conv-steps", str(args.conv_steps)]
     if args.data:
         out += ["--data", str(args.data)]
@@ -453,6 +610,21 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="a few short rounds and no parallel suite: a check that it runs"
     )
+    parser.add_argument("--no-throughput", action="store_true", help="skip the suite-throughput section")
+    parser.add_argument(
+        "--only-throughput", action="store_true", help="measure the suite throughput only (other sections not run)"
+    )
+    parser.add_argument(
+        "--throughput-configs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="suite throughput on the first N configurations of the claims suite, with all their runs (default: all)",
+    )
+    parser.add_argument(
+        "--throughput-steps", type=int, default=None, metavar="S", help="cap the throughput runs' steps (default: none)"
+    )
+    parser.add_argument("--throughput-phase", choices=("population", "one-by-one"), help=argparse.SUPPRESS)
     parser.add_argument("--worker", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -463,7 +635,7 @@ def main(argv=None) -> int:
     from vgbench.bench.results import write_json_atomic
 
     if args.worker:
-        write_json_atomic(args.worker, _measure_setting(args))
+        write_json_atomic(args.worker, _throughput_phase(args) if args.throughput_phase else _measure_setting(args))
         return 0
     try:
         names = [backend.check(b, "--backends") for b in args.backends.split(",") if b.strip()]
@@ -476,6 +648,18 @@ def main(argv=None) -> int:
 
     from vgbench.bench.provenance import cpu_name, platform_info
 
+    out = Path(args.out)
+    if args.only_throughput:
+        # The other sections stay as last measured.
+        import json
+
+        previous = json.loads((out / "perf.json").read_text()) if (out / "perf.json").is_file() else {}
+        result = {"settings": {}, "parallel": None, **previous}
+        # perf.json keeps its keys sorted: the settings back in the order they were measured in.
+        settings = result["settings"]
+        result["settings"] = {k: settings[k] for k in sorted(settings, key=lambda k: list(SETTINGS).index(k))}
+        result["throughput"] = {**measure_throughput(args), "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
+        return _write(out, result)
     result = {
         "date": dt.date.today().isoformat(),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
@@ -483,8 +667,16 @@ def main(argv=None) -> int:
         "order": "one process per setting, back to back in the order of `settings`",
         "settings": {name: _run_setting(name, args) for name in names},
         "parallel": None if args.no_parallel else measure_parallel(args.data, jobs=args.jobs),
+        "throughput": None if args.no_throughput or args.quick else measure_throughput(args),
     }
-    out = Path(args.out)
+    if result["throughput"] is not None:
+        result["throughput"]["machine"] = result["machine"]
+    return _write(Path(args.out), result)
+
+
+def _write(out: Path, result: dict) -> int:
+    from vgbench.bench.results import write_json_atomic
+
     out.mkdir(parents=True, exist_ok=True)
     text = _markdown(result)
     write_json_atomic(out / "perf.json", result)

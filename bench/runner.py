@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 from vgbench.bench import backend as backend_mod
-from vgbench.bench import executors
+from vgbench.bench import executors, sizing
+from vgbench.bench import population as population_mod
 from vgbench.bench import results as results_mod
 from vgbench.bench.config import RunConfig, stable_identity
 from vgbench.bench.errors import UsageError
@@ -229,6 +230,7 @@ def run_suite(
     ray_share_data: bool = True,
     ray_max_retries: int = ray_executor.MAX_RETRIES,
     tensorboard_dir=None,
+    population: bool | None = None,
 ) -> SuiteSummary:
     """Runs every config not yet complete in ``out``; returns a summary.
 
@@ -254,6 +256,9 @@ def run_suite(
             gradient histograms as TensorBoard events into
             ``tensorboard_dir/RUN_ID`` (see `bench.train.train_run`; Ray
             workers on other machines write on their own disks).
+        population: train the runs that differ only in seed, learning
+            rate and initializers as one population each (`bench.population`);
+            None: on the JAX backend. TensorFlow trains one run at a time.
 
     Raises:
         UsageError: bad ``out``, ``out`` locked by another process (unless
@@ -267,6 +272,7 @@ def run_suite(
 
     executors.check_name(executor)
     backend = _one_backend(configs)
+    population = _check_population(population, backend)
     if executor == "ray":
         ray_executor.check_options(ray_cpus_per_task, 0, jobs or None, ray_max_retries)
     t0 = time.perf_counter()
@@ -295,6 +301,10 @@ def run_suite(
         todo, skipped = _select(out, configs, finished, retry_failed)
         summary = SuiteSummary(out=out, total=len(configs), skipped=skipped)
         if todo:
+            # Populations of the runs still to do: a resumed population trains only the rest.
+            slots = max(1, int(jobs or os.cpu_count() or 1)) if executor != "ray" else 1
+            memory = sizing.machine_memory() // slots
+            tasks = population_mod.group(todo, enabled=population, memory=memory, min_tasks=slots)
             if executor == "ray":
                 chosen = ray_executor.RayExecutor(
                     todo,
@@ -310,7 +320,7 @@ def run_suite(
                 n = max(1, int(jobs or os.cpu_count() or 1))
                 # This process trains inline only on its own backend: Keras, once imported, keeps it.
                 here = backend_mod.loaded()
-                if (n == 1 or len(todo) == 1) and here in (None, backend):
+                if (n == 1 or len(tasks) == 1) and here in (None, backend):
                     backend_mod.select(backend)
                     chosen = InlineExecutor(datasets)
                 else:
@@ -319,7 +329,7 @@ def run_suite(
             # Through the environment, so that every executor's runs see it (worker processes
             # inherit it when they start, and read the backend before they import Keras).
             with _environment(TENSORBOARD_ENV, tensorboard_dir), _environment(backend_mod.ENV, backend):
-                drive(chosen, todo, out, summary, progress)
+                drive(chosen, tasks, out, summary, progress)
     except BaseException:
         _rebuild_tables(out, quiet=True)
         lock.release()
@@ -410,6 +420,22 @@ def _one_backend(configs) -> str:
             "(`vgbench run --backend NAME`, or one `run_suite` call each) into the same --out."
         )
     return backends[0]
+
+
+def _check_population(population, backend: str) -> bool:
+    """Whether to train populations: the default is on for JAX; TensorFlow trains one run at a time.
+
+    Raises:
+        UsageError: populations asked for on TensorFlow.
+    """
+    if population is None:
+        return backend == "jax"
+    if population and backend != "jax":
+        raise UsageError(
+            f"Argument `--population` must be off on the {backend} backend (populations train on jax). "
+            "Received: population=on"
+        )
+    return bool(population)
 
 
 def _backend_versions(backend: str) -> dict:

@@ -41,7 +41,11 @@ def estimate_memory(config: RunConfig) -> int:
     Returns:
         The estimate in bytes. Takes time proportional to the depth.
     """
-    shape = DEFAULT_INPUT_SHAPES[config.arch]
+    return _shared_bytes(config) + _replica_bytes(config)
+
+
+def _replica_bytes(config: RunConfig) -> int:
+    """The part of `estimate_memory` that each replica of a population needs for itself."""
     kwargs = config.model_kwargs()
     params = count_params(
         config.arch,
@@ -52,10 +56,14 @@ def estimate_memory(config: RunConfig) -> int:
         residual_every=kwargs["residual_every"],
     )
     weights = 4 * params * (_WEIGHT_COPIES + _OPTIMIZER_SLOTS[config.optimizer])
-    # Per example, every block keeps a few tensors of its width for the
-    # backward pass (weight layer, activation, normalization/add/dropout).
     floats_per_block = block_sizes(config.arch, depth=config.depth, width=config.width)
     activations = 4 * 4 * config.batch_size * sum(floats_per_block)
+    return BYTES_PER_BLOCK * config.depth + weights + activations
+
+
+def _shared_bytes(config: RunConfig) -> int:
+    """The part of `estimate_memory` that the replicas of a population share: the process and the data."""
+    shape = DEFAULT_INPUT_SHAPES[config.arch]
     # The standard datasets have no more than these; a larger count is the
     # data check's to refuse, with its own message.
     n_train, n_test = (
@@ -64,7 +72,24 @@ def estimate_memory(config: RunConfig) -> int:
     )
     # float32 inputs, held by the prepared arrays and by the tf.data cache.
     data = 2 * 4 * math.prod(shape) * (n_train + n_test)
-    return BASE_BYTES + BYTES_PER_BLOCK * config.depth + weights + activations + data
+    return BASE_BYTES + data
+
+
+def estimate_population_memory(configs: list[RunConfig]) -> int:
+    """Estimates the peak memory, in bytes, of a population (`bench.population`) in its worker process.
+
+    The process and the data are shared; each replica adds its model, its
+    training state and its activations (the vmapped step holds every
+    replica's at once).
+    """
+    return _shared_bytes(configs[0]) + sum(_replica_bytes(c) for c in configs)
+
+
+def max_population(config: RunConfig, limit: int | None = None) -> int:
+    """The most replicas of ``config``'s shape that fit in ``limit`` bytes (this machine's memory when None); >= 1."""
+    limit = machine_memory() if limit is None else limit
+    room = limit - _shared_bytes(config)
+    return max(1, int(room // max(1, _replica_bytes(config))))
 
 
 def machine_memory() -> int:

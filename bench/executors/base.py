@@ -1,8 +1,9 @@
 """The executor interface, and the one loop that drives any executor through a suite.
 
-An executor only decides where a run executes: it submits a config as a
-task, says which tasks have finished, hands back a finished task's
-`RunRecord`, and cancels what is in flight. `drive` does the rest, the same
+An executor only decides where a task executes: it submits a task (one
+run, or a population of runs trained together, `bench.population`), says
+which tasks have finished, hands back a finished task's `RunRecord`s, and
+cancels what is in flight. `drive` does the rest, the same
 for every executor: it keeps ``slots`` tasks in flight, records each
 finished run on disk (`bench.results.write_run`) as soon as it arrives,
 updates the progress bar and the `SuiteSummary`, and cancels the tasks in
@@ -64,8 +65,8 @@ class Executor(abc.ABC):
         self.close()
 
     @abc.abstractmethod
-    def submit(self, config):
-        """Starts a task for a `RunConfig`; returns a hashable handle."""
+    def submit(self, task):
+        """Starts a task, a tuple of `RunConfig`s (one run, or one population); returns a hashable handle."""
 
     @abc.abstractmethod
     def wait(self, handles, timeout: float) -> list:
@@ -73,7 +74,7 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def result(self, handle):
-        """The `RunRecord` of a finished task.
+        """The `RunRecord`s of a finished task, one per config, in the task's order.
 
         Raises:
             TaskFailed: this run failed outside training; record it and go on.
@@ -103,8 +104,13 @@ def failed_record(config, exc):
     return results_mod.RunRecord(config.run_id, config.to_dict(), result, pd.DataFrame(), pd.DataFrame())
 
 
+def as_tasks(todo) -> list[tuple]:
+    """``todo`` as tasks: a `RunConfig` is a task of one run; a list or tuple of them, one population."""
+    return [tuple(t) if isinstance(t, (list, tuple)) else (t,) for t in todo]
+
+
 def drive(executor: Executor, todo, out, summary: SuiteSummary, progress: bool = True) -> None:
-    """Runs every config of ``todo`` on ``executor`` and records each finished run in ``out``.
+    """Runs every task of ``todo`` (see `as_tasks`) on ``executor`` and records each finished run in ``out``.
 
     The caller holds ``out``'s lock. Enters and closes ``executor``.
 
@@ -121,22 +127,23 @@ def drive(executor: Executor, todo, out, summary: SuiteSummary, progress: bool =
             bar.set_postfix_str(", ".join(f"{rid[:40]} step {s}" for rid, s in sorted(running.items())))
 
         executor.on_step = on_step
-        queue = list(reversed(todo))
+        queue = list(reversed(as_tasks(todo)))
         pending = {}
         try:
             while queue or pending:
                 while queue and len(pending) < executor.slots:
-                    c = queue.pop()
-                    pending[executor.submit(c)] = c
+                    task = queue.pop()
+                    pending[executor.submit(task)] = task
                 for handle in executor.wait(list(pending), timeout=1.0):
-                    c = pending.pop(handle)
+                    task = pending.pop(handle)
                     try:
-                        record = executor.result(handle)
+                        records = executor.result(handle)
                     except TaskFailed as e:
-                        record = failed_record(c, e.cause)
-                    results_mod.write_run(out, record)
-                    running.pop(c.run_id, None)
-                    _count(summary, record, bar)
+                        records = [failed_record(c, e.cause) for c in task]
+                    for record in records:
+                        results_mod.write_run(out, record)
+                        running.pop(record.run_id, None)
+                        _count(summary, record, bar)
         except BaseException:
             executor.cancel(list(pending))
             raise

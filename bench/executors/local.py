@@ -7,7 +7,8 @@ workers do not oversubscribe the cores. A worker never outlives the process
 that started it, even one killed with SIGKILL: the kernel sends it SIGKILL
 when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``), and a watchdog
 thread that polls the parent's pid covers systems without it.
-`InlineExecutor` trains in this process, one run at a time.
+`InlineExecutor` trains in this process, one task at a time. A task is one
+run or one population (`bench.population.run_group`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from vgbench.bench.errors import SuiteInterrupted, UsageError
 from vgbench.bench.executors.base import Executor, TaskFailed
-from vgbench.bench.task import run_task
+from vgbench.bench.population import run_group
 
 # Seconds between two checks of the watchdog that ends an orphaned worker.
 WATCHDOG_INTERVAL_S = 1.0
@@ -49,17 +50,18 @@ class InlineExecutor(Executor):
         configure_tensorflow()
         return self
 
-    def submit(self, config):
+    def submit(self, task):
         handle = len(self._tasks)
-        self._tasks[handle] = config
+        self._tasks[handle] = task
         return handle
 
     def wait(self, handles, timeout):
         if not handles:
             return []
         handle = handles[0]
-        config = self._tasks.pop(handle)
-        self._done = {handle: run_task(config.to_dict(), data=self.datasets[config.dataset], on_step=self.on_step)}
+        task = self._tasks.pop(handle)
+        data = self.datasets[task[0].dataset]
+        self._done = {handle: run_group([c.to_dict() for c in task], data=data, on_step=self.on_step)}
         return [handle]
 
     def result(self, handle):
@@ -102,8 +104,9 @@ class PoolExecutor(Executor):
         )
         return self
 
-    def submit(self, config):
-        return self._pool.submit(_pool_task, config.to_dict(), self.data_path, self.checksums.get(config.dataset))
+    def submit(self, task):
+        dicts = [c.to_dict() for c in task]
+        return self._pool.submit(_pool_task, dicts, self.data_path, self.checksums.get(task[0].dataset))
 
     def wait(self, handles, timeout):
         finished, _ = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
@@ -157,8 +160,8 @@ def _worker_init(threads: int, parent_pid: int, steps):
     configure_tensorflow(threads)
 
 
-def _pool_task(config_dict, data_path, checksum):
-    return run_task(config_dict, data_path=data_path, checksum=checksum, on_step=_report_step)
+def _pool_task(config_dicts, data_path, checksum):
+    return run_group(config_dicts, data_path=data_path, checksum=checksum, on_step=_report_step)
 
 
 def _report_step(run_id, step):

@@ -1,7 +1,8 @@
 """Runs a suite's runs as Ray tasks, on a laptop or a cluster.
 
-`bench.runner.run_suite` uses `RayExecutor` for ``executor="ray"``. Each run
-is one Ray task that trains the run and *returns* its `RunRecord`; the driver
+`bench.runner.run_suite` uses `RayExecutor` for ``executor="ray"``. Each task
+(one run, or one population of runs trained together, `bench.population`)
+is one Ray task that trains its runs and *returns* their `RunRecord`s; the driver
 (the process running ``vgbench run``) writes every run directory itself,
 atomically, as each task finishes (`bench.executors.base.drive`). So:
 
@@ -43,8 +44,8 @@ from pathlib import Path
 
 from vgbench.bench import backend as backend_mod
 from vgbench.bench.errors import UsageError
-from vgbench.bench.executors.base import Executor, TaskFailed, drive
-from vgbench.bench.task import run_task
+from vgbench.bench.executors.base import Executor, TaskFailed, as_tasks, drive
+from vgbench.bench.population import run_group
 from vgbench.bench.utils import first_line
 
 # Ray retries a task whose worker process died this many times; an exception
@@ -77,7 +78,8 @@ class RayExecutor(Executor):
     it opened is closed on exit.
 
     Args:
-        todo: the `RunConfig`s that will be submitted (for their datasets).
+        todo: the tasks that will be submitted (`RunConfig`s, or tuples of
+            them for populations; for their datasets).
         data_path: explicit dataset file, for loading on the driver when
             ``datasets`` lacks one, and on the workers with
             ``share_data=False``.
@@ -123,7 +125,7 @@ class RayExecutor(Executor):
         self._ray = _import_ray()
         self.jobs = jobs or None  # 0 means "the default", as in run_suite
         check_options(cpus_per_task, gpus_per_task, self.jobs, max_retries)
-        self.needed = sorted({c.dataset for c in todo})
+        self.needed = sorted({c.dataset for task in as_tasks(todo) for c in task})
         self.datasets = dict(datasets or {})
         self.data_path = data_path
         self.address = address
@@ -172,11 +174,12 @@ class RayExecutor(Executor):
             raise
         return self
 
-    def submit(self, config):
-        return self._task_on(config.backend).remote(
-            config.to_dict(),
-            self._data_args[config.dataset],
-            self._checksums[config.dataset],
+    def submit(self, task):
+        first = task[0]
+        return self._task_on(first.backend).remote(
+            [c.to_dict() for c in task],
+            self._data_args[first.dataset],
+            self._checksums[first.dataset],
             self._path_arg,
             self._threads,
         )
@@ -249,11 +252,11 @@ def run_on_ray(todo, out, *, summary, progress=True, **options):
     drive(RayExecutor(todo, **options), todo, out, summary, progress)
 
 
-def _train_task(config_dict: dict, data, checksum: str, data_path, threads: int):
-    """The Ray task of one run: trains it in the worker and returns its `RunRecord`.
+def _train_task(config_dicts: list, data, checksum: str, data_path, threads: int):
+    """The Ray task of one run or population: trains it in the worker and returns its `RunRecord`s.
 
     Args:
-        config_dict: the run's `RunConfig` as a dict.
+        config_dicts: the runs' `RunConfig`s as dicts (one run, or one population).
         data: the driver's `bench.data.Dataset` (resolved from the object
             store by Ray), or None to load it in the worker.
         checksum: the driver's dataset checksum; worker-loaded data must
@@ -265,8 +268,9 @@ def _train_task(config_dict: dict, data, checksum: str, data_path, threads: int)
     from vgbench.bench.train import configure_tensorflow
 
     configure_tensorflow(threads)
-    _maybe_die(config_dict)
-    return run_task(config_dict, data=data, data_path=data_path, checksum=checksum)
+    for config_dict in config_dicts:
+        _maybe_die(config_dict)
+    return run_group(config_dicts, data=data, data_path=data_path, checksum=checksum)
 
 
 def _maybe_die(config_dict) -> None:
