@@ -144,6 +144,28 @@ def _bias_initializer_name(spec: str) -> str:
         raise ValueError(f"Argument `bias_initializer`: {str(e).splitlines()[0]}") from None
 
 
+# Widest hidden layer whose input-output Jacobians `bench.spectrum` computes exactly (a forward pass of
+# a batch of this many copies, and one SVD per layer and example).
+JACOBIAN_MAX_WIDTH = 1024
+
+# Fixes whose skip connections make the hidden layers no single chain.
+_BRANCHING_FIXES = ("residual",)
+
+
+def jacobian_unsupported(arch: str, depth: int, width: int, fix: str = "none") -> str:
+    """Why the Jacobian spectrum (`bench.spectrum`) cannot be measured on this MLP, or "" when it can."""
+    if arch != "mlp":
+        return f"arch={arch!r}: the Jacobian spectrum is measured on the MLP only"
+    if depth < 2:
+        return f"depth={depth}: J_l = ∂z_l/∂z_0 needs at least two hidden layers"
+    if width > JACOBIAN_MAX_WIDTH:
+        return f"width={width}: the full Jacobian is computed up to width {JACOBIAN_MAX_WIDTH}"
+    branching = [f for f in _BRANCHING_FIXES if f in fix]
+    if branching:
+        return f"fix {branching[0]!r}: its skip connections make the hidden layers no single chain"
+    return ""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One benchmark run: architecture, training recipe, data and seed.
@@ -156,7 +178,7 @@ class RunConfig:
     ``jacobian_examples`` > 0 also measures, before training, the singular
     values of the hidden layers' Jacobians on that many training examples
     (`bench.spectrum`; an MLP without skip connections, width up to
-    `bench.spectrum.MAX_WIDTH`).
+    `JACOBIAN_MAX_WIDTH`).
     """
 
     arch: str = "mlp"
@@ -255,9 +277,7 @@ class RunConfig:
                 f"Received: dataset={shorten(repr(ds))}"
             )
         if self.jacobian_examples:
-            from vgbench.bench.spectrum import unsupported
-
-            why = unsupported(self.arch, self.depth, self.width, self.fix)
+            why = jacobian_unsupported(self.arch, self.depth, self.width, self.fix)
             if why:
                 raise ValueError(f"Argument `jacobian_examples` cannot be measured here: {why}.")
 

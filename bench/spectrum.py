@@ -61,6 +61,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from vgbench.bench.config import JACOBIAN_MAX_WIDTH, jacobian_unsupported
 from vgbench.bench.results import JACOBIAN_COLUMNS
 
 __all__ = [
@@ -78,9 +79,10 @@ __all__ = [
     "unsupported",
 ]
 
-# Widest hidden layer whose Jacobians are computed exactly (a forward pass of a
-# batch of this many copies, and one SVD per layer and example).
-MAX_WIDTH = 1024
+# Widest hidden layer whose Jacobians are computed exactly, and why a run's spectrum
+# cannot be measured: defined beside the config that they check (`bench.config`).
+MAX_WIDTH = JACOBIAN_MAX_WIDTH
+unsupported = jacobian_unsupported
 
 # The table's columns (`bench.results.JACOBIAN_COLUMNS`), one row per (run,
 # example, layer, singular value): `layer_index` is l of J_l = ∂z_l/∂z_0 (the
@@ -90,23 +92,6 @@ MAX_WIDTH = 1024
 # `spread`'s columns: per (run, example, layer), the mean of s², the
 # normalized variance Var(s²)/E[s²]², the largest and smallest s.
 SPREAD_COLUMNS = ["run_id", "example", "layer_index", "mean_sq", "spread", "s_max", "s_min"]
-
-# Fixes whose skip connections make the hidden layers no single chain.
-_BRANCHING_FIXES = ("residual",)
-
-
-def unsupported(arch: str, depth: int, width: int, fix: str = "none") -> str:
-    """Why the Jacobian spectrum cannot be measured on this MLP, or "" when it can."""
-    if arch != "mlp":
-        return f"arch={arch!r}: the Jacobian spectrum is measured on the MLP only"
-    if depth < 2:
-        return f"depth={depth}: J_l = ∂z_l/∂z_0 needs at least two hidden layers"
-    if width > MAX_WIDTH:
-        return f"width={width}: the full Jacobian is computed up to width {MAX_WIDTH}"
-    branching = [f for f in _BRANCHING_FIXES if f in fix]
-    if branching:
-        return f"fix {branching[0]!r}: its skip connections make the hidden layers no single chain"
-    return ""
 
 
 # --------------------------------------------------------------------------- measurement

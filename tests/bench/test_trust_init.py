@@ -37,7 +37,8 @@ def _relu_he_configs(arch: str):
 
 def _inject_lecun_for_he(monkeypatch):
     """The bug: `he_normal` makes Keras' LecunNormal."""
-    monkeypatch.setitem(initializers._REGISTRY, "he_normal", "LecunNormal")
+    entry = initializers._REGISTRY["he_normal"]
+    monkeypatch.setitem(initializers._REGISTRY, "he_normal", dataclasses.replace(entry, keras_class="LecunNormal"))
 
 
 def _judge_at_step_0(config, dataset, baseline) -> list:
