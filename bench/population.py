@@ -134,10 +134,9 @@ def train_population(configs, data=None, data_path=None, on_step=None, tensorboa
     """
     import keras
 
-    from vgbench.bench import data as data_mod
     from vgbench.bench.provenance import run_provenance
     from vgbench.bench.results import RunRecord, empty_result
-    from vgbench.bench.train import TENSORBOARD_ENV, configure_tensorflow
+    from vgbench.bench.train import TENSORBOARD_ENV, configure_tensorflow, prepared_data
 
     configs = list(configs)
     if not configs:
@@ -152,16 +151,7 @@ def train_population(configs, data=None, data_path=None, on_step=None, tensorboa
         raise ValueError("Argument `configs` holds the same run twice.")
     configure_tensorflow()
     t0 = time.perf_counter()
-    first = configs[0]
-    if data is None:
-        data = data_mod.load_dataset(first.dataset, data_path)
-    arrays = data_mod.prepare(
-        data,
-        preprocessing=first.preprocessing,
-        flatten=first.arch == "mlp",
-        train_samples=first.train_samples,
-        test_samples=first.test_samples,
-    )
+    data, arrays = prepared_data(configs[0], data, data_path)
     tensorboard_dir = tensorboard_dir or os.environ.get(TENSORBOARD_ENV) or None
     results = [empty_result(data_checksum=data.checksum, **run_provenance()) for _ in configs]
     population = None

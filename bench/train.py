@@ -114,6 +114,22 @@ def fit_logged(model, logger, x_train, y_train, test_ds, *, epochs, per_epoch, b
     return out
 
 
+def prepared_data(config: RunConfig, data=None, data_path=None):
+    """``(dataset, arrays)``: the config's dataset (``data``, else read) and its preprocessed train/test arrays."""
+    from vgbench.bench import data as data_mod
+
+    if data is None:
+        data = data_mod.load_dataset(config.dataset, data_path)
+    arrays = data_mod.prepare(
+        data,
+        preprocessing=config.preprocessing,
+        flatten=config.arch == "mlp",
+        train_samples=config.train_samples,
+        test_samples=config.test_samples,
+    )
+    return data, arrays
+
+
 def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensorboard_dir=None) -> RunRecord:
     """Trains one config and returns its results; failures become a record too.
 
@@ -133,18 +149,9 @@ def train_run(config: RunConfig, data=None, data_path=None, callbacks=(), tensor
         its message (the suite goes on).
     """
     configure_tensorflow()
-    from vgbench.bench import data as data_mod
 
     t0 = time.perf_counter()
-    if data is None:
-        data = data_mod.load_dataset(config.dataset, data_path)
-    arrays = data_mod.prepare(
-        data,
-        preprocessing=config.preprocessing,
-        flatten=config.arch == "mlp",
-        train_samples=config.train_samples,
-        test_samples=config.test_samples,
-    )
+    data, arrays = prepared_data(config, data, data_path)
     epochs, per_epoch = schedule(config, len(arrays.x_train))
     return logged_run(
         config.run_id,
