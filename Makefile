@@ -14,8 +14,8 @@ DATA_ARG := $(if $(VGBENCH_MNIST),--data $(VGBENCH_MNIST),)
 
 JOBS ?= 2
 OUT  ?= reports/latest
-# The Keras backend (tensorflow or jax). `bench` runs on JAX: measured on 2 cores, its
-# suites take 15 min there against about 20 on TensorFlow (docs/performance.md).
+# The Keras backend (tensorflow or jax). `bench` runs on JAX, where the runs of one configuration
+# train as one population (docs/populations.md); its measured times are in docs/performance.md.
 # `ci-report` and `update-baseline` stay on TensorFlow, the backend of reports/baseline.
 BENCH_BACKEND ?= jax
 BACKEND ?= tensorflow
