@@ -129,12 +129,17 @@ class Steps:
             out["grad"] = measures.grad_norms(p)
             out["var"] = measures.variable_norms(p)
         if log_act:
-            # Kernels after the update (as on TensorFlow); before it for the update ratio.
-            after = dataclasses.replace(p, weights=list(new_tv))
-            previous = [p.weights[u.kernel_idx] for u in measures.units] if update_ratio else None
-            out["act"] = measures.act_stats(after, previous=previous)
-            if measures.histograms:
-                out["hist"] = measures.hist(p)
+            out.update(self._act_records(p, new_tv, update_ratio))
+        return out
+
+    def _act_records(self, p, new_tv, update_ratio):
+        """``{"act", "hist"}``: kernels after the update (as on TensorFlow), before it for the update ratio."""
+        measures = self.measures
+        after = dataclasses.replace(p, weights=list(new_tv))
+        previous = [p.weights[u.kernel_idx] for u in measures.units] if update_ratio else None
+        out = {"act": measures.act_stats(after, previous=previous)}
+        if measures.histograms:
+            out["hist"] = measures.hist(p)
         return out
 
     # ------------------------------------------------------------ the steps
@@ -159,6 +164,41 @@ class Steps:
             new_tv, ov = model.optimizer.stateless_apply(ov, p.grads, tv)
             logs, mv = model._update_metrics_variables(mv, unscaled_loss, x, y, y_pred, sample_weight)
             records = self._records(p, new_tv, log_grad, log_act)
+            return logs, (new_tv, ntv, ov, mv), records, jnp.isfinite(unscaled_loss)
+
+        return train_step
+
+    def population_step_function(self, log_grad):
+        """One pure step function for every step of a run, step 0 included (`bench.population` vmaps it).
+
+        ``step(state, data, mode) -> (logs, state, records, loss_is_finite)``,
+        as `step_function`, where the traced integer ``mode`` chooses the
+        activation records: 0, not due (``records["act"]`` is zeros);
+        1, due (as ``step_function(log_grad, True)``); 2, step 0 (as
+        `init_function`: kernels before any update, no update ratio; the
+        caller keeps the returned state unused). A population thus compiles
+        one function where `step_function` and `init_function` would
+        compile three; a step that records no activations runs only the
+        branch that returns zeros.
+        """
+        import jax
+        import jax.numpy as jnp
+        from keras.src.trainers.data_adapters import data_adapter_utils
+
+        model = self.model
+
+        def train_step(state, data, mode):
+            tv, ntv, ov, mv = state
+            x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+            p, (unscaled_loss, y_pred, ntv, mv) = self._forward_backward(tv, ntv, ov, mv, x, y, sample_weight)
+            new_tv, ov = model.optimizer.stateless_apply(ov, p.grads, tv)
+            logs, mv = model._update_metrics_variables(mv, unscaled_loss, x, y, y_pred, sample_weight)
+            records = self._records(p, new_tv, log_grad, False)
+            due = lambda: self._act_records(p, new_tv, True)  # noqa: E731
+            first = lambda: self._act_records(p, tv, False)  # noqa: E731
+            shapes = jax.eval_shape(due)
+            none = lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # noqa: E731
+            records.update(jax.lax.switch(mode, [none, due, first]))
             return logs, (new_tv, ntv, ov, mv), records, jnp.isfinite(unscaled_loss)
 
         return train_step

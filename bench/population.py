@@ -252,11 +252,13 @@ class _Population:
         self.sources = measures.var_source
         self.x_train = jnp.asarray(x_train)
         self.y_train = jnp.asarray(y_train)
-        self.orders = []
+        orders = []
         for c in configs:
             # The shuffle's seed pair (TensorFlow's global seed, the op's) as in `bench.train.train_run`.
             keras.utils.set_random_seed(c.seed)
-            self.orders.append(_batch_order(len(x_train), c.batch_size, c.seed, self.epochs * self.per_epoch))
+            orders.append(_batch_order(len(x_train), c.batch_size, c.seed, self.epochs * self.per_epoch))
+        # Per step, every replica's batch: (replicas, batch) example indices.
+        self.orders = [np.stack(batch) for batch in zip(*orders)]
         self.diverged = [None] * self.size
         self.steps_done = [0] * self.size
         self.last_history = [None] * self.size
@@ -275,25 +277,26 @@ class _Population:
         norms = [g[i, field] if i is not None else other[field] for i, field in self.sources]
         return loss_finite & jnp.all(jnp.isfinite(jnp.stack(norms)))
 
-    def _function(self, key):
-        """The jitted population step for one "what is due" key."""
+    def _function(self, log_grad):
+        """The jitted population step, with or without gradient records (activation records are a traced mode)."""
         import jax
         import jax.numpy as jnp
 
-        if key in self._functions:
-            return self._functions[key]
-        step = self.steps.step_function(*key)
+        if log_grad in self._functions:
+            return self._functions[log_grad]
+        step = self.steps.population_step_function(log_grad)
 
-        def one(state, alive, idx, x_all, y_all):
+        def one(state, alive, idx, x_all, y_all, mode):
             x, y = jnp.take(x_all, idx, axis=0), jnp.take(y_all, idx, axis=0)
-            logs, new, records, loss_finite = step(state, (x, y))
+            logs, new, records, loss_finite = step(state, (x, y), mode)
             finite = self._finite(records, loss_finite)
             # A frozen replica keeps its state: the update of its diverged step is its last.
             new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
-            return logs, new, records, alive & finite
+            return logs, new, records, alive & finite, finite
 
-        fn = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None)), donate_argnums=0)
-        self._functions[key] = fn
+        # The mode is one for all replicas (not mapped), so `lax.switch` runs one branch.
+        fn = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None, None)), donate_argnums=0)
+        self._functions[log_grad] = fn
         return fn
 
     def _evaluate(self, tv, ntv):
@@ -316,22 +319,15 @@ class _Population:
     # ------------------------------------------------------------ step 0
 
     def _measure_init(self):
+        """Step 0: the records and metrics of the probe batch (the first examples), changing no replica's state."""
         import jax
         import jax.numpy as jnp
 
-        model = self.template
-        init = self.steps.init_function()
-        x, y = (jnp.asarray(a) for a in self.probe)
-
-        def one(state, x, y):
-            records, loss, y_pred = init(state, x, y)
-            # The compiled metrics on the probe batch, from reset metrics (as the logger does).
-            logs, _ = model._update_metrics_variables(state[3], loss, x, y, y_pred, None)
-            logs = dict(logs)
-            logs["loss"] = loss
-            return records, logs, self._finite(records, jnp.isfinite(loss))
-
-        records, logs, finite = jax.jit(jax.vmap(one, in_axes=(0, None, None)))(self.state, x, y)
+        n = len(self.probe[0])
+        idx = np.broadcast_to(np.arange(n, dtype=np.int32), (self.size, n))
+        frozen = jnp.zeros(self.size, bool)  # keeps every replica's state as it is
+        state = (self.state[0], self.state[1], self.state[2], jax.tree_util.tree_map(jnp.copy, self.metrics0))
+        logs, self.state, records, _, finite = self._function(True)(state, frozen, idx, self.x_train, self.y_train, 2)
         val = self._evaluate(self.state[0], self.state[1])
         records, logs, finite, val = jax.device_get((records, logs, finite, val))
         for r, logger in enumerate(self.loggers):
@@ -362,10 +358,11 @@ class _Population:
             pending = []
             for _ in range(self.per_epoch):
                 step += 1
-                key = (step % self.log_every == 0, step % self.act_every == 0)
-                idx = np.stack([order[step - 1] for order in self.orders])
-                logs, state, records, alive = self._function(key)(state, alive, idx, self.x_train, self.y_train)
-                pending.append((step, logs, records, alive))
+                act_due = step % self.act_every == 0
+                fn = self._function(step % self.log_every == 0)
+                idx = self.orders[step - 1]
+                logs, state, records, alive, _ = fn(state, alive, idx, self.x_train, self.y_train, int(act_due))
+                pending.append((step, logs, records, alive, act_due))
             val = self._evaluate(state[0], state[1])
             host, val = jax.device_get(([p[1:] for p in pending], val))
             self._record_epoch(epoch, [p[0] for p in pending], host, val, on_step)
@@ -376,9 +373,9 @@ class _Population:
             if self.diverged[r] is not None:
                 continue  # frozen in an earlier epoch: its run had ended there
             last = None
-            for step, (logs, records, alive) in zip(steps, host, strict=True):
+            for step, (logs, records, alive, act_due) in zip(steps, host, strict=True):
                 grad = records.get("grad")
-                act = records.get("act")
+                act = records["act"] if act_due else None
                 logger.record(
                     step,
                     epoch,
@@ -440,5 +437,4 @@ def _batch_order(n: int, batch_size: int, seed: int, steps: int) -> list:
     # `fit` reads one batch to build the model's metrics, then starts a new
     # iterator: a reshuffling dataset's second iteration is the run's order.
     next(iter(ds))
-    it = iter(ds)
-    return [next(it)[0].numpy() for _ in range(steps)]
+    return [x for x, _ in ds.take(steps).as_numpy_iterator()]
