@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -323,7 +324,7 @@ def cmd_run(args) -> int:
     # First: a bad backend is refused before any work, and Keras reads the variable when first imported.
     backend = _select_backend(args)
     from vgbench.bench import data, sizing, suites
-    from vgbench.bench.runner import run_suite
+    from vgbench.bench.runner import rebuild_tables, run_suite
 
     suite = suites.load_suite(args.suite) if args.suite else suites.adhoc_suite()
     overrides = {}
@@ -390,6 +391,8 @@ def cmd_run(args) -> int:
     protocols = _previous_protocols(args.out)
     try:
         with data.reusing({(name, args.data): ds for name, ds in datasets.items()}):
+            # The protocol's rounds rebuild the top-level tables once, after the last round.
+            rounds = suite.protocol == "best_lr"
 
             def run(configs):
                 return run_suite(
@@ -405,6 +408,7 @@ def cmd_run(args) -> int:
                     wait=args.wait,
                     tensorboard_dir=args.tensorboard,
                     population=population,
+                    tables=not rounds,
                     **ray_options,
                 )
 
@@ -421,6 +425,9 @@ def cmd_run(args) -> int:
                         statuses={**summary.statuses, **more.statuses},
                         wall_time_s=summary.wall_time_s + more.wall_time_s,
                     )
+                t = time.perf_counter()
+                rebuild_tables(args.out, wait=args.wait)
+                summary = dataclasses.replace(summary, wall_time_s=summary.wall_time_s + time.perf_counter() - t)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if saved is None:

@@ -264,8 +264,11 @@ def run_extensions(configs, run, out):
 
 
 def read_runs(out) -> pd.DataFrame | None:
-    """``out``'s per-run table (``runs.parquet``), None when there is none yet."""
-    from pathlib import Path
+    """``out``'s per-run table, from its run folders' JSON files (`bench.results.run_rows`); None before any run.
 
-    path = Path(out) / "runs.parquet"
-    return pd.read_parquet(path) if path.is_file() else None
+    Read from the folders, not ``runs.parquet``: the protocol's rounds leave
+    the top-level tables to be rebuilt once, after the last round.
+    """
+    from vgbench.bench.results import run_rows
+
+    return run_rows(out)

@@ -280,6 +280,34 @@ def check_run(path, run_id=None, config=None, tables=False):
             the files disagree on the run.
     """
     path = Path(path)
+    own_id, stored_config, result = _check_run_json(path, run_id, config)
+    frames = {}
+    for name in ("layers.parquet", "history.parquet"):
+        try:
+            frame = pd.read_parquet(path / name, columns=None if tables else ["run_id"])
+        except FileNotFoundError:
+            raise DamagedRun(f"no {name}") from None
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise DamagedRun(f"{name} unreadable ({first_line(e)})") from None
+        if "run_id" not in frame.columns or not set(frame["run_id"].dropna().unique()) <= {own_id}:
+            raise DamagedRun(f"{name} holds rows of another run")
+        frames[name] = frame if tables else None
+    # Optional: folders written before the variables table existed lack it, and
+    # only runs that measured their Jacobian spectrum hold a jacobian table.
+    for name in (VARIABLES_FILE, JACOBIAN_FILE):
+        if not (path / name).exists():
+            continue
+        try:
+            frame = pd.read_parquet(path / name, columns=["run_id"])
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise DamagedRun(f"{name} unreadable ({first_line(e)})") from None
+        if "run_id" not in frame.columns or not set(frame["run_id"].dropna().unique()) <= {own_id}:
+            raise DamagedRun(f"{name} holds rows of another run")
+    return own_id, stored_config, result, frames["layers.parquet"], frames["history.parquet"]
+
+
+def _check_run_json(path: Path, run_id=None, config=None):
+    """``(run_id, config, result)`` of a run folder's JSON files, checked as `check_run` does."""
     if not path.is_dir():
         raise DamagedRun("missing")
     parsed = {}
@@ -304,29 +332,7 @@ def check_run(path, run_id=None, config=None, tables=False):
         raise DamagedRun(f"holds run {own_id!r}, not {run_id!r}")
     if config is not None and _normalized(stored_config) != _normalized(config):
         raise DamagedRun("config.json does not match the run's config")
-    frames = {}
-    for name in ("layers.parquet", "history.parquet"):
-        try:
-            frame = pd.read_parquet(path / name, columns=None if tables else ["run_id"])
-        except FileNotFoundError:
-            raise DamagedRun(f"no {name}") from None
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise DamagedRun(f"{name} unreadable ({first_line(e)})") from None
-        if "run_id" not in frame.columns or not set(frame["run_id"].dropna()) <= {own_id}:
-            raise DamagedRun(f"{name} holds rows of another run")
-        frames[name] = frame if tables else None
-    # Optional: folders written before the variables table existed lack it, and
-    # only runs that measured their Jacobian spectrum hold a jacobian table.
-    for name in (VARIABLES_FILE, JACOBIAN_FILE):
-        if not (path / name).exists():
-            continue
-        try:
-            frame = pd.read_parquet(path / name, columns=["run_id"])
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise DamagedRun(f"{name} unreadable ({first_line(e)})") from None
-        if "run_id" not in frame.columns or not set(frame["run_id"].dropna()) <= {own_id}:
-            raise DamagedRun(f"{name} holds rows of another run")
-    return own_id, stored_config, result, frames["layers.parquet"], frames["history.parquet"]
+    return own_id, stored_config, result
 
 
 def move_aside(out, path, reason) -> Path:
@@ -513,8 +519,34 @@ def collect(out, on_damaged=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
             that does not validate (`check_run`), which is then left out.
             None: such a folder is a `UsageError`.
     """
+    return _collect(out, on_damaged)[:3]
+
+
+def run_rows(out) -> pd.DataFrame | None:
+    """The per-run table (as in runs.parquet) from the run folders' JSON files alone; None when there is none.
+
+    Cheaper than `collect` (no table is read), for a caller that needs each
+    run's config and outcome between rounds of training; a folder whose JSON
+    files do not validate is left out.
+    """
     root = Path(out) / "runs"
-    rows, layers, history = [], [], []
+    rows = []
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            if d.name.startswith(".") or not d.is_dir():
+                continue
+            try:
+                run_id, config, result = _check_run_json(d)
+            except DamagedRun:
+                continue
+            rows.append({"run_id": run_id, **_flatten_config(config), **result})
+    return pd.DataFrame(rows) if rows else None
+
+
+def _collect(out, on_damaged=None):
+    """`collect`, and the run folders that validated (a set of paths)."""
+    root = Path(out) / "runs"
+    rows, layers, history, valid = [], [], [], set()
     if root.is_dir():
         for d in sorted(root.iterdir()):
             if d.name.startswith(".") or not d.is_dir():
@@ -531,14 +563,11 @@ def collect(out, on_damaged=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
             rows.append({"run_id": run_id, **_flatten_config(config), **result})
             layers.append(run_layers)
             history.append(run_history)
+            valid.add(d)
     runs = pd.DataFrame(rows)
     if runs.empty:
         runs = pd.DataFrame(columns=["run_id", *RUN_OUTCOME_COLUMNS])
-    return (
-        runs,
-        _concat(layers, LAYER_COLUMNS),
-        _concat(history, HISTORY_COLUMNS),
-    )
+    return runs, _concat(layers, LAYER_COLUMNS), _concat(history, HISTORY_COLUMNS), valid
 
 
 def _flatten_config(config: dict) -> dict:
@@ -566,16 +595,22 @@ VARIABLES_FILE = "variables.parquet"
 JACOBIAN_FILE = "jacobian.parquet"
 
 
-def _collect_optional(out, name, columns) -> pd.DataFrame:
-    """Reads the table `name` of every valid run folder (runs without one add no rows)."""
+def _collect_optional(out, name, columns, valid=None) -> pd.DataFrame:
+    """Reads the table `name` of every valid run folder (runs without one add no rows).
+
+    ``valid``: the run folders already validated (`_collect`), else each is checked here.
+    """
     root = Path(out) / "runs"
     frames = []
     if root.is_dir():
         for d in sorted(root.iterdir()):
             if d.name.startswith(".") or not d.is_dir() or not (d / name).is_file():
                 continue
+            if valid is not None and d not in valid:
+                continue
             try:
-                check_run(d)
+                if valid is None:
+                    check_run(d)
                 frames.append(pd.read_parquet(d / name))
             except DamagedRun:
                 continue  # `collect` reports it
@@ -627,13 +662,13 @@ def load_jacobian(out) -> pd.DataFrame:
 def consolidate(out, on_damaged=None) -> Results:
     """Rebuilds OUT/{runs,layers,history}.parquet from the run folders (see `collect`)."""
     out = Path(out)
-    runs, layers, history = collect(out, on_damaged)
+    runs, layers, history, valid = _collect(out, on_damaged)
     write_parquet_atomic(out / "runs.parquet", runs)
     write_parquet_atomic(out / "layers.parquet", layers)
     write_parquet_atomic(out / "history.parquet", history)
-    variables = collect_variables(out)
+    variables = _collect_optional(out, VARIABLES_FILE, VARIABLE_COLUMNS, valid)
     write_parquet_atomic(out / VARIABLES_FILE, variables)
-    jacobian = collect_jacobian(out)
+    jacobian = _collect_optional(out, JACOBIAN_FILE, JACOBIAN_COLUMNS, valid)
     if not jacobian.empty or (out / JACOBIAN_FILE).exists():
         write_parquet_atomic(out / JACOBIAN_FILE, jacobian)
     return Results(out, read_manifest(out) or {}, runs, layers, history, variables)

@@ -231,6 +231,7 @@ def run_suite(
     ray_max_retries: int = ray_executor.MAX_RETRIES,
     tensorboard_dir=None,
     population: bool | None = None,
+    tables: bool = True,
 ) -> SuiteSummary:
     """Runs every config not yet complete in ``out``; returns a summary.
 
@@ -259,6 +260,9 @@ def run_suite(
         population: train the runs that differ only in seed, learning
             rate and initializers as one population each (`bench.population`);
             None: on the JAX backend. TensorFlow trains one run at a time.
+        tables: rebuild OUT's top-level tables at the end (`rebuild_tables`);
+            False leaves it to a later call (a protocol's rounds rebuild
+            once, after the last; readers rebuild stale tables anyway).
 
     Raises:
         UsageError: bad ``out``, ``out`` locked by another process (unless
@@ -334,10 +338,21 @@ def run_suite(
         _rebuild_tables(out, quiet=True)
         lock.release()
         raise
-    _rebuild_tables(out, quiet=False)
+    if tables:
+        _rebuild_tables(out, quiet=False)
     lock.release()
     summary.wall_time_s = time.perf_counter() - t0
     return summary
+
+
+def rebuild_tables(out, *, wait: bool = False) -> None:
+    """Rebuilds OUT's top-level tables from its run folders, holding OUT's lock (damaged folders are moved aside)."""
+    out = check_out(out)
+    lock = _lock(out, wait)
+    try:
+        _rebuild_tables(out, quiet=False)
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
