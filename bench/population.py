@@ -27,6 +27,7 @@ population).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import traceback
@@ -83,6 +84,26 @@ def group(configs, *, enabled: bool = True, memory: int | None = None, min_tasks
         half = (len(tasks[k]) + 1) // 2
         tasks[k : k + 1] = [tasks[k][:half], tasks[k][half:]]
     return tasks
+
+
+# Seconds of fixed cost (building, compiling, step 0, evaluation) a task pays, in
+# multiply-adds of training arithmetic: ~10 s at the ~5e9 a second of one core.
+_FIXED_COST = 5e10
+
+
+def estimated_cost(task) -> float:
+    """A task's relative cost: its fixed cost plus its replicas' training arithmetic (multiply-adds, roughly).
+
+    Only for ordering tasks, longest first, so that parallel workers end
+    together (a long population started last would train alone at the end).
+    """
+    c = task[0]
+    per_example = c.width * (c.depth * c.width + 1024)  # hidden layers, and the input layer of a ~1k-pixel image
+    if c.max_steps is not None:
+        steps = c.max_steps
+    else:  # every example of each epoch (the whole MNIST training split when unset)
+        steps = c.epochs * (c.train_samples or 60_000) / c.batch_size
+    return _FIXED_COST + len(task) * steps * c.batch_size * 3 * per_example
 
 
 def run_group(config_dicts, data=None, data_path=None, checksum=None, on_step=None) -> list:
@@ -421,12 +442,14 @@ def _hist(records, r):
     return records["hist"][r] if "hist" in records else None
 
 
+@functools.lru_cache(maxsize=64)
 def _batch_order(n: int, batch_size: int, seed: int, steps: int) -> list:
     """The example indices of each of a run's first ``steps`` batches, as its own pipeline orders them.
 
     The shuffle of `bench.data.make_tf_dataset` depends on the seed and the
     number of examples only, so a pipeline of indices gives the order of the
-    run's pipeline of examples.
+    run's pipeline of examples. Kept per process: the populations of a
+    suite repeat the same seeds, and reading a pipeline costs ~0.5 s.
     """
     from vgbench.bench import data as data_mod
 

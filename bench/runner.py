@@ -309,6 +309,9 @@ def run_suite(
             slots = max(1, int(jobs or os.cpu_count() or 1)) if executor != "ray" else 1
             memory = sizing.machine_memory() // slots
             tasks = population_mod.group(todo, enabled=population, memory=memory, min_tasks=slots)
+            if slots > 1:
+                # Longest first, so that the workers end together.
+                tasks.sort(key=population_mod.estimated_cost, reverse=True)
             if executor == "ray":
                 chosen = ray_executor.RayExecutor(
                     todo,

@@ -372,3 +372,14 @@ def test_a_population_measures_each_replicas_jacobian_spectrum_as_alone(tmp_path
     np.testing.assert_allclose(b.singular_value, a.singular_value, rtol=1e-5)
     runs = load_results(together).runs
     assert runs["jacobian_spread"].notna().all() and (runs["population_size"] == 2).all()
+
+
+def test_a_tasks_estimated_cost_grows_with_its_replicas_steps_and_depth():
+    # The runner starts the longest tasks first (with --jobs > 1), so that the workers end together.
+    base = RunConfig(backend="jax", depth=10, max_steps=300)
+    cost = population.estimated_cost
+    assert cost([base] * 10) > cost([base] * 5) > cost([base])
+    assert cost([base.replace(max_steps=1200)]) > cost([base]) > cost([base.replace(max_steps=0)])
+    assert cost([base.replace(depth=30)]) > cost([base])
+    # Without max_steps, a run takes every batch of each epoch: here 300 steps, as base.
+    assert cost([base.replace(max_steps=None, epochs=1, train_samples=base.batch_size * 300)]) == cost([base])
