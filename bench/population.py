@@ -42,6 +42,11 @@ VARYING_FIELDS = ("seed", "learning_rate", "initializer", "bias_initializer")
 # The batch size of the test evaluation, as `bench.train.train_run`'s pipeline.
 TEST_BATCH = 512
 
+# Set (to "1") by the runner while it trains populations: a JAX run that shares its
+# population with no other run then trains as a population of one, the same compiled
+# program as its neighbours' (one function, not one per cadence and one for step 0).
+POPULATION_ENV = "VGBENCH_POPULATION"
+
 
 def population_key(config: RunConfig) -> tuple:
     """What the runs of one population share: every config field but `VARYING_FIELDS`."""
@@ -114,9 +119,10 @@ def run_group(config_dicts, data=None, data_path=None, checksum=None, on_step=No
     from vgbench.bench import backend
     from vgbench.bench import task as task_mod
 
-    if len(config_dicts) == 1:
-        return [task_mod.run_task(config_dicts[0], data=data, data_path=data_path, checksum=checksum, on_step=on_step)]
     configs = [RunConfig.from_dict(d) for d in config_dicts]
+    alone = len(configs) == 1 and not (configs[0].backend == "jax" and os.environ.get(POPULATION_ENV) == "1")
+    if alone:
+        return [task_mod.run_task(config_dicts[0], data=data, data_path=data_path, checksum=checksum, on_step=on_step)]
     backend.select(configs[0].backend)
     if data is None:
         data = task_mod.load_data_cached(configs[0].dataset, data_path)

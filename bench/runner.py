@@ -335,7 +335,11 @@ def run_suite(
                     chosen = PoolExecutor(n, data_path, checksums)
             # Through the environment, so that every executor's runs see it (worker processes
             # inherit it when they start, and read the backend before they import Keras).
-            with _environment(TENSORBOARD_ENV, tensorboard_dir), _environment(backend_mod.ENV, backend):
+            with (
+                _environment(TENSORBOARD_ENV, tensorboard_dir),
+                _environment(backend_mod.ENV, backend),
+                _environment(population_mod.POPULATION_ENV, "1" if population else None),
+            ):
                 drive(chosen, tasks, out, summary, progress)
     except BaseException:
         _rebuild_tables(out, quiet=True)

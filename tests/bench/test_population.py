@@ -25,7 +25,7 @@ import pytest
 from vgbench.bench import population, sizing
 from vgbench.bench.config import RunConfig
 from vgbench.bench.errors import UsageError
-from vgbench.bench.results import load_results
+from vgbench.bench.results import load_results, run_dir
 from vgbench.bench.runner import run_suite
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -316,6 +316,7 @@ def test_a_resumed_population_trains_only_the_runs_not_done(tmp_path, mnist_path
     assert first.done == 1
     done_before = (out / "runs").iterdir().__next__()
     stamp = (done_before / "result.json").stat().st_mtime_ns
+    assert "population_size" not in json.loads((done_before / "result.json").read_text())  # off: trained alone
 
     again = run_suite(configs, out, jobs=1, data_path=mnist_path, progress=False)
     assert (again.skipped, again.done) == (1, 2)
@@ -329,6 +330,11 @@ def test_a_resumed_population_trains_only_the_runs_not_done(tmp_path, mnist_path
             next(p for p in (out / "runs").iterdir() if c.run_id in p.name).joinpath("result.json").read_text()
         )
         assert result["population_size"] == 2
+    # With populations on, a run that shares its population with no other trains as a population of one.
+    single = configs[0].replace(depth=2)
+    run_suite([single], out, jobs=1, data_path=mnist_path, progress=False)
+    result = json.loads((run_dir(out, single.run_id) / "result.json").read_text())
+    assert result["status"] == "ok" and result["population_size"] == 1
 
 
 @pytest.mark.mnist
