@@ -1,8 +1,8 @@
 """The per-layer records of one forward and backward pass: what every instrumented step computes.
 
 `Measures` is the part of `bench.instrumentation.GradientNormLogger` that
-every step shares (the TensorFlow tape step, the JAX step of
-`bench.instrumentation_jax`, and the JAX population step of
+every step shares (the TensorFlow tape step of `bench.instrumentation_tf`,
+the JAX step of `bench.instrumentation_jax`, and the JAX population step of
 `bench.population`): which units and variables are recorded (`bench.units`),
 where each variable's norm comes from, and, from a `bench.tapping.Pass`, the
 gradient-cadence and activation-cadence tables of every unit. Each quantity
