@@ -169,10 +169,10 @@ class Measures:
         return _table([self._values(unit, i, p) for i, unit in enumerate(self.units)], _GRAD_QUANTITIES)
 
     def variable_norms(self, p):
-        """Gradient norms of the variables that are no unit's main weight or bias (see `_var_source`)."""
+        """Gradient norms of the variables that are no unit's main weight or bias (see `var_source`)."""
         if not self.other_idx:
             return ops.full((1,), float("nan"))
-        return ops.sqrt(2.0 * ops.stack([quantities._half_sum_sq(self._grad(p, k)) for k in self.other_idx]))
+        return ops.sqrt(2.0 * ops.stack([quantities.half_sum_sq(self._grad(p, k)) for k in self.other_idx]))
 
     def all_variable_norms(self, g, other):
         """(n_variables,) gradient norm of every trainable variable, from a grad-cadence row and the others'."""
