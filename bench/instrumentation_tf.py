@@ -33,14 +33,9 @@ _UNKNOWN_EPOCH = 10_000
 class Steps:
     """The compiled instrumented steps of one `fit`, their dispatcher and the buffers they write.
 
-    Args:
-        model: the compiled Keras model.
-        measures: its `bench.measures.Measures` (the units, and the records of a pass).
-        log_every: the gradient cadence.
-        act_every: the activation cadence.
-        on_diverged: called with a step whose loss was non-finite.
-        flush: called when the buffers are about to fill up within an epoch
-            (their records are then taken with `drain`).
+    The arguments are those of `bench.instrumentation_jax.Steps`; ``flush``
+    is called when the buffers are about to fill up within an epoch (their
+    records are then taken with `drain`).
     """
 
     # `fit` must hand `batch_end` the step's logs on the training thread:
