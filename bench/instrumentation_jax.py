@@ -57,6 +57,11 @@ class Steps:
             taken with `drain`).
     """
 
+    # `fit` may hand the per-step logs to the callbacks off the training
+    # thread (so that reading them does not wait for the step): the
+    # dispatcher watches the loss, `batch_end` reads nothing.
+    async_safe = True
+
     def __init__(self, model, measures, *, log_every=1, act_every=10, on_diverged=None, flush=None):
         self.model = model
         self.measures = measures
@@ -213,8 +218,12 @@ class Steps:
             return train_step
         return jax.jit(train_step, donate_argnums=0)
 
-    def install(self, model):
-        """Replaces `model.train_function` (made by `fit` just before) with the dispatcher, for this fit."""
+    def install(self, model, steps_per_epoch=None):
+        """Replaces `model.train_function` (made by `fit` just before) with the dispatcher, for this fit.
+
+        ``steps_per_epoch`` is not needed here: the records wait in a list
+        (converted within an epoch past `_MAX_PENDING` steps).
+        """
         self.functions.clear()
         self.pending.clear()
         self.losses.clear()
@@ -244,6 +253,9 @@ class Steps:
             return logs, state
 
         model.train_function = train_function
+
+    def batch_end(self, logs):
+        """After each batch: nothing (the dispatcher watches the loss, `_watch_loss`)."""
 
     def _watch_loss(self):
         """Marks the run diverged at the first non-finite loss, read `_LOSS_LAG` steps after its step."""

@@ -1,8 +1,8 @@
 """The per-layer records of one forward and backward pass: what every instrumented step computes.
 
 `Measures` is the part of `bench.instrumentation.GradientNormLogger` that
-every step shares (the TensorFlow tape step, the JAX step of
-`bench.instrumentation_jax`, and the JAX population step of
+every step shares (the TensorFlow tape step of `bench.instrumentation_tf`,
+the JAX step of `bench.instrumentation_jax`, and the JAX population step of
 `bench.population`): which units and variables are recorded (`bench.units`),
 where each variable's norm comes from, and, from a `bench.tapping.Pass`, the
 gradient-cadence and activation-cadence tables of every unit. Each quantity
@@ -169,10 +169,10 @@ class Measures:
         return _table([self._values(unit, i, p) for i, unit in enumerate(self.units)], _GRAD_QUANTITIES)
 
     def variable_norms(self, p):
-        """Gradient norms of the variables that are no unit's main weight or bias (see `_var_source`)."""
+        """Gradient norms of the variables that are no unit's main weight or bias (see `var_source`)."""
         if not self.other_idx:
             return ops.full((1,), float("nan"))
-        return ops.sqrt(2.0 * ops.stack([quantities._half_sum_sq(self._grad(p, k)) for k in self.other_idx]))
+        return ops.sqrt(2.0 * ops.stack([quantities.half_sum_sq(self._grad(p, k)) for k in self.other_idx]))
 
     def all_variable_norms(self, g, other):
         """(n_variables,) gradient norm of every trainable variable, from a grad-cadence row and the others'."""

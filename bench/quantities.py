@@ -254,7 +254,7 @@ def _nan():
     return ops.convert_to_tensor(float("nan"), "float32")
 
 
-def _half_sum_sq(x):
+def half_sum_sq(x):
     """Σx²/2 of a tensor: one fused kernel (``tf.nn.l2_loss``) on TensorFlow, where square+sum are two ops."""
     import keras
     from keras import ops
@@ -275,12 +275,12 @@ def _norm_from_half_sum_sq(raw, values):
 
 def kernel_grad_norm(v: LayerValues):
     """L2 norm of the gradient of the layer's main weight (``finish`` takes the square root)."""
-    return _half_sum_sq(v.kernel_grad)
+    return half_sum_sq(v.kernel_grad)
 
 
 def bias_grad_norm(v: LayerValues):
     """L2 norm of the gradient of the layer's bias, NaN without one (``finish`` takes the square root)."""
-    return _nan() if v.bias_grad is None else _half_sum_sq(v.bias_grad)
+    return _nan() if v.bias_grad is None else half_sum_sq(v.bias_grad)
 
 
 def _flat_norm(x):
@@ -375,7 +375,7 @@ def backward_rms(v: LayerValues):
     batch statistics). It exists for every layer, with or without bias.
     ``compute`` gives l2_loss(∂L/∂z) (NaN where z is not recorded); ``finish`` the RMS.
     """
-    return _nan() if v.preact_grad is None else _half_sum_sq(v.preact_grad)
+    return _nan() if v.preact_grad is None else half_sum_sq(v.preact_grad)
 
 
 def _backward_rms_finish(raw, values):
@@ -390,7 +390,7 @@ def preact_rms(v: LayerValues):
 
     ``compute`` gives l2_loss(z) (NaN where z is not recorded); ``finish`` the RMS.
     """
-    return _nan() if v.preact is None else _half_sum_sq(v.preact)
+    return _nan() if v.preact is None else half_sum_sq(v.preact)
 
 
 def _preact_rms_finish(raw, values):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["EventWriter", "HISTOGRAM_EDGES", "HISTOGRAM_FLOOR"]
+__all__ = ["EventWriter", "HISTOGRAM_EDGES", "HISTOGRAM_FLOOR", "LayerEvents"]
 
 # Gradient histograms are of log10|g| in fixed bins of a quarter decade from
 # 1e-13 to 1e2: fixed so that the compiled step needs no data-dependent range
@@ -93,3 +93,47 @@ class EventWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+class LayerEvents:
+    """The logger's TensorBoard run: per-layer scalars and gradient histograms, from the records of each step.
+
+    Args:
+        tensorboard_dir: the directory TensorBoard is pointed at; the events
+            go into its subdirectory named by the run (``run`` when
+            ``run_id`` is empty).
+        run_id: the run's id.
+        layer_names: the name of each unit, in the records' row order.
+        grad_fields, act_fields: the quantities of the records' columns
+            (gradient cadence, activation cadence).
+    """
+
+    def __init__(self, tensorboard_dir, run_id, layer_names, grad_fields, act_fields):
+        from vgbench.bench.results import run_dir_name
+
+        self.layer_names = list(layer_names)
+        self.grad_fields = tuple(grad_fields)
+        self.act_fields = tuple(act_fields)
+        self.writer = EventWriter(Path(tensorboard_dir) / (run_dir_name(run_id) if run_id else "run"))
+
+    def record(self, step, grad=None, act=None, hist=None) -> None:
+        """Writes one step's records: scalars ``QUANTITY/LAYER_NAME``, histograms ``grad_log10/LAYER_NAME``.
+
+        ``grad``, ``act``: (layers, fields) arrays, or None where not
+        measured at this step (as NaN values, they are left out).
+        """
+        scalars = {}
+        for i, layer in enumerate(self.layer_names):
+            for fields, values in ((self.grad_fields, grad), (self.act_fields, act)):
+                if values is not None:
+                    for name, value in zip(fields, values[i], strict=True):
+                        scalars[f"{name}/{layer}"] = value
+        self.writer.scalars(step, scalars)
+        if hist is not None:
+            self.writer.histograms(step, {f"grad_log10/{layer}": hist[i] for i, layer in enumerate(self.layer_names)})
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,6 +1,6 @@
 """What a forward pass shows the logger: each layer's output and pre-activation, tapped while the step is traced.
 
-Shared by the TensorFlow step (`bench.instrumentation`) and the JAX step
+Shared by the TensorFlow step (`bench.instrumentation_tf`) and the JAX step
 (`bench.instrumentation_jax`): `tapped` wraps the layers' `call` (and
 `activation`) on the instances for one traced forward pass, and `Pass` holds
 what one forward and backward pass gives the recording.
