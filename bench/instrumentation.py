@@ -160,6 +160,7 @@ class GradientNormLogger(keras.callbacks.Callback):
                 f"{backend!r} (set KERAS_BACKEND to tensorflow or jax before Keras is imported)"
             )
         self._steps_class = STEPS[backend]
+        self._measures = None
         # Whether `fit` may hand the per-step logs to the callbacks off the
         # training thread (JAX: so that reading them does not wait for the step).
         self.async_safe = self._steps_class.async_safe
@@ -195,7 +196,6 @@ class GradientNormLogger(keras.callbacks.Callback):
         """Finds the units, makes this fit's step and opens the event writer."""
         self._measures = Measures(model, histograms=self.tensorboard_dir is not None)
         self._reset(self._measures)
-        self._units = self._measures.units  # (`bench.population` asks whether it is set)
         self._steps = self._steps_class(
             model,
             self._measures,
@@ -208,7 +208,7 @@ class GradientNormLogger(keras.callbacks.Callback):
             from vgbench.bench.summaries import LayerEvents
 
             self._events = LayerEvents(
-                self.tensorboard_dir, self.run_id, [u.name for u in self._units], GRAD_FIELDS, ACT_FIELDS
+                self.tensorboard_dir, self.run_id, [u.name for u in self._measures.units], GRAD_FIELDS, ACT_FIELDS
             )
 
     # ------------------------------------------- recording without `fit`
@@ -230,6 +230,11 @@ class GradientNormLogger(keras.callbacks.Callback):
     def measures(self):
         """The `bench.measures.Measures` of this fit: the units, and the records of a pass."""
         return self._measures
+
+    @property
+    def started(self) -> bool:
+        """Whether the logger has found its model's units (`fit` began, or `begin` was called)."""
+        return self._measures is not None
 
     def record(self, step, epoch, grad=None, act=None, var=None, hist=None):
         """Appends one step's records (`Steps` arrays of one replica; None: not measured at this step)."""

@@ -214,10 +214,17 @@ def _table(values, quantities_):
 
 
 def _histogram_fixed_width(x, lo, hi, bins):
-    """Counts of ``x`` in ``bins`` equal bins over [lo, hi], values outside going to the end bins (int32)."""
+    """Counts of ``x`` in ``bins`` equal bins over [lo, hi], values outside going to the end bins (int32).
+
+    NaNs are counted in no bin: a diverging step's gradients are a result
+    (the run is recorded diverged), and TensorFlow's op refuses them.
+    """
     if keras.backend.backend() == "tensorflow":
-        return tf.histogram_fixed_width(x, [lo, hi], nbins=bins)
+        nan = tf.math.is_nan(x)
+        counts = tf.histogram_fixed_width(tf.where(nan, tf.cast(lo, x.dtype), x), [lo, hi], nbins=bins)
+        return counts - tf.one_hot(0, bins, on_value=tf.reduce_sum(tf.cast(nan, "int32")), dtype="int32")
     import jax.numpy as jnp
 
-    idx = jnp.clip(jnp.floor((x - lo) * (bins / (hi - lo))), 0, bins - 1).astype("int32")
-    return jnp.bincount(idx, length=bins).astype("int32")
+    idx = jnp.clip(jnp.floor((x - lo) * (bins / (hi - lo))), 0, bins - 1)
+    idx = jnp.where(jnp.isnan(idx), bins, idx).astype("int32")  # NaN: one past the last bin, dropped
+    return jnp.bincount(idx, length=bins + 1)[:bins].astype("int32")

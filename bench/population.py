@@ -213,7 +213,7 @@ def train_population(configs, data=None, data_path=None, on_step=None, tensorboa
 def _tables(logger):
     import pandas as pd
 
-    if logger is None or not hasattr(logger, "_units"):
+    if logger is None or not logger.started:
         return pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
     try:
         logger.finish()

@@ -1233,7 +1233,8 @@ def _layer_panel(ax, d: pd.DataFrame, kind: str) -> None:
     ax.set_ylabel(_LAYER_LABELS[kind], fontsize=8)
     ax.tick_params(labelsize=7.5)
     ax.xaxis.label.set_size(8)
-    ax.legend(fontsize=7, frameon=False, loc="best")
+    # Above the axes: inside, it would cover the first layers' lines and bands.
+    ax.legend(fontsize=7, frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.0), borderaxespad=0.2, ncols=2)
 
 
 @requires("label", "source", "layer_index", "spread", "spread_lo", "spread_hi", "mean_sq")

@@ -204,6 +204,24 @@ def test_divergence_stops_training_and_keeps_the_records():
     assert np.isfinite(df[df.step == 0].kernel_grad_norm).all()
 
 
+def test_divergence_with_tensorboard_histograms_is_a_result_not_a_crash(tmp_path):
+    # The gradient histograms (written only for TensorBoard) see the diverging step's NaNs.
+    model = _compiled(lr=1e4, arch="mlp", depth=6, width=32, activation="relu", initializer="random_normal(stddev=1.0)")
+    x, y = _data(256)
+    logger = GradientNormLogger(probe_data=(x[:32], y[:32]), act_every=1, tensorboard_dir=str(tmp_path))
+    model.fit(x, y, batch_size=32, epochs=5, shuffle=False, verbose=0, callbacks=[logger])
+    assert logger.diverged_step is not None and logger.layers.step.max() == logger.diverged_step
+
+
+def test_gradient_histograms_count_nan_in_no_bin():
+    from vgbench.bench.measures import _histogram_fixed_width
+
+    x = tf.constant([np.nan, -10.0, -1.0, 0.5, 1.0, 10.0, np.inf, np.nan])
+    counts = _histogram_fixed_width(x, -1.0, 1.0, 4).numpy()
+    # Bins of width 0.5 from -1: -10 and -1 in the first; 0.5, 1, 10 and inf in the last; the NaNs nowhere.
+    assert counts.tolist() == [2, 0, 0, 4]
+
+
 def test_callback_is_reusable_and_restores_the_model():
     model = _compiled(arch="mlp", depth=2, width=8, activation="relu", initializer="he_normal")
     x, y = _data(64)
