@@ -116,14 +116,6 @@ def fit_factor(per_layer: pd.Series, direction: str = "backward") -> float:
     return float(np.exp(-slope if direction == "backward" else slope))
 
 
-def _geo_mean(x: pd.Series) -> float:
-    x = x.dropna()
-    x = x[x > 0]
-    if x.empty:
-        return np.nan
-    return float(np.exp(np.mean(np.log(x))))
-
-
 SIZE_COLUMNS = {name: q.size_column for name, q in LAYER_QUANTITIES.items() if q.size_column}
 
 
@@ -164,11 +156,12 @@ def gradient_profile(
         steps = df[["run_id", "step"]].drop_duplicates().sort_values(["run_id", "step"])
         last = steps.groupby("run_id").tail(FINAL_WINDOW)
         df = df.merge(last, on=["run_id", "step"])
-        out = (
-            df.groupby(["run_id", "layer_index", "layer_name"], as_index=False)[column]
-            .agg(_geo_mean)
-            .rename(columns={column: "value"})
-        )
+        # The geometric mean of each group's positive values, as one grouped mean of logs.
+        v = df[column].to_numpy(dtype="float64")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            df = df.assign(**{column: np.log(np.where(v > 0, v, np.nan))})
+        out = df.groupby(["run_id", "layer_index", "layer_name"], as_index=False)[column].mean()
+        out = out.assign(**{column: np.exp(out[column])}).rename(columns={column: "value"})
     return out[["run_id", "layer_index", "layer_name", "value"]].reset_index(drop=True)
 
 
