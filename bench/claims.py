@@ -48,6 +48,7 @@ from vgbench.bench import quantities as Q
 from vgbench.bench.backend import DEFAULT_BACKEND, with_backend
 from vgbench.bench.config import RunConfig
 from vgbench.bench.protocol import CHANCE_ACCURACY, best_learning_rate, extended_configs
+from vgbench.bench.results import manifest_datasets
 from vgbench.bench.utils import json_safe
 
 __all__ = [
@@ -1404,6 +1405,14 @@ def claims_backend(runs_m: pd.DataFrame, claims=None) -> str:
     return max(backends, key=found)
 
 
+def _claim_data(datasets: dict, names: set) -> dict:
+    """Name, source and checksum of the data a claim's runs read: one dataset's, or one entry per name."""
+    picked = {n: {k: d[k] for k in ("name", "source", "checksum") if k in d} for n, d in datasets.items() if n in names}
+    if len(picked) == 1:
+        return next(iter(picked.values()))
+    return picked
+
+
 def evaluate(
     runs_m: pd.DataFrame,
     layers: pd.DataFrame,
@@ -1429,10 +1438,10 @@ def evaluate(
     """
     present = set(runs_m["run_id"]) if "run_id" in runs_m.columns else set()
     backend = backend or claims_backend(runs_m, claims)
-    data = (manifest or {}).get("data") or {}
-    data = {k: data[k] for k in ("name", "source", "checksum") if isinstance(data, dict) and k in data}
+    datasets = manifest_datasets(manifest)
     out = []
     for claim in claims or CLAIMS.values():
+        data = _claim_data(datasets, {c.dataset for c in claim.configs(backend)})
         needed = [c.run_id for c in claim.configs(backend)]
         missing = [r for r in needed if r not in present]
         common = dict(

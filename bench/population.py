@@ -313,7 +313,8 @@ class _Population:
             return self._functions[log_grad]
         step = self.steps.population_step_function(log_grad)
 
-        def one(state, alive, idx, x_all, y_all, mode):
+        # Named for the compilation cache's files (`jit_population_step-…`).
+        def population_step(state, alive, idx, x_all, y_all, mode):
             x, y = jnp.take(x_all, idx, axis=0), jnp.take(y_all, idx, axis=0)
             logs, new, records, loss_finite = step(state, (x, y), mode)
             finite = self._finite(records, loss_finite)
@@ -322,7 +323,7 @@ class _Population:
             return logs, new, records, alive & finite, finite
 
         # The mode is one for all replicas (not mapped), so `lax.switch` runs one branch.
-        fn = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None, None)), donate_argnums=0)
+        fn = jax.jit(jax.vmap(population_step, in_axes=(0, 0, 0, None, None, None)), donate_argnums=0)
         self._functions[log_grad] = fn
         return fn
 
@@ -333,11 +334,11 @@ class _Population:
         model = self.template
         if self._eval is None:
 
-            def one(tv, ntv, mv, x, y):
+            def population_test_step(tv, ntv, mv, x, y):
                 logs, (_, _, mv) = model.test_step((tv, ntv, mv), (x, y))
                 return logs, mv
 
-            self._eval = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None)))
+            self._eval = jax.jit(jax.vmap(population_test_step, in_axes=(0, 0, 0, None, None)))
         mv, logs = self.metrics0, None
         for x, y in self.test:
             logs, mv = self._eval(tv, ntv, mv, x, y)

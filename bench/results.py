@@ -500,6 +500,21 @@ def read_manifest(out) -> dict | None:
     return manifest
 
 
+def manifest_datasets(manifest) -> dict[str, dict]:
+    """Dataset name → its description, from a manifest's ``data``.
+
+    A directory trained on one dataset records its description there; one
+    trained on several (the claims suite adds Gaussian inputs to MNIST)
+    records one description per name.
+    """
+    data = (manifest or {}).get("data") or {}
+    if not isinstance(data, dict):
+        return {}
+    if "checksum" in data:
+        return {data.get("name", "mnist"): data}
+    return {k: v for k, v in data.items() if isinstance(v, dict)}
+
+
 def check_schema(manifest: dict, where) -> None:
     """Refuses results written by another schema, as asv refuses newer files."""
     version = manifest.get("schema_version")

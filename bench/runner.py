@@ -140,23 +140,15 @@ def _lock(out: Path, wait: bool) -> DirectoryLock:
 # --------------------------------------------------------------------------- #
 
 
-def _manifest_data(manifest) -> dict:
-    """Dataset name → its description, from a manifest's ``data`` (one dataset or several)."""
-    data = (manifest or {}).get("data") or {}
-    if not isinstance(data, dict):
-        return {}
-    if "checksum" in data:
-        return {data.get("name", "mnist"): data}
-    return {k: v for k, v in data.items() if isinstance(v, dict)}
-
-
 def _refuse_other_data(out: Path, manifest, finished, datasets) -> None:
     """Refuses a resume whose data differs from what the directory's runs were trained on.
 
     The checksums come from the manifest and from every finished run (each
     run records the checksum of the data it was trained on).
     """
-    recorded = {name: {d.get("checksum")} for name, d in _manifest_data(manifest).items() if d.get("checksum")}
+    recorded = {
+        name: {d.get("checksum")} for name, d in results_mod.manifest_datasets(manifest).items() if d.get("checksum")
+    }
     for _, config, result in finished.values():
         checksum = result.get("data_checksum")
         if checksum:
@@ -423,7 +415,7 @@ def _start_writing(out, datasets: dict, suite: str, manifest_extra: dict | None 
     results_mod.clean_partial(out)
     finished = _scan(out)
     _refuse_other_data(out, manifest, finished, datasets)
-    data_info = {**_manifest_data(manifest), **{name: describe(ds) for name, ds in datasets.items()}}
+    data_info = {**results_mod.manifest_datasets(manifest), **{name: describe(ds) for name, ds in datasets.items()}}
     write_manifest(out, suite, data_info if len(data_info) != 1 else next(iter(data_info.values())), manifest_extra)
     return out, finished
 

@@ -8,11 +8,13 @@ and `vgbench compare` read it as a user's would.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from vgbench.bench import suites
+from vgbench.bench import protocol, results, suites
 from vgbench.bench.cli import main
 from vgbench.bench.results import load_results
 
@@ -94,3 +96,18 @@ def test_ci_suite_run_again_does_no_work(ci_suite_results, mnist_path, capsys):
     assert main([*args, "--out", str(ci_suite_results), "--no-progress"]) == 0
     assert f"{len(stamps)} already done, 0 ran" in capsys.readouterr().out
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (ci_suite_results / "runs").iterdir()}
+
+
+def test_the_rounds_read_the_run_folders_as_the_runs_table_holds_them(ci_suite_results, tmp_path):
+    # Between rounds the tables are not rebuilt; the protocol reads each folder's JSON files. On the
+    # session's real MNIST suite, that reading equals the consolidated runs.parquet.
+    out = tmp_path / "results"
+    shutil.copytree(ci_suite_results, out)
+    table = pd.read_parquet(out / "runs.parquet").sort_values("run_id", ignore_index=True)
+    rows = protocol.read_runs(out).sort_values("run_id", ignore_index=True)
+    assert len(rows) == len(table) > 0
+    columns = ["run_id", "learning_rate", "seed", "status", "test_accuracy", "depth", "activation"]
+    pd.testing.assert_frame_equal(rows[columns], table[columns], check_dtype=False)
+    # A folder whose JSON does not validate is left out (the runner redoes it).
+    (results.run_dir(out, rows["run_id"][0]) / "result.json").write_text("{")
+    assert len(protocol.read_runs(out)) == len(table) - 1

@@ -14,7 +14,7 @@ import html
 from vgbench.bench import backend as backend_mod
 from vgbench.bench import quantities as Q
 from vgbench.bench.report import findings, predictions, tables, text, verdicts
-from vgbench.bench.results import write_json_atomic
+from vgbench.bench.results import manifest_datasets, write_json_atomic
 from vgbench.bench.utils import json_safe
 
 REPORT_VERSION = 3
@@ -303,22 +303,41 @@ def backends_text(backends: dict) -> str:
     )
 
 
+def _datasets(summary: dict) -> dict[str, dict]:
+    """Dataset name → its description, from the provenance (one dataset or several)."""
+    return manifest_datasets(summary["provenance"])
+
+
+def data_text(summary: dict) -> str:
+    """'mnist (checksum 8f81c22911c9…)', one entry per dataset the runs trained on."""
+    datasets = _datasets(summary)
+    return ", ".join(f"{name} (checksum {str(d.get('checksum') or 'unknown')[:12]}…)" for name, d in datasets.items())
+
+
 def _provenance_rows(summary: dict) -> list[tuple[str, str]]:
     p = summary["provenance"]
-    data = p.get("data") or {}
+    datasets = _datasets(summary)
+    several = len(datasets) > 1
     rows = [
         ("suite", p.get("suite")),
         ("command", p.get("command")),
         ("created", p.get("created")),
         ("vgbench", p.get("vgbench_version")),
         ("git sha", p.get("git_sha")),
-        (
-            "data",
-            ", ".join(
-                f"{k} {data[k]}" for k in ("name", "source", "n_train", "n_test", "standard") if data.get(k) is not None
+    ]
+    for name, data in datasets.items() or [("", {})]:
+        rows += [
+            (
+                f"data ({name})" if several else "data",
+                ", ".join(
+                    f"{k} {data[k]}"
+                    for k in ("name", "source", "n_train", "n_test", "standard")
+                    if data.get(k) is not None
+                ),
             ),
-        ),
-        ("data checksum", data.get("checksum")),
+            (f"data checksum ({name})" if several else "data checksum", data.get("checksum")),
+        ]
+    rows += [
         ("backend", backends_text(p.get("backends") or {})),
         ("packages", ", ".join(f"{k} {v}" for k, v in sorted((p.get("packages") or {}).items()))),
         ("platform", ", ".join(f"{k} {v}" for k, v in sorted((p.get("platform") or {}).items()))),
@@ -580,8 +599,7 @@ def render_html(summary: dict, images: dict) -> str:
         f"results in <code>{e(summary['results_dir'])}</code>; "
         f"git {e(str(prov.get('git_sha') or 'unknown'))}, "
         f"backend {e(' + '.join(sorted(prov.get('backends') or {})) or 'unknown')}, "
-        f"data {e(str((prov.get('data') or {}).get('name') or 'unknown'))} "
-        f"(checksum {e(str((prov.get('data') or {}).get('checksum') or 'unknown')[:12])}…); "
+        f"data {e(data_text(summary) or 'unknown')}; "
         '<a href="#provenance">full provenance</a></p>',
         *_html_claims(summary, images),
         "<h2>Findings</h2>",

@@ -1165,9 +1165,14 @@ def claim_evidence(table: pd.DataFrame, title: str, trains: float, fails: float,
                 ax.scatter([r["predicted"]], [i], marker="D", facecolor="none", edgecolor="0.2", s=30, zorder=4)
             if kind == "dead" and np.isfinite(r.get("predicted", np.nan)):
                 ax.scatter([r["predicted"]], [i], marker="o", facecolor="none", edgecolor="0.2", s=36, zorder=4)
+        # A claim whose run sets train for different budgets states each set's steps.
+        budgets = pd.to_numeric(d.get("max_steps", pd.Series(dtype=float)), errors="coerce")
+        own_steps = kind == "train" and budgets.nunique() > 1
         note = []
         for _, r in d.iterrows():
             parts = []
+            if own_steps and np.isfinite(float(r["max_steps"])):
+                parts.append(f"{int(r['max_steps']):,} steps")
             if kind == "train" and np.isfinite(r["best_learning_rate"]):
                 parts.append(_grid_note(r))
             if kind == "train" and r["diverged"]:

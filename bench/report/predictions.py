@@ -32,6 +32,7 @@ import pandas as pd
 
 from vgbench.bench import theory
 from vgbench.bench.config import CUSTOM_ARCH
+from vgbench.bench.results import manifest_datasets
 from vgbench.bench.utils import plain
 
 # Measured and predicted per-layer factors agree when their ratio is within
@@ -98,25 +99,25 @@ class Predictions:
 
 def _data_info(manifest: dict, name: str) -> dict:
     """The manifest's description of dataset ``name`` (one dataset, or one entry per name)."""
-    data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
-    if data.get("name") == name:
-        return data
-    entry = data.get(name)
-    return entry if isinstance(entry, dict) else {}
+    return manifest_datasets(manifest).get(name, {})
 
 
 def _load(info: dict):
-    """The dataset the manifest describes, when its file is here with the recorded checksum; else None."""
+    """The dataset the manifest describes, when its file is here (or it is generated) with the recorded checksum.
+
+    None when it cannot be had.
+    """
     from vgbench.bench import data as data_mod
 
     source = str(info.get("source") or "")
+    generated = source.startswith("generated:")  # made by a seeded generator: made again here
     path = source.split(":", 1)[1] if source.startswith("keras-cache:") else source
-    if not info.get("name") or not path or not Path(path).exists():
+    if not info.get("name") or not generated and (not path or not Path(path).exists()):
         return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = data_mod.load_dataset(info["name"], path, allow_nonstandard=True)
+            ds = data_mod.load_dataset(info["name"], None if generated else path, allow_nonstandard=True)
     except Exception:  # unreadable now: the report falls back to the mean
         return None
     return ds if ds.checksum == info.get("checksum") else None
@@ -189,7 +190,6 @@ def predict_runs(runs: pd.DataFrame, manifest: dict, load: bool = True) -> Predi
     dropout fixes, unknown E[x²]) get ``theory_applicable`` False and the
     reason; their numbers are NaN.
     """
-    data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
     moments = input_moments(runs, manifest, load=load)
     fields = ("arch", "depth", "width", "activation", "initializer", "fix", "dataset")
     cache, rows, layer_frames = {}, [], []
@@ -198,7 +198,7 @@ def predict_runs(runs: pd.DataFrame, manifest: dict, load: bool = True) -> Predi
         inputs = moments.get(key)
         config_key = (tuple(plain(row.get(f)) for f in fields), key)
         if config_key not in cache:
-            cache[config_key] = _predict(row, inputs, data)
+            cache[config_key] = _predict(row, inputs, manifest)
         p = cache[config_key]
         rows.append(
             {
@@ -236,7 +236,7 @@ def predict_runs(runs: pd.DataFrame, manifest: dict, load: bool = True) -> Predi
     return Predictions(pd.DataFrame(rows, columns=RUN_COLUMNS), layers, described)
 
 
-def _predict(row: dict, inputs: Inputs | None, data: dict) -> theory.Prediction:
+def _predict(row: dict, inputs: Inputs | None, manifest: dict) -> theory.Prediction:
     if plain(row.get("arch")) == CUSTOM_ARCH:
         return theory.Prediction(
             activation=str(row.get("activation")),
@@ -264,10 +264,10 @@ def _predict(row: dict, inputs: Inputs | None, data: dict) -> theory.Prediction:
             f"E[x²] of {config.dataset} with preprocessing {row.get('preprocessing')!r} is unknown without the data"
         )
         return theory.Prediction(**base, applicable=False, reason=reason)
-    info = data if data.get("name") == config.dataset else data.get(config.dataset, {})
-    shape = info.get("image_shape") if isinstance(info, dict) else None
+    info = _data_info(manifest, config.dataset)
+    shape = info.get("image_shape")
     input_dim = int(np.prod(shape)) if shape else None
-    num_classes = int(info.get("num_classes") or theory.NUM_CLASSES) if isinstance(info, dict) else theory.NUM_CLASSES
+    num_classes = int(info.get("num_classes") or theory.NUM_CLASSES)
     try:
         return theory.predict_config(config, inputs.values, input_dim=input_dim, num_classes=num_classes)
     except Exception as e:  # a name or setting the theory cannot read: not applicable, the report goes on

@@ -31,7 +31,7 @@ from vgbench.bench.config import NOT_APPLICABLE, benchmark_fields
 from vgbench.bench.quantities import LAYER_QUANTITIES, Quantity
 from vgbench.bench.report import predictions
 from vgbench.bench.report.text import CORE_KEYS, describe_slice, pair_label, status_text
-from vgbench.bench.results import STATUSES
+from vgbench.bench.results import STATUSES, manifest_datasets
 from vgbench.bench.utils import plain
 
 CONFIDENCE = 0.95
@@ -886,7 +886,6 @@ def budget(runs: pd.DataFrame, manifest: dict) -> dict:
         sizes, optimizer, learning rates, samples and wall time
         (`bench.report.text.budget_text` writes it as one paragraph).
     """
-    data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
 
     def values(col):
         if col not in runs.columns:
@@ -911,15 +910,21 @@ def budget(runs: pd.DataFrame, manifest: dict) -> dict:
         "dataset": values("dataset"),
         "train_samples": values("train_samples"),
         "test_samples": values("test_samples"),
-        "n_train": data.get("n_train"),
-        "n_test": data.get("n_test"),
+        "n_train": _dataset_field(manifest, "n_train", values("dataset")),
+        "n_test": _dataset_field(manifest, "n_test", values("dataset")),
         "wall_time_s": float(pd.to_numeric(runs["wall_time_s"], errors="coerce").sum()),
     }
     return out
 
 
+def _dataset_field(manifest: dict, key: str, names=None):
+    """``key`` of the manifest's datasets (those named, when given) if they all agree on it, else None."""
+    infos = manifest_datasets(manifest)
+    found = {plain(info.get(key)) for name, info in infos.items() if names is None or name in names}
+    return found.pop() if len(found) == 1 else None
+
+
 def chance_accuracy(manifest: dict) -> float:
     """Accuracy of guessing: 1 / number of classes."""
-    data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
-    n = data.get("num_classes") or DEFAULT_NUM_CLASSES
+    n = _dataset_field(manifest, "num_classes") or DEFAULT_NUM_CLASSES
     return 1.0 / float(n)

@@ -227,6 +227,7 @@ _COLUMNS = [
     "layer",
     "limit_low",
     "limit_high",
+    "max_steps",
 ]
 
 
@@ -259,11 +260,12 @@ def evidence_table(
         DataFrame ``run_set, kind, median, min, max, n, best_learning_rate,
         diverged, runs, trainability, predicted, diverged_lrs,
         diverged_at_best, learning_rates, edge, layer, limit_low,
-        limit_high``: ``diverged`` counts the set's diverged runs over every
+        limit_high, max_steps``: ``diverged`` counts the set's diverged runs over every
         learning rate (``diverged_lrs`` names those rates),
         ``diverged_at_best`` those at the best one, ``runs`` the set's runs,
-        ``learning_rates`` the final grid ("/"-joined) and ``edge`` where
-        the best sits when at an edge of it.
+        ``learning_rates`` the final grid ("/"-joined), ``edge`` where
+        the best sits when at an edge of it, and ``max_steps`` the set's
+        training budget in steps.
     """
     rows = []
     ids = set(runs_m["run_id"])
@@ -292,6 +294,7 @@ def evidence_table(
             "layer": np.nan,
             "limit_low": np.nan,
             "limit_high": np.nan,
+            "max_steps": configs[0].max_steps if configs[0].max_steps is not None else np.nan,
         }
         by_layer = any(k in ("act_mean", "act_variance") for k in VERDICT_QUANTITIES.get(claim.id, ()))
         if rs.kind == "init" and (by_layer or "backward_factor_init" not in runs.columns):

@@ -722,3 +722,17 @@ def test_each_claim_figure_shows_the_quantity_its_verdict_rests_on(tmp_path):
         want = {"klambauer": "hidden layer", "he2015": "steps to 0.80", "init": "backward factor at step 0"}[claim_id]
         assert any(want in label for label in labels), labels
         assert (tmp_path / f"{claim_id}.png").stat().st_size > 0
+    # schoenholz2017: its sets train for different budgets, and the figure states each set's steps.
+    sch = claims.get("schoenholz2017-depth-scale")
+    sch_table = verdicts.evidence_table(sch, _table(sch, lambda n, c: (0.9, "ok")))
+    budgets = sch_table[sch_table["kind"] == "train"].set_index("run_set")["max_steps"]
+    assert dict(budgets) == {rs.name: rs.configs()[0].max_steps for rs in sch.run_sets}
+    assert budgets["tanh_sw1_d40"] == claims.SCHOENHOLZ_ORDERED_STEPS != budgets["tanh_sw1_d10"]
+    fig = figures.claim_evidence(sch_table, sch.id, claims.TRAINS_ACCURACY, claims.FAILS_ACCURACY)
+    notes = [t.get_text() for ax in fig.axes for t in ax.texts]
+    plt.close(fig)
+    assert any(f"{claims.SCHOENHOLZ_ORDERED_STEPS:,} steps" in n for n in notes), notes
+    # he2015's sets share one budget: no per-set steps in its notes.
+    fig = figures.claim_evidence(he_table, he.id, claims.TRAINS_ACCURACY, claims.FAILS_ACCURACY)
+    assert not any(" steps," in t.get_text() for ax in fig.axes for t in ax.texts)
+    plt.close(fig)

@@ -24,7 +24,7 @@ import pytest
 
 from vgbench.bench import metrics
 from vgbench.bench.errors import UsageError
-from vgbench.bench.report import figures, findings, tables, text
+from vgbench.bench.report import document, figures, findings, tables, text
 from vgbench.bench.report.build import build_report
 from vgbench.bench.report.findings import flatten
 from vgbench.bench.results import load_results, write_json_atomic, write_parquet_atomic
@@ -169,6 +169,39 @@ def test_index_html_is_self_contained_with_provenance(report_built, report_summa
         assert value in text
     for fig in report_summary["figures"]:
         assert html.escape(fig["caption"]) in text
+
+
+def test_the_provenance_names_each_dataset_of_a_directory_trained_on_several():
+    # The claims suite trains on MNIST and on Gaussian inputs: its manifest describes each by name.
+    mnist = {"name": "mnist", "source": "mnist.npz", "checksum": "8f81c22911c9" + "0" * 52, "n_train": 60000}
+    gaussian = {"name": "gaussian", "source": "generated", "checksum": "c7d5ca85145a" + "1" * 52, "n_train": 12800}
+    one = {"provenance": document.provenance({"data": mnist})}
+    several = {"provenance": document.provenance({"data": {"mnist": mnist, "gaussian": gaussian}})}
+    assert document.data_text(one) == "mnist (checksum 8f81c22911c9…)"
+    assert document.data_text(several) == "mnist (checksum 8f81c22911c9…), gaussian (checksum c7d5ca85145a…)"
+    rows = dict(document._provenance_rows(several))
+    assert (
+        rows["data checksum (gaussian)"] == gaussian["checksum"] and rows["data checksum (mnist)"] == mnist["checksum"]
+    )
+    assert "n_train 12800" in rows["data (gaussian)"]
+    assert dict(document._provenance_rows(one))["data checksum"] == mnist["checksum"]
+    # The budget's totals are those the datasets agree on; the chance level is 1/10 from either.
+    runs = pd.DataFrame({"dataset": ["mnist", "gaussian"]})
+    assert tables._dataset_field({"data": {"mnist": mnist, "gaussian": gaussian}}, "n_train") is None
+    assert tables._dataset_field({"data": {"mnist": mnist, "gaussian": gaussian}}, "n_train", ["gaussian"]) == 12800
+    assert tables._dataset_field({"data": mnist}, "n_train", list(runs.dataset)) == 60000
+
+
+def test_the_theory_reads_generated_data_again_and_a_missing_file_not_at_all(tmp_path):
+    from vgbench.bench import data
+    from vgbench.bench.report import predictions
+
+    gaussian = data.load_dataset("gaussian")
+    info = {"name": "gaussian", "source": gaussian.source, "checksum": gaussian.checksum}
+    again = predictions._load(info)
+    assert again is not None and again.checksum == gaussian.checksum
+    assert predictions._load({**info, "checksum": "0" * 64}) is None  # not the data the runs read
+    assert predictions._load({"name": "mnist", "source": str(tmp_path / "gone.npz"), "checksum": "0" * 64}) is None
 
 
 def test_summary_pairs_equal_numbers_computed_from_the_tables(report_summary, report_tables):
