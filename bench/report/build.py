@@ -59,6 +59,19 @@ class Tables:
     jacobian: pd.DataFrame = field(default_factory=pd.DataFrame)  # `bench.spectrum.spread_by_depth`
 
 
+def _categorical_strings(layers: pd.DataFrame) -> pd.DataFrame:
+    """The layers table with its string columns (run_id, layer_name) as categories.
+
+    A make bench directory's layers table has millions of rows; the report
+    filters and groups it by run hundreds of times, and taking rows of an
+    Arrow-backed string column cost more than all the arithmetic (~40 s of
+    a report). A category's codes are taken as integers; values, order and
+    groups are those of the strings.
+    """
+    strings = [c for c in layers.columns if pd.api.types.is_string_dtype(layers[c]) and c in ("run_id", "layer_name")]
+    return layers.astype({c: "category" for c in strings}) if strings else layers
+
+
 def compute_tables(results, load_data: bool = True) -> Tables:
     """All statistics of a report from a loaded `bench.results.Results`.
 
@@ -69,24 +82,25 @@ def compute_tables(results, load_data: bool = True) -> Tables:
             means alone (see `bench.report.predictions`).
     """
     predicted = predictions.predict_runs(results.runs, results.manifest, load=load_data)
-    runs_m = tables.run_table(results.runs, results.layers, predicted.runs)
+    layers = _categorical_strings(results.layers)
+    runs_m = tables.run_table(results.runs, layers, predicted.runs)
     pairs = tables.pair_table(runs_m)
     main_runs, main = tables.main_slice(runs_m)
     slice_text = text.describe_slice(main, tables.varying_keys(runs_m))
-    profiles = tables.gradient_profiles(main_runs, results.layers, predicted.layers)
+    profiles = tables.gradient_profiles(main_runs, layers, predicted.layers)
     curves = tables.learning_curves(main_runs, results.history)
-    activations = tables.activation_profiles(main_runs, results.layers)
+    activations = tables.activation_profiles(main_runs, layers)
     for t in (profiles, curves, activations):
         t.attrs.setdefault("slice", slice_text)
     # The claims read the same run table as every figure and finding of the report.
-    section = verdicts.claims_section(runs_m, results.layers, results.history, results.manifest)
+    section = verdicts.claims_section(runs_m, layers, results.history, results.manifest)
     return Tables(
         runs=runs_m,
         pairs=pairs,
         main=main,
         main_text=slice_text,
         profiles=profiles,
-        heatmap=tables.heatmap_runs(pairs, results.layers, main),
+        heatmap=tables.heatmap_runs(pairs, layers, main),
         grid=tables.pair_grid(pairs, main),
         sweep=tables.depth_sweep(runs_m),
         curves=curves,

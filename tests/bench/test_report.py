@@ -204,6 +204,21 @@ def test_the_theory_reads_generated_data_again_and_a_missing_file_not_at_all(tmp
     assert predictions._load({"name": "mnist", "source": str(tmp_path / "gone.npz"), "checksum": "0" * 64}) is None
 
 
+def test_the_report_reads_the_layers_table_with_categories_as_with_strings(report_tables):
+    # build.compute_tables turns run_id and layer_name into categories for speed: the numbers must not move.
+    from vgbench.bench.report import build
+
+    results, runs_m = report_tables
+    layers = build._categorical_strings(results.layers)
+    assert isinstance(layers["run_id"].dtype, pd.CategoricalDtype)
+    assert isinstance(layers["layer_name"].dtype, pd.CategoricalDtype)
+    pd.testing.assert_frame_equal(metrics.run_metrics(results.runs, layers), runs_m)
+    main_runs, _ = tables.main_slice(runs_m)
+    a = tables.activation_profiles(main_runs, results.layers)
+    b = tables.activation_profiles(main_runs, layers)
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_categorical=False)
+
+
 def test_summary_pairs_equal_numbers_computed_from_the_tables(report_summary, report_tables):
     _, runs_m = report_tables
     expected = _expected_pairs(runs_m)
