@@ -1063,7 +1063,7 @@ _ROW_LABELS = {
     "init": "per-layer backward factor at step 0 (line: seeds' min–max; ◆ theory)",
     "factor": "per-layer backward factor at step 0, seeds at the best learning rate",
     "ratio": "first/last layer gradient norm at step 0, seeds at the best learning rate",
-    "dead": "mean dead fraction of the hidden units at the last step (○ step 0), seeds at the best learning rate",
+    "dead": "mean dead fraction of hidden units, last step (○ step 0), seeds at the best learning rate",
     "steps": "steps to 0.80 test accuracy, seeds at the best learning rate (| budget; at it: never)",
 }
 _LAYER_LABELS = {"act_mean": "activation mean at step 0", "act_variance": "activation variance at step 0"}
