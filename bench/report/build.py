@@ -65,10 +65,10 @@ def _categorical_strings(layers: pd.DataFrame) -> pd.DataFrame:
     A make bench directory's layers table has millions of rows; the report
     filters and groups it by run hundreds of times, and taking rows of an
     Arrow-backed string column cost more than all the arithmetic (~40 s of
-    a report). A category's codes are taken as integers; values, order and
-    groups are those of the strings.
+    a profiled make bench report). A category's codes are taken as
+    integers; values, order and groups are those of the strings.
     """
-    strings = [c for c in layers.columns if pd.api.types.is_string_dtype(layers[c]) and c in ("run_id", "layer_name")]
+    strings = [c for c in ("run_id", "layer_name") if c in layers.columns and pd.api.types.is_string_dtype(layers[c])]
     return layers.astype({c: "category" for c in strings}) if strings else layers
 
 
