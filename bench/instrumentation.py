@@ -70,8 +70,8 @@ stops after that step and everything recorded before it is kept.
 
 The parts: which layers are recorded (`bench.units`); the records of one
 forward and backward pass, from the quantity registry (`bench.measures`);
-one step per backend behind one interface (`install`, `drain`, `measure`,
-`batch_end`), each owning its state: the TensorFlow tape step
+one step per backend behind one interface (`bench.tapping.BackendSteps`:
+`install`, `drain`, `measure`, `batch_end`), each owning its state: the TensorFlow tape step
 (`bench.instrumentation_tf.Steps`), the JAX step
 (`bench.instrumentation_jax.Steps`), and the JAX population step
 (`bench.population`); the recorded rows and their tables

@@ -33,7 +33,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from vgbench.bench.tapping import Pass, tapped
+from vgbench.bench.tapping import BackendSteps, Pass, tapped
 
 # A step's loss is read this many steps after it was dispatched: by then it
 # has been computed, so reading it does not stall the pipeline.
@@ -44,17 +44,10 @@ _LOSS_LAG = 2
 _MAX_PENDING = 10_000
 
 
-class Steps:
+class Steps(BackendSteps):
     """The jitted instrumented steps of one `fit`, their dispatcher and the records they returned.
 
-    Args:
-        model: the compiled Keras model.
-        measures: its `bench.measures.Measures` (the units, and the records of a pass).
-        log_every: the gradient cadence.
-        act_every: the activation cadence.
-        on_diverged: called with a step whose loss was non-finite.
-        flush: called when records pile up within an epoch (they are then
-            taken with `drain`).
+    The arguments are those of `bench.tapping.BackendSteps`.
     """
 
     # `fit` may hand the per-step logs to the callbacks off the training
@@ -62,14 +55,8 @@ class Steps:
     # dispatcher watches the loss, `batch_end` reads nothing.
     async_safe = True
 
-    def __init__(self, model, measures, *, log_every=1, act_every=10, on_diverged=None, flush=None):
-        self.model = model
-        self.measures = measures
-        self.log_every = log_every
-        self.act_every = act_every
-        self.on_diverged = on_diverged or (lambda step: None)
-        self.flush = flush or (lambda: None)
-        self.functions = {}
+    def __init__(self, model, measures, **kwargs):
+        super().__init__(model, measures, **kwargs)
         self.pending = []  # (step, records as device arrays)
         self.losses = []  # (step, that step's loss is finite: a device bool)
 
@@ -157,21 +144,25 @@ class Steps:
         values: Keras' `train_step`, plus the records. `bench.population`
         maps it over the replicas of a population with `jax.vmap`.
         """
+
+        def train_step(state, data):
+            p, logs, new, finite = self._keras_step(state, data)
+            return logs, new, self._records(p, new[0], log_grad, log_act), finite
+
+        return train_step
+
+    def _keras_step(self, state, data):
+        """Keras' `train_step` as a pure function: ``(pass, logs, new state, loss is finite)``."""
         import jax.numpy as jnp
         from keras.src.trainers.data_adapters import data_adapter_utils
 
         model = self.model
-
-        def train_step(state, data):
-            tv, ntv, ov, mv = state
-            x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-            p, (unscaled_loss, y_pred, ntv, mv) = self._forward_backward(tv, ntv, ov, mv, x, y, sample_weight)
-            new_tv, ov = model.optimizer.stateless_apply(ov, p.grads, tv)
-            logs, mv = model._update_metrics_variables(mv, unscaled_loss, x, y, y_pred, sample_weight)
-            records = self._records(p, new_tv, log_grad, log_act)
-            return logs, (new_tv, ntv, ov, mv), records, jnp.isfinite(unscaled_loss)
-
-        return train_step
+        tv, ntv, ov, mv = state
+        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        p, (unscaled_loss, y_pred, ntv, mv) = self._forward_backward(tv, ntv, ov, mv, x, y, sample_weight)
+        new_tv, ov = model.optimizer.stateless_apply(ov, p.grads, tv)
+        logs, mv = model._update_metrics_variables(mv, unscaled_loss, x, y, y_pred, sample_weight)
+        return p, logs, (new_tv, ntv, ov, mv), jnp.isfinite(unscaled_loss)
 
     def population_step_function(self, log_grad):
         """One pure step function for every step of a run, step 0 included (`bench.population` vmaps it).
@@ -188,23 +179,17 @@ class Steps:
         """
         import jax
         import jax.numpy as jnp
-        from keras.src.trainers.data_adapters import data_adapter_utils
-
-        model = self.model
 
         def train_step(state, data, mode):
-            tv, ntv, ov, mv = state
-            x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-            p, (unscaled_loss, y_pred, ntv, mv) = self._forward_backward(tv, ntv, ov, mv, x, y, sample_weight)
-            new_tv, ov = model.optimizer.stateless_apply(ov, p.grads, tv)
-            logs, mv = model._update_metrics_variables(mv, unscaled_loss, x, y, y_pred, sample_weight)
+            p, logs, new, finite = self._keras_step(state, data)
+            tv, new_tv = state[0], new[0]
             records = self._records(p, new_tv, log_grad, False)
             due = lambda: self._act_records(p, new_tv, True)  # noqa: E731
             first = lambda: self._act_records(p, tv, False)  # noqa: E731
             shapes = jax.eval_shape(due)
             none = lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # noqa: E731
             records.update(jax.lax.switch(mode, [none, due, first]))
-            return logs, (new_tv, ntv, ov, mv), records, jnp.isfinite(unscaled_loss)
+            return logs, new, records, finite
 
         return train_step
 

@@ -23,33 +23,26 @@ import tensorflow as tf
 
 from vgbench.bench.measures import ACT_FIELDS, GRAD_FIELDS
 from vgbench.bench.summaries import HISTOGRAM_EDGES
-from vgbench.bench.tapping import Pass, tapped
+from vgbench.bench.tapping import BackendSteps, Pass, tapped
 
 # Buffers hold one epoch, or this many steps when the epoch length is
 # unknown (they are then flushed whenever they fill up).
 _UNKNOWN_EPOCH = 10_000
 
 
-class Steps:
+class Steps(BackendSteps):
     """The compiled instrumented steps of one `fit`, their dispatcher and the buffers they write.
 
-    The arguments are those of `bench.instrumentation_jax.Steps`; ``flush``
-    is called when the buffers are about to fill up within an epoch (their
-    records are then taken with `drain`).
+    The arguments are those of `bench.tapping.BackendSteps`; ``flush`` is
+    called when the buffers are about to fill up within an epoch.
     """
 
     # `fit` must hand `batch_end` the step's logs on the training thread:
     # the flush it may trigger reads the buffers the running step writes.
     async_safe = False
 
-    def __init__(self, model, measures, *, log_every=1, act_every=10, on_diverged=None, flush=None):
-        self.model = model
-        self.measures = measures
-        self.log_every = log_every
-        self.act_every = act_every
-        self.on_diverged = on_diverged or (lambda step: None)
-        self.flush = flush or (lambda: None)
-        self.functions = {}
+    def __init__(self, model, measures, **kwargs):
+        super().__init__(model, measures, **kwargs)
         self._buffers = None
         self._counter = None  # [the last step dispatched], with one step per call
         self._flushed_at = 0

@@ -2,8 +2,9 @@
 
 Shared by the TensorFlow step (`bench.instrumentation_tf`) and the JAX step
 (`bench.instrumentation_jax`): `tapped` wraps the layers' `call` (and
-`activation`) on the instances for one traced forward pass, and `Pass` holds
-what one forward and backward pass gives the recording.
+`activation`) on the instances for one traced forward pass, `Pass` holds
+what one forward and backward pass gives the recording, and `BackendSteps`
+is the interface both steps give the logger.
 """
 
 from __future__ import annotations
@@ -148,3 +149,46 @@ class Pass:
     def value(self, variable, k):
         """The value of trainable variable ``variable`` (index ``k``) that this pass's records read."""
         return self.weights[k] if self.weights is not None else variable.value
+
+
+class BackendSteps:
+    """The instrumented steps of one `fit` on one backend: what `bench.instrumentation.GradientNormLogger` calls.
+
+    A backend's step installs itself on the model (`install`), is told of
+    each finished batch (`batch_end`), hands over the records it holds
+    (`drain`) and measures a batch without training (`measure`, step 0).
+    ``async_safe`` says whether `fit` may call `batch_end` off the
+    training thread.
+
+    Args:
+        model: the compiled Keras model.
+        measures: its `bench.measures.Measures` (the units, and the records of a pass).
+        log_every: the gradient cadence.
+        act_every: the activation cadence.
+        on_diverged: called with a step whose loss was non-finite.
+        flush: called when records pile up within an epoch (they are then
+            taken with `drain`).
+    """
+
+    async_safe = False
+
+    def __init__(self, model, measures, *, log_every=1, act_every=10, on_diverged=None, flush=None):
+        self.model = model
+        self.measures = measures
+        self.log_every = log_every
+        self.act_every = act_every
+        self.on_diverged = on_diverged or (lambda step: None)
+        self.flush = flush or (lambda: None)
+        self.functions = {}  # the compiled steps, by what is due
+
+    def install(self, model, steps_per_epoch=None):
+        raise NotImplementedError
+
+    def batch_end(self, logs):
+        raise NotImplementedError
+
+    def drain(self):
+        raise NotImplementedError
+
+    def measure(self, x, y):
+        raise NotImplementedError
