@@ -281,29 +281,37 @@ def check_run(path, run_id=None, config=None, tables=False):
     """
     path = Path(path)
     own_id, stored_config, result = _check_run_json(path, run_id, config)
-    frames = {}
-    for name in ("layers.parquet", "history.parquet"):
-        try:
-            frame = pd.read_parquet(path / name, columns=None if tables else ["run_id"])
-        except FileNotFoundError:
-            raise DamagedRun(f"no {name}") from None
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise DamagedRun(f"{name} unreadable ({first_line(e)})") from None
-        if "run_id" not in frame.columns or not set(frame["run_id"].dropna().unique()) <= {own_id}:
-            raise DamagedRun(f"{name} holds rows of another run")
-        frames[name] = frame if tables else None
+    columns = None if tables else ["run_id"]
+    frames = {name: _own_rows(path / name, own_id, columns) for name in ("layers.parquet", "history.parquet")}
     # Optional: folders written before the variables table existed lack it, and
     # only runs that measured their Jacobian spectrum hold a jacobian table.
     for name in (VARIABLES_FILE, JACOBIAN_FILE):
-        if not (path / name).exists():
-            continue
-        try:
-            frame = pd.read_parquet(path / name, columns=["run_id"])
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise DamagedRun(f"{name} unreadable ({first_line(e)})") from None
-        if "run_id" not in frame.columns or not set(frame["run_id"].dropna().unique()) <= {own_id}:
-            raise DamagedRun(f"{name} holds rows of another run")
+        if (path / name).exists():
+            _own_rows(path / name, own_id, ["run_id"])
+    if not tables:
+        return own_id, stored_config, result, None, None
     return own_id, stored_config, result, frames["layers.parquet"], frames["history.parquet"]
+
+
+def _own_rows(path: Path, own_id: str, columns) -> pd.DataFrame:
+    """A run folder's table ``path`` (``columns`` of it; None: all), refused unless every row is run ``own_id``'s."""
+    try:
+        frame = pd.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise DamagedRun(f"no {path.name}") from None
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DamagedRun(f"{path.name} unreadable ({first_line(e)})") from None
+    if "run_id" not in frame.columns or not set(frame["run_id"].dropna().unique()) <= {own_id}:
+        raise DamagedRun(f"{path.name} holds rows of another run")
+    return frame
+
+
+def run_folders(out):
+    """OUT/runs/'s run folders, in name order (hidden entries, such as folders being written, are not)."""
+    root = Path(out) / "runs"
+    if not root.is_dir():
+        return []
+    return [d for d in sorted(root.iterdir()) if not d.name.startswith(".") and d.is_dir()]
 
 
 def _check_run_json(path: Path, run_id=None, config=None):
@@ -544,41 +552,33 @@ def run_rows(out) -> pd.DataFrame | None:
     run's config and outcome between rounds of training; a folder whose JSON
     files do not validate is left out.
     """
-    root = Path(out) / "runs"
     rows = []
-    if root.is_dir():
-        for d in sorted(root.iterdir()):
-            if d.name.startswith(".") or not d.is_dir():
-                continue
-            try:
-                run_id, config, result = _check_run_json(d)
-            except DamagedRun:
-                continue
-            rows.append({"run_id": run_id, **_flatten_config(config), **result})
+    for d in run_folders(out):
+        try:
+            run_id, config, result = _check_run_json(d)
+        except DamagedRun:
+            continue
+        rows.append({"run_id": run_id, **_flatten_config(config), **result})
     return pd.DataFrame(rows) if rows else None
 
 
 def _collect(out, on_damaged=None):
     """`collect`, and the run folders that validated (a set of paths)."""
-    root = Path(out) / "runs"
     rows, layers, history, valid = [], [], [], set()
-    if root.is_dir():
-        for d in sorted(root.iterdir()):
-            if d.name.startswith(".") or not d.is_dir():
-                continue
-            try:
-                run_id, config, result, run_layers, run_history = check_run(d, tables=True)
-            except DamagedRun as e:
-                if on_damaged is None:
-                    raise UsageError(
-                        f"Run folder {str(d)!r} is damaged ({e}); rerun `vgbench run` on {str(out)!r} to redo it."
-                    ) from None
-                on_damaged(d, str(e))
-                continue
-            rows.append({"run_id": run_id, **_flatten_config(config), **result})
-            layers.append(run_layers)
-            history.append(run_history)
-            valid.add(d)
+    for d in run_folders(out):
+        try:
+            run_id, config, result, run_layers, run_history = check_run(d, tables=True)
+        except DamagedRun as e:
+            if on_damaged is None:
+                raise UsageError(
+                    f"Run folder {str(d)!r} is damaged ({e}); rerun `vgbench run` on {str(out)!r} to redo it."
+                ) from None
+            on_damaged(d, str(e))
+            continue
+        rows.append({"run_id": run_id, **_flatten_config(config), **result})
+        layers.append(run_layers)
+        history.append(run_history)
+        valid.add(d)
     runs = pd.DataFrame(rows)
     if runs.empty:
         runs = pd.DataFrame(columns=["run_id", *RUN_OUTCOME_COLUMNS])
@@ -615,22 +615,18 @@ def _collect_optional(out, name, columns, valid=None) -> pd.DataFrame:
 
     ``valid``: the run folders already validated (`_collect`), else each is checked here.
     """
-    root = Path(out) / "runs"
     frames = []
-    if root.is_dir():
-        for d in sorted(root.iterdir()):
-            if d.name.startswith(".") or not d.is_dir() or not (d / name).is_file():
-                continue
-            if valid is not None and d not in valid:
-                continue
-            try:
-                if valid is None:
-                    check_run(d)
-                frames.append(pd.read_parquet(d / name))
-            except DamagedRun:
-                continue  # `collect` reports it
-            except Exception:  # pyarrow raises several types for a damaged file
-                continue
+    for d in run_folders(out):
+        if not (d / name).is_file() or valid is not None and d not in valid:
+            continue
+        try:
+            if valid is None:
+                check_run(d)
+            frames.append(pd.read_parquet(d / name))
+        except DamagedRun:
+            continue  # `collect` reports it
+        except Exception:  # pyarrow raises several types for a damaged file
+            continue
     return _concat(frames, columns)
 
 

@@ -166,12 +166,7 @@ def _refuse_other_data(out: Path, manifest, finished, datasets) -> None:
 def _scan(out: Path) -> dict:
     """Folder name → (run_id, config, result) of the finished runs; damaged folders are moved aside."""
     finished = {}
-    root = out / "runs"
-    if not root.is_dir():
-        return finished
-    for d in sorted(root.iterdir()):
-        if d.name.startswith(".") or not d.is_dir():
-            continue
+    for d in results_mod.run_folders(out):
         try:
             run_id, config, result, _, _ = results_mod.check_run(d)
         except results_mod.DamagedRun as e:
