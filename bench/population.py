@@ -27,7 +27,6 @@ population).
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 import traceback
@@ -449,22 +448,32 @@ def _hist(records, r):
     return records["hist"][r] if "hist" in records else None
 
 
-@functools.lru_cache(maxsize=64)
+# Per process: (examples, batch size, seed) → (the batches read so far, the pipeline's iterator).
+_ORDERS: dict = {}
+
+
 def _batch_order(n: int, batch_size: int, seed: int, steps: int) -> list:
     """The example indices of each of a run's first ``steps`` batches, as its own pipeline orders them.
 
     The shuffle of `bench.data.make_tf_dataset` depends on the seed and the
     number of examples only, so a pipeline of indices gives the order of the
-    run's pipeline of examples. Kept per process: the populations of a
-    suite repeat the same seeds, and reading a pipeline costs ~0.5 s.
+    run's pipeline of examples. Kept per process, and read further only when
+    a run needs more steps than read so far: the populations of a suite
+    repeat the same seeds, and reading a pipeline costs ~0.5 ms a batch.
     """
     from vgbench.bench import data as data_mod
 
     if steps == 0:
         return []
-    idx = np.arange(n, dtype=np.int32)
-    ds = data_mod.make_tf_dataset(idx, idx, batch_size=batch_size, seed=seed, cache=False).repeat()
-    # `fit` reads one batch to build the model's metrics, then starts a new
-    # iterator: a reshuffling dataset's second iteration is the run's order.
-    next(iter(ds))
-    return [x for x, _ in ds.take(steps).as_numpy_iterator()]
+    key = (n, batch_size, seed)
+    if key not in _ORDERS:
+        idx = np.arange(n, dtype=np.int32)
+        ds = data_mod.make_tf_dataset(idx, idx, batch_size=batch_size, seed=seed, cache=False).repeat()
+        # `fit` reads one batch to build the model's metrics, then starts a new
+        # iterator: a reshuffling dataset's second iteration is the run's order.
+        next(iter(ds))
+        _ORDERS[key] = ([], ds.as_numpy_iterator())
+    batches, iterator = _ORDERS[key]
+    while len(batches) < steps:
+        batches.append(next(iterator)[0])
+    return batches[:steps]

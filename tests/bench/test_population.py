@@ -389,3 +389,20 @@ def test_a_tasks_estimated_cost_grows_with_its_replicas_steps_and_depth():
     assert cost([base.replace(depth=30)]) > cost([base])
     # Without max_steps, a run takes every batch of each epoch: here 300 steps, as base.
     assert cost([base.replace(max_steps=None, epochs=1, train_samples=base.batch_size * 300)]) == cost([base])
+
+
+def test_batch_orders_read_further_equal_a_fresh_read():
+    # A worker keeps each seed's order and reads it further for a run with more steps:
+    # the batches must be those of a pipeline read from the start.
+    population._ORDERS.clear()
+    short = population._batch_order(100, 16, 3, 4)
+    longer = population._batch_order(100, 16, 3, 20)  # 100 examples: epochs end on a batch of 4
+    population._ORDERS.clear()
+    fresh = population._batch_order(100, 16, 3, 20)
+    assert len(short) == 4 and len(longer) == len(fresh) == 20
+    assert all(np.array_equal(a, b) for a, b in zip(longer, fresh, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(short, fresh[:4], strict=True))
+    assert [len(b) for b in fresh[:8]] == [16] * 6 + [4, 16]
+    # Each epoch is a permutation of the examples, and the seed changes it.
+    assert sorted(np.concatenate(fresh[:7])) == list(range(100))
+    assert not np.array_equal(population._batch_order(100, 16, 4, 1)[0], fresh[0])
