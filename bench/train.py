@@ -114,19 +114,37 @@ def fit_logged(model, logger, x_train, y_train, test_ds, *, epochs, per_epoch, b
     return out
 
 
+# The last few prepared arrays of this process, by dataset checksum and preparation
+# (a worker trains many runs on the same arrays; converting MNIST costs ~0.5 s).
+_PREPARED: dict = {}
+_PREPARED_KEEP = 2
+
+
 def prepared_data(config: RunConfig, data=None, data_path=None):
-    """``(dataset, arrays)``: the config's dataset (``data``, else read) and its preprocessed train/test arrays."""
+    """``(dataset, arrays)``: the config's dataset (``data``, else read) and its preprocessed train/test arrays.
+
+    The arrays are read-only and shared by the runs of this process that
+    prepare the same data the same way.
+    """
     from vgbench.bench import data as data_mod
 
     if data is None:
         data = data_mod.load_dataset(config.dataset, data_path)
-    arrays = data_mod.prepare(
-        data,
+    kwargs = dict(
         preprocessing=config.preprocessing,
         flatten=config.arch == "mlp",
         train_samples=config.train_samples,
         test_samples=config.test_samples,
     )
+    key = (data.name, data.checksum, *kwargs.values())
+    arrays = _PREPARED.pop(key, None)
+    if arrays is None:
+        arrays = data_mod.prepare(data, **kwargs)
+        for a in (arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test):
+            a.flags.writeable = False
+    _PREPARED[key] = arrays  # the most recently used last
+    while len(_PREPARED) > _PREPARED_KEEP:
+        _PREPARED.pop(next(iter(_PREPARED)))
     return data, arrays
 
 

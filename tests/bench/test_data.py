@@ -570,3 +570,19 @@ def test_real_mnist(mnist_path):
     assert (ds.n_train, ds.n_test, ds.image_shape) == (60000, 10000, (28, 28))
     counts = np.bincount(ds.y_train, minlength=10).tolist()
     assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+def test_prepared_arrays_are_shared_per_preparation_and_read_only(npz):
+    from vgbench.bench.config import RunConfig
+    from vgbench.bench.train import prepared_data
+
+    ds = load_dataset("mnist", path=npz)
+    config = RunConfig(train_samples=8, test_samples=4)
+    _, first = prepared_data(config, ds)
+    _, again = prepared_data(config, ds)
+    _, other = prepared_data(config.replace(preprocessing="standardize"), ds)
+    assert again is first and other is not first
+    assert np.array_equal(first.x_train, data.prepare(ds, train_samples=8, test_samples=4).x_train)
+    assert not np.array_equal(other.x_train, first.x_train)
+    with pytest.raises(ValueError):
+        first.x_train[0, 0] = 1.0
