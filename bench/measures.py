@@ -175,8 +175,15 @@ class Measures:
         return ops.sqrt(2.0 * ops.stack([quantities.half_sum_sq(self._grad(p, k)) for k in self.other_idx]))
 
     def all_variable_norms(self, g, other):
-        """(n_variables,) gradient norm of every trainable variable, from a grad-cadence row and the others'."""
-        return np.array([g[i, field] if i is not None else other[field] for i, field in self.var_source])
+        """(..., n_variables) gradient norm of every trainable variable, from grad-cadence tables and the others'.
+
+        ``g`` is ``(..., n_units, len(GRAD_FIELDS))`` and ``other`` the
+        matching `variable_norms`, for one step or stacked over steps.
+        """
+        g, other = np.asarray(g), np.asarray(other)
+        if not self.var_source:
+            return np.empty(g.shape[:-2] + (0,))
+        return np.stack([g[..., i, field] if i is not None else other[..., field] for i, field in self.var_source], -1)
 
     def hist(self, p):
         """(n_units, bins) counts of log10|g| over each unit's weight gradients, in fixed bins."""

@@ -62,25 +62,25 @@ class Tables:
     def __init__(self, measures=None):
         self.measures = measures
         self.diverged_step = None
-        self._layer_rows = []
-        self._variable_rows = []
+        # One entry per recorded step, its rows as arrays (assembled in `frames`):
+        # (step, epoch, each unit's layer_index, grad table, act table, other variables' norms or None).
+        self._steps = []
         self._history_rows = []
 
     def record(self, step, epoch, grad=None, act=None, var=None):
-        """Appends one step's records (None: not measured at this step) as layer and variable rows."""
-        measures = self.measures
-        units = measures.units
-        n = len(units)
-        g = np.full((n, len(GRAD_FIELDS)), np.nan) if grad is None else grad
-        a = np.full((n, len(ACT_FIELDS)), np.nan) if act is None else act
-        positions = measures.layer_positions()
-        for i, unit in enumerate(units):
-            self._layer_rows.append((step, epoch, positions[i], unit.name, *g[i], *a[i]))
-        if var is not None:
-            var = measures.all_variable_norms(g, var)
-            for k, (i, v, name) in enumerate(measures.variables):
-                size = measures.var_sizes[k]
-                self._variable_rows.append((step, epoch, positions[i], units[i].name, name, v.path, size, var[k]))
+        """Keeps one step's records (None: not measured at this step): layer rows, and variable rows with ``var``."""
+        n = len(self.measures.units)
+        positions = self.measures.layer_positions()
+        self._steps.append(
+            (
+                step,
+                epoch,
+                np.array([positions[i] for i in range(n)], dtype=np.int64),
+                _table(grad, n, len(GRAD_FIELDS)),
+                _table(act, n, len(ACT_FIELDS)),
+                None if var is None else np.array(var, dtype=np.float64),
+            )
+        )
 
     def record_history(self, step, epoch, logs) -> dict:
         """Appends one history row from `fit`-style logs (``loss``, ``accuracy``, ``val_loss``, ...); returns it."""
@@ -95,8 +95,8 @@ class Tables:
 
     def frames(self, run_id):
         """``(layers, variables, history)`` DataFrames of the rows so far, with ``run_id`` as their first column."""
-        layers = _layer_frame(self._layer_rows, run_id, self.measures.units, self.measures.layer_positions())
-        variables = _variable_frame(self._variable_rows, run_id)
+        layers = _layer_frame(self._steps, run_id, self.measures.units)
+        variables = _variable_frame([s for s in self._steps if s[5] is not None], run_id, self.measures)
         history = pd.DataFrame(self._history_rows)
         for c in HISTORY_COLUMNS[1:]:
             if c not in history.columns:
@@ -107,25 +107,52 @@ class Tables:
         return layers, variables, history
 
 
-def _layer_frame(rows, run_id, units, positions):
-    cols = ["step", "epoch", "layer_index", "layer_name", *GRAD_FIELDS, *ACT_FIELDS]
-    df = pd.DataFrame(rows, columns=cols)
-    df.insert(0, "run_id", run_id)
-    df = df.astype({"step": "int64", "epoch": "int64", "layer_index": "int64"})
-    for c in (*GRAD_FIELDS, *ACT_FIELDS):
-        df[c] = df[c].astype("float64")
-    # Parameter counts, so that layers of different sizes compare per weight.
-    sizes = {positions[i]: (u.kernel_size, u.bias_size) for i, u in enumerate(units)}
-    df["kernel_size"] = df["layer_index"].map(lambda i: sizes[i][0]).astype("int64")
-    df["bias_size"] = df["layer_index"].map(lambda i: sizes[i][1]).astype("int64")
-    df = df[[*LAYER_COLUMNS, "kernel_size", "bias_size"]]
+def _table(values, n, fields):
+    """A step's (units, fields) table as float64, all NaN when not measured (None)."""
+    return np.full((n, fields), np.nan) if values is None else np.array(values, dtype=np.float64)
+
+
+def _layer_frame(steps, run_id, units):
+    n, k = len(units), len(steps)
+    grad = np.concatenate([s[3] for s in steps]) if steps else np.empty((0, len(GRAD_FIELDS)))
+    act = np.concatenate([s[4] for s in steps]) if steps else np.empty((0, len(ACT_FIELDS)))
+    columns = {
+        "run_id": run_id,
+        "step": np.repeat(np.array([s[0] for s in steps], dtype=np.int64), n),
+        "epoch": np.repeat(np.array([s[1] for s in steps], dtype=np.int64), n),
+        "layer_index": np.concatenate([s[2] for s in steps]) if steps else np.empty(0, np.int64),
+        "layer_name": np.tile(np.array([u.name for u in units], dtype=object), k),
+        **{f: grad[:, j] for j, f in enumerate(GRAD_FIELDS)},
+        **{f: act[:, j] for j, f in enumerate(ACT_FIELDS)},
+        # Parameter counts, so that layers of different sizes compare per weight.
+        "kernel_size": np.tile(np.array([u.kernel_size for u in units], dtype=np.int64), k),
+        "bias_size": np.tile(np.array([u.bias_size for u in units], dtype=np.int64), k),
+    }
+    df = pd.DataFrame(columns)[[*LAYER_COLUMNS, "kernel_size", "bias_size"]]
     return df.sort_values(["step", "layer_index"], kind="stable").reset_index(drop=True)
 
 
-def _variable_frame(rows, run_id):
-    df = pd.DataFrame(rows, columns=VARIABLE_COLUMNS[1:])
-    df.insert(0, "run_id", run_id)
-    df = df.astype({"step": "int64", "epoch": "int64", "layer_index": "int64", "size": "int64", "grad_norm": "float64"})
+def _variable_frame(steps, run_id, measures):
+    """One row per recorded step and trainable variable (``measures.variables``)."""
+    owner = np.array([i for i, _, _ in measures.variables], dtype=np.int64)
+    k = len(steps)
+    norms = (
+        measures.all_variable_norms(np.stack([s[3] for s in steps]), np.stack([s[5] for s in steps]))
+        if steps
+        else np.empty((0, len(owner)))
+    )
+    columns = {
+        "run_id": run_id,
+        "step": np.repeat(np.array([s[0] for s in steps], dtype=np.int64), len(owner)),
+        "epoch": np.repeat(np.array([s[1] for s in steps], dtype=np.int64), len(owner)),
+        "layer_index": np.concatenate([s[2][owner] for s in steps]) if steps else np.empty(0, np.int64),
+        "layer_name": np.tile(np.array([measures.units[i].name for i in owner], dtype=object), k),
+        "variable": np.tile(np.array([name for _, _, name in measures.variables], dtype=object), k),
+        "variable_path": np.tile(np.array([v.path for _, v, _ in measures.variables], dtype=object), k),
+        "size": np.tile(np.array(measures.var_sizes, dtype=np.int64), k),
+        "grad_norm": norms.reshape(-1).astype(np.float64),
+    }
+    df = pd.DataFrame(columns)[VARIABLE_COLUMNS]
     return df.sort_values(["step", "layer_index"], kind="stable").reset_index(drop=True)
 
 
