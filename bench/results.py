@@ -565,9 +565,12 @@ def run_rows(out) -> pd.DataFrame | None:
 def _collect(out, on_damaged=None):
     """`collect`, and the run folders that validated (a set of paths)."""
     rows, layers, history, valid = [], [], [], set()
-    for d in run_folders(out):
+    folders = run_folders(out)
+    for d, checked in zip(folders, _read_each(_checked_run, folders), strict=True):
         try:
-            run_id, config, result, run_layers, run_history = check_run(d, tables=True)
+            if isinstance(checked, DamagedRun):
+                raise checked
+            run_id, config, result, run_layers, run_history = checked
         except DamagedRun as e:
             if on_damaged is None:
                 raise UsageError(
@@ -583,6 +586,29 @@ def _collect(out, on_damaged=None):
     if runs.empty:
         runs = pd.DataFrame(columns=["run_id", *RUN_OUTCOME_COLUMNS])
     return runs, _concat(layers, LAYER_COLUMNS), _concat(history, HISTORY_COLUMNS), valid
+
+
+# Threads that read run folders at once: reading parquet releases the GIL,
+# and thousands of small files are mostly waiting on their reads.
+READ_THREADS = 4
+
+
+def _read_each(fn, items) -> list:
+    """``[fn(item) for item in items]``, read by `READ_THREADS` threads, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(items) < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="vgbench-read") as pool:
+        return list(pool.map(fn, items))
+
+
+def _checked_run(d):
+    """`check_run` of a run folder with its tables, or the `DamagedRun` that refused it."""
+    try:
+        return check_run(d, tables=True)
+    except DamagedRun as e:
+        return e
 
 
 def _flatten_config(config: dict) -> dict:
@@ -615,18 +641,20 @@ def _collect_optional(out, name, columns, valid=None) -> pd.DataFrame:
 
     ``valid``: the run folders already validated (`_collect`), else each is checked here.
     """
-    frames = []
-    for d in run_folders(out):
+
+    def read(d):
         if not (d / name).is_file() or valid is not None and d not in valid:
-            continue
+            return None
         try:
             if valid is None:
                 check_run(d)
-            frames.append(pd.read_parquet(d / name))
+            return pd.read_parquet(d / name)
         except DamagedRun:
-            continue  # `collect` reports it
+            return None  # `collect` reports it
         except Exception:  # pyarrow raises several types for a damaged file
-            continue
+            return None
+
+    frames = [f for f in _read_each(read, run_folders(out)) if f is not None]
     return _concat(frames, columns)
 
 
