@@ -356,13 +356,17 @@ def _save(fig, out: Path, name: str, formats) -> tuple[list[str], bytes]:
     for ext in set(FORMATS) - set(formats):
         (out / f"{name}.{ext}").unlink(missing_ok=True)
     try:
-        files = []
-        for ext in formats:
-            fig.savefig(out / f"{name}.{ext}", format=ext, dpi=figures.DPI)
-            files.append(f"{name}.{ext}")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=figures.DPI)
-        return files, buf.getvalue()
+        png = buf.getvalue()
+        files = []
+        for ext in formats:
+            if ext == "png":  # the page's PNG, drawn once
+                (out / f"{name}.png").write_bytes(png)
+            else:
+                fig.savefig(out / f"{name}.{ext}", format=ext, dpi=figures.DPI)
+            files.append(f"{name}.{ext}")
+        return files, png
     finally:
         plt.close(fig)
 
