@@ -480,6 +480,10 @@ def _describe_vanishing(f: Flag) -> str:
     return f"kernel gradient vanishes: first/last layer ratio {n.get('grad_ratio', np.nan):.2g}"
 
 
+def _describe_collapse(f: Flag) -> str:
+    return "training collapsed: every hidden layer's gradient is exactly 0, though it did not vanish at step 0"
+
+
 def _describe_forward_collapse(f: Flag) -> str:
     n = f.numbers
     text = f"forward signal collapses {_per_layer(n['forward_factor'])}"
@@ -515,6 +519,7 @@ FLAG_KINDS: dict[str, FlagKind] = {
         FlagKind("diverged", _describe_diverged, timed=False),
         FlagKind("failed", lambda f: "failed", timed=False),
         FlagKind("vanishing", _describe_vanishing),
+        FlagKind("collapse", _describe_collapse),
         FlagKind("exploding", _describe_exploding),
         FlagKind("forward collapse", _describe_forward_collapse),
         FlagKind("underflow", _describe_underflow),
@@ -549,7 +554,12 @@ def flags(row) -> list[Flag]:
     - ``vanishing@when``: the backward signal or the kernel gradient shrinks
       on its way to the input: a fitted factor below VANISHING_FACTOR, or
       one that compounds over the depth (or a first/last kernel-gradient
-      ratio) below VANISHING_RATIO.
+      ratio) below VANISHING_RATIO. Every hidden layer's gradient exactly 0
+      is the most vanishing case, but for `collapse`.
+    - ``collapse@final``: every hidden layer's gradient exactly 0 at the end
+      of a run whose gradient did not vanish at step 0: training drove it
+      to zero (a dead network, for example after too large a step), which
+      is not the vanishing-gradient problem.
     - ``exploding@when``: the same above EXPLODING_FACTOR / EXPLODING_RATIO.
     - ``forward collapse@when``: the forward signal (pre-activation RMS)
       shrinks layer by layer by the same criterion, whether or not the
@@ -575,7 +585,9 @@ def flags(row) -> list[Flag]:
         depth = row.get("depth")
         # Every hidden layer's gradient exactly 0 leaves no factor to fit: the most vanishing case there is.
         all_zero = finite(n) and finite(depth) and n >= depth > 0
-        if all_zero:
+        if all_zero and which == "final" and _measured_init(row) and "vanishing@init" not in out:
+            out.append(Flag("collapse", which, **numbers))
+        elif all_zero:
             out.append(Flag("vanishing", which, all_zero=True, **numbers))
         elif kernel_vanishes or _vanishes(b, span):
             out.append(Flag("vanishing", which, **numbers))
@@ -601,6 +613,12 @@ def flags(row) -> list[Flag]:
     if finite(d) and d > DEAD_THRESHOLD:
         out.append(Flag("dead units", dead_fraction=float(d)))
     return out
+
+
+def _measured_init(row) -> bool:
+    """Whether a run's gradient at step 0 was measured (a factor, a ratio, or its underflowed layers)."""
+    keys = ("grad_factor_init", "grad_ratio_init", "backward_factor_init", "underflow_layers_init")
+    return any(finite(row.get(k)) for k in keys)
 
 
 def _firstfinite(*values):

@@ -148,7 +148,8 @@ _GRID_PANELS = {
 
 _BLANK_TEXT = (
     'A blank cell says why it has no value: failed or diverged runs, "all 0" where every hidden layer\'s '
-    'gradient is exactly 0 (flagged vanishing), "underflow" where some are, n/a for a fraction that does not apply.'
+    "gradient is exactly 0 (flagged vanishing; collapse at the end of a run that did not vanish at step 0), "
+    '"underflow" where some are, n/a for a fraction that does not apply.'
 )
 
 

@@ -48,7 +48,7 @@ MAX_LISTED = 5
 GROUP_KINDS = ("claims", "best", "worst", "mode", "problems", "theory", "fixes", "depths")
 
 # Failure modes, most severe first: one bullet each.
-MODES = ("vanishing", "exploding", "forward collapse", "underflow", "dead units")
+MODES = ("vanishing", "collapse", "exploding", "forward collapse", "underflow", "dead units")
 
 # Disagreements with the theory beyond this many are counted, not listed.
 MAX_THEORY_FINDINGS = 8
@@ -514,6 +514,7 @@ def _flag_kind(flag) -> str:
 
 _MODE_TITLES = {
     "vanishing": "Vanishing gradient",
+    "collapse": "Gradient collapsed to exactly 0 in training (not vanishing at step 0)",
     "exploding": "Exploding gradient",
     "forward collapse": "Forward signal collapses",
     "underflow": "Underflow (some layers get exactly 0 gradient)",
@@ -548,6 +549,8 @@ def _mode_value(mode: str, f: Finding) -> tuple[float, str]:
                 (f.pair or {}).get("depth") or 1, 1
             ), f"first/last {power_of_ten(ratio)}{at}"
         return 0.0, ""
+    if mode == "collapse":
+        return 0.0, "all 0 at the end"
     if mode == "exploding":
         if not factors or max(factors) <= 0:
             return 0.0, ""

@@ -160,6 +160,7 @@ def test_flags_name_forward_collapse_when_the_kernel_gradient_looks_flat():
 def test_flags_are_registered_kinds():
     assert set(metrics.FLAG_KINDS) == {
         "vanishing",
+        "collapse",
         "forward collapse",
         "exploding",
         "dead units",
@@ -177,3 +178,20 @@ def test_flags_are_registered_kinds():
     import pickle
 
     assert pickle.loads(pickle.dumps(e)).numbers == e.numbers
+
+
+def test_a_gradient_that_training_drove_to_zero_is_a_collapse_not_vanishing():
+    # Every hidden layer's gradient exactly 0 at the end of a 10-layer run.
+    dead_end = {"status": "ok", "depth": 10, "underflow_layers_final": 10.0, "deepest_underflow_layer_final": 9.0}
+    healthy_start = {"backward_factor_init": 0.98, "grad_factor_init": 1.01, "underflow_layers_init": 0.0}
+    flags = metrics.flags(dead_end | healthy_start)
+    assert flags == ["collapse@final", "underflow@final"]
+    assert flags[0].describe() == (
+        "training collapsed: every hidden layer's gradient is exactly 0, though it did not vanish at step 0"
+    )
+    # Vanishing at step 0 already: the zero at the end is where the vanishing gradient led.
+    vanishing_start = {"backward_factor_init": 0.25, "grad_factor_init": 0.25, "underflow_layers_init": 0.0}
+    assert metrics.flags(dead_end | vanishing_start)[:2] == ["vanishing@init", "vanishing@final"]
+    assert metrics.flags(dead_end | vanishing_start)[1].numbers["all_zero"]
+    # Step 0 not measured: nothing says it started healthy.
+    assert metrics.flags(dead_end)[0] == "vanishing@final"

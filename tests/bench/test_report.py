@@ -687,6 +687,23 @@ def test_flagged_pairs_are_listed_most_severe_first(monkeypatch):
     assert names == ["sigmoid", "tanh", "selu", "elu"]
 
 
+def test_a_gradient_collapsed_in_training_has_its_own_bullet_not_the_vanishing_one():
+    pairs = _pairs_frame(
+        [
+            {"activation": "relu", "test_accuracy": 0.9},
+            {"activation": "tanh", "test_accuracy": 0.5},
+            {"activation": "sigmoid", "test_accuracy": 0.1, "grad_factor_init": 0.2, "flags": ["vanishing@init"]},
+            {"activation": "selu", "test_accuracy": 0.087, "flags": ["collapse@final", "underflow@final"]},
+        ]
+    )
+    written = findings.written(pairs, pd.DataFrame(), pd.DataFrame(), chance=0.1)
+    modes = {b["mode"]: b["text"] for b in written if b["kind"] == "mode"}
+    assert modes["vanishing"].startswith("Vanishing gradient in 1 pair: sigmoid + ")
+    title = "Gradient collapsed to exactly 0 in training (not vanishing at step 0)"
+    assert modes["collapse"].startswith(f"{title} in 1 pair: selu + ")
+    assert "selu + " in modes["collapse"] and "all 0 at the end, accuracy 8.7% = chance" in modes["collapse"]
+
+
 def _runs_frame(rows: list[dict]) -> pd.DataFrame:
     """A run table (as `tables.run_table` returns it) from a few fields per run."""
     base = {"arch": "mlp", "activation": "relu", "initializer": "he_normal", "depth": 4, "fix": "none"}
