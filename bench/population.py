@@ -303,27 +303,28 @@ class _Population:
         norms = [g[i, field] if i is not None else other[field] for i, field in self.sources]
         return loss_finite & jnp.all(jnp.isfinite(jnp.stack(norms)))
 
-    def _function(self, log_grad):
-        """The jitted population step, with or without gradient records (activation records are a traced mode)."""
+    def _function(self, log_grad, log_act):
+        """The jitted population step for one "what is due" key (step 0 is an activation step with ``first``)."""
         import jax
         import jax.numpy as jnp
 
-        if log_grad in self._functions:
-            return self._functions[log_grad]
-        step = self.steps.population_step_function(log_grad)
+        key = (log_grad, log_act)
+        if key in self._functions:
+            return self._functions[key]
+        step = self.steps.population_step_function(log_grad, log_act)
 
         # Named for the compilation cache's files (`jit_population_step-…`).
-        def population_step(state, alive, idx, x_all, y_all, mode):
+        def population_step(state, alive, idx, x_all, y_all, first):
             x, y = jnp.take(x_all, idx, axis=0), jnp.take(y_all, idx, axis=0)
-            logs, new, records, loss_finite = step(state, (x, y), mode)
+            logs, new, records, loss_finite = step(state, (x, y), first)
             finite = self._finite(records, loss_finite)
             # A frozen replica keeps its state: the update of its diverged step is its last.
             new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
             return logs, new, records, alive & finite, finite
 
-        # The mode is one for all replicas (not mapped), so `lax.switch` runs one branch.
+        # ``first`` is one for all replicas (not mapped).
         fn = jax.jit(jax.vmap(population_step, in_axes=(0, 0, 0, None, None, None)), donate_argnums=0)
-        self._functions[log_grad] = fn
+        self._functions[key] = fn
         return fn
 
     def _evaluate(self, tv, ntv):
@@ -354,7 +355,8 @@ class _Population:
         idx = np.broadcast_to(np.arange(n, dtype=np.int32), (self.size, n))
         frozen = jnp.zeros(self.size, bool)  # keeps every replica's state as it is
         state = (self.state[0], self.state[1], self.state[2], jax.tree_util.tree_map(jnp.copy, self.metrics0))
-        logs, self.state, records, _, finite = self._function(True)(state, frozen, idx, self.x_train, self.y_train, 2)
+        step0 = self._function(True, True)
+        logs, self.state, records, _, finite = step0(state, frozen, idx, self.x_train, self.y_train, True)
         val = self._evaluate(self.state[0], self.state[1])
         records, logs, finite, val = jax.device_get((records, logs, finite, val))
         for r, logger in enumerate(self.loggers):
@@ -386,9 +388,9 @@ class _Population:
             for _ in range(self.per_epoch):
                 step += 1
                 act_due = step % self.act_every == 0
-                fn = self._function(step % self.log_every == 0)
+                fn = self._function(step % self.log_every == 0, act_due)
                 idx = self.orders[step - 1]
-                logs, state, records, alive, _ = fn(state, alive, idx, self.x_train, self.y_train, int(act_due))
+                logs, state, records, alive, _ = fn(state, alive, idx, self.x_train, self.y_train, False)
                 pending.append((step, logs, records, alive, act_due))
             val = self._evaluate(state[0], state[1])
             host, val = jax.device_get(([p[1:] for p in pending], val))
