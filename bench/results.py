@@ -567,17 +567,14 @@ def _collect(out, on_damaged=None):
     rows, layers, history, valid = [], [], [], set()
     folders = run_folders(out)
     for d, checked in zip(folders, _read_each(_checked_run, folders), strict=True):
-        try:
-            if isinstance(checked, DamagedRun):
-                raise checked
-            run_id, config, result, run_layers, run_history = checked
-        except DamagedRun as e:
+        if isinstance(checked, DamagedRun):
             if on_damaged is None:
                 raise UsageError(
-                    f"Run folder {str(d)!r} is damaged ({e}); rerun `vgbench run` on {str(out)!r} to redo it."
-                ) from None
-            on_damaged(d, str(e))
+                    f"Run folder {str(d)!r} is damaged ({checked}); rerun `vgbench run` on {str(out)!r} to redo it."
+                )
+            on_damaged(d, str(checked))
             continue
+        run_id, config, result, run_layers, run_history = checked
         rows.append({"run_id": run_id, **_flatten_config(config), **result})
         layers.append(run_layers)
         history.append(run_history)
