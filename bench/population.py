@@ -274,7 +274,8 @@ class _Population:
         self.template = self.models[0]
         measures = self.loggers[0].measures
         self.steps = Steps(self.template, measures, log_every=self.log_every, act_every=self.act_every)
-        self.state = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
+        # Stacked on the host: `jnp.stack` compiles (or reads from the cache) one program per leaf shape.
+        self.state = jax.tree_util.tree_map(lambda *leaves: jnp.asarray(np.stack([np.asarray(a) for a in leaves])), *states)
         self.metrics0 = self.state[3]
         # Which entries of a step's "grad" and "var" records are variables' gradient norms.
         units, fields = len(measures.units), len(GRAD_FIELDS)
