@@ -168,34 +168,81 @@ class Steps(BackendSteps):
         logs, mv = model._update_metrics_variables(mv, unscaled_loss, x, y, y_pred, sample_weight)
         return p, logs, (new_tv, ntv, ov, mv), jnp.isfinite(unscaled_loss)
 
-    def population_step_function(self, log_grad, log_act):
-        """The pure step function of a population's steps for one "what is due" key (`bench.population` vmaps it).
+    def population_step_function(self, log_grad, log_hist=False):
+        """The pure step function of a population's steps (`bench.population` vmaps it).
 
-        ``step(state, data, first) -> (logs, state, records, loss_is_finite)``,
-        as `step_function(log_grad, log_act)`. With ``log_act``, the traced
-        bool ``first`` makes it step 0 instead (as `init_function`: the
-        activation records of the kernels before the update, update ratio
-        NaN; the caller keeps the returned state unused), so that step 0
-        and the activation steps share one compiled function. A step that
-        records no activations compiles without them: computing them under
-        a traced switch instead made every step of a depth-30 population
-        ~1.5x slower (XLA materializes the switch's operands, every layer's
-        activations and weights, each step).
+        ``step(state, data) -> (logs, state, records, loss_is_finite)``, as
+        `step_function(log_grad, False)`, with the gradient histograms
+        (``log_hist``, TensorBoard only) of the activation cadence. A
+        population's activation statistics come from `act_function`, a
+        forward pass of its own: an activation step compiled as one
+        function with the training step took XLA ~1.5 s longer to compile
+        at depth 40 than the two apart (and computing them under a traced
+        switch made every step ~1.5x slower: XLA materializes the switch's
+        operands, every layer's activations and weights, each step).
         """
-        import jax.numpy as jnp
 
-        def train_step(state, data, first):
+        def train_step(state, data):
             p, logs, new, finite = self._keras_step(state, data)
             records = self._records(p, new[0], log_grad, False)
-            if log_act:
-                kernels = [jnp.where(first, a, b) for a, b in zip(state[0], new[0], strict=True)]
-                act = self._act_records(p, kernels, True)
-                ratio = act["act"][:, UPDATE_RATIO_FIELD]
-                act["act"] = act["act"].at[:, UPDATE_RATIO_FIELD].set(jnp.where(first, jnp.nan, ratio))
-                records.update(act)
+            if log_hist and self.measures.histograms:
+                records["hist"] = self.measures.hist(p)
             return logs, new, records, finite
 
         return train_step
+
+    def act_function(self):
+        """A step's activation statistics from a forward pass alone: ``act(state, new_trainable, data, first) -> array``.
+
+        ``state`` is the step's state before its update and
+        ``new_trainable`` its trainable values after it: the statistics of
+        `step_function`'s activation records (the training-mode forward pass
+        of ``state`` on ``data``, the kernels after the update, the update
+        ratio), computed without the backward pass. With the traced bool
+        ``first`` it is step 0 instead (as `init_function`: the kernels of
+        ``state``, update ratio NaN).
+        """
+        import jax
+        import jax.numpy as jnp
+        from keras.src.trainers.data_adapters import data_adapter_utils
+
+        model, units = self.model, self.measures.units
+        n = len(units)
+
+        def act_step(state, new_tv, data, first):
+            tv, ntv, ov, mv = state
+            x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+
+            def forward(probes):
+                with tapped(units, probes) as rec:
+                    _, aux = model.compute_loss_and_updates(
+                        tv, ntv, mv, x, y, sample_weight, training=True, optimizer_variables=ov
+                    )
+                return [rec.output.get(i) for i in range(n)], [rec.preact.get(i) for i in range(n)], aux
+
+            # The same zero probes as the training step's pass, so that z is computed as there.
+            shapes = jax.eval_shape(lambda: forward(None)[1])
+            probes = [None if s is None else jnp.zeros(s.shape, s.dtype) for s in shapes]
+            acts, zs, aux = forward(probes)
+            batch = next(t for t in keras.tree.flatten(x) if t is not None).shape[0]
+            p = Pass(
+                y_pred=aux[1],
+                loss=aux[0],
+                acts=acts,
+                preacts=zs,
+                grads=[],
+                preact_grads=[],
+                batch_size=jnp.asarray(batch, "float32"),
+                unscale=None,
+                weights=list(tv),
+            )
+            kernels = [jnp.where(first, a, b) for a, b in zip(tv, new_tv, strict=True)]
+            measures = self.measures
+            previous = [p.weights[u.kernel_idx] for u in measures.units]
+            act = measures.act_stats(dataclasses.replace(p, weights=kernels), previous=previous)
+            return act.at[:, UPDATE_RATIO_FIELD].set(jnp.where(first, jnp.nan, act[:, UPDATE_RATIO_FIELD]))
+
+        return act_step
 
     def _step(self, log_grad, log_act):
         """The jitted instrumented step for one "what is due" key: Keras' `train_step`, plus the records."""

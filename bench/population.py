@@ -295,7 +295,9 @@ class _Population:
         self.diverged = [None] * self.size
         self.steps_done = [0] * self.size
         self.last_history = [None] * self.size
+        self.histograms = measures.histograms
         self._functions = {}
+        self._act_fn = None
         self._eval = None
 
     # ------------------------------------------------------------ the step
@@ -317,29 +319,44 @@ class _Population:
             finite = finite & jnp.all(jnp.isfinite(table) | ~mask.reshape(table.shape))
         return finite
 
-    def _function(self, log_grad, log_act):
-        """The jitted population step for one "what is due" key (step 0 is an activation step with ``first``)."""
+    def _function(self, log_grad, log_hist):
+        """The jitted population step for one "what is due" key (gradient records, gradient histograms)."""
         import jax
         import jax.numpy as jnp
 
-        key = (log_grad, log_act)
+        key = (log_grad, log_hist and self.histograms)
         if key in self._functions:
             return self._functions[key]
-        step = self.steps.population_step_function(log_grad, log_act)
+        step = self.steps.population_step_function(*key)
 
         # Named for the compilation cache's files (`jit_population_step-…`).
-        def population_step(state, alive, idx, x_all, y_all, first):
+        def population_step(state, alive, idx, x_all, y_all):
             x, y = jnp.take(x_all, idx, axis=0), jnp.take(y_all, idx, axis=0)
-            logs, new, records, loss_finite = step(state, (x, y), first)
+            logs, new, records, loss_finite = step(state, (x, y))
             finite = self._finite(records, loss_finite)
             # A frozen replica keeps its state: the update of its diverged step is its last.
             new = jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, state)
             return logs, new, records, alive & finite, finite
 
-        # ``first`` is one for all replicas (not mapped).
-        fn = jax.jit(jax.vmap(population_step, in_axes=(0, 0, 0, None, None, None)), donate_argnums=0)
+        fn = jax.jit(jax.vmap(population_step, in_axes=(0, 0, 0, None, None)), donate_argnums=0)
         self._functions[key] = fn
         return fn
+
+    def _act(self, before, after, idx, first):
+        """Per replica, the activation records of a step from its state ``before`` and its trainable values ``after``."""
+        import jax
+        import jax.numpy as jnp
+
+        if self._act_fn is None:
+            step = self.steps.act_function()
+
+            def population_act(state, new_tv, idx, x_all, y_all, first):
+                x, y = jnp.take(x_all, idx, axis=0), jnp.take(y_all, idx, axis=0)
+                return step(state, new_tv, (x, y), first)
+
+            # ``first`` is one for all replicas (not mapped).
+            self._act_fn = jax.jit(jax.vmap(population_act, in_axes=(0, 0, 0, None, None, None)))
+        return self._act_fn(before, after, idx, self.x_train, self.y_train, first)
 
     def _evaluate(self, tv, ntv):
         """Per replica: ``{"val_loss": ..., "val_accuracy": ...}`` arrays on the test batches (as `evaluate`)."""
@@ -370,7 +387,8 @@ class _Population:
         frozen = jnp.zeros(self.size, bool)  # keeps every replica's state as it is
         state = (self.state[0], self.state[1], self.state[2], jax.tree_util.tree_map(jnp.copy, self.metrics0))
         step0 = self._function(True, True)
-        logs, self.state, records, _, finite = step0(state, frozen, idx, self.x_train, self.y_train, True)
+        logs, self.state, records, _, finite = step0(state, frozen, idx, self.x_train, self.y_train)
+        records = {**records, "act": self._act(self.state, self.state[0], idx, True)}
         val = self._evaluate(self.state[0], self.state[1])
         records, logs, finite, val = jax.device_get((records, logs, finite, val))
         for r, logger in enumerate(self.loggers):
@@ -404,7 +422,11 @@ class _Population:
                 act_due = step % self.act_every == 0
                 fn = self._function(step % self.log_every == 0, act_due)
                 idx = self.orders[step - 1]
-                logs, state, records, alive, _ = fn(state, alive, idx, self.x_train, self.y_train, False)
+                # The step donates its state: the activation records read a copy of it.
+                before = jax.tree_util.tree_map(jnp.copy, state) if act_due else None
+                logs, state, records, alive, _ = fn(state, alive, idx, self.x_train, self.y_train)
+                if act_due:
+                    records = {**records, "act": self._act(before, state[0], idx, False)}
                 pending.append((step, logs, records, alive, act_due))
             val = self._evaluate(state[0], state[1])
             host, val = jax.device_get(([p[1:] for p in pending], val))
