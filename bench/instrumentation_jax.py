@@ -192,7 +192,7 @@ class Steps(BackendSteps):
         return train_step
 
     def act_function(self):
-        """A step's activation statistics from a forward pass alone: ``act(state, new_trainable, data, first) -> array``.
+        """A step's activation statistics by a forward pass alone: ``act(state, new_trainable, data, first)``.
 
         ``state`` is the step's state before its update and
         ``new_trainable`` its trainable values after it: the statistics of

@@ -274,8 +274,7 @@ class _Population:
         self.template = self.models[0]
         measures = self.loggers[0].measures
         self.steps = Steps(self.template, measures, log_every=self.log_every, act_every=self.act_every)
-        # Stacked on the host: `jnp.stack` compiles (or reads from the cache) one program per leaf shape.
-        self.state = jax.tree_util.tree_map(lambda *leaves: jnp.asarray(np.stack([np.asarray(a) for a in leaves])), *states)
+        self.state = jax.tree_util.tree_map(_stacked, *states)
         self.metrics0 = self.state[3]
         # Which entries of a step's "grad" and "var" records are variables' gradient norms.
         units, fields = len(measures.units), len(GRAD_FIELDS)
@@ -343,7 +342,7 @@ class _Population:
         return fn
 
     def _act(self, before, after, idx, first):
-        """Per replica, the activation records of a step from its state ``before`` and its trainable values ``after``."""
+        """Per replica: a step's activation records, from its state ``before`` and its trainable values ``after``."""
         import jax
         import jax.numpy as jnp
 
@@ -478,6 +477,13 @@ class _Population:
         return out
 
 
+def _stacked(*leaves):
+    """The replicas' values of one variable, stacked on the host (`jnp.stack` compiles a program per shape)."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(np.stack([np.asarray(a) for a in leaves]))
+
+
 def _pick(logs, r) -> dict:
     return {k: float(np.asarray(v)[r]) for k, v in logs.items()}
 
@@ -486,7 +492,7 @@ def _hist(records, r):
     return records["hist"][r] if "hist" in records else None
 
 
-# Per process: (examples, batch size, seed) → (the batches read so far, the pipeline's iterator).
+# Per process: (examples, batch size, seed) → (the batches read so far, the iterator of epochs).
 _ORDERS: dict = {}
 
 
@@ -494,10 +500,12 @@ def _batch_order(n: int, batch_size: int, seed: int, steps: int) -> list:
     """The example indices of each of a run's first ``steps`` batches, as its own pipeline orders them.
 
     The shuffle of `bench.data.make_tf_dataset` depends on the seed and the
-    number of examples only, so a pipeline of indices gives the order of the
-    run's pipeline of examples. Kept per process, and read further only when
-    a run needs more steps than read so far: the populations of a suite
-    repeat the same seeds, and reading a pipeline costs ~0.5 ms a batch.
+    number of examples only, upstream of the batching, so a pipeline of
+    indices batched a whole epoch at a time gives each epoch's order of the
+    run's pipeline of examples, cut here into its batches (the last of an
+    epoch smaller, as there; reading a pipeline of batches cost ~0.2 ms a
+    batch). Kept per process, and read further only when a run needs more
+    steps than read so far: the populations of a suite repeat the same seeds.
     """
     from vgbench.bench import data as data_mod
 
@@ -506,12 +514,17 @@ def _batch_order(n: int, batch_size: int, seed: int, steps: int) -> list:
     key = (n, batch_size, seed)
     if key not in _ORDERS:
         idx = np.arange(n, dtype=np.int32)
-        ds = data_mod.make_tf_dataset(idx, idx, batch_size=batch_size, seed=seed, cache=False).repeat()
+        epochs = data_mod.make_tf_dataset(idx, idx, batch_size=n, seed=seed, cache=False).repeat().as_numpy_iterator()
         # `fit` reads one batch to build the model's metrics, then starts a new
-        # iterator: a reshuffling dataset's second iteration is the run's order.
-        next(iter(ds))
-        _ORDERS[key] = ([], ds.as_numpy_iterator())
-    batches, iterator = _ORDERS[key]
+        # iterator: the run's order is that of the reshuffling pipeline's second
+        # epoch on (its first iterator drew the first shuffle). The first epoch
+        # is read and dropped here, in one iterator: a first iterator read to
+        # one epoch-long batch would prefetch into the next epoch, and draw a
+        # second shuffle.
+        next(epochs)
+        _ORDERS[key] = ([], epochs)
+    batches, epochs = _ORDERS[key]
     while len(batches) < steps:
-        batches.append(next(iterator)[0])
+        epoch = next(epochs)[0]
+        batches.extend(epoch[i : i + batch_size] for i in range(0, n, batch_size))
     return batches[:steps]

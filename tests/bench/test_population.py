@@ -406,3 +406,19 @@ def test_batch_orders_read_further_equal_a_fresh_read():
     # Each epoch is a permutation of the examples, and the seed changes it.
     assert sorted(np.concatenate(fresh[:7])) == list(range(100))
     assert not np.array_equal(population._batch_order(100, 16, 4, 1)[0], fresh[0])
+
+
+def test_batch_orders_are_those_of_the_runs_pipeline():
+    # Read an epoch at a time, the order must be that of the pipeline a run alone reads batch by
+    # batch (`bench.data.make_tf_dataset`, as `bench.train` builds it, after `fit`'s first read).
+    from vgbench.bench import data as data_mod
+
+    idx = np.arange(100, dtype=np.int32)
+    ds = data_mod.make_tf_dataset(idx, idx, batch_size=16, seed=5).repeat()
+    next(iter(ds))
+    it = ds.as_numpy_iterator()
+    expected = [next(it)[0] for _ in range(23)]
+    population._ORDERS.clear()
+    got = population._batch_order(100, 16, 5, 23)
+    assert [len(b) for b in got] == [len(b) for b in expected]
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
