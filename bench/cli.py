@@ -7,6 +7,7 @@ was already computed stays on disk.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import os
@@ -324,7 +325,7 @@ def cmd_run(args) -> int:
     # First: a bad backend is refused before any work, and Keras reads the variable when first imported.
     backend = _select_backend(args)
     from vgbench.bench import data, sizing, suites
-    from vgbench.bench.runner import rebuild_tables, run_suite
+    from vgbench.bench.runner import kept_workers, rebuild_tables, run_suite
 
     suite = suites.load_suite(args.suite) if args.suite else suites.adhoc_suite()
     overrides = {}
@@ -412,19 +413,22 @@ def cmd_run(args) -> int:
                     **ray_options,
                 )
 
-            summary = run(configs)
-            if suite.protocol == "best_lr":
-                from vgbench.bench.protocol import run_extensions
+            # The protocol's rounds share their worker processes.
+            with kept_workers() if rounds else contextlib.nullcontext():
+                summary = run(configs)
+                if rounds:
+                    from vgbench.bench.protocol import run_extensions
 
-                # Grids whose best learning rate is at an edge grow by a decade that way (bench.protocol).
-                for more in run_extensions(configs, run, args.out):
-                    summary = dataclasses.replace(
-                        more,
-                        skipped=more.total - summary.done - more.done,
-                        done=summary.done + more.done,
-                        statuses={**summary.statuses, **more.statuses},
-                        wall_time_s=summary.wall_time_s + more.wall_time_s,
-                    )
+                    # Grids whose best learning rate is at an edge grow by a decade that way (bench.protocol).
+                    for more in run_extensions(configs, run, args.out):
+                        summary = dataclasses.replace(
+                            more,
+                            skipped=more.total - summary.done - more.done,
+                            done=summary.done + more.done,
+                            statuses={**summary.statuses, **more.statuses},
+                            wall_time_s=summary.wall_time_s + more.wall_time_s,
+                        )
+            if rounds:
                 t = time.perf_counter()
                 rebuild_tables(args.out, wait=args.wait)
                 summary = dataclasses.replace(summary, wall_time_s=summary.wall_time_s + time.perf_counter() - t)

@@ -319,7 +319,7 @@ def run_suite(
                     chosen = InlineExecutor(datasets)
                 else:
                     checksums = {name: ds.checksum for name, ds in datasets.items()}
-                    chosen = PoolExecutor(n, data_path, checksums)
+                    chosen = _pool(n, data_path, checksums, (backend, tensorboard_dir, population))
             # Through the environment, so that every executor's runs see it (worker processes
             # inherit it when they start, and read the backend before they import Keras).
             with (
@@ -337,6 +337,42 @@ def run_suite(
     lock.release()
     summary.wall_time_s = time.perf_counter() - t0
     return summary
+
+
+# While `kept_workers` is active: the worker pools of its suites, by what their workers were started with.
+_KEPT: dict | None = None
+
+
+@contextlib.contextmanager
+def kept_workers():
+    """Within it, the `run_suite` calls that train in worker processes share them, ended at its end.
+
+    A protocol's rounds (`bench.protocol.run_extensions`) are suites run one
+    after the other: their workers start once (~5 s of imports each) and keep
+    what they hold per process (compiled functions, batch orders). A pool
+    whose suite was stopped or lost a worker is not reused.
+    """
+    global _KEPT
+    outer, _KEPT = _KEPT, {}
+    try:
+        yield
+    finally:
+        kept, _KEPT = _KEPT, outer
+        for pool in kept.values():
+            pool.shutdown()
+
+
+def _pool(n, data_path, checksums, environment) -> PoolExecutor:
+    """A `PoolExecutor` of ``n`` workers: a kept one started with the same data and environment, else a new one."""
+    if _KEPT is None:
+        return PoolExecutor(n, data_path, checksums)
+    key = (n, str(data_path) if data_path else None, tuple(sorted(checksums.items())), environment)
+    pool = _KEPT.get(key)
+    if pool is None or not pool.keep:
+        if pool is not None:
+            pool.shutdown()
+        pool = _KEPT[key] = PoolExecutor(n, data_path, checksums, keep=True)
+    return pool
 
 
 def rebuild_tables(out, *, wait: bool = False) -> None:

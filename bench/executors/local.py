@@ -82,15 +82,19 @@ class PoolExecutor(Executor):
             reads other data fails its runs.
     """
 
-    def __init__(self, jobs: int, data_path=None, checksums=None):
+    def __init__(self, jobs: int, data_path=None, checksums=None, keep: bool = False):
         super().__init__()
         self.slots = jobs
         self.data_path = str(data_path) if data_path else None
         self.checksums = dict(checksums or {})
+        # Kept open after a suite (`bench.runner.kept_workers`): `shutdown` ends it.
+        self.keep = keep
         self._pool = None
         self._steps = None
 
     def __enter__(self):
+        if self._pool is not None:
+            return self  # kept from an earlier suite: the same workers
         threads = max(1, (os.cpu_count() or 1) // self.slots)
         ctx = mp.get_context("spawn")
         # Workers report running steps through a queue, not a manager: a
@@ -119,6 +123,7 @@ class PoolExecutor(Executor):
         try:
             return handle.result()
         except BrokenProcessPool:
+            self.keep = False
             # A killed worker takes the pool down: nothing of the unfinished
             # runs was written, so a rerun resumes.
             raise SuiteInterrupted(
@@ -131,6 +136,7 @@ class PoolExecutor(Executor):
             raise TaskFailed(e) from None
 
     def cancel(self, handles):
+        self.keep = False  # a stopped suite's workers are not reused
         for fut in handles:
             fut.cancel()
         # The pool would wait for the running runs to end; a stop is a stop.
@@ -139,6 +145,16 @@ class PoolExecutor(Executor):
                 process.terminate()
 
     def close(self):
+        if not self.keep:
+            self.shutdown()
+
+    @property
+    def closed(self) -> bool:
+        return self._pool is None
+
+    def shutdown(self):
+        """Ends the workers (at the end of a suite, or of `bench.runner.kept_workers` for a kept pool)."""
+        self.keep = False
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

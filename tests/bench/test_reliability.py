@@ -463,3 +463,34 @@ def test_read_only_file_system_is_a_usage_error(tmp_path, data, capsys):
         )
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+@pytest.mark.slow
+def test_kept_workers_serve_consecutive_suites_and_end_with_it(tmp_path, data):
+    # A protocol's rounds are suites run one after the other: within `kept_workers` they share
+    # one pool of worker processes, which ends with it; a stopped suite's pool is not reused.
+    from vgbench.bench import runner
+    from vgbench.bench.config import RunConfig
+
+    def configs(seeds):
+        return [
+            RunConfig(depth=2, width=8, train_samples=256, test_samples=128, batch_size=32, max_steps=2, seed=s)
+            for s in seeds
+        ]
+
+    def workers():
+        (pool,) = runner._KEPT.values()
+        return set(pool._pool._processes)
+
+    out = tmp_path / "out"
+    with runner.kept_workers():
+        first = runner.run_suite(configs([0, 1]), out, jobs=2, data_path=data, progress=False, tables=False)
+        pids = workers()
+        second = runner.run_suite(configs([2, 3]), out, jobs=2, data_path=data, progress=False, tables=False)
+        assert workers() == pids and pids
+    assert first.done == second.done == 2
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+    assert runner._KEPT is None
+    # Without it, each suite ends its own workers.
+    runner.run_suite(configs([4, 5]), out, jobs=2, data_path=data, progress=False, tables=False)
+    assert runner._KEPT is None
